@@ -1,0 +1,43 @@
+"""The ``likeness`` command. It only parses arguments and calls library code.
+
+Each subcommand lives in its own module here with two functions: ``add_parser(subparsers)`` and
+``run(args) -> int``. Add a module to ``SUBCOMMANDS`` to expose it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from likeness import __version__
+
+# Module names under likeness.cli, in the order shown by --help.
+SUBCOMMANDS: list[str] = []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="likeness",
+        description="Personalized text-to-image generation of people, and its evaluation "
+        "(Stellar protocol). Run `likeness <command> --help` for each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"likeness {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>")
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f"likeness.cli.{name}")
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
