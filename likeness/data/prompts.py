@@ -1,0 +1,420 @@
+"""Prompt sets in the Stellar-T schema: the open set likeness ships, and the official files.
+
+The official Stellar prompts are gated, so likeness builds its own open set from templates and word
+lists, deterministically (no randomness that depends on the machine or Python's hash seed). Every
+entry has the Stellar-T keys (``prompts`` with a ``{}`` placeholder for the person, ``detectables``,
+``categories``) plus ``relations``: (subject, predicate, object) triples that RFS scores, and a
+stable ``prompt_id``. Official ``prompts_t.json`` / ``prompts_h.json`` files load through the same
+:func:`load_prompts`, so the rest of likeness never knows where prompts came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+PLACEHOLDER = "{}"
+# The person the placeholder stands for, as named in relation triples.
+PERSON = "person"
+OPEN_SET_NAME = "likeness-open-t"
+OPEN_SET_VERSION = "v1"
+OPEN_SET_FILE = Path(__file__).with_name("open_prompts_t.json")
+
+
+class PromptError(ValueError):
+    """A prompt file or entry that cannot be used; the message names the file and the entry."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prompt_id: str
+    prompts: str  # Stellar's key name: the text, with "{}" where the person goes
+    detectables: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    relations: tuple[tuple[str, str, str], ...] = ()
+    source: str = OPEN_SET_NAME
+
+    @property
+    def template(self) -> str:
+        return self.prompts
+
+    def fill(self, subject: str) -> str:
+        """The prompt with ``subject`` (e.g. "a photo of sks person") in place of ``{}``."""
+        return self.prompts.replace(PLACEHOLDER, subject, 1)
+
+    def to_dict(self) -> dict:
+        return {
+            "prompt_id": self.prompt_id,
+            "prompts": self.prompts,
+            "detectables": list(self.detectables),
+            "categories": list(self.categories),
+            "relations": [list(r) for r in self.relations],
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Word lists. Each entry: (phrase as it reads in the prompt, detectable noun).
+# Places carry their own preposition, which is also the relation predicate.
+# ---------------------------------------------------------------------------------------------
+
+FOOD = [
+    ("an apple", "apple"), ("a banana", "banana"), ("an orange", "orange"), ("a slice of pizza", "pizza"),
+    ("a hamburger", "hamburger"), ("a bowl of noodles", "noodles"), ("a croissant", "croissant"),
+    ("a watermelon", "watermelon"), ("a cupcake", "cupcake"), ("a sandwich", "sandwich"),
+    ("a pineapple", "pineapple"), ("a bunch of grapes", "grapes"), ("a donut", "donut"),
+    ("an ice cream cone", "ice cream"), ("a hot dog", "hot dog"), ("a bowl of salad", "salad"),
+]
+FRUIT = [(p, d) for p, d in FOOD if d in {"apple", "banana", "orange", "watermelon", "pineapple", "grapes"}]
+FRUIT_PLURAL = [
+    ("apples", "apple"), ("oranges", "orange"), ("lemons", "lemon"), ("tomatoes", "tomato"),
+    ("peaches", "peach"), ("coconuts", "coconut"),
+]
+LOCATIONS = [
+    ("in", "a library", "library"), ("in", "a kitchen", "kitchen"), ("in", "a museum", "museum"),
+    ("in", "a cafe", "cafe"), ("in", "a train station", "train station"), ("on", "a rooftop", "rooftop"),
+    ("in", "a classroom", "classroom"), ("in", "a supermarket", "supermarket"), ("in front of", "the Eiffel Tower", "Eiffel Tower"),
+    ("on", "a busy street in Tokyo", "street"), ("in front of", "a fountain in Rome", "fountain"), ("on", "a bridge in Venice", "bridge"),
+    ("in front of", "a castle", "castle"), ("in", "a gym", "gym"), ("in", "a church", "church"), ("in", "a stadium", "stadium"),
+]
+VEHICLES = [
+    ("a bicycle", "bicycle"), ("a motorcycle", "motorcycle"), ("a horse-drawn carriage", "carriage"),
+    ("a red sports car", "car"), ("a scooter", "scooter"), ("a skateboard", "skateboard"), ("a bus", "bus"),
+    ("a sailboat", "sailboat"), ("a tractor", "tractor"), ("a hot air balloon", "hot air balloon"),
+    ("a train", "train"), ("a canoe", "canoe"),
+]
+ANIMALS = [
+    ("a dog", "dog"), ("a cat", "cat"), ("a horse", "horse"), ("a parrot", "parrot"), ("a rabbit", "rabbit"),
+    ("an owl", "owl"), ("a penguin", "penguin"), ("a goat", "goat"), ("a puppy", "puppy"), ("a turtle", "turtle"),
+    ("an elephant", "elephant"), ("a fox", "fox"),
+]
+SPACE = [
+    ("on", "the moon", "moon"), ("on", "Mars", "planet"), ("inside", "a space station", "space station"),
+    ("next to", "a rocket", "rocket"), ("among", "the stars", "star"), ("next to", "a satellite", "satellite"),
+    ("in front of", "a ringed planet", "planet"), ("inside", "a spaceship", "spaceship"),
+]
+NATURE = [
+    ("next to", "a waterfall", "waterfall"), ("in", "a forest", "forest"), ("on", "a beach", "beach"),
+    ("on", "a snowy mountain", "mountain"), ("among", "tall sunflowers", "sunflower"), ("near", "a volcano", "volcano"),
+    ("in", "a desert", "desert"), ("next to", "a lake", "lake"), ("under", "a cherry blossom tree", "tree"),
+    ("near", "a sunset", "sunset"), ("in", "a rainforest", "rainforest"), ("next to", "a river", "river"),
+]
+INSTRUMENTS = [
+    ("a guitar", "guitar"), ("a violin", "violin"), ("a piano", "piano"), ("a trumpet", "trumpet"),
+    ("a saxophone", "saxophone"), ("a drum", "drum"), ("a cello", "cello"), ("a flute", "flute"),
+    ("an accordion", "accordion"), ("a harp", "harp"), ("a ukulele", "ukulele"), ("a banjo", "banjo"),
+]
+# Roles: (role, garment phrase, garment noun). The role word would match the person itself, so only
+# the garment is detectable.
+ROLES = [
+    ("a chef", "a chef's hat", "chef's hat"), ("a firefighter", "a firefighter helmet", "firefighter helmet"),
+    ("an astronaut", "a space suit", "space suit"), ("a doctor", "a stethoscope", "stethoscope"),
+    ("a pirate", "a pirate hat", "pirate hat"), ("a police officer", "a police cap", "police cap"),
+    ("a clown", "a red clown nose", "clown nose"), ("a construction worker", "a hard hat", "hard hat"),
+    ("a knight", "shining armor", "armor"), ("a cowboy", "a cowboy hat", "cowboy hat"),
+    ("a wizard", "a wizard hat", "wizard hat"), ("a pilot", "a pilot cap", "pilot cap"),
+]
+OBJECTS = [
+    ("a book", "book"), ("an umbrella", "umbrella"), ("a cup of coffee", "cup"), ("a laptop", "laptop"),
+    ("a camera", "camera"), ("a backpack", "backpack"), ("a lamp", "lamp"), ("a clock", "clock"),
+    ("a teddy bear", "teddy bear"), ("a bouquet of flowers", "flowers"), ("a balloon", "balloon"),
+    ("a suitcase", "suitcase"), ("a kite", "kite"), ("a vase", "vase"),
+]
+SEATS = [
+    ("a couch", "couch"), ("a bench", "bench"), ("a rocking chair", "chair"), ("a picnic blanket", "blanket"),
+    ("a hammock", "hammock"), ("a bed", "bed"),
+]
+
+CATEGORIES = ("food", "locations", "vehicles", "animals", "space", "nature", "instruments", "roles", "objects")
+
+# ---------------------------------------------------------------------------------------------
+# Templates: each one builds (text, detectables, categories, relations) from one pick per slot.
+# ---------------------------------------------------------------------------------------------
+
+
+def _place(slot):
+    prep, phrase, noun = slot
+    return f"{prep} {phrase}", noun, prep
+
+
+def _eating(food, loc):
+    where, place, prep = _place(loc)
+    return (f"{{}} eating {food[0]} {where}", [food[1], place], ["food", "locations"],
+            [(PERSON, "eating", food[1]), (PERSON, prep, place)])
+
+
+def _juggling(fruit, loc):
+    where, place, prep = _place(loc)
+    return (f"{{}} juggling {fruit[0]} {where}", [fruit[1], place], ["food", "locations"],
+            [(PERSON, "juggling", fruit[1]), (PERSON, prep, place)])
+
+
+def _riding_space(vehicle, space):
+    where, place, prep = _place(space)
+    return (f"{{}} riding {vehicle[0]} {where}", [vehicle[1], place], ["vehicles", "space"],
+            [(PERSON, "riding", vehicle[1]), (vehicle[1], prep, place)])
+
+
+def _riding_nature(vehicle, nature):
+    where, place, prep = _place(nature)
+    return (f"{{}} riding {vehicle[0]} {where}", [vehicle[1], place], ["vehicles", "nature"],
+            [(PERSON, "riding", vehicle[1]), (vehicle[1], prep, place)])
+
+
+def _playing_loc(instrument, loc):
+    where, place, prep = _place(loc)
+    return (f"{{}} playing {instrument[0]} {where}", [instrument[1], place], ["instruments", "locations"],
+            [(PERSON, "playing", instrument[1]), (PERSON, prep, place)])
+
+
+def _playing_nature(instrument, nature):
+    where, place, prep = _place(nature)
+    return (f"{{}} playing {instrument[0]} {where}", [instrument[1], place], ["instruments", "nature"],
+            [(PERSON, "playing", instrument[1]), (PERSON, prep, place)])
+
+
+def _walking_animal(animal, nature):
+    where, place, prep = _place(nature)
+    return (f"{{}} walking with {animal[0]} {where}", [animal[1], place], ["animals", "nature"],
+            [(PERSON, "walking with", animal[1]), (PERSON, prep, place)])
+
+
+def _feeding_animal(animal, food):
+    return (f"{{}} feeding {food[0]} to {animal[0]}", [food[1], animal[1]], ["animals", "food"],
+            [(PERSON, "feeding", animal[1]), (PERSON, "holding", food[1])])
+
+
+def _role_loc(role, loc):
+    where, place, prep = _place(loc)
+    return (f"{{}} dressed as {role[0]} wearing {role[1]} {where}", [role[2], place], ["roles", "locations"],
+            [(PERSON, "wearing", role[2]), (PERSON, prep, place)])
+
+
+def _role_space(role, space):
+    where, place, prep = _place(space)
+    return (f"{{}} dressed as {role[0]} in {role[1]} {where}", [role[2], place], ["roles", "space"],
+            [(PERSON, "wearing", role[2]), (PERSON, prep, place)])
+
+
+def _holding_space(obj, space):
+    where, place, prep = _place(space)
+    return (f"{{}} holding {obj[0]} {where}", [obj[1], place], ["objects", "space"],
+            [(PERSON, "holding", obj[1]), (PERSON, prep, place)])
+
+
+def _holding_nature(obj, nature):
+    where, place, prep = _place(nature)
+    return (f"{{}} holding {obj[0]} {where}", [obj[1], place], ["objects", "nature"],
+            [(PERSON, "holding", obj[1]), (PERSON, prep, place)])
+
+
+def _sitting_with(animal, seat):
+    return (f"{{}} and {animal[0]} sitting on {seat[0]}", [animal[1], seat[1]], ["animals", "objects"],
+            [(PERSON, "sitting on", seat[1]), (animal[1], "sitting on", seat[1]), (PERSON, "next to", animal[1])])
+
+
+def _reading_vehicle(obj, vehicle):
+    return (f"{{}} reading next to {vehicle[0]} with {obj[0]}", [vehicle[1], obj[1]], ["vehicles", "objects"],
+            [(PERSON, "next to", vehicle[1]), (PERSON, "holding", obj[1])])
+
+
+def _sleeping(seat, loc):
+    where, place, prep = _place(loc)
+    return (f"{{}} sleeping on {seat[0]} {where}", [seat[1], place], ["objects", "locations"],
+            [(PERSON, "sleeping on", seat[1]), (seat[1], prep, place)])
+
+
+def _picnic(fruit, nature):
+    where, place, prep = _place(nature)
+    return (f"{{}} having a picnic with {fruit[0]} {where}", [fruit[1], place], ["food", "nature"],
+            [(PERSON, "eating", fruit[1]), (PERSON, prep, place)])
+
+
+def _instrument_animal(instrument, animal):
+    return (f"{{}} playing {instrument[0]} for {animal[0]}", [instrument[1], animal[1]], ["instruments", "animals"],
+            [(PERSON, "playing", instrument[1]), (PERSON, "next to", animal[1])])
+
+
+def _role_vehicle(role, vehicle):
+    return (f"{{}} dressed as {role[0]} in {role[1]} driving {vehicle[0]}", [role[2], vehicle[1]], ["roles", "vehicles"],
+            [(PERSON, "wearing", role[2]), (PERSON, "riding", vehicle[1])])
+
+
+TEMPLATES = [
+    (_eating, FOOD, LOCATIONS),
+    (_juggling, FRUIT_PLURAL, LOCATIONS),
+    (_riding_space, VEHICLES, SPACE),
+    (_riding_nature, VEHICLES, NATURE),
+    (_playing_loc, INSTRUMENTS, LOCATIONS),
+    (_playing_nature, INSTRUMENTS, NATURE),
+    (_walking_animal, ANIMALS, NATURE),
+    (_feeding_animal, ANIMALS, FOOD),
+    (_role_loc, ROLES, LOCATIONS),
+    (_role_space, ROLES, SPACE),
+    (_holding_space, OBJECTS, SPACE),
+    (_holding_nature, OBJECTS, NATURE),
+    (_sitting_with, ANIMALS, SEATS),
+    (_reading_vehicle, OBJECTS, VEHICLES),
+    (_sleeping, SEATS, LOCATIONS),
+    (_picnic, FRUIT, NATURE),
+    (_instrument_animal, INSTRUMENTS, ANIMALS),
+    (_role_vehicle, ROLES, VEHICLES),
+]
+# Picks per template: enough for >1000 prompts while every template keeps a fair share.
+PER_TEMPLATE = 64
+
+
+def build_open_prompts(per_template: int = PER_TEMPLATE) -> list[Prompt]:
+    """Generate the open set. Each template's slot combinations are shuffled with a seed made from
+    the template's name (stable across machines), then templates are interleaved round-robin, so the
+    first N prompt ids already cover every template: a small subset is still a varied one."""
+    columns = []
+    for build, first, second in TEMPLATES:
+        combos = [(a, b) for a in first for b in second]
+        random.Random(f"{OPEN_SET_NAME}/{OPEN_SET_VERSION}/{build.__name__}").shuffle(combos)
+        columns.append([build(a, b) for a, b in combos[:per_template]])
+    prompts, seen = [], set()
+    for row in range(max(len(c) for c in columns)):
+        for column in columns:
+            if row >= len(column):
+                continue
+            text, detectables, categories, relations = column[row]
+            if text in seen:
+                continue
+            seen.add(text)
+            prompts.append(
+                Prompt(
+                    prompt_id=f"t{len(prompts):04d}",
+                    prompts=text,
+                    detectables=tuple(detectables),
+                    categories=tuple(categories),
+                    relations=tuple(tuple(r) for r in relations),
+                )
+            )
+    return prompts
+
+
+@lru_cache(maxsize=1)
+def open_prompts() -> tuple[Prompt, ...]:
+    """The open prompt set, read from the shipped file (regenerate it with :func:`write_open_prompts`)."""
+    return tuple(load_prompts(OPEN_SET_FILE, source=OPEN_SET_NAME))
+
+
+def write_open_prompts(path: str | Path = OPEN_SET_FILE) -> Path:
+    path = Path(path)
+    data = {
+        "name": OPEN_SET_NAME,
+        "version": OPEN_SET_VERSION,
+        "schema": "Stellar-T entries (prompts, detectables, categories) + prompt_id + relations",
+        "prompts": [p.to_dict() for p in build_open_prompts()],
+    }
+    path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: the open set, our JSON, or the official Stellar prompts_t.json / prompts_h.json.
+# ---------------------------------------------------------------------------------------------
+
+
+def _id_prefix(path: Path) -> str:
+    return "h" if path.stem.endswith("_h") else "t"
+
+
+def _entries(raw, path: Path) -> list:
+    """Accept a list of entries, {"prompts": [entries]}, or column form {"prompts": [...], "detectables": [...]}."""
+    if isinstance(raw, dict):
+        inner = raw.get("prompts")
+        if isinstance(inner, list) and inner and isinstance(inner[0], dict):
+            return inner
+        if isinstance(inner, list):
+            n = len(inner)
+            return [{k: (v[i] if isinstance(v, list) and len(v) == n else None) for k, v in raw.items()} for i in range(n)]
+        raise PromptError(f"{path}: expected a list of prompt entries or a 'prompts' list")
+    if isinstance(raw, list):
+        return raw
+    raise PromptError(f"{path}: expected a JSON list or object, got {type(raw).__name__}")
+
+
+def parse_entry(entry, index: int, path: Path | str, prefix: str = "t", source: str = "") -> Prompt:
+    """One Stellar-T/H entry (or a bare string) -> :class:`Prompt`; a bad entry raises naming file and index."""
+    where = f"{path}: entry {index}"
+    if isinstance(entry, str):
+        entry = {"prompts": entry}
+    if not isinstance(entry, dict):
+        raise PromptError(f"{where}: expected an object or a string, got {type(entry).__name__}")
+    text = entry.get("prompts", entry.get("prompt"))
+    if not isinstance(text, str) or not text.strip():
+        raise PromptError(f"{where}: has no prompt text (key 'prompts')")
+    if PLACEHOLDER not in text:
+        raise PromptError(f"{where}: prompt {text!r} has no '{{}}' placeholder for the person")
+    relations = []
+    for triple in entry.get("relations") or []:
+        if not (isinstance(triple, (list, tuple)) and len(triple) == 3 and all(isinstance(t, str) for t in triple)):
+            raise PromptError(f"{where}: relation {triple!r} is not a (subject, predicate, object) triple of strings")
+        relations.append(tuple(triple))
+    return Prompt(
+        prompt_id=str(entry.get("prompt_id") or f"{prefix}{index:04d}"),
+        prompts=text,
+        detectables=tuple(entry.get("detectables") or ()),
+        categories=tuple(entry.get("categories") or ()),
+        relations=tuple(relations),
+        source=source or str(path),
+    )
+
+
+def load_prompts(path: str | Path = "open", *, source: str = "") -> list[Prompt]:
+    """Prompts from ``"open"`` (the shipped open set) or a JSON file in the Stellar-T/H schema."""
+    if str(path) == "open":
+        return list(open_prompts())
+    path = Path(path)
+    if not path.is_file():
+        raise PromptError(f"{path}: prompt file does not exist")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PromptError(f"{path}: not valid JSON ({exc})") from None
+    prefix = _id_prefix(path)
+    prompts = [parse_entry(e, i, path, prefix, source) for i, e in enumerate(_entries(raw, path))]
+    if not prompts:
+        raise PromptError(f"{path}: contains no prompts")
+    ids = [p.prompt_id for p in prompts]
+    if len(set(ids)) != len(ids):
+        raise PromptError(f"{path}: prompt ids are not unique")
+    return prompts
+
+
+def select_prompts(
+    prompts: list[Prompt] | tuple[Prompt, ...],
+    *,
+    limit: int | None = None,
+    categories: list[str] | None = None,
+    ids: list[str] | None = None,
+) -> list[Prompt]:
+    """A subset by id, by category (any match) and/or the first ``limit`` (ids stay the same)."""
+    chosen = list(prompts)
+    if ids:
+        by_id = {p.prompt_id: p for p in chosen}
+        unknown = [i for i in ids if i not in by_id]
+        if unknown:
+            raise PromptError(f"unknown prompt ids: {', '.join(unknown[:5])}")
+        chosen = [by_id[i] for i in ids]
+    if categories:
+        wanted = set(categories)
+        chosen = [p for p in chosen if wanted & set(p.categories)]
+    if limit is not None:
+        chosen = chosen[:limit]
+    if not chosen:
+        raise PromptError("the prompt selection is empty")
+    return chosen
+
+
+def prompts_digest(prompts) -> str:
+    """A short hash of ids + texts: part of a run's configuration, so a changed prompt set is noticed."""
+    h = hashlib.sha256()
+    for p in prompts:
+        h.update(f"{p.prompt_id}\t{p.prompts}\n".encode())
+    return h.hexdigest()[:16]
