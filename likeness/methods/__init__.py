@@ -1,1 +1,19 @@
-"""likeness.methods"""
+"""Personalization methods behind one registry (``METHODS``); see :mod:`likeness.methods.base`.
+
+Importing this package registers every built-in method (one module per method).
+"""
+
+from likeness.methods.base import (  # noqa: F401
+    METHODS,
+    ArtifactError,
+    Manifest,
+    Method,
+    Personalized,
+    PromptPlaceholderError,
+    UnknownMethodError,
+    fill_prompt,
+    generate,
+    get_method,
+    load_artifact,
+    personalize,
+)

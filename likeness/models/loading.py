@@ -1,0 +1,169 @@
+"""Loading base text-to-image pipelines (SD 1.x / 2.x / SDXL) from a hub id, a local folder or a tiny id.
+
+One entry point, :func:`load_pipeline`, so every method and command resolves models the same
+way: same device and dtype choice, same offline behaviour, same error when the model is absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from likeness.models.tiny import TINY_MODELS, TINY_VERSION, is_tiny, tiny_model_path
+
+FAMILIES = ("sd1", "sd2", "sdxl")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A base model could not be found locally or (offline) on the hub. The message says how to provide it."""
+
+    def __init__(self, model_id: str, reason: str):
+        self.model_id = model_id
+        super().__init__(
+            f"base model {model_id!r} is not available: {reason}. Provide it as a local folder written by "
+            f"`save_pretrained` (a folder with model_index.json), or download it once on a connected machine "
+            f"(`huggingface-cli download {model_id}`) and keep HF_HOME pointing at that cache; "
+            f"for offline smoke runs use one of the built-in tiny models: {', '.join(TINY_MODELS)}."
+        )
+
+
+class FamilyMismatchError(ValueError):
+    """An artifact made for one model family was used with another (e.g. an SD-1.x artifact on SDXL)."""
+
+
+@dataclass(frozen=True)
+class BaseModelInfo:
+    """What a personalization artifact must remember about the model it was trained on."""
+
+    model_id: str
+    family: str  # sd1 | sd2 | sdxl
+    revision: str  # hub commit, or a hash of the local configs, or the tiny-model version
+
+    def to_dict(self) -> dict:
+        return {"model_id": self.model_id, "family": self.family, "revision": self.revision}
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """An explicit choice wins; otherwise CUDA, then Apple MPS, then CPU."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """fp32 on CPU (half precision is slow or unsupported there), bf16 on GPUs that have it, else fp16."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is not None:
+        names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+                 "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+        if dtype not in names:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
+        return names[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def resolve_model_path(model_id: str | Path, revision: str | None = None) -> Path:
+    """A local folder holding the pipeline: tiny ids are built into the cache, hub ids are fetched
+    (or looked up in the local hub cache when offline), local folders are checked."""
+    model_id = str(model_id)
+    if is_tiny(model_id):
+        return tiny_model_path(model_id)
+    local = Path(model_id).expanduser()
+    if local.exists():
+        if not (local / "model_index.json").exists():
+            raise ModelNotFoundError(model_id, f"{local} exists but has no model_index.json")
+        return local
+    if model_id.count("/") != 1 or model_id.startswith((".", "/", "~")):
+        raise ModelNotFoundError(model_id, "no such local folder, and it is not a hub id of the form owner/name")
+    from diffusers import DiffusionPipeline
+
+    try:
+        # diffusers' own download picks only the files the pipeline needs (one weight format, no variants).
+        return Path(DiffusionPipeline.download(model_id, revision=revision, local_files_only=offline()))
+    except Exception as exc:  # hub errors come as several unrelated types (HTTP, OSError, ValueError)
+        first_line = (str(exc).splitlines() or [""])[0]
+        where = "HF_HUB_OFFLINE is set and it is not in the local hub cache" if offline() else "the hub could not provide it"
+        raise ModelNotFoundError(model_id, f"{where} ({type(exc).__name__}: {first_line})") from None
+
+
+def detect_family(model_path: Path) -> str:
+    """sd1 / sd2 / sdxl from the saved configs, without loading weights."""
+    index = json.loads((Path(model_path) / "model_index.json").read_text())
+    unet_config_path = Path(model_path) / "unet" / "config.json"
+    unet = json.loads(unet_config_path.read_text()) if unet_config_path.exists() else {}
+    if "XL" in index.get("_class_name", "") or unet.get("addition_embed_type") == "text_time" or "text_encoder_2" in index:
+        return "sdxl"
+    if unet.get("cross_attention_dim") == 1024:  # OpenCLIP ViT-H text encoder
+        return "sd2"
+    return "sd1"
+
+
+def model_revision(model_id: str, model_path: Path) -> str:
+    """An identifier of the exact weights: hub commit when known, else a hash of every config file."""
+    if is_tiny(model_id):
+        return f"tiny-{TINY_VERSION}"
+    if model_path.parent.name == "snapshots":
+        return model_path.name
+    digest = hashlib.sha256()
+    for config in sorted(model_path.rglob("*.json")):
+        digest.update(str(config.relative_to(model_path)).encode())
+        digest.update(config.read_bytes())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def base_model_info(model_id: str | Path, revision: str | None = None) -> BaseModelInfo:
+    path = resolve_model_path(model_id, revision)
+    return BaseModelInfo(str(model_id), detect_family(path), model_revision(str(model_id), path))
+
+
+def load_pipeline(
+    model_id: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    revision: str | None = None,
+    expect_family: str | None = None,
+):
+    """Load a text-to-image pipeline and move it to ``device`` in ``dtype``.
+
+    ``model_id`` is a hub id (``stable-diffusion-v1-5/stable-diffusion-v1-5``), a local folder, or a
+    tiny id (``likeness/tiny-sd``). ``expect_family`` makes the call fail before loading weights when
+    the model is of another family. The returned pipeline carries ``likeness_info`` (a
+    :class:`BaseModelInfo`).
+    """
+    from diffusers import DiffusionPipeline
+
+    path = resolve_model_path(model_id, revision)
+    info = BaseModelInfo(str(model_id), detect_family(path), model_revision(str(model_id), path))
+    if expect_family is not None and info.family != expect_family:
+        raise FamilyMismatchError(
+            f"base model {model_id!r} is {info.family}, but this artifact was made for {expect_family}; "
+            f"use a {expect_family} base model (or re-run personalization on {model_id!r})"
+        )
+    torch_device = pick_device(device)
+    torch_dtype = pick_dtype(torch_device, dtype)
+    # No safety checker: it would blank images silently, which corrupts any evaluation of them.
+    no_checker = {} if info.family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+    pipe = DiffusionPipeline.from_pretrained(path, dtype=torch_dtype, **no_checker)
+    pipe.to(torch_device)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.likeness_info = info
+    return pipe
