@@ -1,1 +1,39 @@
-"""likeness.faces"""
+"""The face stack: detect, align (5 points), embed, behind one small backend interface.
+
+>>> from likeness.faces import get_backend, analyze_path, largest_face_crop
+>>> backend = get_backend("dlib")                 # offline default
+>>> result = analyze_path(backend, "photo.jpg")   # FaceResult: status + faces (largest first)
+>>> crop = largest_face_crop(image, backend)      # FaceCrop: face, 5 landmarks, aligned crop
+
+Backends: ``dlib`` (HOG/MMOD + 5-point + ResNet, offline) and ``arcface`` (an InsightFace-style
+folder of ONNX models). Each carries a :class:`FaceProtocol` stored with every score.
+"""
+
+from __future__ import annotations
+
+from likeness.registry import Registry
+from likeness.faces.base import Face, FaceBackend, FaceProtocol
+
+BACKENDS: Registry[FaceBackend] = Registry("face backend")
+DEFAULT_BACKEND = "dlib"
+
+_instances: dict[tuple, FaceBackend] = {}
+
+
+def get_backend(name: str = DEFAULT_BACKEND, **kwargs) -> FaceBackend:
+    """A backend by name, built once per (name, options) so models load once per process."""
+    key = (name, tuple(sorted((k, str(v)) for k, v in kwargs.items())))
+    if key not in _instances:
+        _instances[key] = BACKENDS.create(name, **kwargs)
+    return _instances[key]
+
+
+# Imported after BACKENDS exists: these modules register themselves into it.
+from likeness.faces import arcface, dlib_backend  # noqa: E402,F401
+from likeness.faces.cache import FaceCache, FaceResult, analyze_path  # noqa: E402
+from likeness.faces.crop import FaceCrop, largest_face_crop  # noqa: E402
+
+__all__ = [
+    "BACKENDS", "DEFAULT_BACKEND", "Face", "FaceBackend", "FaceCache", "FaceCrop", "FaceProtocol", "FaceResult",
+    "analyze_path", "get_backend", "largest_face_crop",
+]
