@@ -1,0 +1,254 @@
+"""``likeness report RUN``: one static HTML page (plus PNGs) that explains a run to a reader.
+
+The page shows the leaderboard row in Stellar's layout (IPS, APS, SIS, GOA, RFS; a metric that was
+not computed is shown as "—", never as 0) with the protocol each score was measured under,
+per-category breakdown plots, and per identity a grid of generated images next to the reference
+photo, each with its scores below (and on hover). It only reads the run folder, so it can be made
+while a run is still going, and it opens from disk with no server and no network.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from likeness.bench.plan import load_run_config
+from likeness.bench.runner import STORE_FILE
+from likeness.bench.runstore import DONE, FAILED, RunStore
+from likeness.data.images import ImageError, load_image
+
+# Stellar's leaderboard columns, in the paper's order.
+LEADERBOARD = ("IPS", "APS", "SIS", "GOA", "RFS")
+DASH = "—"
+THUMB = 160
+
+
+@dataclass
+class RunResults:
+    """Everything the report shows, read once from the run folder."""
+
+    run_dir: Path
+    config: dict
+    items: list[dict]  # items table rows + "meta" (sidecar) + "scores" {metric: (value, status)}
+    totals: dict[str, float | None]  # leaderboard metric -> value (None: not computed)
+    protocols: dict[str, list[dict]]  # metric -> distinct protocols
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else None
+
+
+def set_level_totals(store: RunStore) -> dict[str, float]:
+    """Set-level values stored by the evaluator (e.g. APS is one AUC per set), keyed by upper-case name."""
+    totals = store.get_meta("set_metrics", {}) or {}
+    return {str(k).upper(): v for k, v in totals.items() if isinstance(v, (int, float))}
+
+
+def read_results(run_dir: str | Path) -> RunResults:
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir).to_dict()
+    store = RunStore(run_dir / STORE_FILE)
+    try:
+        items = store.items()
+        scores = store.scores()
+        counts = store.counts()
+        set_totals = set_level_totals(store)
+    finally:
+        store.close()
+    by_item: dict[str, dict] = defaultdict(dict)
+    protocols: dict[str, list[dict]] = defaultdict(list)
+    for s in scores:
+        metric = s.metric.upper()
+        by_item[s.item_id][metric] = (s.value, s.status)
+        if s.protocol and s.protocol not in protocols[metric]:
+            protocols[metric].append(s.protocol)
+    for item in items:
+        item["scores"] = by_item.get(item["item_id"], {})
+        sidecar = run_dir / "images" / item["identity"] / f"{item['item_id']}.json"
+        try:
+            item["meta"] = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.exists() else {}
+        except (OSError, json.JSONDecodeError):
+            item["meta"] = {}
+    totals: dict[str, float | None] = {}
+    for metric in LEADERBOARD:
+        if metric in set_totals:
+            totals[metric] = set_totals[metric]
+        else:
+            totals[metric] = _mean(i["scores"][metric][0] for i in items if metric in i["scores"])
+    return RunResults(run_dir, config, items, totals, dict(protocols), counts)
+
+
+def _fmt(value: float | None) -> str:
+    return DASH if value is None else f"{value:.3f}"
+
+
+def category_table(results: RunResults) -> dict[str, dict[str, float | None]]:
+    """category -> per-image metric -> mean over that category's images."""
+    metrics = [m for m in LEADERBOARD if any(m in i["scores"] for i in results.items)]
+    table: dict[str, dict[str, float | None]] = {}
+    categories = sorted({c for i in results.items for c in i["meta"].get("categories", [])})
+    for category in categories:
+        members = [i for i in results.items if category in i["meta"].get("categories", [])]
+        table[category] = {m: _mean(i["scores"][m][0] for i in members if m in i["scores"]) for m in metrics}
+    return table
+
+
+def plot_categories(table: dict, path: Path) -> Path | None:
+    """Grouped bars: one group per category, one bar per metric. None when there is nothing to plot."""
+    metrics = sorted({m for row in table.values() for m, v in row.items() if v is not None}, key=LEADERBOARD.index)
+    if not table or not metrics:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    categories = list(table)
+    width = 0.8 / len(metrics)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(categories) + 2), 3.6), dpi=100)
+    for k, metric in enumerate(metrics):
+        values = [table[c].get(metric) or 0.0 for c in categories]
+        ax.bar([x + k * width for x in range(len(categories))], values, width, label=metric)
+    ax.set_xticks([x + width * (len(metrics) - 1) / 2 for x in range(len(categories))])
+    ax.set_xticklabels(categories, rotation=30, ha="right")
+    ax.set_ylabel("mean score")
+    ax.set_title("Scores by prompt category")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _thumbnail(source: Path, target: Path) -> str | None:
+    """A small JPEG copy of a reference photo (it may live outside the run folder)."""
+    try:
+        image = load_image(source)
+    except ImageError:
+        return None
+    image.thumbnail((THUMB, THUMB))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    image.save(target, quality=90)
+    return target.name
+
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td.l,th.l{text-align:left}
+.grid{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start;margin-bottom:1.5em}
+figure{margin:0;width:170px;font-size:11px}figure img{width:160px;height:160px;object-fit:cover;border:1px solid #999}
+figure.ref img{border:3px solid #2a6}figcaption{word-wrap:break-word}.fail{color:#b00}
+code{background:#f6f6f6;padding:1px 3px}
+"""
+
+
+def _scores_line(scores: dict) -> str:
+    parts = []
+    for metric in LEADERBOARD:
+        if metric in scores:
+            value, status = scores[metric]
+            parts.append(f"{metric} {_fmt(value)}" + ("" if status == "ok" else f" ({status})"))
+    return " · ".join(parts) or "not scored"
+
+
+def render_html(results: RunResults, out_dir: Path) -> Path:
+    """Write ``index.html`` and its PNGs into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    esc = html.escape
+    cfg = results.config
+    total = len(results.items)
+    done = results.counts.get(DONE, 0)
+    failed = results.counts.get(FAILED, 0)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>likeness report: {esc(cfg['method'])}</title>",
+             f"<style>{CSS}</style></head><body>",
+             f"<h1>likeness report: <code>{esc(cfg['method'])}</code> on <code>{esc(cfg['base_model'])}</code></h1>",
+             f"<p>{done} of {total} items generated, {failed} failed. Run folder: <code>{esc(str(results.run_dir))}</code></p>"]
+
+    # Leaderboard, Stellar layout.
+    parts.append("<h2>Leaderboard</h2><table id='leaderboard'><tr><th class='l'>Method</th>"
+                 + "".join(f"<th>{m}</th>" for m in LEADERBOARD) + "<th>images</th></tr>")
+    parts.append(f"<tr><td class='l'>{esc(cfg['method'])}</td>"
+                 + "".join(f"<td>{_fmt(results.totals[m])}</td>" for m in LEADERBOARD) + f"<td>{done}</td></tr></table>")
+    parts.append("<p>— : metric not computed in this run (never counted as 0).</p>")
+
+    # Protocol.
+    parts.append("<h2>Protocol</h2><ul id='protocol'>")
+    parts.append(f"<li>generation: {cfg['steps']} steps, guidance {cfg['guidance']}, {cfg['resolution']} px, "
+                 f"{cfg['seeds']} seed(s) per prompt, base seed {cfg['base_seed']}, seeds derived from item ids</li>")
+    parts.append(f"<li>prompts: <code>{esc(str(cfg['prompts']))}</code>, limit {cfg['prompt_limit']}; "
+                 f"references per identity: {cfg['references'] or 'all'}</li>")
+    for metric in LEADERBOARD:
+        for proto in results.protocols.get(metric, []):
+            text = "; ".join(f"{k}={v}" for k, v in proto.items() if v not in ("", None))
+            parts.append(f"<li><b>{metric}</b>: {esc(text)}</li>")
+    parts.append("</ul>")
+
+    # Per-category breakdown.
+    table = category_table(results)
+    if table:
+        metrics = [m for m in LEADERBOARD if any(m in row for row in table.values())]
+        plot = plot_categories(table, out_dir / "categories.png")
+        parts.append("<h2>By prompt category</h2>")
+        if plot:
+            parts.append("<img id='category-plot' src='categories.png' alt='scores by prompt category'>")
+        parts.append("<table id='categories'><tr><th class='l'>category</th>" + "".join(f"<th>{m}</th>" for m in metrics) + "</tr>")
+        for category, row in table.items():
+            parts.append(f"<tr><td class='l'>{esc(category)}</td>" + "".join(f"<td>{_fmt(row.get(m))}</td>" for m in metrics) + "</tr>")
+        parts.append("</table>")
+
+    # Image grids: per identity and reference photo, the reference first.
+    parts.append("<h2>Images</h2>")
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for item in results.items:
+        groups[(item["identity"], item["reference"])].append(item)
+    for (identity, reference), members in sorted(groups.items()):
+        parts.append(f"<h3>{esc(identity)} · reference <code>{esc(Path(reference).name)}</code></h3><div class='grid'>")
+        thumb = _thumbnail(Path(reference), out_dir / "refs" / f"{identity}-{Path(reference).stem}.jpg")
+        ref_img = f"<img src='refs/{esc(thumb)}' alt='reference photo of {esc(identity)}'>" if thumb else "<p class='fail'>reference unreadable</p>"
+        parts.append(f"<figure class='ref'>{ref_img}<figcaption>reference photo</figcaption></figure>")
+        for item in members:
+            meta = item["meta"]
+            prompt = meta.get("prompt_template") or item["prompt_id"]
+            if item["status"] == DONE:
+                src = Path(os.path.relpath(results.run_dir / "images" / identity / f"{item['item_id']}.png", out_dir))
+                line = _scores_line(item["scores"])
+                parts.append(f"<figure class='gen' title='{esc(line)}'><img src='{esc(src.as_posix())}' alt='{esc(item['item_id'])}'>"
+                             f"<figcaption>{esc(prompt)}<br><b>{esc(line)}</b></figcaption></figure>")
+            else:
+                parts.append(f"<figure class='gen'><figcaption class='fail'>{esc(item['item_id'])}: {esc(item['status'])}"
+                             f"{(' — ' + esc(item['reason'])) if item['reason'] else ''}</figcaption></figure>")
+        parts.append("</div>")
+
+    failures = [i for i in results.items if i["status"] == FAILED]
+    if failures:
+        parts.append("<h2>Failed items</h2><table id='failures'><tr><th class='l'>item</th><th class='l'>reason</th></tr>")
+        for item in failures:
+            parts.append(f"<tr><td class='l'>{esc(item['item_id'])}</td><td class='l'>{esc(item['reason'] or '')}</td></tr>")
+        parts.append("</table>")
+    parts.append("</body></html>")
+    page = out_dir / "index.html"
+    page.write_text("\n".join(parts), encoding="utf-8")
+    return page
+
+
+def summary_text(results: RunResults) -> str:
+    """The terminal summary: the leaderboard row and the item counts."""
+    header = "  ".join(f"{m:>6}" for m in LEADERBOARD)
+    row = "  ".join(f"{_fmt(results.totals[m]):>6}" for m in LEADERBOARD)
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(results.counts.items()))
+    return f"{results.config['method']} on {results.config['base_model']} ({counts})\n{header}\n{row}"
+
+
+def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> tuple[Path, str]:
+    """Write the report of ``run_dir`` (default ``RUN/report``); returns (index.html path, terminal summary)."""
+    results = read_results(run_dir)
+    page = render_html(results, Path(out_dir) if out_dir else Path(run_dir) / "report")
+    return page, summary_text(results)

@@ -1,0 +1,261 @@
+"""``likeness bench``: personalize, generate, evaluate, in a run folder that survives being killed.
+
+Run folder::
+
+    RUN/run.json                  configuration + digest (a folder made by another config is refused)
+    RUN/results.sqlite            items ledger + metric results (SQLite, WAL; shared by all processes)
+    RUN/identities/astronaut/0.png  the bundled identity, when no dataset is given
+    RUN/artifacts/<identity>-<ref>/  one personalization artifact per (identity, reference photo)
+    RUN/images/<identity>/<item_id>.png + .json   canonical layout with sidecars
+
+Steps, each resumable: (1) personalize every (identity, reference) pair that still has pending
+items, (2) generate the pending items, (3) evaluate the generated images that have no results yet.
+Under ``accelerate launch`` each rank takes its share (plan position modulo world size) and all
+ranks write into the same SQLite file; seeds come from item ids, so the split changes nothing.
+A failure inside one item or one artifact is recorded with its reason; the run goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import traceback
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from likeness.bench.plan import RunConfig, WorkItem, bind_run_folder, make_plan, shard
+from likeness.bench.runstore import DONE, FAILED, RunStore
+from likeness.data.identities import Identity, load_identities
+from likeness.data.layout import write_sidecar
+
+STORE_FILE = "results.sqlite"
+BUILTIN = "builtin"
+BUILTIN_IDENTITY = "astronaut"
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    counts: dict[str, int]
+    seconds: dict[str, float] = field(default_factory=dict)  # wall + time inside each kind of work
+    failures: list[dict] = field(default_factory=list)
+
+    def describe(self) -> str:
+        total = sum(self.counts.values())
+        lines = [f"run {self.run_dir}: {self.counts.get(DONE, 0)}/{total} items done, {self.counts.get(FAILED, 0)} failed"]
+        for f in self.failures[:10]:
+            lines.append(f"  failed {f['item_id']}: {f['reason']}")
+        if len(self.failures) > 10:
+            lines.append(f"  ... and {len(self.failures) - 10} more (see `likeness report`)")
+        return "\n".join(lines)
+
+
+def builtin_identities(run_dir: Path) -> list[Identity]:
+    """The bundled identity: the public-domain astronaut photo from scikit-image, saved in the run folder."""
+    from PIL import Image
+    from skimage import data
+
+    photo = run_dir / "identities" / BUILTIN_IDENTITY / "0.png"
+    if not photo.exists():
+        photo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = photo.with_suffix(".tmp.png")
+        Image.fromarray(data.astronaut()).save(tmp)
+        tmp.replace(photo)
+    return [Identity(name=BUILTIN_IDENTITY, photos=[photo])]
+
+
+def resolve_identities(config: RunConfig, run_dir: Path) -> list[Identity]:
+    if config.identities == BUILTIN:
+        return builtin_identities(run_dir)
+    return load_identities(config.identities)
+
+
+def _reason(exc: BaseException) -> str:
+    """A one-line failure reason: the exception type and its message (which names the file, if any)."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {message}"[:500]
+
+
+def _unit(item: WorkItem) -> str:
+    """The artifact an item needs: one per (identity, reference photo), as Stellar personalizes from one photo."""
+    return f"{item.identity}-{item.reference.stem}"
+
+
+class Runner:
+    """One process's view of a run. Create it on every rank; :meth:`run` does the whole job."""
+
+    def __init__(self, config: RunConfig, run_dir: str | Path, *, progress: bool = True, state=None):
+        from accelerate import PartialState
+
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.state = state if state is not None else PartialState(cpu=True)
+        self.rank, self.world = self.state.process_index, self.state.num_processes
+        self.progress = progress
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    # -- setup ------------------------------------------------------------------------------------
+
+    def prepare(self) -> list[WorkItem]:
+        """Plan, bind the folder to the config, register items. Every rank plans the same items."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.state.is_main_process:
+            self.identities = resolve_identities(self.config, self.run_dir)
+        self.state.wait_for_everyone()
+        if not self.state.is_main_process:
+            self.identities = resolve_identities(self.config, self.run_dir)
+        self.plan = make_plan(self.config, self.identities)
+        # Every rank checks (so all fail alike); only the main one writes.
+        bind_run_folder(self.run_dir, self.config, write=self.state.is_main_process)
+        if self.state.is_main_process:
+            store = RunStore(self.run_dir / STORE_FILE)
+            store.add_items(self.plan)
+            store.reset_interrupted()
+            store.close()
+        self.state.wait_for_everyone()
+        self.store = RunStore(self.run_dir / STORE_FILE)
+        return self.plan
+
+    def _bar(self, iterable, desc: str, total: int | None = None):
+        label = f"{desc} [rank {self.rank}/{self.world}]" if self.world > 1 else desc
+        return tqdm(iterable, desc=label, total=total, disable=not self.progress, position=self.rank, leave=True)
+
+    # -- step 1: personalization ------------------------------------------------------------------
+
+    def artifact_dir(self, unit: str) -> Path:
+        return self.run_dir / "artifacts" / unit
+
+    def personalize(self, method) -> None:
+        """Make the missing artifacts, round-robin over ranks; a failed one fails its items with the reason."""
+        pending = self.store.pending_ids()
+        units: dict[str, WorkItem] = {}
+        for item in self.plan:
+            if item.item_id in pending:
+                units.setdefault(_unit(item), item)
+        names = sorted(units)
+        mine = [u for k, u in enumerate(names) if k % self.world == self.rank and not self.artifact_dir(u).is_dir()]
+        for unit in self._bar(mine, "personalize"):
+            item = units[unit]
+            final = self.artifact_dir(unit)
+            work = final.parent / f".tmp-{unit}-{os.getpid()}"
+            shutil.rmtree(work, ignore_errors=True)
+            person = Identity(name=item.identity, photos=[item.reference])
+            started = time.perf_counter()
+            try:
+                method.personalize([person], work, self.config.base_model, **self.config.method_options)
+                work.replace(final)  # atomic: an artifact folder exists only when complete
+            except Exception as exc:  # one bad photo must not stop the run: its items fail with the reason
+                shutil.rmtree(work, ignore_errors=True)
+                reason = f"personalization failed: {_reason(exc)}"
+                for it in self.plan:
+                    if _unit(it) == unit and it.item_id in pending:
+                        self.store.finish(it.item_id, FAILED, reason)
+            self.seconds["personalize"] += time.perf_counter() - started
+        self.state.wait_for_everyone()
+
+    # -- step 2: generation -----------------------------------------------------------------------
+
+    def image_path(self, item: WorkItem) -> Path:
+        return self.run_dir / "images" / item.identity / f"{item.item_id}.png"
+
+    def generate(self, method) -> None:
+        pending = self.store.pending_ids()
+        mine = [item for item in shard(self.plan, self.rank, self.world) if item.item_id in pending]
+        by_unit: dict[str, list[WorkItem]] = defaultdict(list)
+        for item in mine:
+            by_unit[_unit(item)].append(item)
+        bar = self._bar(None, "generate", total=len(mine))
+        for unit, items in sorted(by_unit.items()):
+            started = time.perf_counter()
+            try:
+                personalized = method.load(self.artifact_dir(unit))
+            except Exception as exc:
+                for item in items:
+                    self.store.finish(item.item_id, FAILED, f"cannot load artifact: {_reason(exc)}")
+                bar.update(len(items))
+                continue
+            finally:
+                self.seconds["load"] += time.perf_counter() - started
+            for item in items:
+                self._generate_one(personalized, item)
+                bar.update(1)
+        bar.close()
+        self.state.wait_for_everyone()
+
+    def _generate_one(self, personalized, item: WorkItem) -> None:
+        self.store.start(item.item_id, self.rank)
+        started = time.perf_counter()
+        try:
+            (image,) = personalized.generate(
+                [item.prompt.prompts],
+                [item.seed],
+                identity=item.identity,
+                num_inference_steps=self.config.steps,
+                guidance_scale=self.config.guidance,
+                height=self.config.resolution,
+                width=self.config.resolution,
+            )
+            seconds = time.perf_counter() - started
+            self.seconds["generate"] += seconds
+            path = self.image_path(item)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.stem}.tmp.png")
+            image.save(tmp)
+            tmp.replace(path)  # a killed write never leaves a half image under the final name
+            meta = item.sidecar(self.config)
+            meta["prompt"] = personalized.prompt(item.prompt.prompts, item.identity)
+            meta.update(steps=self.config.steps, guidance=self.config.guidance, artifact=str(self.artifact_dir(_unit(item))))
+            write_sidecar(path, meta)
+        except Exception as exc:  # the item fails with its reason; the run goes on
+            self.store.finish(item.item_id, FAILED, f"generation failed: {_reason(exc)}")
+            if os.environ.get("LIKENESS_DEBUG"):
+                traceback.print_exc()
+            return
+        self.store.finish(item.item_id, DONE, seconds=seconds)
+
+    # -- step 3: evaluation -----------------------------------------------------------------------
+
+    def evaluate(self) -> None:
+        """Score generated images that have no results yet (ranks split the work, one store)."""
+        if not self.config.metrics:
+            return
+        from likeness.bench.evaluate import evaluate_run_items
+
+        done = {r["item_id"] for r in self.store.items(DONE)}
+        mine = [item for item in shard(self.plan, self.rank, self.world) if item.item_id in done]
+        started = time.perf_counter()
+        evaluate_run_items(
+            [self.image_path(item) for item in mine],
+            identities=self.identities,
+            metrics=self.config.metrics,
+            store_path=self.run_dir / STORE_FILE,
+            face_backend=self.config.face_backend,
+            progress=self.progress,
+        )
+        self.seconds["evaluate"] += time.perf_counter() - started
+        self.state.wait_for_everyone()
+
+    # -- all together -----------------------------------------------------------------------------
+
+    def run(self) -> RunSummary:
+        from likeness.methods import get_method
+
+        started = time.perf_counter()
+        method = get_method(self.config.method)
+        self.prepare()
+        self.personalize(method)
+        self.generate(method)
+        self.evaluate()
+        self.seconds["wall"] = time.perf_counter() - started
+        summary = RunSummary(self.run_dir, self.store.counts(), dict(self.seconds), self.store.items(FAILED))
+        self.store.close()
+        return summary
+
+
+def run_bench(config: RunConfig, run_dir: str | Path, *, progress: bool = True) -> RunSummary:
+    """Run (or continue) a benchmark in ``run_dir``. Call it on every rank under ``accelerate launch``."""
+    return Runner(config, run_dir, progress=progress).run()

@@ -1,0 +1,47 @@
+"""Shared by the runner and report tests: a method that needs no training, and a small config.
+
+``plain-prompt`` is a real :class:`Method` (real tiny diffusers pipeline, real generation) that
+addresses the person as "a person": the no-personalization baseline. It keeps runner tests about
+the runner (bookkeeping, resume, sharding) instead of about training speed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from likeness.bench.plan import RunConfig
+from likeness.data.images import load_image
+from likeness.methods.base import METHODS, IdentityEntry, Manifest, Method
+from likeness.models.loading import base_model_info
+
+PLAIN = "plain-prompt"
+
+
+class PlainPrompt(Method):
+    name = PLAIN
+    default_sampling = {"num_inference_steps": 2, "guidance_scale": 5.0}
+
+    def personalize(self, identities, out_dir, base_model, **config):
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        entries = {}
+        for person in identities:
+            for photo in person.photos:
+                load_image(photo)  # a bad photo fails here, naming the file, like a training method would
+            entries[person.name] = IdentityEntry(subject="a person", tokens=[], photos=[str(p) for p in person.photos])
+        Manifest(PLAIN, base_model_info(base_model), entries, config, dict(self.default_sampling)).save(out_dir)
+        return out_dir
+
+    def apply(self, pipe, artifact, manifest):
+        pass
+
+
+if PLAIN not in METHODS:
+    METHODS.register(PLAIN)(PlainPrompt)
+
+
+def small_config(identities: str = "builtin", **overrides) -> RunConfig:
+    options = dict(method=PLAIN, base_model="likeness/tiny-sd", identities=identities, prompt_limit=4,
+                   steps=2, resolution=32, metrics=[])
+    options.update(overrides)
+    return RunConfig(**options)
