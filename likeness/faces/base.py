@@ -65,6 +65,10 @@ class FaceBackend:
         """Fill ``embedding`` (L2-normalised) for each face, aligning it first."""
         raise NotImplementedError
 
+    def calibrate(self, cosine):
+        """Map raw cosine similarity onto the backend's documented score scale (identity by default)."""
+        return cosine
+
     def analyze(self, images: list[np.ndarray]) -> list[list[Face]]:
         """Detect and embed every face in each image. Batched where the backend can batch."""
         return [self.embed(image, self.detect(image)) for image in images]

@@ -1,1 +1,13 @@
-"""likeness.metrics"""
+"""Metrics, one file each, behind a registry: ``METRICS.create("ips", backend=..., cache=...)``."""
+
+from __future__ import annotations
+
+from likeness.registry import Registry
+
+METRICS: Registry = Registry("metric")
+
+# Imported after METRICS exists: each module registers its metric.
+from likeness.metrics import aps, ips, sis  # noqa: E402,F401
+from likeness.metrics.base import Metric, Sample, Score  # noqa: E402
+
+__all__ = ["METRICS", "Metric", "Sample", "Score"]

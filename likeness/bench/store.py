@@ -1,0 +1,126 @@
+"""Results store: one SQLite file (WAL mode), one row per (item_id, metric).
+
+WAL lets a reader (a notebook, ``likeness report``) open the file while an evaluation writes to it,
+and every write is a committed transaction, so a crash loses at most the item in flight. Writes
+are idempotent (a re-run replaces a row, never duplicates it), and :meth:`ResultsStore.done`
+lets a re-run skip what is finished. Extend it by adding tables in :meth:`_create` (the benchmark
+runner adds ``items``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from likeness.metrics.base import Score
+
+
+RESULT_COLUMNS = ("item_id", "metric", "value", "status", "n_faces", "protocol", "detail", "created_at")
+
+
+class ResultsStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._create()
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{self.path}: not a usable results database ({exc})") from None
+
+    def _create(self) -> None:
+        with self.db:
+            self.db.execute(
+                """CREATE TABLE IF NOT EXISTS results (
+                    item_id TEXT NOT NULL, metric TEXT NOT NULL, value REAL, status TEXT NOT NULL,
+                    n_faces INTEGER, protocol TEXT NOT NULL, detail TEXT NOT NULL, created_at REAL NOT NULL,
+                    PRIMARY KEY (item_id, metric))"""
+            )
+            self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "ResultsStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- results ---------------------------------------------------------------------------------
+
+    def put(self, scores: list[Score] | Score) -> None:
+        """Insert or replace rows, in one transaction."""
+        scores = [scores] if isinstance(scores, Score) else scores
+        now = time.time()
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (s.item_id, s.metric, None if s.value is None else float(s.value), s.status, s.n_faces,
+                     json.dumps(s.protocol, sort_keys=True), json.dumps(s.detail, sort_keys=True, default=_jsonable), now)
+                    for s in scores
+                ],
+            )
+
+    def done(self, item_id: str, metric: str, protocol_name: str | None = None) -> bool:
+        return item_id in self.done_items(metric, protocol_name, item_ids=[item_id])
+
+    def done_items(self, metric: str, protocol_name: str | None = None, item_ids: list[str] | None = None) -> set[str]:
+        """Items with a stored row for ``metric`` (under ``protocol_name`` when given; rows under
+        another protocol are stale and will be recomputed). ``failed`` rows are never done."""
+        query = "SELECT item_id, protocol FROM results WHERE metric = ? AND status != 'failed'"
+        args: list = [metric]
+        if item_ids is not None:
+            query += f" AND item_id IN ({','.join('?' * len(item_ids))})"
+            args += item_ids
+        return {
+            item for item, protocol in self.db.execute(query, args)
+            if protocol_name is None or json.loads(protocol).get("name") == protocol_name
+        }
+
+    def scores(self, metric: str | None = None, protocol_name: str | None = None) -> list[Score]:
+        query, args = "SELECT item_id, metric, value, status, n_faces, protocol, detail FROM results", []
+        if metric is not None:
+            query, args = query + " WHERE metric = ?", [metric]
+        rows = [
+            Score(item, name, value, status, n_faces, json.loads(protocol), json.loads(detail))
+            for item, name, value, status, n_faces, protocol, detail in self.db.execute(query + " ORDER BY item_id, metric", args)
+        ]
+        return [s for s in rows if protocol_name is None or s.protocol.get("name") == protocol_name]
+
+    def metrics(self) -> list[str]:
+        return [m for (m,) in self.db.execute("SELECT DISTINCT metric FROM results ORDER BY metric")]
+
+    def export_csv(self, path: str | Path, metric: str | None = None) -> Path:
+        """Per-image rows as CSV (protocol reduced to its name; detail kept as JSON)."""
+        path = Path(path)
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["item_id", "metric", "value", "status", "n_faces", "protocol", "detail"])
+            for s in self.scores(metric):
+                writer.writerow([s.item_id, s.metric, "" if s.value is None else s.value, s.status,
+                                 "" if s.n_faces is None else s.n_faces, s.protocol.get("name", ""), json.dumps(s.detail, sort_keys=True)])
+        return path
+
+    # -- meta --------------------------------------------------------------------------------------
+
+    def set_meta(self, key: str, value) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value, sort_keys=True, default=_jsonable)))
+
+    def get_meta(self, key: str, default=None):
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+
+def _jsonable(value):
+    """numpy scalars/arrays and paths in details become plain JSON."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)

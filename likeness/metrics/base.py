@@ -1,0 +1,130 @@
+"""What every metric shares: the sample it scores, the score it returns, update/compute, summaries.
+
+Metrics follow torchmetrics: ``update(samples, generated)`` scores a batch and keeps the per-image
+:class:`Score` objects; ``compute()`` summarises everything seen. ``summarize(scores)`` works on any
+list of scores (e.g. read back from the results store), so a resumed evaluation reports the same
+numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from likeness.data.identities import Identity
+from likeness.faces import FaceBackend, FaceCache, FaceResult, analyze_path
+
+
+@dataclass
+class Score:
+    """One metric value for one image; ``value`` is None when the image could not be scored at all."""
+
+    item_id: str
+    metric: str
+    value: float | None
+    status: str = "ok"
+    n_faces: int | None = None
+    protocol: dict = field(default_factory=dict)
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class Sample:
+    """A generated image, who it should show, and the reference photo it was generated from."""
+
+    item_id: str
+    image: Path
+    identity: Identity | None
+    reference: Path | None
+
+
+class Metric:
+    name: str = ""
+    version: str = "v1"
+    definition: str = ""
+
+    def __init__(self, backend: FaceBackend | None = None, cache: FaceCache | None = None, identities: list[Identity] | None = None):
+        if backend is None:
+            from likeness.faces import get_backend
+
+            backend = cache.backend if cache is not None else get_backend()
+        self.backend = backend
+        self.cache = cache if cache is not None else FaceCache(backend)
+        self.identities = identities or []
+        self.scores: list[Score] = []
+
+    @property
+    def protocol(self) -> dict:
+        """Stored with every row; ``name`` changes whenever numbers would not be comparable."""
+        face = self.backend.protocol
+        return {
+            "name": f"{self.name}/{self.version}+{face.name}",
+            "metric": self.name,
+            "definition": self.definition,
+            "face": face.to_dict(),
+        }
+
+    def describe(self) -> str:
+        return f"{self.protocol['name']}: {self.definition} Face protocol: {self.backend.protocol.describe()}"
+
+    def score(self, sample: Sample, generated: FaceResult) -> Score:
+        raise NotImplementedError
+
+    def update(self, samples: list[Sample], generated: list[FaceResult] | None = None) -> list[Score]:
+        """Score a batch. ``generated`` (faces of each sample's image) lets several metrics share one face pass."""
+        if generated is None:
+            generated = [analyze_path(self.backend, s.image) for s in samples]
+        new = [self.score(sample, faces) for sample, faces in zip(samples, generated)]
+        self.scores.extend(new)
+        return new
+
+    def compute(self) -> dict:
+        return self.summarize(self.scores)
+
+    def reset(self) -> None:
+        self.scores = []
+
+    def summarize(self, scores: list[Score]) -> dict:
+        """Flat mean and std over scored images (no-face images count as 0), as the Stellar code does."""
+        values = np.array([s.value for s in scores if s.value is not None], dtype=np.float64)
+        return {
+            "metric": self.name,
+            "value": float(values.mean()) if values.size else float("nan"),
+            "mean": float(values.mean()) if values.size else float("nan"),
+            "std": float(values.std()) if values.size else float("nan"),
+            "count": int(values.size),
+            "no_face": sum(s.status == "no_face" for s in scores),
+            "unscored": sum(s.value is None for s in scores),
+            "protocol": self.protocol["name"],
+        }
+
+    # -- helpers for subclasses ---------------------------------------------------------------------
+
+    def _score(self, sample: Sample, value, status: str, generated: FaceResult, **detail) -> Score:
+        return Score(
+            item_id=sample.item_id,
+            metric=self.name,
+            value=None if value is None else float(value),
+            status=status,
+            n_faces=len(generated.faces),
+            protocol=self.protocol,
+            detail=detail,
+        )
+
+    def _generated_problem(self, sample: Sample, generated: FaceResult) -> Score | None:
+        """The score for a generated image without a usable face: 0 if no face, unscored if unreadable."""
+        if generated.ok:
+            return None
+        value = 0.0 if generated.status == "no_face" else None
+        return self._score(sample, value, generated.status, generated, side="generated", problem=generated.problem)
+
+
+def face_similarity(backend: FaceBackend, generated: FaceResult, reference: FaceResult) -> dict:
+    """Best (generated face, reference face) pair: raw cosine and the backend's calibrated score."""
+    cosines = generated.embeddings() @ reference.embeddings().T
+    g, r = np.unravel_index(int(np.argmax(cosines)), cosines.shape)
+    raw = float(cosines[g, r])
+    return {"value": float(backend.calibrate(raw)), "raw_cosine": raw, "generated_face": int(g), "reference_face": int(r),
+            "reference_faces": len(reference.faces)}
