@@ -15,8 +15,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from likeness.bench.store import ResultsStore
-from likeness.data.identities import load_identities
-from likeness.data.layout import read_generated
+from likeness.data.identities import Identity, load_identities
+from likeness.data.layout import GeneratedItem, read_canonical_item, read_generated
 from likeness.faces import FaceCache, analyze_path, get_backend
 from likeness.metrics import METRICS, Metric, Sample, Score
 
@@ -49,16 +49,47 @@ def evaluate(
     cache_dir: str | Path | None = None,
     progress: bool = True,
 ) -> EvaluationReport:
+    """Score every generated image under ``generated`` against the people in ``dataset``."""
     identities = load_identities(dataset, split=split)
-    by_name = {i.name: i for i in identities}
     items = read_generated(generated, identities)
+    meta = {"dataset": str(dataset), "generated": str(generated)}
+    return score_items(items, identities, store, metrics, backend, backend_options, cache_dir, progress, meta)
+
+
+def evaluate_run_items(
+    image_paths: list[Path],
+    identities: list[Identity],
+    metrics: tuple[str, ...] | list[str],
+    store_path: str | Path,
+    face_backend: str = "dlib",
+    progress: bool = True,
+    backend_options: dict | None = None,
+) -> EvaluationReport:
+    """Score images the benchmark runner wrote (canonical layout, one sidecar each)."""
+    by_name = {i.name: i for i in identities}
+    items = [read_canonical_item(path, by_name) for path in image_paths]
+    return score_items(items, identities, store_path, metrics, face_backend, backend_options, None, progress, {})
+
+
+def score_items(
+    items: list[GeneratedItem],
+    identities: list[Identity],
+    store: str | Path,
+    metrics,
+    backend: str = "dlib",
+    backend_options: dict | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    meta: dict | None = None,
+) -> EvaluationReport:
+    """The evaluation loop: one face pass per image shared by all metrics, one row per (item, metric)."""
+    by_name = {i.name: i for i in identities}
     face_backend = get_backend(backend, **(backend_options or {}))
     cache = FaceCache(face_backend, cache_dir)
     scorers = build_metrics(metrics, face_backend, cache, identities)
     report = EvaluationReport(store=Path(store), summaries=[], n_items=len(items), face_protocol=face_backend.protocol.describe())
     with ResultsStore(store) as results:
-        results.set_meta("last_evaluation", {"dataset": str(dataset), "generated": str(generated), "metrics": list(metrics),
-                                             "face_protocol": face_backend.protocol.to_dict()})
+        results.set_meta("last_evaluation", {**(meta or {}), "metrics": list(metrics), "face_protocol": face_backend.protocol.to_dict()})
         done = {m.name: results.done_items(m.name, m.protocol["name"]) for m in scorers}
         for item in tqdm(items, desc="evaluate", unit="img", disable=not progress):
             todo = [m for m in scorers if item.item_id not in done[m.name]]

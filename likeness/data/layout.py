@@ -102,25 +102,29 @@ def _resolve_reference(item: GeneratedItem, ref: str | None, identities: dict[st
     item.reference = photo
 
 
+def read_canonical_item(image: str | Path, identities: dict[str, Identity]) -> GeneratedItem:
+    """One image of the canonical layout with its sidecar (status says what is wrong, if anything)."""
+    image = Path(image)
+    record, status, problem = _read_json(image.with_suffix(".json"))
+    if not image.exists():
+        status, problem = "missing", f"{image}: generated image missing"
+    record = record or {}
+    item = GeneratedItem(
+        item_id=str(record.get("item_id") or image.stem),
+        image=image,
+        identity=str(record.get("identity") or image.parent.name),
+        reference=None,
+        meta=record,
+        status=status,
+        problem=problem,
+    )
+    _resolve_reference(item, record.get("reference"), identities)
+    return item
+
+
 def _read_canonical(root: Path, identities: dict[str, Identity]) -> list[GeneratedItem]:
-    items = []
-    for image in sorted(root.glob("*/*.png")):
-        if image.parent.name.startswith(("_", ".")):
-            continue
-        record, status, problem = _read_json(image.with_suffix(".json"))
-        record = record or {}
-        item = GeneratedItem(
-            item_id=str(record.get("item_id") or image.stem),
-            image=image,
-            identity=str(record.get("identity") or image.parent.name),
-            reference=None,
-            meta=record,
-            status=status,
-            problem=problem,
-        )
-        _resolve_reference(item, record.get("reference"), identities)
-        items.append(item)
-    return items
+    return [read_canonical_item(image, identities) for image in sorted(root.glob("*/*.png"))
+            if not image.parent.name.startswith(("_", "."))]
 
 
 def _read_stellar_flat(root: Path, identities: dict[str, Identity]) -> list[GeneratedItem]:
