@@ -45,3 +45,22 @@ def small_config(identities: str = "builtin", **overrides) -> RunConfig:
                    steps=2, resolution=32, metrics=[])
     options.update(overrides)
     return RunConfig(**options)
+
+
+def main(argv: list[str]) -> None:
+    """``python bench_helpers.py RUN_DIR '{"prompt_limit": 8}'``: one rank of a run (also under accelerate launch)."""
+    import json
+
+    from likeness.bench.runner import Runner
+
+    overrides = json.loads(argv[1]) if len(argv) > 1 else {}
+    runner = Runner(small_config(**overrides), argv[0], progress=False)
+    summary = runner.run()
+    print(f"backend {runner.state.backend}, {runner.world} processes", flush=True)
+    print(summary.describe(), flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -116,9 +116,17 @@ class Runner:
             store.add_items(self.plan)
             store.reset_interrupted()
             store.close()
+            self._remove_partial_files()
         self.state.wait_for_everyone()
         self.store = RunStore(self.run_dir / STORE_FILE)
         return self.plan
+
+    def _remove_partial_files(self) -> None:
+        """Half-written images and artifacts of a killed process (their items are pending again)."""
+        for tmp in (self.run_dir / "images").glob("*/*.png.tmp"):
+            tmp.unlink(missing_ok=True)
+        for tmp in (self.run_dir / "artifacts").glob(".tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _bar(self, iterable, desc: str, total: int | None = None):
         label = f"{desc} [rank {self.rank}/{self.world}]" if self.world > 1 else desc
@@ -203,8 +211,8 @@ class Runner:
             self.seconds["generate"] += seconds
             path = self.image_path(item)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.stem}.tmp.png")
-            image.save(tmp)
+            tmp = path.with_suffix(".png.tmp")  # not *.png, so readers never pick up a partial file
+            image.save(tmp, format="PNG")
             tmp.replace(path)  # a killed write never leaves a half image under the final name
             meta = item.sidecar(self.config)
             meta["prompt"] = personalized.prompt(item.prompt.prompts, item.identity)
