@@ -17,3 +17,6 @@ from likeness.methods.base import (  # noqa: F401
     load_artifact,
     personalize,
 )
+
+# Built-in methods register themselves on import.
+from likeness.methods import dreambooth_lora, textual_inversion  # noqa: E402,F401

@@ -21,7 +21,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar, Iterable, Sequence
+from typing import Callable, ClassVar, Iterable, Sequence
 
 import torch
 from PIL import Image
@@ -95,7 +95,9 @@ class Manifest:
         if not folder.is_dir():
             raise ArtifactError(f"{folder}: artifact folder does not exist")
         if not path.is_file():
-            raise ArtifactError(f"{folder}: not a likeness artifact (no {MANIFEST_NAME}); run `likeness personalize` first")
+            hint = ("training did not finish; rerun the same `likeness personalize` command to resume"
+                    if (folder / "checkpoints").is_dir() else "run `likeness personalize` first")
+            raise ArtifactError(f"{folder}: not a finished likeness artifact (no {MANIFEST_NAME}); {hint}")
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
             return cls(
@@ -183,16 +185,94 @@ class Personalized:
         return images
 
 
+@dataclass
+class TrainingSetup:
+    """What a method hands the shared loop: which tensors train, and how people are addressed."""
+
+    identities: dict[str, IdentityEntry]
+    trainable: dict[str, torch.nn.Parameter]
+    modules: list[torch.nn.Module]
+    after_step: Callable[[], None] | None = None
+    # Optional wrapper around the photo batch maker (DreamBooth mixes in class images with it).
+    wrap_batches: Callable[[Callable], Callable] | None = None
+    prior_loss_weight: float = 1.0
+
+
+# Options every trained method accepts besides TrainingConfig's fields.
+COMMON_OPTIONS = {
+    "device": None,
+    "framing": "face",  # see likeness.methods.preparation.FRAMINGS
+    "flip": True,
+    "color_jitter": 0.0,
+    "scale_range": None,
+    "face_backend": "dlib",
+    "overwrite": False,
+}
+
+
 class Method:
-    """Base class. Subclasses set ``name`` and implement :meth:`personalize` and :meth:`apply`."""
+    """Base class. A method sets ``name`` and ``defaults`` and implements :meth:`setup`,
+    :meth:`save_weights` and :meth:`apply`; the shared :meth:`personalize` does the rest
+    (photos, training loop, manifest). Methods that do not fit may override :meth:`personalize`."""
 
     name: ClassVar[str] = ""
+    # Method options and TrainingConfig overrides, from the method's paper / diffusers example.
+    defaults: ClassVar[dict] = {}
     # Sampling defaults recorded in the manifest (a user's explicit values always win).
     default_sampling: ClassVar[dict] = {"num_inference_steps": 50, "guidance_scale": 7.5}
 
-    def personalize(self, identities: Iterable, out_dir: str | Path, base_model: str, **config) -> Path:
-        """Train on the photos of ``identities`` (objects with ``name`` and ``photos``) and write an artifact folder."""
+    def setup(self, pipe, names: list[str], options: dict) -> TrainingSetup:
+        """Add tokens / adapters to ``pipe`` and say what trains."""
         raise NotImplementedError
+
+    def save_weights(self, pipe, setup: TrainingSetup, out_dir: Path, options: dict) -> None:
+        """Write the trained weights in a format plain diffusers loads."""
+        raise NotImplementedError
+
+    def personalize(self, identities: Iterable, out_dir: str | Path, base_model: str, **config) -> Path:
+        """Train on the photos of ``identities`` and write an artifact folder; returns its path.
+
+        ``identities``: ``{name: photos}``, ``[Identity]`` or ``[(name, photos)]``. ``config``: any
+        :class:`~likeness.methods.training.TrainingConfig` field, ``COMMON_OPTIONS`` and the method's
+        ``defaults``. Rerunning into the folder of an interrupted run resumes it.
+        """
+        from likeness.faces import get_backend
+        from likeness.methods.preparation import Augmentation, photo_batches, prepare_identities
+        from likeness.methods.training import native_resolution, remove_checkpoints, train
+
+        training, options = split_config(config, {**COMMON_OPTIONS, **self.defaults})
+        out_dir = start_artifact(out_dir, options["overwrite"])
+        people = as_identities(identities)
+        pipe = load_pipeline(base_model, device=options["device"], dtype=torch.float32)
+        training.resolution = training.resolution or native_resolution(pipe)
+        prepared, notes = prepare_identities(people, size=training.resolution, framing=options["framing"],
+                                             backend=get_backend(options["face_backend"]))
+        setup = self.setup(pipe, [name for name, _ in people], {**options, "out_dir": out_dir})
+        for name, photos in prepared.items():
+            setup.identities[name].photos = [str(p.source) for p in photos]
+        aug = Augmentation(flip=options["flip"], color_jitter=options["color_jitter"],
+                           scale_range=tuple(options["scale_range"]) if options["scale_range"] else None)
+        make_batch = photo_batches(prepared, {n: e.subject for n, e in setup.identities.items()},
+                                   batch_size=training.batch_size, aug=aug, mask=training.masked_loss)
+        if setup.wrap_batches is not None:
+            make_batch = setup.wrap_batches(make_batch)
+        fingerprint = {"method": self.name, "base_model": pipe.likeness_info.to_dict(), "options": options,
+                       "photos": {n: e.photos for n, e in setup.identities.items()}}
+        result = train(pipe, setup.trainable, make_batch, training, out_dir, modules=setup.modules,
+                       after_step=setup.after_step, prior_loss_weight=setup.prior_loss_weight,
+                       fingerprint_extra=json.loads(json.dumps(fingerprint, default=str)))
+        self.save_weights(pipe, setup, out_dir, options)
+        recorded = {k: v for k, v in options.items() if k not in ("device", "overwrite")}
+        Manifest(
+            method=self.name,
+            base_model=pipe.likeness_info,
+            identities=setup.identities,
+            config={"training": asdict(training), "options": recorded, "notes": notes,
+                    "final_loss": result.losses[-1] if result.losses else None, "resumed_from": result.resumed_from},
+            sampling=dict(self.default_sampling),
+        ).save(out_dir)  # written last: its presence means the artifact is complete
+        remove_checkpoints(out_dir)
+        return out_dir
 
     def apply(self, pipe, artifact: Path, manifest: Manifest) -> None:
         """Load the artifact's files into ``pipe`` (a plain pipeline of the artifact's base model)."""
@@ -213,6 +293,64 @@ class Method:
         """Convenience: :meth:`load` then :meth:`Personalized.generate`."""
         loading = {k: kwargs.pop(k) for k in ("base_model", "device", "dtype") if k in kwargs}
         return self.load(artifact, **loading).generate(prompts, seeds, **kwargs)
+
+
+def as_identities(identities) -> list[tuple[str, list[Path]]]:
+    """Normalise ``{name: photos}``, ``[Identity]`` (anything with ``name`` and ``photos``) or ``[(name, photos)]``."""
+    if isinstance(identities, dict):
+        items = list(identities.items())
+    else:
+        items = [(i.name, i.photos) if hasattr(i, "photos") else tuple(i) for i in identities]
+    result = []
+    for name, photos in items:
+        photos = [photos] if isinstance(photos, (str, Path)) else list(photos)
+        if not photos:
+            raise ValueError(f"identity {name!r} has no photos")
+        result.append((safe_name(name), [Path(p) for p in photos]))
+    if not result:
+        raise ValueError("no identities to personalize")
+    names = [n for n, _ in result]
+    if len(set(names)) != len(names):
+        raise ValueError(f"identity names must be unique (after clean-up): {names}")
+    return result
+
+
+def safe_name(name: str) -> str:
+    """Identity names become tokens and file names: lower-case letters, digits and underscores."""
+    cleaned = "".join(c if c.isalnum() else "_" for c in str(name).strip().lower()).strip("_")
+    if not cleaned:
+        raise ValueError(f"identity name {name!r} has no letters or digits")
+    return cleaned
+
+
+def split_config(config: dict, method_defaults: dict) -> tuple["TrainingConfig", dict]:
+    """Split user options into the shared :class:`TrainingConfig` and the method's own options.
+
+    Defaults: the method's (from its paper / the diffusers example), then the user's. Unknown keys
+    are an error, so a typo never silently falls back to a default.
+    """
+    from dataclasses import fields
+
+    from likeness.methods.training import TrainingConfig
+
+    training_keys = {f.name for f in fields(TrainingConfig)}
+    merged = {**method_defaults, **{k: v for k, v in config.items() if v is not None}}
+    unknown = sorted(k for k in merged if k not in training_keys and k not in method_defaults)
+    if unknown:
+        allowed = ", ".join(sorted(training_keys | set(method_defaults)))
+        raise TypeError(f"unknown option(s) {', '.join(unknown)}; allowed: {allowed}")
+    training = TrainingConfig(**{k: v for k, v in merged.items() if k in training_keys})
+    options = {k: v for k, v in merged.items() if k not in training_keys}
+    return training, options
+
+
+def start_artifact(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """The artifact folder, refusing to overwrite a finished artifact unless asked."""
+    out_dir = Path(out_dir)
+    if (out_dir / MANIFEST_NAME).exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds a finished artifact; choose another output folder or pass overwrite")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
 
 
 def get_method(name: str) -> Method:

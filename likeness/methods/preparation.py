@@ -201,3 +201,56 @@ def identity_photos(path: str | Path) -> list[Path]:
             raise FileNotFoundError(f"{path}: folder has no image files (.jpg, .png, ...)")
         return photos
     raise FileNotFoundError(f"{path}: identity photo or folder does not exist")
+
+
+def prepare_identities(identities, *, size: int, framing: str, backend: FaceBackend | None = None):
+    """``{name: [PreparedPhoto]}`` for ``[(name, photos)]``, plus notes on skipped photos.
+
+    A photo without a face (or unreadable) is skipped with a note when the person has other usable
+    photos; if none is usable the error for the first bad photo is raised, naming the file.
+    """
+    from likeness.data.images import ImageError
+
+    backend = backend or _default_backend()
+    prepared, notes = {}, []
+    for name, photos in identities:
+        good, errors = [], []
+        for path in photos:
+            try:
+                photo = prepare_photo(path, backend=backend, size=size, framing=framing)
+            except (ImageError, NoFaceError) as exc:
+                errors.append(exc)
+                continue
+            good.append(photo)
+            notes.extend(photo.notes)
+        if not good:
+            raise errors[0]
+        for exc in errors:
+            notes.append(f"skipped {exc}")
+            log.warning("identity %s: skipped %s", name, exc)
+        prepared[name] = good
+    return prepared, notes
+
+
+def photo_batches(prepared: dict, subjects: dict, *, batch_size: int, aug: Augmentation, mask: str | None = None,
+                  templates=CAPTION_TEMPLATES):
+    """A ``make_batch(step, micro, rng)`` for :func:`likeness.methods.training.train`: random person,
+    random photo, random augmentation and caption, all drawn from ``rng``."""
+    import torch
+
+    from likeness.methods.training import Batch
+
+    names = sorted(prepared)
+
+    def make_batch(step: int, micro: int, rng: np.random.Generator) -> Batch:
+        pixels, masks, captions = [], [], []
+        for _ in range(batch_size):
+            name = names[int(rng.integers(len(names)))]
+            photo = prepared[name][int(rng.integers(len(prepared[name])))]
+            image, face_mask, person_mask = augment(photo, rng, aug)
+            pixels.append(torch.from_numpy(image).permute(2, 0, 1))
+            masks.append(torch.from_numpy(face_mask if mask == "face" else person_mask)[None])
+            captions.append(caption(subjects[name], rng, templates))
+        return Batch(pixels=torch.stack(pixels), captions=captions, mask=torch.stack(masks) if mask else None)
+
+    return make_batch

@@ -1,0 +1,348 @@
+"""One accelerate training loop for every method, and the diffusion objective they share.
+
+Methods only decide *what* trains (a dict of parameters), *what a batch is* (a function of the
+step number) and what to do after each optimizer step (e.g. Textual Inversion puts back the
+frozen token rows). Everything else lives here once:
+
+- ``accelerate`` handles devices, DDP under ``accelerate launch`` (no code change), gradient
+  accumulation and mixed precision (fp16/bf16 on GPUs only; CPU stays fp32).
+- Randomness is a pure function of ``(seed, step, micro-step)``: batches, noise and timesteps are
+  drawn from generators seeded with those numbers. A run resumed from a checkpoint therefore
+  replays exactly what the uninterrupted run would have done.
+- Checkpoints every N steps hold the trainable tensors, optimizer and LR-scheduler state, the step,
+  the loss history and a hash of the configuration. A rerun into the same folder resumes from the
+  latest one; a rerun with a different configuration is refused rather than silently mixed.
+- The loss curve is written as ``loss.csv`` and ``loss.png`` next to the artifact.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingConfig:
+    max_steps: int = 500
+    learning_rate: float = 1e-4
+    # Multiply the rate by batch size x accumulation x processes (the Textual Inversion convention).
+    scale_lr: bool = False
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    adam_weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "auto"  # auto = fp16 (bf16 if supported) on CUDA, none elsewhere; or no/fp16/bf16
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 0  # 0 = no intermediate checkpoints
+    checkpoints_to_keep: int = 2
+    seed: int = 0
+    resolution: int | None = None  # None = the base model's native size
+    masked_loss: str | None = None  # None, "person" or "face": MSE only inside that mask
+    progress: bool = True
+
+    def fingerprint(self, extra: dict | None = None) -> str:
+        """What must match for a checkpoint to be resumed (cosmetic fields excluded)."""
+        record = {k: v for k, v in asdict(self).items() if k not in ("progress", "checkpoint_every", "checkpoints_to_keep")}
+        record.update(extra or {})
+        return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class ResumeMismatchError(RuntimeError):
+    """A checkpoint exists in the output folder but was made with a different configuration."""
+
+
+@dataclass
+class Batch:
+    pixels: torch.Tensor  # B x 3 x H x W in [-1, 1]
+    captions: list[str]
+    mask: torch.Tensor | None = None  # B x 1 x H x W in {0, 1}, for masked losses
+    prior: torch.Tensor | None = None  # B bool: class (prior-preservation) images
+
+
+@dataclass
+class TrainingResult:
+    losses: list[float]
+    steps: int
+    resumed_from: int = 0
+    out_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def native_resolution(pipe) -> int:
+    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+
+
+def step_generator(seed: int, step: int, micro: int, stream: int) -> torch.Generator:
+    """A CPU generator whose state depends only on its arguments (what makes resume exact)."""
+    return torch.Generator("cpu").manual_seed(int(np.random.SeedSequence([seed, step, micro, stream]).generate_state(1)[0]))
+
+
+def step_rng(seed: int, step: int, micro: int) -> np.random.Generator:
+    return np.random.default_rng([seed, step, micro, 7])
+
+
+def is_sdxl(pipe) -> bool:
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
+def encode_captions(pipe, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Caption embeddings exactly as the pipeline builds them at inference (with gradients).
+
+    SD 1.x/2.x: the text encoder's last hidden state. SDXL: the penultimate hidden states of both
+    encoders concatenated, plus the second encoder's pooled projection. Textual-inversion tokens
+    with several vectors are expanded the way ``load_textual_inversion`` expects.
+    """
+    pairs = [(pipe.tokenizer, pipe.text_encoder)]
+    if is_sdxl(pipe):
+        pairs.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    embeds, pooled = [], None
+    for tokenizer, encoder in pairs:
+        texts = [pipe.maybe_convert_prompt(c, tokenizer) for c in captions] if hasattr(pipe, "maybe_convert_prompt") else captions
+        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(device)
+        if is_sdxl(pipe):
+            out = encoder(ids, output_hidden_states=True)
+            embeds.append(out.hidden_states[-2])
+            if encoder is pipe.text_encoder_2:
+                pooled = out[0]
+        else:
+            embeds.append(encoder(ids)[0])
+    return torch.cat(embeds, dim=-1), pooled
+
+
+def diffusion_loss(pipe, noise_scheduler, batch: Batch, generator: torch.Generator, *, prior_loss_weight: float = 1.0):
+    """The denoising MSE of Stable Diffusion training, optionally masked and with a prior-preservation term."""
+    unet, vae = pipe.unet, pipe.vae
+    device = unet.device
+    weight_dtype = next(vae.parameters()).dtype
+    pixels = batch.pixels.to(device, weight_dtype)
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.sample(generator=generator).float()
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    latents = (latents - shift) * vae.config.scaling_factor
+    noise = torch.randn(latents.shape, generator=generator).to(device)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator).to(device)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    prompt_embeds, pooled = encode_captions(pipe, batch.captions, device)
+    kwargs = {}
+    if pooled is not None:
+        size = pixels.shape[-1]
+        # (original size, crop top-left, target size): an uncropped square image at training size.
+        time_ids = torch.tensor([[size, size, 0, 0, size, size]], device=device, dtype=prompt_embeds.dtype)
+        kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids.repeat(latents.shape[0], 1)}
+    unet_dtype = next(unet.parameters()).dtype
+    pred = unet(noisy.to(unet_dtype), timesteps, prompt_embeds.to(unet_dtype), **kwargs).sample.float()
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    error = (pred - target) ** 2
+    if batch.mask is not None:
+        mask = F.interpolate(batch.mask.to(device).float(), size=error.shape[-2:], mode="area")
+        per_sample = (error * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * error.shape[1]).clamp(min=1.0)
+    else:
+        per_sample = error.mean(dim=(1, 2, 3))
+    if batch.prior is None or not bool(batch.prior.any()):
+        return per_sample.mean()
+    prior = batch.prior.to(device)
+    return per_sample[~prior].mean() + prior_loss_weight * per_sample[prior].mean()
+
+
+def _mixed_precision(choice: str) -> str:
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "no"
+    if choice != "no" and not torch.cuda.is_available():
+        log.warning("mixed precision %s needs a GPU; training in fp32", choice)
+        return "no"
+    return choice
+
+
+def _checkpoints(out_dir: Path) -> list[Path]:
+    return sorted((out_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_loss_curve(out_dir: Path, losses: list[float], lrs: list[float] | None = None) -> None:
+    """``loss.csv`` (step, loss, lr) and ``loss.png``."""
+    with open(out_dir / "loss.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "loss", "lr"])
+        for i, loss in enumerate(losses):
+            writer.writerow([i + 1, f"{loss:.6g}", f"{lrs[i]:.6g}" if lrs else ""])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = np.arange(1, len(losses) + 1)
+    ax.plot(steps, losses, lw=0.8, alpha=0.5, label="loss")
+    if len(losses) >= 10:
+        window = max(5, len(losses) // 20)
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, lw=1.5, label=f"mean of {window}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("diffusion loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "loss.png", dpi=100)
+    plt.close(fig)
+
+
+def train(
+    pipe,
+    trainable: dict[str, torch.nn.Parameter],
+    make_batch: Callable[[int, int, np.random.Generator], Batch],
+    config: TrainingConfig,
+    out_dir: str | Path,
+    *,
+    modules: list[torch.nn.Module],
+    after_step: Callable[[], None] | None = None,
+    prior_loss_weight: float = 1.0,
+    fingerprint_extra: dict | None = None,
+) -> TrainingResult:
+    """Optimise ``trainable`` (name -> parameter, all inside ``modules``) on batches from ``make_batch``.
+
+    ``make_batch(step, micro, rng)`` must depend only on its arguments. Resumes from the latest
+    checkpoint under ``out_dir/checkpoints`` when one exists with the same configuration.
+    """
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from safetensors.torch import load_file, save_file
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    precision = _mixed_precision(config.mixed_precision)
+    accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps, mixed_precision=precision)
+    torch.manual_seed(config.seed)
+
+    names = list(trainable)
+    params = [trainable[n] for n in names]
+    if precision != "no":
+        weight_dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+        for module in (pipe.vae, pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+            if module is not None:
+                module.to(dtype=weight_dtype)
+        for p in params:  # trainable tensors stay fp32 for stable updates
+            p.data = p.data.float()
+    if config.gradient_checkpointing:
+        for module in modules:
+            if hasattr(module, "enable_gradient_checkpointing"):
+                module.enable_gradient_checkpointing()
+            elif hasattr(module, "gradient_checkpointing_enable"):
+                module.gradient_checkpointing_enable()
+    for module in modules:
+        module.train()
+
+    lr = config.learning_rate
+    if config.scale_lr:
+        lr *= config.batch_size * config.gradient_accumulation_steps * accelerator.num_processes
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.adam_weight_decay)
+    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer, num_warmup_steps=config.lr_warmup_steps,
+                                 num_training_steps=config.max_steps)
+    # Modules are not wrapped (pipelines need their plain attributes); under several processes the
+    # gradients are averaged explicitly below, which is what DDP would do.
+    for module in (pipe.vae, pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if module is not None:
+            module.to(accelerator.device)
+    optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+
+    fingerprint = config.fingerprint(fingerprint_extra)
+    losses: list[float] = []
+    lrs: list[float] = []
+    start = 0
+    existing = _checkpoints(out_dir)
+    if existing:
+        ckpt = existing[-1]
+        state = json.loads((ckpt / "state.json").read_text())
+        if state["fingerprint"] != fingerprint:
+            raise ResumeMismatchError(
+                f"{ckpt}: checkpoint from a run with a different configuration; use another --out folder or "
+                f"delete {out_dir / 'checkpoints'} to start over"
+            )
+        tensors = load_file(ckpt / "trainable.safetensors")
+        with torch.no_grad():
+            for n, p in zip(names, params):
+                p.copy_(tensors[n].to(p.device, p.dtype))
+        extra = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(extra["optimizer"])
+        lr_scheduler.load_state_dict(extra["lr_scheduler"])
+        torch.set_rng_state(extra["torch_rng"])
+        start, losses, lrs = state["step"], state["losses"], state["lrs"]
+        log.warning("resuming %s from step %d", out_dir, start)
+
+    def save_checkpoint(step: int) -> None:
+        ckpt = out_dir / "checkpoints" / f"step-{step:06d}"
+        tmp = ckpt.with_name(ckpt.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({n: p.detach().float().cpu().contiguous() for n, p in zip(names, params)}, tmp / "trainable.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "losses": losses, "lrs": lrs, "fingerprint": fingerprint}))
+        shutil.rmtree(ckpt, ignore_errors=True)
+        tmp.rename(ckpt)  # a checkpoint is either complete or absent
+        for old in _checkpoints(out_dir)[: -config.checkpoints_to_keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    bar = tqdm(total=config.max_steps, initial=start, desc="training", disable=not config.progress or not accelerator.is_main_process)
+    for step in range(start, config.max_steps):
+        micro_losses = []
+        for micro in range(config.gradient_accumulation_steps):
+            rank_seed = config.seed * 1000 + accelerator.process_index
+            batch = make_batch(step, micro, step_rng(rank_seed, step, micro))
+            with accelerator.accumulate(*modules):
+                with accelerator.autocast():
+                    loss = diffusion_loss(pipe, noise_scheduler, batch, step_generator(rank_seed, step, micro, 1),
+                                          prior_loss_weight=prior_loss_weight)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    if accelerator.num_processes > 1:
+                        for p in params:
+                            if p.grad is not None:
+                                p.grad = accelerator.reduce(p.grad, reduction="mean")
+                    if config.max_grad_norm:
+                        accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            micro_losses.append(accelerator.gather(loss.detach()).mean().item())
+        if after_step is not None:
+            after_step()
+        losses.append(float(np.mean(micro_losses)))
+        lrs.append(float(lr_scheduler.get_last_lr()[0]))
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        done = step + 1
+        if accelerator.is_main_process and config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.max_steps:
+            save_checkpoint(done)
+    bar.close()
+    accelerator.wait_for_everyone()
+    for module in modules:
+        module.eval()
+    if accelerator.is_main_process:
+        save_loss_curve(out_dir, losses, lrs)
+    return TrainingResult(losses=losses, steps=config.max_steps, resumed_from=start, out_dir=out_dir)
+
+
+def remove_checkpoints(out_dir: str | Path) -> None:
+    """Called once the final artifact is written: checkpoints are only for interrupted runs."""
+    shutil.rmtree(Path(out_dir) / "checkpoints", ignore_errors=True)
