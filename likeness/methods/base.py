@@ -210,6 +210,55 @@ COMMON_OPTIONS = {
 }
 
 
+def write_images(
+    personalized: "Personalized",
+    prompts: Sequence,
+    seeds: Sequence[int],
+    out_root: str | Path,
+    *,
+    identities: Sequence[str] | None = None,
+    skip_existing: bool = True,
+    progress: bool = True,
+    **sampling,
+) -> list[Path]:
+    """Generate every (identity, prompt, seed) and write likeness's canonical layout:
+    ``<out_root>/<identity>/<item_id>.png`` + ``.json`` sidecar. ``prompts`` are
+    :class:`likeness.data.prompts.Prompt` objects (id, detectables, ...). Existing images are kept,
+    so an interrupted run continues where it stopped."""
+    from tqdm.auto import tqdm
+
+    from likeness.data.layout import canonical_item_id, write_sidecar
+
+    info = personalized.manifest.base_model
+    written = []
+    jobs = [(name, prompt, seed) for name in (identities or personalized.identities) for prompt in prompts for seed in seeds]
+    for name, prompt, seed in tqdm(jobs, desc="generating", disable=not progress):
+        entry = personalized.manifest.identities[name] if name in personalized.manifest.identities else None
+        if entry is None:
+            raise KeyError(f"identity {name!r} is not in {personalized.artifact}; it holds: {', '.join(personalized.identities)}")
+        reference = entry.photos[0] if entry.photos else ""
+        item_id = canonical_item_id(name, reference or "none", prompt.prompt_id, seed)
+        image_path = Path(out_root) / name / f"{item_id}.png"
+        if skip_existing and image_path.exists() and image_path.with_suffix(".json").exists():
+            written.append(image_path)
+            continue
+        image = personalized.generate([prompt.template], [seed], identity=name, **sampling)[0]
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = image_path.with_name(image_path.stem + ".tmp.png")
+        image.save(tmp)
+        tmp.replace(image_path)
+        write_sidecar(image_path, {
+            "item_id": item_id, "identity": name, "reference": reference,
+            "prompt": personalized.prompt(prompt.template, name), "prompt_template": prompt.template,
+            "prompt_id": prompt.prompt_id, "detectables": list(prompt.detectables),
+            "categories": list(prompt.categories), "relations": [list(r) for r in prompt.relations],
+            "seed": int(seed), "method": personalized.manifest.method, "base_model": info.model_id,
+            "base_model_revision": info.revision, "family": info.family,
+        })
+        written.append(image_path)
+    return written
+
+
 class Method:
     """Base class. A method sets ``name`` and ``defaults`` and implements :meth:`setup`,
     :meth:`save_weights` and :meth:`apply`; the shared :meth:`personalize` does the rest
@@ -338,7 +387,7 @@ def split_config(config: dict, method_defaults: dict) -> tuple["TrainingConfig",
     unknown = sorted(k for k in merged if k not in training_keys and k not in method_defaults)
     if unknown:
         allowed = ", ".join(sorted(training_keys | set(method_defaults)))
-        raise TypeError(f"unknown option(s) {', '.join(unknown)}; allowed: {allowed}")
+        raise ValueError(f"unknown option(s) {', '.join(unknown)}; allowed: {allowed}")
     training = TrainingConfig(**{k: v for k, v in merged.items() if k in training_keys})
     options = {k: v for k, v in merged.items() if k not in training_keys}
     return training, options
