@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from likeness.bench.plan import load_run_config
-from likeness.bench.runner import STORE_FILE
+from likeness.bench.runner import STORE_FILE, SUMMARY_KEY
 from likeness.bench.runstore import DONE, FAILED, RunStore
 from likeness.data.images import ImageError, load_image
 
@@ -38,6 +38,7 @@ class RunResults:
     totals: dict[str, float | None]  # leaderboard metric -> value (None: not computed)
     protocols: dict[str, list[dict]]  # metric -> distinct protocols
     counts: dict[str, int] = field(default_factory=dict)
+    face_protocol: str = ""
 
 
 def _mean(values) -> float | None:
@@ -46,9 +47,15 @@ def _mean(values) -> float | None:
 
 
 def set_level_totals(store: RunStore) -> dict[str, float]:
-    """Set-level values stored by the evaluator (e.g. APS is one AUC per set), keyed by upper-case name."""
-    totals = store.get_meta("set_metrics", {}) or {}
-    return {str(k).upper(): v for k, v in totals.items() if isinstance(v, (int, float))}
+    """Each metric's headline value as its own ``summarize`` computed it at the end of the run (APS is
+    one balanced accuracy over the set, not a mean of per-image values), keyed by upper-case name."""
+    summaries = store.get_meta(SUMMARY_KEY, {}) or {}
+    totals = {}
+    for name, summary in summaries.items():
+        value = summary.get("value") if isinstance(summary, dict) else None
+        if isinstance(value, (int, float)) and not math.isnan(value):
+            totals[str(name).upper()] = float(value)
+    return totals
 
 
 def read_results(run_dir: str | Path) -> RunResults:
@@ -60,6 +67,7 @@ def read_results(run_dir: str | Path) -> RunResults:
         scores = store.scores()
         counts = store.counts()
         set_totals = set_level_totals(store)
+        face_protocol = store.get_meta("face_protocol", "") or ""
     finally:
         store.close()
     by_item: dict[str, dict] = defaultdict(dict)
@@ -82,7 +90,7 @@ def read_results(run_dir: str | Path) -> RunResults:
             totals[metric] = set_totals[metric]
         else:
             totals[metric] = _mean(i["scores"][metric][0] for i in items if metric in i["scores"])
-    return RunResults(run_dir, config, items, totals, dict(protocols), counts)
+    return RunResults(run_dir, config, items, totals, dict(protocols), counts, face_protocol)
 
 
 def _fmt(value: float | None) -> str:
@@ -118,6 +126,9 @@ def plot_categories(table: dict, path: Path) -> Path | None:
         ax.bar([x + k * width for x in range(len(categories))], values, width, label=metric)
     ax.set_xticks([x + width * (len(metrics) - 1) / 2 for x in range(len(categories))])
     ax.set_xticklabels(categories, rotation=30, ha="right")
+    values = [v for row in table.values() for v in row.values() if v is not None]
+    ax.set_ylim(min(0.0, *values) - 0.05, max(1.0, *values) + 0.05)
+    ax.axhline(0.0, color="#444", linewidth=0.8)
     ax.set_ylabel("mean score")
     ax.set_title("Scores by prompt category")
     ax.legend(fontsize=8)
@@ -181,14 +192,16 @@ def render_html(results: RunResults, out_dir: Path) -> Path:
 
     # Protocol.
     parts.append("<h2>Protocol</h2><ul id='protocol'>")
-    parts.append(f"<li>generation: {cfg['steps']} steps, guidance {cfg['guidance']}, {cfg['resolution']} px, "
+    parts.append(f"<li>generation: {cfg['steps']} steps, guidance {cfg['guidance']}, {cfg['resolution'] or 'model default'} px, "
                  f"{cfg['seeds']} seed(s) per prompt, base seed {cfg['base_seed']}, seeds derived from item ids</li>")
     parts.append(f"<li>prompts: <code>{esc(str(cfg['prompts']))}</code>, limit {cfg['prompt_limit']}; "
                  f"references per identity: {cfg['references'] or 'all'}</li>")
     for metric in LEADERBOARD:
         for proto in results.protocols.get(metric, []):
-            text = "; ".join(f"{k}={v}" for k, v in proto.items() if v not in ("", None))
-            parts.append(f"<li><b>{metric}</b>: {esc(text)}</li>")
+            parts.append(f"<li><b>{metric}</b> <code>{esc(str(proto.get('name', '')))}</code>: "
+                         f"{esc(str(proto.get('definition', '')))}</li>")
+    if results.face_protocol:
+        parts.append(f"<li><b>face protocol</b>: {esc(results.face_protocol)}</li>")
     parts.append("</ul>")
 
     # Per-category breakdown.
@@ -221,7 +234,7 @@ def render_html(results: RunResults, out_dir: Path) -> Path:
                 src = Path(os.path.relpath(results.run_dir / "images" / identity / f"{item['item_id']}.png", out_dir))
                 line = _scores_line(item["scores"])
                 parts.append(f"<figure class='gen' title='{esc(line)}'><img src='{esc(src.as_posix())}' alt='{esc(item['item_id'])}'>"
-                             f"<figcaption>{esc(prompt)}<br><b>{esc(line)}</b></figcaption></figure>")
+                             f"<figcaption>{esc(item['prompt_id'])}: {esc(prompt)}<br><b>{esc(line)}</b></figcaption></figure>")
             else:
                 parts.append(f"<figure class='gen'><figcaption class='fail'>{esc(item['item_id'])}: {esc(item['status'])}"
                              f"{(' — ' + esc(item['reason'])) if item['reason'] else ''}</figcaption></figure>")

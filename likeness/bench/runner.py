@@ -35,6 +35,7 @@ from likeness.data.layout import write_sidecar
 STORE_FILE = "results.sqlite"
 BUILTIN = "builtin"
 BUILTIN_IDENTITY = "astronaut"
+SUMMARY_KEY = "metric_summaries"  # meta key: {metric: summary dict from Metric.summarize}
 
 
 @dataclass
@@ -72,6 +73,14 @@ def resolve_identities(config: RunConfig, run_dir: Path) -> list[Identity]:
     if config.identities == BUILTIN:
         return builtin_identities(run_dir)
     return load_identities(config.identities)
+
+
+def check_metrics(names: list[str]) -> None:
+    from likeness.metrics import METRICS
+
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known metrics: {', '.join(METRICS.names())}")
 
 
 def _reason(exc: BaseException) -> str:
@@ -228,23 +237,24 @@ class Runner:
     # -- step 3: evaluation -----------------------------------------------------------------------
 
     def evaluate(self) -> None:
-        """Score generated images that have no results yet (ranks split the work, one store)."""
+        """Score generated images that have no results yet (ranks split the work, one store), then
+        the main process summarises every metric over the whole store (set-level values such as APS)."""
         if not self.config.metrics:
             return
         from likeness.bench.evaluate import evaluate_run_items
 
         done = {r["item_id"] for r in self.store.items(DONE)}
         mine = [item for item in shard(self.plan, self.rank, self.world) if item.item_id in done]
+        options = dict(identities=self.identities, metrics=self.config.metrics, store_path=self.run_dir / STORE_FILE,
+                       face_backend=self.config.face_backend)
         started = time.perf_counter()
-        evaluate_run_items(
-            [self.image_path(item) for item in mine],
-            identities=self.identities,
-            metrics=self.config.metrics,
-            store_path=self.run_dir / STORE_FILE,
-            face_backend=self.config.face_backend,
-            progress=self.progress,
-        )
+        evaluate_run_items([self.image_path(item) for item in mine], progress=self.progress, **options)
         self.seconds["evaluate"] += time.perf_counter() - started
+        self.state.wait_for_everyone()
+        if self.state.is_main_process:
+            report = evaluate_run_items([], progress=False, **options)  # nothing to score: summaries only
+            self.store.set_meta(SUMMARY_KEY, {s["metric"]: s for s in report.summaries})
+            self.store.set_meta("face_protocol", report.face_protocol)
         self.state.wait_for_everyone()
 
     # -- all together -----------------------------------------------------------------------------
@@ -253,7 +263,8 @@ class Runner:
         from likeness.methods import get_method
 
         started = time.perf_counter()
-        method = get_method(self.config.method)
+        method = get_method(self.config.method)  # unknown method: clear error before any work
+        check_metrics(self.config.metrics)
         self.prepare()
         self.personalize(method)
         self.generate(method)

@@ -1,0 +1,135 @@
+"""``likeness bench``: personalize -> generate -> evaluate -> report, in one resumable run folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DESCRIPTION = """\
+Run a personalization method over identities x prompts x seeds, score every image, write a report.
+
+With no options it runs the built-in smoke benchmark: textual inversion on the tiny base model
+(likeness/tiny-sd, random weights: it makes noise, not people) for the bundled identity
+`astronaut` (scikit-image's public-domain photo), 8 prompts of the open prompt set.
+
+Inputs
+  --identities   a folder of people (<name>/*.jpg) or the official Stellar layout; default: builtin
+  --prompts      open (likeness' open Stellar-T-style set, 1152 prompts), stellar-t / stellar-h (each
+                 identity's own prompts_t.json / prompts_h.json), or a JSON file in that schema
+Outputs (all in the run folder, --out)
+  run.json                       the configuration and its digest; another config is refused
+  results.sqlite                 items (pending/done/failed + reason) and per-image metric rows
+  artifacts/<identity>-<photo>/  one personalization artifact per reference photo
+  images/<identity>/<item_id>.png + .json   canonical layout, item_id = identity-photo-prompt-s<seed>
+  report/index.html              leaderboard (IPS APS SIS GOA RFS), protocol, plots, image grids
+
+Re-running the same command continues where a killed run stopped. Shard over processes or machines
+with accelerate: `accelerate launch --multi_gpu --num_processes 2 -m likeness bench ...` (on CPU too:
+ranks join a gloo group); each rank takes every N-th item, all write one store.
+"""
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    import json
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="benchmark a method: personalize, generate, evaluate, report (resumable, shardable)",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", default="runs/bench", help="run folder (default: %(default)s)")
+    parser.add_argument("--resume", action="store_true", help="continue --out with the configuration recorded in it")
+    parser.add_argument("--method", default="textual_inversion", help="personalization method (default: %(default)s)")
+    parser.add_argument("--base-model", default="likeness/tiny-sd", help="hub id, local folder or tiny id (default: %(default)s)")
+    parser.add_argument("--identities", default="builtin", help="dataset folder, or 'builtin' (default: %(default)s)")
+    parser.add_argument("--prompts", default="open", help="open | stellar-t | stellar-h | JSON file (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=8, help="first N prompts of the set; 0 = all (default: %(default)s)")
+    parser.add_argument("--categories", type=_csv, help="only prompts in these categories (comma-separated)")
+    parser.add_argument("--prompt-ids", type=_csv, help="only these prompt ids (comma-separated, e.g. t0000,t0042)")
+    parser.add_argument("--references", type=int, default=1, help="reference photos per identity; 0 = all (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=1, help="images per (reference, prompt) (default: %(default)s)")
+    parser.add_argument("--base-seed", type=int, default=0, help="changes every derived seed (default: %(default)s)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: 4 on tiny models, else 50)")
+    parser.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (default: %(default)s)")
+    parser.add_argument("--resolution", type=int, help="image side in px (default: 64 on tiny models, else the model's)")
+    parser.add_argument("--train-steps", type=int, help="personalization steps (default: 20 on tiny models, else the method's)")
+    parser.add_argument("--method-option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                        help="extra method option, JSON value (repeatable), e.g. learning_rate=1e-3")
+    parser.add_argument("--metrics", type=_csv, default=["ips", "sis", "aps"], help="comma-separated (default: ips,sis,aps)")
+    parser.add_argument("--face-backend", default="dlib", help="face backend for the metrics (default: %(default)s)")
+    parser.add_argument("--stellar-flat", metavar="DIR", help="also copy the images into Stellar's flat layout here")
+    parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=run)
+
+
+def config_from_args(args):
+    from likeness.bench.plan import RunConfig
+    from likeness.models.tiny import is_tiny
+
+    tiny = is_tiny(args.base_model)
+    options = dict(args.method_option)
+    if args.train_steps is not None or tiny:
+        options.setdefault("max_steps", args.train_steps if args.train_steps is not None else 20)
+    return RunConfig(
+        method=args.method,
+        base_model=args.base_model,
+        identities=args.identities,
+        prompts=args.prompts,
+        prompt_limit=args.limit or None,
+        prompt_ids=args.prompt_ids,
+        categories=args.categories,
+        references=args.references or None,
+        seeds=args.seeds,
+        base_seed=args.base_seed,
+        steps=args.steps or (4 if tiny else 50),
+        guidance=args.guidance,
+        resolution=args.resolution or (64 if tiny else None),
+        metrics=args.metrics,
+        face_backend=args.face_backend,
+        method_options=options,
+    )
+
+
+def run(args) -> int:
+    from likeness.bench.plan import RunConfigError, load_run_config
+    from likeness.bench.runner import Runner
+    from likeness.data.identities import DatasetError
+    from likeness.data.prompts import PromptError
+    from likeness.methods.base import UnknownMethodError
+
+    try:
+        config = load_run_config(args.out) if args.resume else config_from_args(args)
+        runner = Runner(config, args.out, progress=not args.quiet)
+        summary = runner.run()
+    except (RunConfigError, DatasetError, PromptError, UnknownMethodError, FileNotFoundError, ValueError) as exc:
+        print(f"likeness bench: {exc}", file=sys.stderr)
+        return 2
+    if not runner.state.is_main_process:
+        return 0
+    print(summary.describe())
+    if args.stellar_flat:
+        from likeness.data.layout import to_stellar_flat
+
+        written = to_stellar_flat(runner.run_dir / "images", args.stellar_flat, runner.identities)
+        print(f"Stellar flat layout: {len(written)} images in {args.stellar_flat}")
+    if not args.no_report:
+        from likeness.bench.report import build_report
+
+        page, text = build_report(runner.run_dir)
+        print(text)
+        print(f"report: {page}")
+    return 0

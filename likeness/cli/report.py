@@ -1,0 +1,43 @@
+"""``likeness report RUN``: a static HTML page for a benchmark run folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DESCRIPTION = """\
+Write a static HTML report of a `likeness bench` run folder (it works while the run is going).
+
+Input
+  RUN   a run folder made by `likeness bench` (run.json + results.sqlite + images/)
+Output (default RUN/report/)
+  index.html      leaderboard in Stellar's layout (IPS APS SIS GOA RFS; "—" = not computed), the
+                  protocol of every score, per-category breakdown, image grids per identity next to
+                  the reference photo with per-image scores below (and on hover), failed items
+  categories.png  the per-category plot; refs/*.jpg reference thumbnails
+  stdout          the leaderboard row and item counts
+"""
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "report", help="write the HTML report of a bench run", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dir", metavar="RUN", help="run folder made by `likeness bench`")
+    parser.add_argument("--out", help="output folder (default: RUN/report)")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from likeness.bench.plan import RunConfigError
+    from likeness.bench.report import build_report
+
+    try:
+        page, text = build_report(args.run_dir, args.out)
+    except (RunConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"likeness report: {exc}", file=sys.stderr)
+        return 2
+    print(text)
+    print(f"report: {page}")
+    return 0
