@@ -96,8 +96,11 @@ def _resolve_reference(item: GeneratedItem, ref: str | None, identities: dict[st
     if photo is None and Path(ref).is_file():
         photo = Path(ref)
     if photo is None or not photo.exists():
-        item.reference = photo or Path(ref)
-        item.status, item.problem = "ref_missing", f"{item.reference}: reference photo missing"
+        expected = photo or (identity.photos[0].parent / Path(ref).name if identity and identity.photos else Path(ref))
+        has = ", ".join(p.name for p in identity.photos) if identity else "no dataset given"
+        item.reference = expected
+        item.status = "ref_missing"
+        item.problem = f"{expected}: reference photo missing (recorded as {ref!r}; the identity has: {has or 'no photos'})"
         return
     item.reference = photo
 
@@ -144,7 +147,7 @@ def _read_stellar_flat(root: Path, identities: dict[str, Identity]) -> list[Gene
             status=status,
             problem=problem,
         )
-        ref = Path(image_path).name if image_path else (match["photo"] if match else None)
+        ref = image_path or (match["photo"] if match else None)
         _resolve_reference(item, ref, identities)
         items.append(item)
     return items
