@@ -1,0 +1,118 @@
+"""The HTML report of a bench run: leaderboard, protocol, plots, image grids; rendered in Chromium when present."""
+
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bench_helpers import small_config
+from likeness.bench.report import build_report, read_results
+from likeness.bench.runner import run_bench
+from likeness.cli import main as cli_main
+from likeness.methods.base import Personalized
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.tables, self.cells = [], {}, []
+        self._table = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        if tag == "table":
+            self._table = attrs.get("id")
+            self.tables[self._table] = []
+
+    def handle_data(self, data):
+        if self._table and data.strip():
+            self.tables[self._table].append(data.strip())
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._table = None
+
+
+@pytest.fixture(scope="module")
+def scored_run(tmp_path_factory):
+    """A run where one item's "generated" image is the reference photo itself (a real face, IPS near 1)
+    and the rest are tiny-model noise (no face, IPS 0), scored with the real dlib metrics."""
+    run = tmp_path_factory.mktemp("report") / "run"
+    real = Personalized.generate
+
+    def copy_reference_for_juggling(self, prompts, seeds, **kw):
+        if "juggling" in prompts[0]:
+            return [Image.open(run / "identities" / "astronaut" / "0.png").convert("RGB").resize((256, 256))]
+        return real(self, prompts, seeds, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Personalized, "generate", copy_reference_for_juggling)
+        run_bench(small_config(prompt_limit=4, metrics=["ips", "sis", "aps"]), run, progress=False)
+    return run
+
+
+def test_report_shows_leaderboard_protocol_plots_and_grids(scored_run):
+    page, text = build_report(scored_run)
+    results = read_results(scored_run)
+    ips = {i["prompt_id"]: i["scores"]["IPS"] for i in results.items}
+    assert ips["t0001"][0] > 0.5 and ips["t0001"][1] == "ok"  # the copied photo: same person
+    assert all(ips[p] == (0.0, "no_face") for p in ("t0000", "t0002", "t0003"))
+    assert results.totals["IPS"] == pytest.approx(ips["t0001"][0] / 4)
+    assert results.totals["GOA"] is None and results.totals["RFS"] is None
+
+    html = page.read_text()
+    parsed = _Collect()
+    parsed.feed(html)
+    row = parsed.tables["leaderboard"]
+    assert row[:7] == ["Method", "IPS", "APS", "SIS", "GOA", "RFS", "images"]
+    assert row[8] == f"{results.totals['IPS']:.3f}" and row[11:13] == ["—", "—"]
+    assert "ips/v1+dlib" in html and "face protocol" in html  # the protocol is printed
+    assert (page.parent / "categories.png").stat().st_size > 1000 and "categories" in parsed.tables
+    # Every image the page shows exists: 1 plot + 1 reference thumbnail + 4 generated images.
+    assert len(parsed.images) == 6
+    assert all((page.parent / src).resolve().is_file() for src in parsed.images)
+    assert re.search(r"t0001: \{\} juggling[^<]*<br><b>IPS 0\.\d{3} · APS", html)  # per-image scores below
+    assert "IPS" in text and "—" in text.splitlines()[-1]
+
+
+def test_report_cli_and_bad_run_folder(scored_run, tmp_path, capsys):
+    out = tmp_path / "elsewhere"
+    assert cli_main(["report", str(scored_run), "--out", str(out)]) == 0
+    assert "report:" in capsys.readouterr().out
+    parsed = _Collect()
+    parsed.feed((out / "index.html").read_text())
+    assert all((out / src).resolve().is_file() for src in parsed.images)  # links work from another folder
+    assert cli_main(["report", str(tmp_path / "nothing")]) == 2
+    assert "not a likeness run folder" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium (/usr/bin/chromium) not installed")
+def test_report_renders_in_headless_chromium(scored_run, tmp_path):
+    page, _ = build_report(scored_run)
+    # A copy of the page that records, after load, how many images decoded and how many tables exist.
+    probe = page.with_name("probe.html")
+    probe.write_text(page.read_text().replace(
+        "</body>",
+        "<script>window.addEventListener('load',()=>{document.body.setAttribute('data-images',"
+        "[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length);"
+        "document.body.setAttribute('data-tables',document.querySelectorAll('table').length)})</script></body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([str(CHROMIUM), *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert 'data-images="6"' in dom.stdout, dom.stderr[-2000:]
+    assert 'data-tables="2"' in dom.stdout  # leaderboard + categories (no failures in this run)
+    shot = tmp_path / "shot.png"
+    subprocess.run([str(CHROMIUM), *flags, f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri()],
+                   capture_output=True, timeout=120)
+    pixels = Image.open(shot).convert("L")
+    assert pixels.getextrema()[0] < 100  # text and images drawn, not a blank page
+    shutil.rmtree(tmp_path / "profile", ignore_errors=True)
