@@ -81,11 +81,15 @@ def score_items(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     meta: dict | None = None,
+    cache: FaceCache | None = None,
 ) -> EvaluationReport:
-    """The evaluation loop: one face pass per image shared by all metrics, one row per (item, metric)."""
+    """The evaluation loop: one face pass per image shared by all metrics, one row per (item, metric).
+
+    ``cache`` (optional) supplies reference-photo faces; by default a fresh FaceCache over ``cache_dir``.
+    """
     by_name = {i.name: i for i in identities}
-    face_backend = get_backend(backend, **(backend_options or {}))
-    cache = FaceCache(face_backend, cache_dir)
+    face_backend = cache.backend if cache is not None else get_backend(backend, **(backend_options or {}))
+    cache = cache if cache is not None else FaceCache(face_backend, cache_dir)
     scorers = build_metrics(metrics, face_backend, cache, identities)
     report = EvaluationReport(store=Path(store), summaries=[], n_items=len(items), face_protocol=face_backend.protocol.describe())
     with ResultsStore(store) as results:

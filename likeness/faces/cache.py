@@ -67,6 +67,7 @@ class FaceCache:
         self.backend = backend
         self.directory = Path(directory) / backend.protocol.name.replace("/", "_") if directory else None
         self._memory: dict[str, FaceResult] = {}
+        self._digests: dict[tuple, str] = {}  # (path, mtime, size) -> sha256: hash each file once
         self.hits = 0
         self.misses = 0
 
@@ -75,7 +76,9 @@ class FaceCache:
         if not path.is_file():
             # Not cached: the file may appear later, and "missing" must name this path.
             return analyze_path(self.backend, path)
-        key = file_digest(path)
+        stat = path.stat()
+        identity = (str(path), stat.st_mtime_ns, stat.st_size)
+        key = self._digests.get(identity) or self._digests.setdefault(identity, file_digest(path))
         if key in self._memory:
             self.hits += 1
             return self._memory[key]
