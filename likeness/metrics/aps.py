@@ -21,7 +21,7 @@ from likeness.data.stellar import APS_ATTRIBUTES
 from likeness.faces import FaceBackend, FaceCache, FaceResult
 from likeness.faces.cache import file_digest
 from likeness.metrics import METRICS
-from likeness.metrics.base import Metric, Sample, Score
+from likeness.metrics.base import Metric, Sample, Score, reference_faces
 
 AGE_TOLERANCE_YEARS = 20.0
 
@@ -139,16 +139,9 @@ class AgeGenderAPS(Metric):
         return {"gender": found[0]["gender"]["value"], "age": int(found[0]["age"]["value"])}
 
     def score(self, sample: Sample, generated: FaceResult) -> Score:
-        problem = self._generated_problem(sample, generated)
+        reference, problem = reference_faces(self, sample, generated)
         if problem is not None:
             return problem
-        if sample.reference is None:
-            return self._score(sample, None, "ref_missing", generated, problem=f"{sample.item_id}: no reference photo")
-        reference = self.cache.get(sample.reference)
-        if reference.status == "no_face":
-            return self._score(sample, 0.0, "no_face", generated, side="reference", problem=reference.problem)
-        if not reference.ok:
-            return self._score(sample, None, f"ref_{reference.status}", generated, problem=reference.problem)
         try:
             key = file_digest(sample.reference)
             if key not in self._reference_predictions:

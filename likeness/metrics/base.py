@@ -121,6 +121,22 @@ class Metric:
         return self._score(sample, value, generated.status, generated, side="generated", problem=generated.problem)
 
 
+def reference_faces(metric: Metric, sample: Sample, generated: FaceResult) -> tuple[FaceResult | None, Score | None]:
+    """The reference photo's faces, or the score a missing face on either side gives (0 for no face,
+    unscored for an unreadable or missing file)."""
+    problem = metric._generated_problem(sample, generated)
+    if problem is not None:
+        return None, problem
+    if sample.reference is None:
+        return None, metric._score(sample, None, "ref_missing", generated, problem=f"{sample.item_id}: no reference photo")
+    reference = metric.cache.get(sample.reference)
+    if reference.status == "no_face":
+        return None, metric._score(sample, 0.0, "no_face", generated, side="reference", problem=reference.problem)
+    if not reference.ok:
+        return None, metric._score(sample, None, f"ref_{reference.status}", generated, side="reference", problem=reference.problem)
+    return reference, None
+
+
 def face_similarity(backend: FaceBackend, generated: FaceResult, reference: FaceResult) -> dict:
     """Best (generated face, reference face) pair: raw cosine and the backend's calibrated score."""
     cosines = generated.embeddings() @ reference.embeddings().T
