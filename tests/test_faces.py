@@ -252,3 +252,18 @@ def test_arcface_folder_without_models_is_a_clear_error(tmp_path):
         BACKENDS.create("arcface", model_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         BACKENDS.create("arcface", model_dir=tmp_path / "absent")
+
+
+def test_mmod_cnn_detector_agrees_with_hog(dlib_backend):
+    from skimage.data import astronaut
+
+    cnn = get_backend("dlib", detector="cnn", upsample=0)
+    assert cnn.protocol.name == "dlib-cnn-r128-cal/v1" and "MMOD" in cnn.protocol.detector
+    image = astronaut()
+    (by_cnn,) = cnn.analyze([image])[0]
+    by_hog = dlib_backend.analyze([image])[0][0]  # the largest HOG face is the real one
+    x0, y0 = max(by_cnn.box[0], by_hog.box[0]), max(by_cnn.box[1], by_hog.box[1])
+    x1, y1 = min(by_cnn.box[2], by_hog.box[2]), min(by_cnn.box[3], by_hog.box[3])
+    overlap = max(0, x1 - x0) * max(0, y1 - y0)
+    assert overlap / (by_cnn.area + by_hog.area - overlap) > 0.5
+    assert float(by_cnn.embedding @ by_hog.embedding) > 0.98  # same 5 points -> same aligned chip
