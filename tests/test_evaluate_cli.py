@@ -61,6 +61,7 @@ def stellar_case(tmp_path_factory, astronaut_path):
     put("000-0-02", small, raw='{"prompt": "x", ')
     put("000-0-03", small)
     put("000-0-04", small.convert("L"), {"image_path": "000/0.jpg"})
+    put("000-0-06", Image.new("RGB", (10, 10)), {"image_path": "000/0.jpg"})
     rgba = small.convert("RGBA")
     rgba.putalpha(200)
     put("000-1-05", rgba, {"image_path": "000/1.jpg"})
@@ -69,7 +70,7 @@ def stellar_case(tmp_path_factory, astronaut_path):
 
 EXPECTED = {
     "000-0-00": "ok", "000-1-01": "no_face", "001-0-00": "unreadable", "001-1-00": "ref_missing",
-    "000-0-02": "bad_sidecar", "000-0-03": "missing_sidecar", "000-0-04": "ok", "000-1-05": "ok",
+    "000-0-02": "bad_sidecar", "000-0-03": "missing_sidecar", "000-0-04": "ok", "000-1-05": "ok", "000-0-06": "too_small",
 }
 
 
@@ -88,12 +89,12 @@ def test_evaluate_end_to_end_then_resume(stellar_case, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "ips/v1+dlib-hog-r128-cal/v1" in out and "aps/probe-v1+dlib-hog-r128-cal/v1" in out
-    assert "face protocol dlib-hog-r128-cal/v1" in out and "8 images: 8 scored now" in out
+    assert "face protocol dlib-hog-r128-cal/v1" in out and "9 images: 9 scored now" in out
 
     with ResultsStore(store_path) as store:
         rows = store.scores()
         assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert len(rows) == 8 * 3
+    assert len(rows) == 9 * 3
     for row in rows:
         assert row.status == EXPECTED[row.item_id] or (row.metric == "sis" and row.status == "ref_partial"), row
         assert row.protocol["face"]["name"] == "dlib-hog-r128-cal/v1"
@@ -104,12 +105,12 @@ def test_evaluate_end_to_end_then_resume(stellar_case, capsys):
     assert "malformed JSON" in by_key["000-0-02", "ips"].detail["problem"]
     assert "001-0-00.png" in by_key["001-0-00", "sis"].detail["problem"]
     with open(csv_path, newline="") as handle:
-        assert len(list(csv.DictReader(handle))) == 24
+        assert len(list(csv.DictReader(handle))) == 27
 
     assert main(args) == 0  # a second run finds everything done
-    assert "0 scored now, 8 already" in capsys.readouterr().out
+    assert "0 scored now, 9 already" in capsys.readouterr().out
     with ResultsStore(store_path) as store:
-        assert len(store.scores()) == 24
+        assert len(store.scores()) == 27
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
