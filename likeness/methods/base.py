@@ -267,8 +267,13 @@ class Method:
     name: ClassVar[str] = ""
     # Method options and TrainingConfig overrides, from the method's paper / diffusers example.
     defaults: ClassVar[dict] = {}
-    # Sampling defaults recorded in the manifest (a user's explicit values always win).
-    default_sampling: ClassVar[dict] = {"num_inference_steps": 50, "guidance_scale": 7.5}
+    # Sampling defaults recorded in the manifest (a user's explicit values always win): either one
+    # dict, or one per family (here: the values the diffusers pipelines themselves default to).
+    default_sampling: ClassVar[dict] = {
+        "sd1": {"num_inference_steps": 50, "guidance_scale": 7.5},
+        "sd2": {"num_inference_steps": 50, "guidance_scale": 7.5},
+        "sdxl": {"num_inference_steps": 50, "guidance_scale": 5.0},
+    }
 
     def setup(self, pipe, names: list[str], options: dict) -> TrainingSetup:
         """Add tokens / adapters to ``pipe`` and say what trains."""
@@ -318,7 +323,7 @@ class Method:
             identities=setup.identities,
             config={"training": asdict(training), "options": recorded, "notes": notes,
                     "final_loss": result.losses[-1] if result.losses else None, "resumed_from": result.resumed_from},
-            sampling=dict(self.default_sampling),
+            sampling=dict(self.default_sampling.get(pipe.likeness_info.family, self.default_sampling)),
         ).save(out_dir)  # written last: its presence means the artifact is complete
         remove_checkpoints(out_dir)
         return out_dir
