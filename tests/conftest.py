@@ -41,3 +41,58 @@ def face_cache(dlib_backend):
     from likeness.faces import FaceCache
 
     return FaceCache(dlib_backend)
+
+
+# --- generation core (issue 3): tiny base models and short-trained artifacts --------------------------
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models are all small ops: on a shared 2-core machine, torch's threading overhead makes them
+    ~20x slower than one thread. Restored after the test so other tests keep the default."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Build the tiny SD / SDXL pipelines once into a temp cache (offline); {model id: saved folder}."""
+    import os
+
+    os.environ["LIKENESS_CACHE"] = str(tmp_path_factory.mktemp("likeness-cache"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from likeness.models.tiny import TINY_MODELS, tiny_model_path
+
+    return {model_id: tiny_model_path(model_id) for model_id in TINY_MODELS}
+
+
+def _train_artifact(tmp_path_factory, astronaut_path, method, base_model, **config):
+    import torch
+
+    from likeness.methods import personalize
+
+    out = tmp_path_factory.mktemp(f"{method}-{base_model.split('/')[-1]}") / "artifact"
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return personalize(method, {"astro": [astronaut_path]}, out, base_model, progress=False, **config)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def ti_artifact(tiny_models, tmp_path_factory, astronaut_path):
+    """Textual Inversion on tiny-sd, 4 steps (2 vectors, so multi-vector loading is exercised)."""
+    return _train_artifact(tmp_path_factory, astronaut_path, "textual_inversion", "likeness/tiny-sd",
+                           max_steps=4, gradient_accumulation_steps=1, num_vectors=2, learning_rate=5e-2)
+
+
+@pytest.fixture(scope="session")
+def lora_artifact(tiny_models, tmp_path_factory, astronaut_path):
+    """DreamBooth-LoRA on tiny-sd, 4 steps, with a text-encoder LoRA too."""
+    return _train_artifact(tmp_path_factory, astronaut_path, "dreambooth_lora", "likeness/tiny-sd",
+                           max_steps=4, learning_rate=1e-2, train_text_encoder=True)
