@@ -315,6 +315,10 @@ class Method:
         result = train(pipe, setup.trainable, make_batch, training, out_dir, modules=setup.modules,
                        after_step=setup.after_step, prior_loss_weight=setup.prior_loss_weight,
                        fingerprint_extra=json.loads(json.dumps(fingerprint, default=str)))
+        from accelerate import PartialState
+
+        if not PartialState().is_main_process:  # under `accelerate launch`, one process writes the artifact
+            return out_dir
         self.save_weights(pipe, setup, out_dir, options)
         recorded = {k: v for k, v in options.items() if k not in ("device", "overwrite")}
         Manifest(

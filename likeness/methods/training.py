@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -79,6 +80,7 @@ class TrainingResult:
     steps: int
     resumed_from: int = 0
     out_dir: Path | None = None
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each step run in this call
     notes: list[str] = field(default_factory=list)
 
 
@@ -303,8 +305,10 @@ def train(
         for old in _checkpoints(out_dir)[: -config.checkpoints_to_keep]:
             shutil.rmtree(old, ignore_errors=True)
 
+    step_seconds: list[float] = []
     bar = tqdm(total=config.max_steps, initial=start, desc="training", disable=not config.progress or not accelerator.is_main_process)
     for step in range(start, config.max_steps):
+        tic = time.perf_counter()
         micro_losses = []
         for micro in range(config.gradient_accumulation_steps):
             rank_seed = config.seed * 1000 + accelerator.process_index
@@ -328,6 +332,7 @@ def train(
         if after_step is not None:
             after_step()
         losses.append(float(np.mean(micro_losses)))
+        step_seconds.append(time.perf_counter() - tic)
         lrs.append(float(lr_scheduler.get_last_lr()[0]))
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -340,7 +345,7 @@ def train(
         module.eval()
     if accelerator.is_main_process:
         save_loss_curve(out_dir, losses, lrs)
-    return TrainingResult(losses=losses, steps=config.max_steps, resumed_from=start, out_dir=out_dir)
+    return TrainingResult(losses=losses, steps=config.max_steps, resumed_from=start, out_dir=out_dir, step_seconds=step_seconds)
 
 
 def remove_checkpoints(out_dir: str | Path) -> None:
