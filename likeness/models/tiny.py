@@ -153,6 +153,22 @@ def _vae():
     )
 
 
+def _unet(**family_specific):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=TINY_RESOLUTION // 2,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=32,
+        **family_specific,
+    )
+
+
 def _sd_scheduler_config() -> dict:
     # The beta schedule every SD 1.x/2.x/XL checkpoint was trained with.
     return dict(
@@ -168,22 +184,12 @@ def _sd_scheduler_config() -> dict:
 
 def build_tiny_sd(tokenizer_dir: Path, seed: int = TINY_SEED):
     """A Stable-Diffusion-1.x-shaped pipeline with random weights (deterministic from ``seed``)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextModel
 
     tokenizer = build_tokenizer(tokenizer_dir)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=TINY_RESOLUTION // 2,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        norm_num_groups=32,
-    )
+    unet = _unet(cross_attention_dim=32)
     torch.manual_seed(seed + 1)
     vae = _vae()
     torch.manual_seed(seed + 2)
@@ -202,19 +208,12 @@ def build_tiny_sd(tokenizer_dir: Path, seed: int = TINY_SEED):
 
 def build_tiny_sdxl(tokenizer_dir: Path, seed: int = TINY_SEED):
     """An SDXL-shaped pipeline: two text encoders (the second with projection) and ``text_time`` conditioning."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = build_tokenizer(tokenizer_dir)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=TINY_RESOLUTION // 2,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _unet(
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
@@ -222,7 +221,6 @@ def build_tiny_sdxl(tokenizer_dir: Path, seed: int = TINY_SEED):
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=80,  # 32 (pooled text) + 6 * 8 (size/crop ids)
         cross_attention_dim=64,  # 32 + 32 from the two text encoders
-        norm_num_groups=32,
     )
     torch.manual_seed(seed + 1)
     vae = _vae()
