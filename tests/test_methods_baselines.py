@@ -43,6 +43,8 @@ def test_textual_inversion_artifact_loads_in_plain_diffusers(tiny_models, ti_art
     np.testing.assert_array_equal(image, _plain_image(plain, "<astro> sleeping on a couch", 7))
     # The learned token matters: the base model's own "person" gives another image.
     assert np.abs(image - _plain_image(plain, "person sleeping on a couch", 7)).max() > 0
+    with pytest.raises(FamilyMismatchError, match="tiny-sdxl' is sdxl, but this artifact was made for sd1"):
+        load_artifact(ti_artifact, base_model="likeness/tiny-sdxl")
 
 
 def test_lora_artifact_loads_in_plain_diffusers(tiny_models, lora_artifact):
