@@ -134,3 +134,13 @@ def test_several_faces_uses_the_largest_and_says_so(astronaut_path, caplog):
     ys, xs = np.nonzero(photo.face_mask)
     assert abs(xs.mean() - 64) < 4 and abs(ys.mean() - 64) < 12
     assert photo.person_mask.sum() > photo.face_mask.sum()
+
+
+def test_unusable_photo_is_skipped_with_a_note_when_others_remain(tiny_models, astronaut_path, tmp_path):
+    blank = tmp_path / "wall.png"
+    Image.new("RGB", (160, 160), (120, 130, 140)).save(blank)
+    out = personalize("textual_inversion", {"astro": [astronaut_path, blank]}, tmp_path / "a", "likeness/tiny-sd",
+                      max_steps=1, gradient_accumulation_steps=1, progress=False)
+    manifest = load_artifact(out).manifest
+    assert manifest.identities["astro"].photos == [str(astronaut_path)]
+    assert any("wall.png: no face found" in note for note in manifest.config["notes"])
