@@ -146,8 +146,19 @@ def test_sigkill_mid_run_then_resume_ends_every_item_exactly_once(tmp_path):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def _two_people(root: Path) -> Path:
+    photo = builtin_identities(root / "src")[0].photos[0]
+    for name, image in (("alice", Image.open(photo)), ("bob", Image.open(photo).transpose(Image.Transpose.FLIP_LEFT_RIGHT))):
+        (root / "people" / name).mkdir(parents=True)
+        image.save(root / "people" / name / "0.png")
+    return root / "people"
+
+
 def test_two_processes_give_the_same_results_as_one(tmp_path):
-    overrides = json.dumps({"prompt_limit": 5})
+    """Real textual-inversion training (2 steps) for two people, then generation, 1 process vs 2 (gloo)."""
+    people = _two_people(tmp_path)
+    overrides = json.dumps({"prompt_limit": 3, "identities": str(people), "method": "textual_inversion",
+                            "method_options": {"max_steps": 2}})
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, str(HELPERS), str(one), overrides], env=_env(), cwd=REPO, check=True,
                    capture_output=True, timeout=300)
@@ -164,5 +175,6 @@ def test_two_processes_give_the_same_results_as_one(tmp_path):
         ranks = {r for (r,) in db.execute("SELECT DISTINCT rank FROM items")}
     assert ranks == {0, 1}, "both processes must have generated items"
     assert _item_rows(one) == _item_rows(two)
+    assert {p.parent.name for p in (two / "artifacts").glob("*/likeness.json")} == {"alice-0", "bob-0"}
     a, b = _pixels(one), _pixels(two)
-    assert len(a) == 5 and a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert len(a) == 6 and a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

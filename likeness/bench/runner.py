@@ -17,6 +17,7 @@ A failure inside one item or one artifact is recorded with its reason; the run g
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -147,7 +148,12 @@ class Runner:
         return self.run_dir / "artifacts" / unit
 
     def personalize(self, method) -> None:
-        """Make the missing artifacts, round-robin over ranks; a failed one fails its items with the reason."""
+        """Make the missing artifacts, round-robin over ranks; a failed one fails its items with the reason.
+
+        With one process, training runs here; with several, each rank trains in a child process
+        outside the process group (see :mod:`likeness.bench.personalize_worker`), so an artifact is
+        the same whatever the number of processes.
+        """
         pending = self.store.pending_ids()
         units: dict[str, WorkItem] = {}
         for item in self.plan:
@@ -155,23 +161,43 @@ class Runner:
                 units.setdefault(_unit(item), item)
         names = sorted(units)
         mine = [u for k, u in enumerate(names) if k % self.world == self.rank and not self.artifact_dir(u).is_dir()]
-        for unit in self._bar(mine, "personalize"):
-            item = units[unit]
-            final = self.artifact_dir(unit)
-            work = final.parent / f".tmp-{unit}-{os.getpid()}"
-            shutil.rmtree(work, ignore_errors=True)
-            person = Identity(name=item.identity, photos=[item.reference])
-            started = time.perf_counter()
-            try:
-                method.personalize([person], work, self.config.base_model, **self.config.method_options)
-                work.replace(final)  # atomic: an artifact folder exists only when complete
-            except Exception as exc:  # one bad photo must not stop the run: its items fail with the reason
-                shutil.rmtree(work, ignore_errors=True)
-                reason = f"personalization failed: {_reason(exc)}"
-                for it in self.plan:
-                    if _unit(it) == unit and it.item_id in pending:
-                        self.store.finish(it.item_id, FAILED, reason)
-            self.seconds["personalize"] += time.perf_counter() - started
+        work = {u: self.artifact_dir(u).parent / f".tmp-{u}-{os.getpid()}" for u in mine}
+        for folder in work.values():
+            shutil.rmtree(folder, ignore_errors=True)
+        started = time.perf_counter()
+        if self.world == 1:
+            errors = {}
+            for unit in self._bar(mine, "personalize"):
+                item = units[unit]
+                try:
+                    method.personalize([Identity(item.identity, [item.reference])], work[unit], self.config.base_model,
+                                       **self.config.method_options)
+                    errors[unit] = None
+                except Exception as exc:  # one bad photo must not stop the run
+                    errors[unit] = _reason(exc)
+        elif mine:
+            from likeness.bench.personalize_worker import run_units
+
+            spec = self.run_dir / "artifacts" / f".spec-rank{self.rank}.json"
+            spec.parent.mkdir(parents=True, exist_ok=True)
+            spec.write_text(json.dumps({
+                "method": self.config.method, "method_module": type(method).__module__,
+                "base_model": self.config.base_model, "options": self.config.method_options,
+                "units": [{"identity": units[u].identity, "photo": str(units[u].reference), "work": str(work[u])} for u in mine],
+            }), encoding="utf-8")
+            by_work = run_units(spec)
+            errors = {u: by_work[str(work[u])] for u in mine}
+        else:
+            errors = {}
+        for unit, error in errors.items():
+            if error is None:
+                work[unit].replace(self.artifact_dir(unit))  # atomic: an artifact folder exists only when complete
+                continue
+            shutil.rmtree(work[unit], ignore_errors=True)
+            for it in self.plan:
+                if _unit(it) == unit and it.item_id in pending:
+                    self.store.finish(it.item_id, FAILED, f"personalization failed: {error}")
+        self.seconds["personalize"] += time.perf_counter() - started
         self.state.wait_for_everyone()
 
     # -- step 2: generation -----------------------------------------------------------------------
