@@ -113,7 +113,7 @@ def test_generation_failure_is_recorded_per_item(tmp_path, monkeypatch):
 
 def test_sigkill_mid_run_then_resume_ends_every_item_exactly_once(tmp_path):
     run = tmp_path / "run"
-    overrides = json.dumps({"prompt_limit": 24, "seeds": 2, "resolution": 64})
+    overrides = json.dumps({"prompt_limit": 12, "seeds": 2, "resolution": 64})
     proc = subprocess.Popen([sys.executable, str(HELPERS), str(run), overrides], env=_env(), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
@@ -131,11 +131,11 @@ def test_sigkill_mid_run_then_resume_ends_every_item_exactly_once(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     rows = _item_rows(run)
-    assert 0 < sum(r[1] == DONE for r in rows) < len(rows) == 48
+    assert 0 < sum(r[1] == DONE for r in rows) < len(rows) == 24
     summary = run_bench(small_config(**json.loads(overrides)), run, progress=False)
     rows = _item_rows(run)
-    assert summary.counts == {DONE: 48}
-    assert len({r[0] for r in rows}) == 48
+    assert summary.counts == {DONE: 24}
+    assert len({r[0] for r in rows}) == 24
     images = sorted(p.stem for p in (run / "images").glob("*/*.png"))
     assert images == sorted(r[0] for r in rows)
     assert not list((run / "images").glob("*/*.tmp"))
