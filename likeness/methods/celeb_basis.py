@@ -144,7 +144,12 @@ class CelebBasisMethod(Method):
         "color_jitter": 0.2,
         "scale_range": (0.1, 1.0),
     }
-    default_sampling = {"num_inference_steps": 50, "guidance_scale": 10.0}
+    # The paper samples SD 1.x with guidance 10; it has no SDXL setting, so SDXL keeps the pipeline's 5.
+    default_sampling = {
+        "sd1": {"num_inference_steps": 50, "guidance_scale": 10.0},
+        "sd2": {"num_inference_steps": 50, "guidance_scale": 10.0},
+        "sdxl": {"num_inference_steps": 50, "guidance_scale": 5.0},
+    }
 
     def personalize(self, identities, out_dir, base_model, **config) -> Path:
         """The shared :meth:`Method.personalize`, after checking the number of people (before any
