@@ -178,3 +178,27 @@ def test_two_processes_give_the_same_results_as_one(tmp_path):
     assert {p.parent.name for p in (two / "artifacts").glob("*/likeness.json")} == {"alice-0", "bob-0"}
     a, b = _pixels(one), _pixels(two)
     assert len(a) == 6 and a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_cli_bench_end_to_end_and_bad_input(tmp_path, capsys):
+    from likeness.cli import main as cli_main
+
+    run, flat = tmp_path / "run", tmp_path / "flat"
+    args = ["bench", "--method", PLAIN, "--limit", "2", "--out", str(run), "--metrics", "", "--quiet"]
+    assert cli_main([*args, "--stellar-flat", str(flat)]) == 0
+    out = capsys.readouterr().out
+    assert "2/2 items done" in out and "report:" in out and (run / "report" / "index.html").is_file()
+    assert sorted(p.name for p in flat.glob("*.png")) == ["astronaut-0-00.png", "astronaut-0-01.png"]
+    assert json.loads((flat / "astronaut-0-01.json").read_text())["image_path"] == "astronaut/0.png"
+    # --resume continues with the recorded configuration; other options for the same folder are refused.
+    assert cli_main(["bench", "--out", str(run), "--resume", "--quiet", "--no-report"]) == 0
+    assert cli_main([*args, "--seeds", "2"]) == 2
+    assert "seeds: run folder has 1, now 2" in capsys.readouterr().err
+    bad = tmp_path / "prompts_t.json"
+    bad.write_text(json.dumps([{"prompts": "a person without placeholder"}]))
+    for extra, message in ((["--method", "nope"], "unknown method 'nope'"),
+                           (["--metrics", "ips,zzz"], "unknown metric(s) zzz"),
+                           (["--prompts", str(bad)], "prompts_t.json: entry 0: prompt 'a person without placeholder' has no"),
+                           (["--identities", str(tmp_path / "nobody")], "nobody: dataset folder does not exist")):
+        assert cli_main(["bench", "--out", str(tmp_path / "other"), "--quiet", *extra]) == 2
+        assert message in capsys.readouterr().err
