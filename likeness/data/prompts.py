@@ -131,137 +131,63 @@ SEATS = [
 CATEGORIES = ("food", "locations", "vehicles", "animals", "space", "nature", "instruments", "roles", "objects")
 
 # ---------------------------------------------------------------------------------------------
-# Templates: each one builds (text, detectables, categories, relations) from one pick per slot.
+# Templates: text with slots {a} and {b} (the person stays "{}"), the two word lists, categories,
+# and relation triples where "a"/"b" stand for the slot's detectable and "@a"/"@b" for its place
+# preposition.
 # ---------------------------------------------------------------------------------------------
 
 
-def _place(slot):
-    prep, phrase, noun = slot
-    return f"{prep} {phrase}", noun, prep
+def _places(entries):
+    """(preposition, phrase, noun) -> (phrase with its preposition, noun, preposition)."""
+    return [(f"{prep} {phrase}", noun, prep) for prep, phrase, noun in entries]
 
 
-def _eating(food, loc):
-    where, place, prep = _place(loc)
-    return (f"{{}} eating {food[0]} {where}", [food[1], place], ["food", "locations"],
-            [(PERSON, "eating", food[1]), (PERSON, prep, place)])
+def _roles(entries):
+    return [(f"{role} in {garment}", noun, "") for role, garment, noun in entries]
 
 
-def _juggling(fruit, loc):
-    where, place, prep = _place(loc)
-    return (f"{{}} juggling {fruit[0]} {where}", [fruit[1], place], ["food", "locations"],
-            [(PERSON, "juggling", fruit[1]), (PERSON, prep, place)])
+@dataclass(frozen=True)
+class Template:
+    text: str
+    a: list
+    b: list
+    categories: tuple[str, str]
+    relations: tuple[tuple[str, str, str], ...]
+
+    def build(self, a, b):
+        slots = {"a": a, "b": b}
+
+        def term(token: str) -> str:
+            if token.startswith("@"):
+                return slots[token[1:]][2]
+            return slots[token][1] if token in slots else token
+
+        text = self.text.replace("{a}", a[0]).replace("{b}", b[0])
+        relations = [tuple(term(t) for t in triple) for triple in self.relations]
+        return text, [a[1], b[1]], list(self.categories), relations
 
 
-def _riding_space(vehicle, space):
-    where, place, prep = _place(space)
-    return (f"{{}} riding {vehicle[0]} {where}", [vehicle[1], place], ["vehicles", "space"],
-            [(PERSON, "riding", vehicle[1]), (vehicle[1], prep, place)])
-
-
-def _riding_nature(vehicle, nature):
-    where, place, prep = _place(nature)
-    return (f"{{}} riding {vehicle[0]} {where}", [vehicle[1], place], ["vehicles", "nature"],
-            [(PERSON, "riding", vehicle[1]), (vehicle[1], prep, place)])
-
-
-def _playing_loc(instrument, loc):
-    where, place, prep = _place(loc)
-    return (f"{{}} playing {instrument[0]} {where}", [instrument[1], place], ["instruments", "locations"],
-            [(PERSON, "playing", instrument[1]), (PERSON, prep, place)])
-
-
-def _playing_nature(instrument, nature):
-    where, place, prep = _place(nature)
-    return (f"{{}} playing {instrument[0]} {where}", [instrument[1], place], ["instruments", "nature"],
-            [(PERSON, "playing", instrument[1]), (PERSON, prep, place)])
-
-
-def _walking_animal(animal, nature):
-    where, place, prep = _place(nature)
-    return (f"{{}} walking with {animal[0]} {where}", [animal[1], place], ["animals", "nature"],
-            [(PERSON, "walking with", animal[1]), (PERSON, prep, place)])
-
-
-def _feeding_animal(animal, food):
-    return (f"{{}} feeding {food[0]} to {animal[0]}", [food[1], animal[1]], ["animals", "food"],
-            [(PERSON, "feeding", animal[1]), (PERSON, "holding", food[1])])
-
-
-def _role_loc(role, loc):
-    where, place, prep = _place(loc)
-    return (f"{{}} dressed as {role[0]} wearing {role[1]} {where}", [role[2], place], ["roles", "locations"],
-            [(PERSON, "wearing", role[2]), (PERSON, prep, place)])
-
-
-def _role_space(role, space):
-    where, place, prep = _place(space)
-    return (f"{{}} dressed as {role[0]} in {role[1]} {where}", [role[2], place], ["roles", "space"],
-            [(PERSON, "wearing", role[2]), (PERSON, prep, place)])
-
-
-def _holding_space(obj, space):
-    where, place, prep = _place(space)
-    return (f"{{}} holding {obj[0]} {where}", [obj[1], place], ["objects", "space"],
-            [(PERSON, "holding", obj[1]), (PERSON, prep, place)])
-
-
-def _holding_nature(obj, nature):
-    where, place, prep = _place(nature)
-    return (f"{{}} holding {obj[0]} {where}", [obj[1], place], ["objects", "nature"],
-            [(PERSON, "holding", obj[1]), (PERSON, prep, place)])
-
-
-def _sitting_with(animal, seat):
-    return (f"{{}} and {animal[0]} sitting on {seat[0]}", [animal[1], seat[1]], ["animals", "objects"],
-            [(PERSON, "sitting on", seat[1]), (animal[1], "sitting on", seat[1]), (PERSON, "next to", animal[1])])
-
-
-def _reading_vehicle(obj, vehicle):
-    return (f"{{}} reading next to {vehicle[0]} with {obj[0]}", [vehicle[1], obj[1]], ["vehicles", "objects"],
-            [(PERSON, "next to", vehicle[1]), (PERSON, "holding", obj[1])])
-
-
-def _sleeping(seat, loc):
-    where, place, prep = _place(loc)
-    return (f"{{}} sleeping on {seat[0]} {where}", [seat[1], place], ["objects", "locations"],
-            [(PERSON, "sleeping on", seat[1]), (seat[1], prep, place)])
-
-
-def _picnic(fruit, nature):
-    where, place, prep = _place(nature)
-    return (f"{{}} having a picnic with {fruit[0]} {where}", [fruit[1], place], ["food", "nature"],
-            [(PERSON, "eating", fruit[1]), (PERSON, prep, place)])
-
-
-def _instrument_animal(instrument, animal):
-    return (f"{{}} playing {instrument[0]} for {animal[0]}", [instrument[1], animal[1]], ["instruments", "animals"],
-            [(PERSON, "playing", instrument[1]), (PERSON, "next to", animal[1])])
-
-
-def _role_vehicle(role, vehicle):
-    return (f"{{}} dressed as {role[0]} in {role[1]} driving {vehicle[0]}", [role[2], vehicle[1]], ["roles", "vehicles"],
-            [(PERSON, "wearing", role[2]), (PERSON, "riding", vehicle[1])])
-
-
+LOC, SPC, NAT, ROLE = _places(LOCATIONS), _places(SPACE), _places(NATURE), _roles(ROLES)
 TEMPLATES = [
-    (_eating, FOOD, LOCATIONS),
-    (_juggling, FRUIT_PLURAL, LOCATIONS),
-    (_riding_space, VEHICLES, SPACE),
-    (_riding_nature, VEHICLES, NATURE),
-    (_playing_loc, INSTRUMENTS, LOCATIONS),
-    (_playing_nature, INSTRUMENTS, NATURE),
-    (_walking_animal, ANIMALS, NATURE),
-    (_feeding_animal, ANIMALS, FOOD),
-    (_role_loc, ROLES, LOCATIONS),
-    (_role_space, ROLES, SPACE),
-    (_holding_space, OBJECTS, SPACE),
-    (_holding_nature, OBJECTS, NATURE),
-    (_sitting_with, ANIMALS, SEATS),
-    (_reading_vehicle, OBJECTS, VEHICLES),
-    (_sleeping, SEATS, LOCATIONS),
-    (_picnic, FRUIT, NATURE),
-    (_instrument_animal, INSTRUMENTS, ANIMALS),
-    (_role_vehicle, ROLES, VEHICLES),
+    Template("{} eating {a} {b}", FOOD, LOC, ("food", "locations"), ((PERSON, "eating", "a"), (PERSON, "@b", "b"))),
+    Template("{} juggling {a} {b}", FRUIT_PLURAL, LOC, ("food", "locations"), ((PERSON, "juggling", "a"), (PERSON, "@b", "b"))),
+    Template("{} riding {a} {b}", VEHICLES, SPC, ("vehicles", "space"), ((PERSON, "riding", "a"), ("a", "@b", "b"))),
+    Template("{} riding {a} {b}", VEHICLES, NAT, ("vehicles", "nature"), ((PERSON, "riding", "a"), ("a", "@b", "b"))),
+    Template("{} playing {a} {b}", INSTRUMENTS, LOC, ("instruments", "locations"), ((PERSON, "playing", "a"), (PERSON, "@b", "b"))),
+    Template("{} playing {a} {b}", INSTRUMENTS, NAT, ("instruments", "nature"), ((PERSON, "playing", "a"), (PERSON, "@b", "b"))),
+    Template("{} walking with {a} {b}", ANIMALS, NAT, ("animals", "nature"), ((PERSON, "walking with", "a"), (PERSON, "@b", "b"))),
+    Template("{} feeding {b} to {a}", ANIMALS, FOOD, ("animals", "food"), ((PERSON, "feeding", "a"), (PERSON, "holding", "b"))),
+    Template("{} dressed as {a} {b}", ROLE, LOC, ("roles", "locations"), ((PERSON, "wearing", "a"), (PERSON, "@b", "b"))),
+    Template("{} dressed as {a} {b}", ROLE, SPC, ("roles", "space"), ((PERSON, "wearing", "a"), (PERSON, "@b", "b"))),
+    Template("{} holding {a} {b}", OBJECTS, SPC, ("objects", "space"), ((PERSON, "holding", "a"), (PERSON, "@b", "b"))),
+    Template("{} holding {a} {b}", OBJECTS, NAT, ("objects", "nature"), ((PERSON, "holding", "a"), (PERSON, "@b", "b"))),
+    Template("{} and {a} sitting on {b}", ANIMALS, SEATS, ("animals", "objects"),
+             ((PERSON, "sitting on", "b"), ("a", "sitting on", "b"), (PERSON, "next to", "a"))),
+    Template("{} reading next to {b} with {a}", OBJECTS, VEHICLES, ("vehicles", "objects"), ((PERSON, "next to", "b"), (PERSON, "holding", "a"))),
+    Template("{} sleeping on {a} {b}", SEATS, LOC, ("objects", "locations"), ((PERSON, "sleeping on", "a"), ("a", "@b", "b"))),
+    Template("{} having a picnic with {a} {b}", FRUIT, NAT, ("food", "nature"), ((PERSON, "eating", "a"), (PERSON, "@b", "b"))),
+    Template("{} playing {a} for {b}", INSTRUMENTS, ANIMALS, ("instruments", "animals"), ((PERSON, "playing", "a"), (PERSON, "next to", "b"))),
+    Template("{} dressed as {a} driving {b}", ROLE, VEHICLES, ("roles", "vehicles"), ((PERSON, "wearing", "a"), (PERSON, "riding", "b"))),
 ]
 # Picks per template: enough for >1000 prompts while every template keeps a fair share.
 PER_TEMPLATE = 64
@@ -272,10 +198,10 @@ def build_open_prompts(per_template: int = PER_TEMPLATE) -> list[Prompt]:
     the template's name (stable across machines), then templates are interleaved round-robin, so the
     first N prompt ids already cover every template: a small subset is still a varied one."""
     columns = []
-    for build, first, second in TEMPLATES:
-        combos = [(a, b) for a in first for b in second]
-        random.Random(f"{OPEN_SET_NAME}/{OPEN_SET_VERSION}/{build.__name__}").shuffle(combos)
-        columns.append([build(a, b) for a, b in combos[:per_template]])
+    for k, template in enumerate(TEMPLATES):
+        combos = [(a, b) for a in template.a for b in template.b]
+        random.Random(f"{OPEN_SET_NAME}/{OPEN_SET_VERSION}/{k}/{template.text}").shuffle(combos)
+        columns.append([template.build(a, b) for a, b in combos[:per_template]])
     prompts, seen = [], set()
     for row in range(max(len(c) for c in columns)):
         for column in columns:
