@@ -257,3 +257,21 @@ def test_basis_built_for_another_base_model_is_refused(sd_artifact, tiny_models,
     pipe.save_pretrained(tmp_path / "other-sd")
     with pytest.raises(BasisMismatchError, match="built for a base model with token-embedding table hash"):
         get_method("celeb-basis").load(sd_artifact, base_model=str(tmp_path / "other-sd"))
+
+
+def test_resumed_run_continues_the_same_moving_average(tiny_models, astronaut_path, tmp_path):
+    config = dict(max_steps=4, learning_rate=1e-2, progress=False)
+
+    def run(out_dir, **extra):
+        pipe = load_pipeline("likeness/tiny-sd")
+        setup, make_batch = _celeb_setup(astronaut_path, tmp_path, pipe)
+        train(pipe, setup.trainable, make_batch, TrainingConfig(**config, **extra), out_dir, modules=setup.modules,
+              after_step=setup.after_step)
+        return setup.encoder
+
+    straight = run(tmp_path / "straight")
+    run(tmp_path / "interrupted", checkpoint_every=2)  # leaves its step-2 checkpoint behind
+    assert [c.name for c in (tmp_path / "interrupted" / "checkpoints").iterdir()] == ["step-000002"]
+    resumed = run(tmp_path / "interrupted", checkpoint_every=2)
+    assert torch.allclose(resumed.ema, straight.ema, atol=1e-6)
+    assert torch.allclose(resumed.linear.weight, straight.linear.weight, atol=1e-6)
