@@ -47,7 +47,7 @@ def run_units(spec_path: str | Path, *, python: str = sys.executable) -> dict[st
 
 
 def main(spec_path: str) -> int:
-    from likeness.bench.runner import _reason
+    from likeness.bench.runner import failure_reason
     from likeness.data.identities import Identity
     from likeness.methods import get_method
 
@@ -60,7 +60,7 @@ def main(spec_path: str) -> int:
             person = Identity(name=unit["identity"], photos=[Path(unit["photo"])])
             method.personalize([person], unit["work"], spec["base_model"], **spec["options"])
         except Exception as exc:  # reported to the parent, which fails the unit's items with this reason
-            error = _reason(exc)
+            error = failure_reason(exc)
         print(RESULT_PREFIX + json.dumps({"work": unit["work"], "error": error}), flush=True)
     return 0
 

@@ -64,7 +64,7 @@ def builtin_identities(run_dir: Path) -> list[Identity]:
     photo = run_dir / "identities" / BUILTIN_IDENTITY / "0.png"
     if not photo.exists():
         photo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = photo.with_suffix(".tmp.png")
+        tmp = photo.with_name(f".{os.getpid()}.tmp.png")  # every rank may write it; the rename is atomic
         Image.fromarray(data.astronaut()).save(tmp)
         tmp.replace(photo)
     return [Identity(name=BUILTIN_IDENTITY, photos=[photo])]
@@ -84,7 +84,7 @@ def check_metrics(names: list[str]) -> None:
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known metrics: {', '.join(METRICS.names())}")
 
 
-def _reason(exc: BaseException) -> str:
+def failure_reason(exc: BaseException) -> str:
     """A one-line failure reason: the exception type and its message (which names the file, if any)."""
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {message}"[:500]
@@ -113,11 +113,8 @@ class Runner:
     def prepare(self) -> list[WorkItem]:
         """Plan, bind the folder to the config, register items. Every rank plans the same items."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.state.is_main_process:
-            self.identities = resolve_identities(self.config, self.run_dir)
-        self.state.wait_for_everyone()
-        if not self.state.is_main_process:
-            self.identities = resolve_identities(self.config, self.run_dir)
+        # Bad input raises here on every rank alike, before any barrier a failed rank would never reach.
+        self.identities = resolve_identities(self.config, self.run_dir)
         self.plan = make_plan(self.config, self.identities)
         # Every rank checks (so all fail alike); only the main one writes.
         bind_run_folder(self.run_dir, self.config, write=self.state.is_main_process)
@@ -174,7 +171,7 @@ class Runner:
                                        **self.config.method_options)
                     errors[unit] = None
                 except Exception as exc:  # one bad photo must not stop the run
-                    errors[unit] = _reason(exc)
+                    errors[unit] = failure_reason(exc)
         elif mine:
             from likeness.bench.personalize_worker import run_units
 
@@ -218,7 +215,7 @@ class Runner:
                 personalized = method.load(self.artifact_dir(unit))
             except Exception as exc:
                 for item in items:
-                    self.store.finish(item.item_id, FAILED, f"cannot load artifact: {_reason(exc)}")
+                    self.store.finish(item.item_id, FAILED, f"cannot load artifact: {failure_reason(exc)}")
                 bar.update(len(items))
                 continue
             finally:
@@ -254,7 +251,7 @@ class Runner:
             meta.update(steps=self.config.steps, guidance=self.config.guidance, artifact=str(self.artifact_dir(_unit(item))))
             write_sidecar(path, meta)
         except Exception as exc:  # the item fails with its reason; the run goes on
-            self.store.finish(item.item_id, FAILED, f"generation failed: {_reason(exc)}")
+            self.store.finish(item.item_id, FAILED, f"generation failed: {failure_reason(exc)}")
             if os.environ.get("LIKENESS_DEBUG"):
                 traceback.print_exc()
             return
