@@ -164,7 +164,7 @@ def test_two_processes_give_the_same_results_as_one(tmp_path):
     """Real textual-inversion training (2 steps) for two people, then generation, 1 process vs 2 (gloo)."""
     people = _two_people(tmp_path)
     overrides = json.dumps({"prompt_limit": 3, "identities": str(people), "method": "textual_inversion",
-                            "method_options": {"max_steps": 2}})
+                            "method_options": {"max_steps": 2}, "metrics": ["ips", "sis"]})
     one, two = tmp_path / "one", tmp_path / "two"
     _run_script(one, overrides)
     launched = subprocess.run(
@@ -183,6 +183,13 @@ def test_two_processes_give_the_same_results_as_one(tmp_path):
     assert {p.parent.name for p in (two / "artifacts").glob("*/likeness.json")} == {"alice-0", "bob-0"}
     a, b = _pixels(one), _pixels(two)
     assert len(a) == 6 and a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    # Scores from both ranks merged into one store, equal to the one-process store, summaries included.
+    query = "SELECT item_id, metric, value, status FROM results ORDER BY item_id, metric"
+    with sqlite3.connect(one / STORE_FILE) as db1, sqlite3.connect(two / STORE_FILE) as db2:
+        assert len(db1.execute(query).fetchall()) == 12
+        assert db1.execute(query).fetchall() == db2.execute(query).fetchall()
+        summaries = "SELECT value FROM meta WHERE key='metric_summaries'"
+        assert db1.execute(summaries).fetchone() == db2.execute(summaries).fetchone() is not None
 
 
 def test_cli_bench_end_to_end_and_bad_input(tmp_path, capsys):

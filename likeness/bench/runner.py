@@ -271,11 +271,12 @@ class Runner:
         options = dict(identities=self.identities, metrics=self.config.metrics, store_path=self.run_dir / STORE_FILE,
                        face_backend=self.config.face_backend)
         started = time.perf_counter()
-        evaluate_run_items([self.image_path(item) for item in mine], progress=self.progress, **options)
+        report = evaluate_run_items([self.image_path(item) for item in mine], progress=self.progress, **options)
         self.seconds["evaluate"] += time.perf_counter() - started
         self.state.wait_for_everyone()
         if self.state.is_main_process:
-            report = evaluate_run_items([], progress=False, **options)  # nothing to score: summaries only
+            if self.world > 1:  # the summaries above saw only part of the rows: redo them over the whole store
+                report = evaluate_run_items([], progress=False, **options)
             self.store.set_meta(SUMMARY_KEY, {s["metric"]: s for s in report.summaries})
             self.store.set_meta("face_protocol", report.face_protocol)
         self.state.wait_for_everyone()
