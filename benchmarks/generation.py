@@ -10,8 +10,7 @@ Measured, each part in its own process so peak memory (max RSS) is per part:
 1. seconds and peak memory per training step, Textual Inversion and DreamBooth-LoRA (the first
    step is a warm-up and not counted);
 2. seconds per generated image: plain pipeline vs the same base with each artifact applied
-   (``load_artifact``: TI tokens added, LoRA fused), blocks run plain / TI / LoRA / plain again;
-   the ratio divides by the mean of the two plain blocks.
+   (TI tokens added, LoRA fused), interleaved image by image; medians and their ratio.
 
 Run (one heavy job at a time on a shared machine):
 
@@ -30,14 +29,6 @@ import time
 from pathlib import Path
 
 METHODS = ("textual_inversion", "dreambooth_lora")
-
-
-def rss_gb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024**2
-    return float("nan")
 
 
 def peak_rss_gb() -> float:
@@ -94,11 +85,11 @@ def part_train(model: Path, method_name: str, photo: Path, resolution: int, step
     with tempfile.TemporaryDirectory() as tmp:
         setup = method.setup(pipe, ["astro"], {**method.defaults, "out_dir": tmp})
         make_batch = photo_batches(prepared, {"astro": setup.identities["astro"].subject}, batch_size=1, aug=Augmentation())
-        base = rss_gb()
         config = TrainingConfig(max_steps=steps + 1, learning_rate=1e-4, resolution=resolution, progress=False)
         result = train(pipe, setup.trainable, make_batch, config, tmp, modules=setup.modules, after_step=setup.after_step)
     timed = result.step_seconds[1:]
-    return {"seconds_per_step": sum(timed) / len(timed), "steps": len(timed), "rss_before_gb": base,
+    weights = sum(p.numel() * p.element_size() for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters())
+    return {"seconds_per_step": sum(timed) / len(timed), "steps": len(timed), "weights_gb": weights / 1024**3,
             "peak_rss_gb": peak_rss_gb(), "learned": learned_parameters(method_name, setup)}
 
 
@@ -121,36 +112,43 @@ def part_artifact(model: Path, method_name: str, photo: Path, resolution: int, o
 
 
 def part_generate(model: Path, artifacts: dict, resolution: int, steps: int, images: int) -> dict:
-    """Seconds per image, plain vs each artifact, same prompts and seeds."""
-    import gc
+    """Seconds per image, plain vs each artifact, interleaved image by image (plain, TI, LoRA, plain, ...)
+    so that load on a shared machine hits all three alike; the median per pipeline is reported.
 
-    from likeness.methods import load_artifact
+    Textual Inversion is applied to the plain pipeline itself with the method's own ``apply`` (it
+    only adds tokens: prompts without them compute exactly as before), so plain and TI share one
+    set of weights; the LoRA artifact is loaded with ``load_artifact`` (fused) as a second pipeline.
+    """
+    import statistics
+
+    import torch
+
+    from likeness.methods import Manifest, get_method, load_artifact
+    from likeness.methods.base import Personalized
     from likeness.models import load_pipeline
 
     template = "{} reading a book in a library"
-    seeds = list(range(images))
-    timings = {}
-
-    def run(label, generate):
-        generate(1)  # warm-up image, not counted
-        tic = time.perf_counter()
-        generate(images)
-        timings.setdefault(label, []).append((time.perf_counter() - tic) / images)
-
-    for label in ("plain", *artifacts, "plain"):
-        if label == "plain":
-            pipe = load_pipeline(str(model), device="cpu", dtype="fp32")
-            text = template.replace("{}", "a person")
-            gen = lambda n: [pipe(text, num_inference_steps=steps, height=resolution, width=resolution,  # noqa: E731
-                                  generator=__import__("torch").Generator().manual_seed(s)) for s in seeds[:n]]
-        else:
-            personalized = load_artifact(artifacts[label], device="cpu")
-            gen = lambda n: personalized.generate([template] * n, seeds[:n], num_inference_steps=steps,  # noqa: E731
-                                                  height=resolution, width=resolution)
-        run(label, gen)
-        pipe = personalized = gen = None
-        gc.collect()
-    return {label: sum(v) / len(v) for label, v in timings.items()} | {"plain_blocks": timings["plain"]}
+    plain = load_pipeline(str(model), device="cpu", dtype="fp32")
+    ti_path = Path(artifacts["textual_inversion"])
+    manifest = Manifest.load(ti_path)
+    get_method("textual_inversion").apply(plain, ti_path, manifest)
+    runners = {
+        "plain": lambda seed: plain(template.replace("{}", "a person"), num_inference_steps=steps, height=resolution,
+                                    width=resolution, generator=torch.Generator().manual_seed(seed)),
+        "textual_inversion": Personalized(plain, manifest, ti_path),
+        "dreambooth_lora": load_artifact(artifacts["dreambooth_lora"], device="cpu"),
+    }
+    timings = {label: [] for label in runners}
+    for round_ in range(images + 1):  # round 0 is a warm-up
+        for label, runner in runners.items():
+            tic = time.perf_counter()
+            if label == "plain":
+                runner(round_)
+            else:
+                runner.generate([template], [round_], num_inference_steps=steps, height=resolution, width=resolution)
+            if round_:
+                timings[label].append(time.perf_counter() - tic)
+    return {label: statistics.median(v) for label, v in timings.items()} | {"all": timings, "peak_rss_gb": peak_rss_gb()}
 
 
 def subprocess_part(args: list[str]) -> dict:
@@ -163,7 +161,7 @@ def main() -> int:
     parser.add_argument("--resolution", type=int, default=256, help="training and generation size (default 256)")
     parser.add_argument("--train-steps", type=int, default=3, help="timed training steps per method (after 1 warm-up)")
     parser.add_argument("--gen-steps", type=int, default=4, help="denoising steps per image")
-    parser.add_argument("--images", type=int, default=2, help="timed images per pipeline block")
+    parser.add_argument("--images", type=int, default=3, help="timed images per pipeline (after 1 warm-up round)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "likeness-bench-generation")
     parser.add_argument("--part", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
@@ -205,16 +203,17 @@ def main() -> int:
 
     print(f"\nSD-1.5-shaped pipeline, random weights, CPU ({args.resolution} px)")
     print(f"training (batch 1, {args.train_steps} timed steps):")
-    print(f"  {'method':<20} {'s/step':>8} {'peak RSS GB':>12} {'RSS before GB':>14} {'learned params':>15}")
+    print(f"  {'method':<20} {'s/step':>8} {'peak RSS GB':>12} {'weights GB':>11} {'learned params':>15}")
     for method, r in train.items():
-        print(f"  {method:<20} {r['seconds_per_step']:>8.2f} {r['peak_rss_gb']:>12.2f} {r['rss_before_gb']:>14.2f} "
+        print(f"  {method:<20} {r['seconds_per_step']:>8.2f} {r['peak_rss_gb']:>12.2f} {r['weights_gb']:>11.2f} "
               f"{r['learned']:>15,}")
     plain = gen["plain"]
-    print(f"generation ({args.gen_steps} steps, guidance 7.5, {args.images} images per block; plain blocks "
-          f"{', '.join(f'{s:.2f}' for s in gen['plain_blocks'])} s/image):")
-    print(f"  {'pipeline':<20} {'s/image':>8} {'ratio to plain':>15}")
+    print(f"generation ({args.gen_steps} steps, guidance 7.5, median of {args.images} interleaved images; "
+          f"peak RSS {gen['peak_rss_gb']:.2f} GB with plain+TI and LoRA pipelines loaded):")
+    print(f"  {'pipeline':<20} {'s/image':>8} {'ratio to plain':>15}   all s/image")
     for label in ("plain", *METHODS):
-        print(f"  {label:<20} {gen[label]:>8.2f} {gen[label] / plain:>15.3f}")
+        print(f"  {label:<20} {gen[label]:>8.2f} {gen[label] / plain:>15.3f}   "
+              f"{', '.join(f'{t:.2f}' for t in gen['all'][label])}")
     return 0
 
 
