@@ -32,6 +32,7 @@ class EvaluationReport:
     n_items: int = 0
     n_scored_now: int = 0
     n_skipped: int = 0
+    dataset_problems: list[str] = field(default_factory=list)  # e.g. malformed attribute files, named
 
 
 def build_metrics(names, backend, cache, identities) -> list[Metric]:
@@ -53,7 +54,9 @@ def evaluate(
     identities = load_identities(dataset, split=split)
     items = read_generated(generated, identities)
     meta = {"dataset": str(dataset), "generated": str(generated)}
-    return score_items(items, identities, store, metrics, backend, backend_options, cache_dir, progress, meta)
+    report = score_items(items, identities, store, metrics, backend, backend_options, cache_dir, progress, meta)
+    report.dataset_problems = [problem for identity in identities for problem in identity.problems]
+    return report
 
 
 def evaluate_run_items(
@@ -136,6 +139,11 @@ def format_summary(report: EvaluationReport) -> str:
     lines += [f"{name}: {text}" for name, text in report.definitions.items()]
     lines.append(f"face protocol {report.face_protocol}")
     lines.append(f"{report.n_items} images: {report.n_scored_now} scored now, {report.n_skipped} already in {report.store}")
+    if report.dataset_problems:
+        lines.append(f"dataset problems ({len(report.dataset_problems)}):")
+        lines += [f"  {problem}" for problem in report.dataset_problems[:10]]
+        if len(report.dataset_problems) > 10:
+            lines.append(f"  ... and {len(report.dataset_problems) - 10} more")
     return "\n".join(lines)
 
 

@@ -86,6 +86,11 @@ def load_stellar(root: str | Path, *, split: str = "all") -> list[Identity]:
                 attributes[photo] = None
             if attributes[photo] is None and not labels_file.exists():
                 problems.append(f"{labels_file}: attributes file missing")
+        stems = {p.stem for p in photos}
+        for labels_file in sorted(folder.glob("*_attributes.json")):
+            stem = labels_file.name[: -len("_attributes.json")]
+            if stem not in stems:
+                problems.append(f"{folder / (stem + '.jpg')}: photo missing ({labels_file.name} is there)")
         prompt_files = {kind: folder / f"prompts_{kind}.json" for kind in ("t", "h") if (folder / f"prompts_{kind}.json").exists()}
         if not photos:
             problems.append(f"{folder}: no photos (expected 0.jpg, 1.jpg)")
