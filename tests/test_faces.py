@@ -152,6 +152,9 @@ def test_cache_keys_on_content_and_persists(dlib_backend, astronaut_path, tmp_pa
     assert counting.passes == 1
     np.testing.assert_allclose(again.faces[0].embedding, first.faces[0].embedding)
     np.testing.assert_allclose(again.faces[0].landmarks, first.faces[0].landmarks)
+    for entry in (tmp_path / "cache").rglob("*.npz"):  # a damaged entry is recomputed, not trusted
+        entry.write_bytes(b"garbage")
+    assert FaceCache(counting, tmp_path / "cache").get(astronaut_path).status == "ok" and counting.passes == 2
 
 
 # -- arcface on tiny ONNX models with the real signatures ------------------------------------------------
