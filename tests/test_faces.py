@@ -163,7 +163,7 @@ STRIDES = (8, 16, 32)
 POINT_OFFSETS = np.array([[-0.3, -0.2], [0.3, -0.2], [0.0, 0.1], [-0.25, 0.4], [0.25, 0.4]], dtype=np.float32)
 
 
-def _export_tiny_arcface(folder):
+def _export_tiny_arcface(folder, batch_dim: bool = False):
     """A SCRFD-like detector (9 outputs, 2 anchors, strides 8/16/32) and an ArcFace-like recogniser.
 
     The detector fires on 32x32 bright cells at stride 32 only, with box distances of one stride and
@@ -184,7 +184,8 @@ def _export_tiny_arcface(folder):
                 scores.append(torch.sigmoid(logit).repeat(1, 2).reshape(n, 1))
                 boxes.append(torch.ones(n, 4))
                 points.append(torch.from_numpy(POINT_OFFSETS.reshape(1, 10)).repeat(n, 1))
-            return (*scores, *boxes, *points)
+            outputs = (*scores, *boxes, *points)
+            return tuple(o[None] for o in outputs) if batch_dim else outputs  # both forms exist in the wild
 
     class TinyRecogniser(nn.Module):
         def __init__(self):
@@ -225,13 +226,18 @@ def test_arcface_finds_models_by_signature_and_describes_itself(arcface_backend)
     assert "ArcFace 112x112" in arcface_backend.protocol.aligner
 
 
-def test_arcface_detection_matches_hand_decoding(arcface_backend):
-    faces = arcface_backend.detect(_face_image(0))
+@pytest.mark.parametrize("batched", [False, True])
+def test_arcface_detection_matches_hand_decoding(arcface_backend, batched, tmp_path):
+    backend = arcface_backend
+    if batched:  # detector outputs with a leading batch dimension, as some SCRFD exports have
+        backend = BACKENDS.create("arcface", model_dir=_export_tiny_arcface(tmp_path / "batched", batch_dim=True))
+        assert len(backend.detector.get_outputs()[0].shape) == 3
+    faces = backend.detect(_face_image(0))
     assert len(faces) == 1  # two anchors on one cell: NMS keeps one
     # canvas scale 2: anchor centre (320, 192) at 640 px -> (160, 96); box = centre -+ 32 px -> -+ 16 px
     np.testing.assert_allclose(faces[0].box, (144, 80, 176, 112), atol=1e-4)
     np.testing.assert_allclose(faces[0].landmarks, np.array([160, 96]) + POINT_OFFSETS * 16, atol=1e-4)
-    assert arcface_backend.detect(np.zeros((320, 320, 3), np.uint8)) == []
+    assert backend.detect(np.zeros((320, 320, 3), np.uint8)) == []
 
 
 def test_arcface_end_to_end_identity_score(arcface_backend, tmp_path):
