@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 DESCRIPTION = """\
 Run a personalization method over identities x prompts x seeds, score every image, write a report.
@@ -84,11 +85,15 @@ def config_from_args(args):
     options = dict(args.method_option)
     if args.train_steps is not None or tiny:
         options.setdefault("max_steps", args.train_steps if args.train_steps is not None else 20)
+    def absolute(path: str, keywords: tuple[str, ...]) -> str:
+        # A run folder is continued from anywhere: record where inputs are, not how they were typed.
+        return path if path in keywords else str(Path(path).expanduser().resolve())
+
     return RunConfig(
         method=args.method,
-        base_model=args.base_model,
-        identities=args.identities,
-        prompts=args.prompts,
+        base_model=str(Path(args.base_model).resolve()) if Path(args.base_model).is_dir() else args.base_model,
+        identities=absolute(args.identities, ("builtin",)),
+        prompts=absolute(args.prompts, ("open", "stellar-t", "stellar-h")),
         prompt_limit=args.limit or None,
         prompt_ids=args.prompt_ids,
         categories=args.categories,
