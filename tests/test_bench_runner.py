@@ -40,6 +40,11 @@ def _item_rows(run_dir):
         return db.execute("SELECT item_id, status, reason FROM items ORDER BY position").fetchall()
 
 
+def _item_attempts(run_dir):
+    with sqlite3.connect(run_dir / STORE_FILE) as db:
+        return db.execute("SELECT item_id, status, prompt_id, attempts FROM items ORDER BY position").fetchall()
+
+
 def _pixels(run_dir):
     return {p.stem: np.asarray(Image.open(p)) for p in sorted((run_dir / "images").glob("*/*.png"))}
 
@@ -115,6 +120,30 @@ def test_generation_failure_is_recorded_per_item(tmp_path, monkeypatch):
     assert summary.counts == {DONE: 3, FAILED: 1}
     failed = [r for r in rows if r[1] == FAILED]
     assert failed == [(plan_ids[1], FAILED, "generation failed: RuntimeError: simulated out-of-memory")]
+
+
+def test_disk_full_while_saving_fails_that_item_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    real_save = Image.Image.save
+
+    def full_disk(self, fp, *args, **kwargs):
+        if "t0002" in str(fp):
+            Path(fp).write_bytes(b"\x89PNG half")  # a partial write, then the error
+            raise OSError(28, "No space left on device")
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    summary = run_bench(small_config(prompt_limit=3), tmp_path / "run", progress=False)
+    assert summary.counts == {DONE: 2, FAILED: 1}
+    assert "generation failed: OSError: [Errno 28] No space left on device" == summary.failures[0]["reason"]
+    assert "t0002" in summary.failures[0]["item_id"]
+    assert sorted(p.name for p in (tmp_path / "run" / "images" / "astronaut").glob("*t0002*")) == [
+        summary.failures[0]["item_id"] + ".png.tmp"]  # never under the final name; removed on the next run
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    assert run_bench(small_config(prompt_limit=3), tmp_path / "run", progress=False).counts == {DONE: 2, FAILED: 1}
+    assert not list((tmp_path / "run" / "images").glob("*/*.tmp"))
+    # Failed is final, until the user asks for another try (space freed).
+    assert run_bench(small_config(prompt_limit=3), tmp_path / "run", progress=False, retry_failed=True).counts == {DONE: 3}
+    assert [r[3] for r in _item_attempts(tmp_path / "run")] == [1, 1, 2]
 
 
 def test_sigkill_mid_run_then_resume_ends_every_item_exactly_once(tmp_path):

@@ -98,7 +98,8 @@ def _unit(item: WorkItem) -> str:
 class Runner:
     """One process's view of a run. Create it on every rank; :meth:`run` does the whole job."""
 
-    def __init__(self, config: RunConfig, run_dir: str | Path, *, progress: bool = True, state=None):
+    def __init__(self, config: RunConfig, run_dir: str | Path, *, progress: bool = True, retry_failed: bool = False,
+                 state=None):
         from accelerate import PartialState
 
         self.config = config
@@ -106,6 +107,7 @@ class Runner:
         self.state = state if state is not None else PartialState(cpu=True)
         self.rank, self.world = self.state.process_index, self.state.num_processes
         self.progress = progress
+        self.retry_failed = retry_failed
         self.seconds: dict[str, float] = defaultdict(float)
 
     # -- setup ------------------------------------------------------------------------------------
@@ -122,6 +124,8 @@ class Runner:
             store = RunStore(self.run_dir / STORE_FILE)
             store.add_items(self.plan)
             store.reset_interrupted()
+            if self.retry_failed:
+                store.retry_failed()
             store.close()
             self._remove_partial_files()
         self.state.wait_for_everyone()
@@ -299,6 +303,6 @@ class Runner:
         return summary
 
 
-def run_bench(config: RunConfig, run_dir: str | Path, *, progress: bool = True) -> RunSummary:
+def run_bench(config: RunConfig, run_dir: str | Path, *, progress: bool = True, retry_failed: bool = False) -> RunSummary:
     """Run (or continue) a benchmark in ``run_dir``. Call it on every rank under ``accelerate launch``."""
-    return Runner(config, run_dir, progress=progress).run()
+    return Runner(config, run_dir, progress=progress, retry_failed=retry_failed).run()

@@ -57,6 +57,11 @@ class RunStore(ResultsStore):
         with self.db:
             return self.db.execute("UPDATE items SET status=?, rank=NULL WHERE status=?", (PENDING, RUNNING)).rowcount
 
+    def retry_failed(self) -> int:
+        """Failed items become pending again: only on the user's request (e.g. after freeing disk space)."""
+        with self.db:
+            return self.db.execute("UPDATE items SET status=?, reason=NULL, rank=NULL WHERE status=?", (PENDING, FAILED)).rowcount
+
     def pending_ids(self, ids: list[str] | None = None) -> set[str]:
         rows = self.db.execute("SELECT item_id FROM items WHERE status NOT IN (?,?)", FINAL).fetchall()
         pending = {r[0] for r in rows}

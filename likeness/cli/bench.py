@@ -53,6 +53,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--out", default="runs/bench", help="run folder (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue --out with the configuration recorded in it")
+    parser.add_argument("--retry-failed", action="store_true", help="give failed items another try (they are final otherwise)")
     parser.add_argument("--method", default="textual_inversion", help="personalization method (default: %(default)s)")
     parser.add_argument("--base-model", default="likeness/tiny-sd", help="hub id, local folder or tiny id (default: %(default)s)")
     parser.add_argument("--identities", default="builtin", help="dataset folder, or 'builtin' (default: %(default)s)")
@@ -118,7 +119,7 @@ def run(args) -> int:
 
     try:
         config = load_run_config(args.out) if args.resume else config_from_args(args)
-        runner = Runner(config, args.out, progress=not args.quiet)
+        runner = Runner(config, args.out, progress=not args.quiet, retry_failed=args.retry_failed)
         summary = runner.run()
     except (RunConfigError, DatasetError, PromptError, UnknownMethodError, FileNotFoundError, ValueError) as exc:
         print(f"likeness bench: {exc}", file=sys.stderr)
