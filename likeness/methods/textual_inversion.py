@@ -68,7 +68,8 @@ class TextualInversion(Method):
                 raise ValueError(f"placeholder token(s) {', '.join(clashes)} already exist in the base model's vocabulary")
             tokenizer.add_tokens(new_tokens)
             new_ids = tokenizer.convert_tokens_to_ids(new_tokens)
-            encoder.resize_token_embeddings(len(tokenizer))
+            if len(tokenizer) > encoder.get_input_embeddings().num_embeddings:  # never shrink a padded table
+                encoder.resize_token_embeddings(len(tokenizer))
             encoder.requires_grad_(False)
             weight = encoder.get_input_embeddings().weight
             with torch.no_grad():
