@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+import torch
+
 from likeness.bench.plan import RunConfig
 from likeness.data.images import load_image
 from likeness.methods.base import METHODS, IdentityEntry, Manifest, Method
@@ -38,6 +41,17 @@ class PlainPrompt(Method):
 
 if PLAIN not in METHODS:
     METHODS.register(PLAIN)(PlainPrompt)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """In-process runs use one torch thread, like the subprocess runs (OMP_NUM_THREADS=1): on a shared,
+    oversubscribed CPU two spinning threads made tiny-model generation ~10x slower. Import it into a
+    test module to apply it there."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def small_config(identities: str = "builtin", **overrides) -> RunConfig:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench_helpers import PLAIN, small_config
+from bench_helpers import PLAIN, one_torch_thread, small_config  # noqa: F401 (autouse fixture)
 from likeness.bench.plan import RunConfigError, derive_seed, make_plan, shard
 from likeness.bench.runner import STORE_FILE, builtin_identities, run_bench
 from likeness.bench.runstore import DONE, FAILED, RunStore

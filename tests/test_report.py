@@ -7,9 +7,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
-from bench_helpers import small_config
+from bench_helpers import one_torch_thread, small_config  # noqa: F401 (autouse fixture)
 from likeness.bench.report import build_report, read_results
 from likeness.bench.runner import run_bench
 from likeness.cli import main as cli_main
@@ -53,9 +54,12 @@ def scored_run(tmp_path_factory):
             return [Image.open(run / "identities" / "astronaut" / "0.png").convert("RGB").resize((256, 256))]
         return real(self, prompts, seeds, **kw)
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module scope: set up before the autouse one-thread fixture applies
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Personalized, "generate", copy_reference_for_juggling)
         run_bench(small_config(prompt_limit=4, metrics=["ips", "sis", "aps"]), run, progress=False)
+    torch.set_num_threads(threads)
     return run
 
 
