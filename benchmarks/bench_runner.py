@@ -97,7 +97,7 @@ def main() -> None:
     from likeness.bench.plan import RunConfig
 
     def config(limit: int) -> RunConfig:
-        return RunConfig(method="textual_inversion", base_model="likeness/tiny-sd", identities="builtin",
+        return RunConfig(method="textual-inversion", base_model="likeness/tiny-sd", identities="builtin",
                          prompt_limit=limit, steps=args.steps, resolution=args.resolution,
                          metrics=["ips", "sis", "aps"], method_options={"max_steps": args.train_steps})
 

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-METHODS = ("textual_inversion", "dreambooth_lora")
+METHODS = ("textual-inversion", "dreambooth-lora")
 
 
 def peak_rss_gb() -> float:
@@ -95,7 +95,7 @@ def part_train(model: Path, method_name: str, photo: Path, resolution: int, step
 
 def learned_parameters(method_name: str, setup) -> int:
     """Parameters that end up in the artifact (TI optimises the embedding matrix but keeps one row per token)."""
-    if method_name == "textual_inversion":
+    if method_name == "textual-inversion":
         rows = len(setup.identities["astro"].tokens)
         return sum(rows * p.shape[1] for p in setup.trainable.values())
     return sum(p.numel() for p in setup.trainable.values())
@@ -129,14 +129,14 @@ def part_generate(model: Path, artifacts: dict, resolution: int, steps: int, ima
 
     template = "{} reading a book in a library"
     plain = load_pipeline(str(model), device="cpu", dtype="fp32")
-    ti_path = Path(artifacts["textual_inversion"])
+    ti_path = Path(artifacts["textual-inversion"])
     manifest = Manifest.load(ti_path)
-    get_method("textual_inversion").apply(plain, ti_path, manifest)
+    get_method("textual-inversion").apply(plain, ti_path, manifest)
     runners = {
         "plain": lambda seed: plain(template.replace("{}", "a person"), num_inference_steps=steps, height=resolution,
                                     width=resolution, generator=torch.Generator().manual_seed(seed)),
-        "textual_inversion": Personalized(plain, manifest, ti_path),
-        "dreambooth_lora": load_artifact(artifacts["dreambooth_lora"], device="cpu"),
+        "textual-inversion": Personalized(plain, manifest, ti_path),
+        "dreambooth-lora": load_artifact(artifacts["dreambooth-lora"], device="cpu"),
     }
     timings = {label: [] for label in runners}
     for round_ in range(images + 1):  # round 0 is a warm-up

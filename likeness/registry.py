@@ -11,12 +11,19 @@ from typing import Callable, Generic, TypeVar
 T = TypeVar("T")
 
 
+def canonical_name(name: str) -> str:
+    """Registry names are lower-case with hyphens; ``textual_inversion`` finds ``textual-inversion``."""
+    return str(name).strip().lower().replace("_", "-")
+
+
 class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        name = canonical_name(name)
+
         def decorator(factory: Callable[..., T]) -> Callable[..., T]:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
@@ -27,7 +34,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> Callable[..., T]:
         try:
-            return self._entries[name]
+            return self._entries[canonical_name(name)]
         except KeyError:
             known = ", ".join(sorted(self._entries)) or "none"
             raise KeyError(f"unknown {self.kind} {name!r}; known: {known}") from None
@@ -39,4 +46,4 @@ class Registry(Generic[T]):
         return sorted(self._entries)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._entries
+        return canonical_name(name) in self._entries

@@ -87,12 +87,12 @@ def _train_artifact(tmp_path_factory, astronaut_path, method, base_model, **conf
 @pytest.fixture(scope="session")
 def ti_artifact(tiny_models, tmp_path_factory, astronaut_path):
     """Textual Inversion on tiny-sd, 4 steps (2 vectors, so multi-vector loading is exercised)."""
-    return _train_artifact(tmp_path_factory, astronaut_path, "textual_inversion", "likeness/tiny-sd",
+    return _train_artifact(tmp_path_factory, astronaut_path, "textual-inversion", "likeness/tiny-sd",
                            max_steps=4, gradient_accumulation_steps=1, num_vectors=2, learning_rate=5e-2)
 
 
 @pytest.fixture(scope="session")
 def lora_artifact(tiny_models, tmp_path_factory, astronaut_path):
     """DreamBooth-LoRA on tiny-sd, 4 steps, with a text-encoder LoRA too."""
-    return _train_artifact(tmp_path_factory, astronaut_path, "dreambooth_lora", "likeness/tiny-sd",
+    return _train_artifact(tmp_path_factory, astronaut_path, "dreambooth-lora", "likeness/tiny-sd",
                            max_steps=4, learning_rate=1e-2, train_text_encoder=True)

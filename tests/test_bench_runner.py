@@ -192,7 +192,7 @@ def _two_people(root: Path) -> Path:
 def test_two_processes_give_the_same_results_as_one(tmp_path):
     """Real textual-inversion training (2 steps) for two people, then generation, 1 process vs 2 (gloo)."""
     people = _two_people(tmp_path)
-    overrides = json.dumps({"prompt_limit": 3, "identities": str(people), "method": "textual_inversion",
+    overrides = json.dumps({"prompt_limit": 3, "identities": str(people), "method": "textual-inversion",
                             "method_options": {"max_steps": 2}, "metrics": ["ips", "sis"]})
     one, two = tmp_path / "one", tmp_path / "two"
     _run_script(one, overrides)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_personalize_then_generate_writes_canonical_layout(tiny_models, astronaut_path, tmp_path, capsys):
     artifact = tmp_path / "art"
-    assert main(["personalize", "--method", "textual_inversion", "--identity", str(astronaut_path), "--name", "astro",
+    assert main(["personalize", "--method", "textual-inversion", "--identity", str(astronaut_path), "--name", "astro",
                  "--out", str(artifact), "--steps", "2", "--grad-accum", "1"]) == 0
     assert (artifact / "likeness.json").exists() and (artifact / "astro.safetensors").exists()
     out = tmp_path / "images"
@@ -24,7 +24,7 @@ def test_personalize_then_generate_writes_canonical_layout(tiny_models, astronau
     assert images == ["astro-astronaut-u0000-s10.png", "astro-astronaut-u0000-s11.png"]
     meta = json.loads((out / "astro" / "astro-astronaut-u0000-s10.json").read_text())
     assert meta["prompt"] == "<astro> reading a book" and meta["prompt_template"] == "{} reading a book"
-    assert meta["seed"] == 10 and meta["method"] == "textual_inversion" and meta["base_model"] == "likeness/tiny-sd"
+    assert meta["seed"] == 10 and meta["method"] == "textual-inversion" and meta["base_model"] == "likeness/tiny-sd"
     assert meta["reference"].endswith("astronaut.jpg") and meta["item_id"] == "astro-astronaut-u0000-s10"
     first = (out / "astro" / images[0]).stat().st_mtime_ns
     assert main(args) == 0  # rerun: existing images are kept, not regenerated
@@ -41,9 +41,9 @@ def test_generate_errors_are_clear(ti_artifact, tmp_path, capsys):
 def test_personalize_errors_are_clear(tiny_models, astronaut_path, tmp_path, capsys):
     assert main(["personalize", "--method", "nope", "--identity", str(astronaut_path), "--out", str(tmp_path / "a")]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
-    assert main(["personalize", "--method", "textual_inversion", "--identity", str(tmp_path / "missing.jpg"),
+    assert main(["personalize", "--method", "textual-inversion", "--identity", str(tmp_path / "missing.jpg"),
                  "--out", str(tmp_path / "a")]) == 2
     assert "missing.jpg" in capsys.readouterr().err
-    assert main(["personalize", "--method", "textual_inversion", "--base-model", "someone/absent", "--identity",
+    assert main(["personalize", "--method", "textual-inversion", "--base-model", "someone/absent", "--identity",
                  str(astronaut_path), "--out", str(tmp_path / "b")]) == 2
     assert "someone/absent" in capsys.readouterr().err

@@ -31,7 +31,7 @@ def _plain_image(pipe, prompt, seed):
 
 def test_textual_inversion_artifact_loads_in_plain_diffusers(tiny_models, ti_artifact):
     manifest = json.loads((ti_artifact / "likeness.json").read_text())
-    assert manifest["method"] == "textual_inversion"
+    assert manifest["method"] == "textual-inversion"
     assert manifest["base_model"] == {"model_id": "likeness/tiny-sd", "family": "sd1", "revision": "tiny-v1"}
     assert manifest["identities"]["astro"]["tokens"] == ["<astro>", "<astro>_1"]
     assert manifest["likeness_version"]
@@ -60,7 +60,7 @@ def test_lora_artifact_loads_in_plain_diffusers(tiny_models, lora_artifact):
     assert np.abs(with_lora - without).max() > 2  # and the LoRA does change the image
 
 
-@pytest.mark.parametrize("method", ["textual_inversion", "dreambooth_lora"])
+@pytest.mark.parametrize("method", ["textual-inversion", "dreambooth-lora"])
 def test_sdxl_artifacts_load_in_plain_diffusers(tiny_models, astronaut_path, tmp_path, method):
     out = personalize(method, {"astro": [astronaut_path]}, tmp_path / "a", "likeness/tiny-sdxl", max_steps=2,
                       gradient_accumulation_steps=1, learning_rate=1e-2, progress=False)
@@ -68,7 +68,7 @@ def test_sdxl_artifacts_load_in_plain_diffusers(tiny_models, astronaut_path, tmp
     assert ours.manifest.family == "sdxl"
     mine = np.asarray(ours.generate(["a photo of {}"], [3], num_inference_steps=3)[0], dtype=int)
     plain = _plain(tiny_models, "likeness/tiny-sdxl")
-    if method == "textual_inversion":
+    if method == "textual-inversion":
         from safetensors.torch import load_file
 
         state = load_file(out / "astro.safetensors")
@@ -82,7 +82,7 @@ def test_sdxl_artifacts_load_in_plain_diffusers(tiny_models, astronaut_path, tmp
 
 
 def test_prior_preservation_generates_class_images_once(tiny_models, astronaut_path, tmp_path):
-    out = personalize("dreambooth_lora", {"astro": [astronaut_path]}, tmp_path / "a", "likeness/tiny-sd", max_steps=2,
+    out = personalize("dreambooth-lora", {"astro": [astronaut_path]}, tmp_path / "a", "likeness/tiny-sd", max_steps=2,
                       with_prior_preservation=True, num_class_images=2, class_inference_steps=2, progress=False)
     assert sorted(p.name for p in (out / "class_images").iterdir()) == ["class-0000.png", "class-0001.png"]
     assert load_artifact(out).manifest.config["options"]["with_prior_preservation"] is True
@@ -94,10 +94,10 @@ def test_prompt_without_placeholder_is_refused(ti_artifact):
 
 
 def test_unknown_method_and_option_are_refused(tiny_models, astronaut_path, tmp_path):
-    with pytest.raises(UnknownMethodError, match="known methods: .*textual_inversion"):
+    with pytest.raises(UnknownMethodError, match="known methods: .*textual-inversion"):
         get_method("hypernetwork")
     with pytest.raises(ValueError, match="unknown option\\(s\\) rnak"):
-        personalize("dreambooth_lora", {"astro": [astronaut_path]}, tmp_path / "a", "likeness/tiny-sd", rnak=8)
+        personalize("dreambooth-lora", {"astro": [astronaut_path]}, tmp_path / "a", "likeness/tiny-sd", rnak=8)
 
 
 def test_unfinished_artifact_says_to_resume(tmp_path):
@@ -108,14 +108,14 @@ def test_unfinished_artifact_says_to_resume(tmp_path):
 
 def test_finished_artifact_is_not_overwritten(ti_artifact, astronaut_path):
     with pytest.raises(FileExistsError, match="already holds a finished artifact"):
-        personalize("textual_inversion", {"astro": [astronaut_path]}, ti_artifact, "likeness/tiny-sd")
+        personalize("textual-inversion", {"astro": [astronaut_path]}, ti_artifact, "likeness/tiny-sd")
 
 
 def test_photo_without_face_is_an_error_naming_the_file(tiny_models, tmp_path):
     blank = tmp_path / "wall.png"
     Image.new("RGB", (160, 160), (120, 130, 140)).save(blank)
     with pytest.raises(NoFaceError, match="wall.png: no face found"):
-        personalize("textual_inversion", {"wall": [blank]}, tmp_path / "a", "likeness/tiny-sd", max_steps=1)
+        personalize("textual-inversion", {"wall": [blank]}, tmp_path / "a", "likeness/tiny-sd", max_steps=1)
 
 
 def test_unreadable_photo_is_an_error_naming_the_file(tmp_path):
@@ -139,7 +139,7 @@ def test_several_faces_uses_the_largest_and_says_so(astronaut_path, caplog):
 def test_unusable_photo_is_skipped_with_a_note_when_others_remain(tiny_models, astronaut_path, tmp_path):
     blank = tmp_path / "wall.png"
     Image.new("RGB", (160, 160), (120, 130, 140)).save(blank)
-    out = personalize("textual_inversion", {"astro": [astronaut_path, blank]}, tmp_path / "a", "likeness/tiny-sd",
+    out = personalize("textual-inversion", {"astro": [astronaut_path, blank]}, tmp_path / "a", "likeness/tiny-sd",
                       max_steps=1, gradient_accumulation_steps=1, progress=False)
     manifest = load_artifact(out).manifest
     assert manifest.identities["astro"].photos == [str(astronaut_path)]

@@ -34,7 +34,7 @@ def _fixed_loss(pipe, make_batch, n=6):
 
 
 def test_lora_training_reduces_loss_and_touches_only_lora_weights(tiny_models, astronaut_path, tmp_path):
-    pipe, setup, make_batch = _setup("dreambooth_lora", astronaut_path, tmp_path)
+    pipe, setup, make_batch = _setup("dreambooth-lora", astronaut_path, tmp_path)
     base = {k: v.clone() for k, v in pipe.unet.state_dict().items() if "lora" not in k}
     before = _fixed_loss(pipe, make_batch)
     result = train(pipe, setup.trainable, make_batch, TrainingConfig(max_steps=15, learning_rate=1e-2, progress=False),
@@ -49,7 +49,7 @@ def test_lora_training_reduces_loss_and_touches_only_lora_weights(tiny_models, a
 
 
 def test_textual_inversion_changes_only_the_new_token_rows(tiny_models, astronaut_path, tmp_path):
-    pipe, setup, make_batch = _setup("textual_inversion", astronaut_path, tmp_path)
+    pipe, setup, make_batch = _setup("textual-inversion", astronaut_path, tmp_path)
     weight = pipe.text_encoder.get_input_embeddings().weight
     new_id = pipe.tokenizer.convert_tokens_to_ids("<astro>")
     original = weight.detach().clone()
@@ -65,11 +65,11 @@ def test_textual_inversion_changes_only_the_new_token_rows(tiny_models, astronau
 def test_resume_from_checkpoint_equals_uninterrupted_run(tiny_models, astronaut_path, tmp_path):
     config = TrainingConfig(max_steps=6, learning_rate=1e-2, checkpoint_every=3, gradient_accumulation_steps=2, progress=False)
 
-    pipe, setup, make_batch = _setup("dreambooth_lora", astronaut_path, tmp_path)
+    pipe, setup, make_batch = _setup("dreambooth-lora", astronaut_path, tmp_path)
     straight = train(pipe, setup.trainable, make_batch, config, tmp_path / "straight", modules=setup.modules)
     expected = {k: v.detach().clone() for k, v in setup.trainable.items()}
 
-    pipe, setup, make_batch = _setup("dreambooth_lora", astronaut_path, tmp_path)
+    pipe, setup, make_batch = _setup("dreambooth-lora", astronaut_path, tmp_path)
 
     def crashing(step, micro, rng):
         if step == 4:
@@ -80,14 +80,14 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tiny_models, astronaut_
         train(pipe, setup.trainable, crashing, config, tmp_path / "resumed", modules=setup.modules)
     assert (tmp_path / "resumed" / "checkpoints" / "step-000003").is_dir()
 
-    pipe, setup, make_batch = _setup("dreambooth_lora", astronaut_path, tmp_path)  # a fresh process would do this
+    pipe, setup, make_batch = _setup("dreambooth-lora", astronaut_path, tmp_path)  # a fresh process would do this
     resumed = train(pipe, setup.trainable, make_batch, config, tmp_path / "resumed", modules=setup.modules)
     assert resumed.resumed_from == 3
     assert resumed.losses == pytest.approx(straight.losses, abs=1e-6)
     for name, value in expected.items():
         torch.testing.assert_close(setup.trainable[name].detach(), value, rtol=0, atol=1e-6)
 
-    pipe, setup, make_batch = _setup("dreambooth_lora", astronaut_path, tmp_path)
+    pipe, setup, make_batch = _setup("dreambooth-lora", astronaut_path, tmp_path)
     other = TrainingConfig(max_steps=6, learning_rate=5e-3, checkpoint_every=3, progress=False)
     with pytest.raises(ResumeMismatchError, match="different configuration"):
         train(pipe, setup.trainable, make_batch, other, tmp_path / "resumed", modules=setup.modules)

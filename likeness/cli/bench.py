@@ -54,7 +54,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", default="runs/bench", help="run folder (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue --out with the configuration recorded in it")
     parser.add_argument("--retry-failed", action="store_true", help="give failed items another try (they are final otherwise)")
-    parser.add_argument("--method", default="textual_inversion", help="personalization method (default: %(default)s)")
+    parser.add_argument("--method", default="textual-inversion", help="personalization method (default: %(default)s)")
     parser.add_argument("--base-model", default="likeness/tiny-sd", help="hub id, local folder or tiny id (default: %(default)s)")
     parser.add_argument("--identities", default="builtin", help="dataset folder, or 'builtin' (default: %(default)s)")
     parser.add_argument("--prompts", default="open", help="open | stellar-t | stellar-h | JSON file (default: %(default)s)")

@@ -3,7 +3,7 @@
 A method turns photos of people into an **artifact folder** holding files plain diffusers can load
 (textual-inversion embeddings, LoRA weights, safetensors) plus ``likeness.json``, the manifest::
 
-    {"method": "textual_inversion", "base_model": {"model_id", "family", "revision"},
+    {"method": "textual-inversion", "base_model": {"model_id", "family", "revision"},
      "identities": {"obama": {"subject": "<obama>", "tokens": ["<obama>"], "photos": [...]}},
      "config": {...}, "sampling": {"num_inference_steps", "guidance_scale"}, "likeness_version": "..."}
 

@@ -47,9 +47,9 @@ def class_images(pipe, prompt: str, count: int, folder: Path, size: int, steps: 
     return paths
 
 
-@METHODS.register("dreambooth_lora")
+@METHODS.register("dreambooth-lora")
 class DreamBoothLoRA(Method):
-    name = "dreambooth_lora"
+    name = "dreambooth-lora"
     defaults = {
         "rank": 4,
         "train_text_encoder": False,

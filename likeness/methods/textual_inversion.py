@@ -38,9 +38,9 @@ def placeholder_tokens(name: str, num_vectors: int) -> list[str]:
     return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
 
 
-@METHODS.register("textual_inversion")
+@METHODS.register("textual-inversion")
 class TextualInversion(Method):
-    name = "textual_inversion"
+    name = "textual-inversion"
     defaults = {
         "num_vectors": 1,
         "initializer_token": "person",
