@@ -84,7 +84,9 @@ def test_report_shows_leaderboard_protocol_plots_and_grids(scored_run):
     assert len(parsed.images) == 6
     assert all((page.parent / src).resolve().is_file() for src in parsed.images)
     assert re.search(r"t0001: \{\} juggling[^<]*<br><b>IPS 0\.\d{3} · APS", html)  # per-image scores below
-    assert "IPS" in text and "—" in text.splitlines()[-1]
+    lines = text.splitlines()
+    assert lines[1].split() == ["IPS", "APS", "SIS", "GOA", "RFS"] and lines[2].split()[-2:] == ["—", "—"]
+    assert "IPS: ips/v1+dlib" in text and any(line.startswith("faces: dlib-") for line in lines)  # protocol printed
 
 
 def test_report_cli_and_bad_run_folder(scored_run, tmp_path, capsys):

@@ -253,11 +253,17 @@ def render_html(results: RunResults, out_dir: Path) -> Path:
 
 
 def summary_text(results: RunResults) -> str:
-    """The terminal summary: the leaderboard row and the item counts."""
+    """The terminal summary: the leaderboard row, the item counts, and the protocol of every score."""
     header = "  ".join(f"{m:>6}" for m in LEADERBOARD)
     row = "  ".join(f"{_fmt(results.totals[m]):>6}" for m in LEADERBOARD)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(results.counts.items()))
-    return f"{results.config['method']} on {results.config['base_model']} ({counts})\n{header}\n{row}"
+    protocols = [f"{metric}: {proto.get('name', '?')}" for metric in LEADERBOARD for proto in results.protocols.get(metric, [])]
+    lines = [f"{results.config['method']} on {results.config['base_model']} ({counts})", header, row]
+    if protocols:
+        lines.append("protocol: " + "; ".join(protocols))
+    if results.face_protocol:
+        lines.append("faces: " + results.face_protocol)
+    return "\n".join(lines)
 
 
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> tuple[Path, str]:
