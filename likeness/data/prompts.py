@@ -46,6 +46,16 @@ class Prompt:
         """The prompt with ``subject`` (e.g. "a photo of sks person") in place of ``{}``."""
         return self.prompts.replace(PLACEHOLDER, subject, 1)
 
+    def sidecar_fields(self) -> dict:
+        """The prompt's part of a generated image's canonical sidecar (``likeness.data.layout``)."""
+        return {
+            "prompt_template": self.prompts,
+            "prompt_id": self.prompt_id,
+            "detectables": list(self.detectables),
+            "categories": list(self.categories),
+            "relations": [list(r) for r in self.relations],
+        }
+
     def to_dict(self) -> dict:
         return {
             "prompt_id": self.prompt_id,

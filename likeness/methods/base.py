@@ -249,9 +249,7 @@ def write_images(
         tmp.replace(image_path)
         write_sidecar(image_path, {
             "item_id": item_id, "identity": name, "reference": reference,
-            "prompt": personalized.prompt(prompt.template, name), "prompt_template": prompt.template,
-            "prompt_id": prompt.prompt_id, "detectables": list(prompt.detectables),
-            "categories": list(prompt.categories), "relations": [list(r) for r in prompt.relations],
+            "prompt": personalized.prompt(prompt.template, name), **prompt.sidecar_fields(),
             "seed": int(seed), "method": personalized.manifest.method, "base_model": info.model_id,
             "base_model_revision": info.revision, "family": info.family,
         })
