@@ -179,7 +179,7 @@ class CelebBasisMethod(Method):
         backend = get_backend(options["face_backend"])
         with torch.random.fork_rng():  # the layer's initial weights do not depend on earlier randomness
             torch.manual_seed(0)
-            encoder = CoefficientEncoder(backend.embedding_dim, basis.rank, len(names))
+            encoder = CoefficientEncoder(backend.embedding_dim, basis.rank, len(names)).to(pipe.device)
         identities = {n: IdentityEntry(subject=f"<{n}>", tokens=placeholder_tokens(n), photos=[]) for n in names}
         setup = CelebBasisSetup(identities=identities, modules=[encoder], basis=basis, encoder=encoder,
                                 trainable={"linear.weight": encoder.linear.weight, "linear.bias": encoder.linear.bias,
@@ -193,7 +193,7 @@ class CelebBasisMethod(Method):
         def faces_ready(make_batch):
             # The shared loop fills each person's usable photos after setup; this is the first
             # point that sees them, so the frozen face embeddings are computed here.
-            setup.faces = torch.stack([face_embedding(identities[n].photos, backend) for n in names])
+            setup.faces = torch.stack([face_embedding(identities[n].photos, backend) for n in names]).to(pipe.device)
             with torch.no_grad():
                 encoder.ema.copy_(encoder(setup.faces))
             return make_batch
@@ -275,7 +275,7 @@ def _replace_rows(setup: CelebBasisSetup, encoder_index: int):
         match = (ids[..., None] == token_ids).to(output.dtype)  # (batch, length, people * 2)
         if not bool(match.any()):
             return output
-        vectors = setup.basis.embed(setup.encoder(setup.faces.to(output.device)))[encoder_index]
+        vectors = setup.basis.embed(setup.encoder(setup.faces))[encoder_index]
         vectors = vectors.reshape(-1, vectors.shape[-1]).to(output.dtype)
         return output * (1 - match.sum(-1, keepdim=True)) + match @ vectors
 
