@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generation import build_sd15_random, peak_rss_gb  # noqa: E402  (sibling benchmark script)
 
-METHODS = ("celeb-basis", "textual_inversion")
+METHODS = ("celeb-basis", "textual-inversion")
 
 
 def build_model(folder: Path) -> Path:
@@ -191,7 +191,7 @@ def main() -> int:
     gen = subprocess_part(["--part", "generate", "--artifact", artifacts["celeb-basis"]["artifact"],
                            "--gen-steps", str(args.gen_steps), "--images", str(args.images), *common])
 
-    cb_files, ti_files = artifacts["celeb-basis"]["files"], artifacts["textual_inversion"]["files"]
+    cb_files, ti_files = artifacts["celeb-basis"]["files"], artifacts["textual-inversion"]["files"]
     print(f"\nSD-1.5-shaped pipeline, random weights, CPU ({args.resolution} px)")
     print(f"basis: {basis['names']}; k = {basis['rank']}; table hash {basis['hash_seconds']:.2f} s, "
           f"hash + PCA {basis['basis_seconds']:.2f} s (once per base model, then cached)")
@@ -200,8 +200,8 @@ def main() -> int:
     for method, r in train.items():
         print(f"  {method:<20} {r['seconds_per_step']:>8.2f} {r['peak_rss_gb']:>12.2f} {r['weights_gb']:>11.2f} "
               f"{r['optimised_parameters']:>17,}")
-    ratio = train["celeb-basis"]["seconds_per_step"] / train["textual_inversion"]["seconds_per_step"]
-    print(f"  celeb-basis / textual_inversion seconds per step: {ratio:.3f} (target <= 1.1)")
+    ratio = train["celeb-basis"]["seconds_per_step"] / train["textual-inversion"]["seconds_per_step"]
+    print(f"  celeb-basis / textual-inversion seconds per step: {ratio:.3f} (target <= 1.1)")
     print("artifact bytes:")
     print(f"  per person: coefficients {2 * basis['rank'] * 4:,} (2 x {basis['rank']} float32, inside "
           f"coefficients.safetensors = {cb_files['coefficients.safetensors']:,} with header), exported TI file "
