@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generation import build_sd15_random, peak_rss_gb  # noqa: E402  (sibling benchmark script)
+from generation import build_sd15_random, peak_rss_gb, time_interleaved  # noqa: E402  (sibling benchmark script)
 
 METHODS = ("celeb-basis", "textual-inversion")
 
@@ -105,8 +105,6 @@ def part_generate(model: Path, artifact: Path, resolution: int, steps: int, imag
     adds two tokens per person: prompts without them compute exactly as before), so both share one
     set of weights and differ only in what Celeb Basis adds.
     """
-    import statistics
-
     import torch
 
     from likeness.methods import Manifest, get_method
@@ -124,14 +122,7 @@ def part_generate(model: Path, artifact: Path, resolution: int, steps: int, imag
                                     **sampling),
         "celeb-basis": lambda seed: personalized.generate([template], [seed], **sampling),
     }
-    timings = {label: [] for label in runners}
-    for round_ in range(images + 1):  # round 0 is a warm-up
-        for label, run in runners.items():
-            tic = time.perf_counter()
-            run(round_)
-            if round_:
-                timings[label].append(time.perf_counter() - tic)
-    return {label: statistics.median(v) for label, v in timings.items()} | {"all": timings, "peak_rss_gb": peak_rss_gb()}
+    return time_interleaved(runners, images)
 
 
 def subprocess_part(args: list[str]) -> dict:

@@ -119,8 +119,6 @@ def part_generate(model: Path, artifacts: dict, resolution: int, steps: int, ima
     only adds tokens: prompts without them compute exactly as before), so plain and TI share one
     set of weights; the LoRA artifact is loaded with ``load_artifact`` (fused) as a second pipeline.
     """
-    import statistics
-
     import torch
 
     from likeness.methods import Manifest, get_method, load_artifact
@@ -138,14 +136,22 @@ def part_generate(model: Path, artifacts: dict, resolution: int, steps: int, ima
         "textual-inversion": Personalized(plain, manifest, ti_path),
         "dreambooth-lora": load_artifact(artifacts["dreambooth-lora"], device="cpu"),
     }
+    sampling = dict(num_inference_steps=steps, height=resolution, width=resolution)
+    runners = {label: (run if label == "plain" else (lambda seed, p=run: p.generate([template], [seed], **sampling)))
+               for label, run in runners.items()}
+    return time_interleaved(runners, images)
+
+
+def time_interleaved(runners: dict, images: int) -> dict:
+    """Median seconds per image of each ``runner(seed)``, called in turn image by image (round 0 is a
+    warm-up), so load from other jobs on a shared machine hits every pipeline alike."""
+    import statistics
+
     timings = {label: [] for label in runners}
-    for round_ in range(images + 1):  # round 0 is a warm-up
-        for label, runner in runners.items():
+    for round_ in range(images + 1):
+        for label, run in runners.items():
             tic = time.perf_counter()
-            if label == "plain":
-                runner(round_)
-            else:
-                runner.generate([template], [round_], num_inference_steps=steps, height=resolution, width=resolution)
+            run(round_)
             if round_:
                 timings[label].append(time.perf_counter() - tic)
     return {label: statistics.median(v) for label, v in timings.items()} | {"all": timings, "peak_rss_gb": peak_rss_gb()}

@@ -16,7 +16,7 @@ from PIL import Image
 from bench_helpers import PLAIN, one_torch_thread, small_config  # noqa: F401 (autouse fixture)
 from likeness.bench.plan import RunConfigError, derive_seed, make_plan, shard
 from likeness.bench.runner import STORE_FILE, builtin_identities, run_bench
-from likeness.bench.runstore import DONE, FAILED, RunStore
+from likeness.bench.runstore import DONE, FAILED
 from likeness.data.identities import Identity
 
 HELPERS = Path(__file__).with_name("bench_helpers.py")

@@ -27,7 +27,7 @@ from likeness.methods.celeb_basis_basis import (
     split_names,
 )
 from likeness.methods.preparation import Augmentation, NoFaceError, photo_batches, prepare_identities
-from likeness.methods.training import Batch, TrainingConfig, diffusion_loss, step_generator, train
+from likeness.methods.training import TrainingConfig, diffusion_loss, step_generator, train
 from likeness.models import load_pipeline
 
 

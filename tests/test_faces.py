@@ -10,7 +10,7 @@ from PIL import Image
 
 from likeness.faces import BACKENDS, FaceCache, analyze_path, get_backend, largest_face_crop
 from likeness.faces.align import ARCFACE_TEMPLATE, apply_transform, similarity_transform, template
-from likeness.faces.base import Face, FaceBackend, FaceProtocol
+from likeness.faces.base import FaceBackend
 
 PEOPLE = ("obama", "biden", "alex_lacamoire")
 
