@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generation import build_sd15_random, peak_rss_gb, time_interleaved  # noqa: E402  (sibling benchmark script)
+from generation import benchmark_parser, build_sd15_random, peak_rss_gb, subprocess_part, time_interleaved  # noqa: E402  (sibling benchmark script)
 
 METHODS = ("celeb-basis", "textual-inversion")
 
@@ -125,21 +124,8 @@ def part_generate(model: Path, artifact: Path, resolution: int, steps: int, imag
     return time_interleaved(runners, images)
 
 
-def subprocess_part(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--resolution", type=int, default=256, help="training and generation size (default 256)")
-    parser.add_argument("--train-steps", type=int, default=3, help="timed training steps per method (after 1 warm-up)")
-    parser.add_argument("--gen-steps", type=int, default=4, help="denoising steps per image")
-    parser.add_argument("--images", type=int, default=4, help="timed images per pipeline (after 1 warm-up)")
-    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "likeness-bench-celeb-basis")
-    parser.add_argument("--part", help=argparse.SUPPRESS)
-    parser.add_argument("--method", help=argparse.SUPPRESS)
-    parser.add_argument("--photo", type=Path, help=argparse.SUPPRESS)
+    parser = benchmark_parser(__doc__, images=4, workdir="likeness-bench-celeb-basis")
     parser.add_argument("--artifact", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     model = args.workdir / "sd15-random-names"
@@ -170,16 +156,16 @@ def main() -> int:
     Image.fromarray(astronaut()).save(photo)
     common = ["--resolution", str(args.resolution), "--workdir", str(args.workdir), "--photo", str(photo)]
     tic = time.perf_counter()
-    subprocess_part(["--part", "model", *common])
+    subprocess_part(__file__, ["--part", "model", *common])
     print(f"model ready in {time.perf_counter() - tic:.0f} s", flush=True)
-    basis = subprocess_part(["--part", "basis", *common])
+    basis = subprocess_part(__file__, ["--part", "basis", *common])
     print(f"basis: {basis}", flush=True)
     train = {}
     for method in METHODS:
-        train[method] = subprocess_part(["--part", "train", "--method", method, "--train-steps", str(args.train_steps), *common])
+        train[method] = subprocess_part(__file__, ["--part", "train", "--method", method, "--train-steps", str(args.train_steps), *common])
         print(f"trained {method}: {train[method]}", flush=True)
-    artifacts = {m: subprocess_part(["--part", "artifact", "--method", m, *common]) for m in METHODS}
-    gen = subprocess_part(["--part", "generate", "--artifact", artifacts["celeb-basis"]["artifact"],
+    artifacts = {m: subprocess_part(__file__, ["--part", "artifact", "--method", m, *common]) for m in METHODS}
+    gen = subprocess_part(__file__, ["--part", "generate", "--artifact", artifacts["celeb-basis"]["artifact"],
                            "--gen-steps", str(args.gen_steps), "--images", str(args.images), *common])
 
     cb_files, ti_files = artifacts["celeb-basis"]["files"], artifacts["textual-inversion"]["files"]

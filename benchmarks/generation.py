@@ -157,21 +157,28 @@ def time_interleaved(runners: dict, images: int) -> dict:
     return {label: statistics.median(v) for label, v in timings.items()} | {"all": timings, "peak_rss_gb": peak_rss_gb()}
 
 
-def subprocess_part(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
+def subprocess_part(script: str, args: list[str]) -> dict:
+    """Run one part of a benchmark script in its own process (so peak memory is per part); its last line is JSON."""
+    out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def benchmark_parser(doc: str, *, images: int, workdir: str) -> argparse.ArgumentParser:
+    """The options every real-size generation benchmark takes, plus the hidden ones its parts use."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--resolution", type=int, default=256, help="training and generation size (default 256)")
     parser.add_argument("--train-steps", type=int, default=3, help="timed training steps per method (after 1 warm-up)")
     parser.add_argument("--gen-steps", type=int, default=4, help="denoising steps per image")
-    parser.add_argument("--images", type=int, default=3, help="timed images per pipeline (after 1 warm-up round)")
-    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "likeness-bench-generation")
+    parser.add_argument("--images", type=int, default=images, help="timed images per pipeline (after 1 warm-up round)")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / workdir)
     parser.add_argument("--part", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--photo", type=Path, help=argparse.SUPPRESS)
+    return parser
+
+
+def main() -> int:
+    parser = benchmark_parser(__doc__, images=3, workdir="likeness-bench-generation")
     parser.add_argument("--artifacts", help=argparse.SUPPRESS)
     args = parser.parse_args()
     model = args.workdir / "sd15-random"
@@ -201,10 +208,10 @@ def main() -> int:
     common = ["--resolution", str(args.resolution), "--workdir", str(args.workdir), "--photo", str(photo)]
     train = {}
     for method in METHODS:
-        train[method] = subprocess_part(["--part", "train", "--method", method, "--train-steps", str(args.train_steps), *common])
+        train[method] = subprocess_part(__file__, ["--part", "train", "--method", method, "--train-steps", str(args.train_steps), *common])
         print(f"trained {method}: {train[method]}", flush=True)
-    artifacts = {m: subprocess_part(["--part", "artifact", "--method", m, *common])["artifact"] for m in METHODS}
-    gen = subprocess_part(["--part", "generate", "--artifacts", json.dumps(artifacts), "--gen-steps", str(args.gen_steps),
+    artifacts = {m: subprocess_part(__file__, ["--part", "artifact", "--method", m, *common])["artifact"] for m in METHODS}
+    gen = subprocess_part(__file__, ["--part", "generate", "--artifacts", json.dumps(artifacts), "--gen-steps", str(args.gen_steps),
                            "--images", str(args.images), *common])
 
     print(f"\nSD-1.5-shaped pipeline, random weights, CPU ({args.resolution} px)")

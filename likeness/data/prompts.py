@@ -48,13 +48,9 @@ class Prompt:
 
     def sidecar_fields(self) -> dict:
         """The prompt's part of a generated image's canonical sidecar (``likeness.data.layout``)."""
-        return {
-            "prompt_template": self.prompts,
-            "prompt_id": self.prompt_id,
-            "detectables": list(self.detectables),
-            "categories": list(self.categories),
-            "relations": [list(r) for r in self.relations],
-        }
+        fields = self.to_dict()
+        fields["prompt_template"] = fields.pop("prompts")
+        return fields
 
     def to_dict(self) -> dict:
         return {
