@@ -2,7 +2,9 @@
 
 import json
 import os
+import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,7 +18,9 @@ from PIL import Image
 from bench_helpers import PLAIN, one_torch_thread, small_config  # noqa: F401 (autouse fixture)
 from likeness.bench.plan import RunConfigError, derive_seed, make_plan, shard
 from likeness.bench.runner import STORE_FILE, builtin_identities, run_bench
-from likeness.bench.runstore import DONE, FAILED
+from likeness.bench.rankstore import MERGED_META, merge_rank_stores, rank_store_paths, recorded_digest
+from likeness.bench.report import read_results
+from likeness.bench.runstore import DONE, FAILED, RunStore
 from likeness.data.identities import Identity
 
 HELPERS = Path(__file__).with_name("bench_helpers.py")
@@ -136,49 +140,14 @@ def test_disk_full_while_saving_fails_that_item_and_leaves_no_partial_file(tmp_p
     assert summary.counts == {DONE: 2, FAILED: 1}
     assert "generation failed: OSError: [Errno 28] No space left on device" == summary.failures[0]["reason"]
     assert "t0002" in summary.failures[0]["item_id"]
-    assert sorted(p.name for p in (tmp_path / "run" / "images" / "astronaut").glob("*t0002*")) == [
-        summary.failures[0]["item_id"] + ".png.tmp"]  # never under the final name; removed on the next run
+    # The partial write stayed in the rank's folder under a temporary name, and went with that folder at the merge.
+    assert not list((tmp_path / "run").rglob("*t0002*")) and not list((tmp_path / "run" / "ranks").iterdir())
     monkeypatch.setattr(Image.Image, "save", real_save)
     assert run_bench(small_config(prompt_limit=3), tmp_path / "run", progress=False).counts == {DONE: 2, FAILED: 1}
     assert not list((tmp_path / "run" / "images").glob("*/*.tmp"))
     # Failed is final, until the user asks for another try (space freed).
     assert run_bench(small_config(prompt_limit=3), tmp_path / "run", progress=False, retry_failed=True).counts == {DONE: 3}
     assert [r[3] for r in _item_attempts(tmp_path / "run")] == [1, 1, 2]
-
-
-def test_sigkill_mid_run_then_resume_ends_every_item_exactly_once(tmp_path):
-    run = tmp_path / "run"
-    overrides = json.dumps({"prompt_limit": 12, "seeds": 2, "resolution": 64})
-    proc = subprocess.Popen([sys.executable, str(HELPERS), str(run), overrides], env=_env(), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    done = 0
-    while time.time() < deadline and proc.poll() is None:
-        if (run / STORE_FILE).exists():
-            try:
-                done = sum(1 for r in _item_rows(run) if r[1] == DONE)
-            except sqlite3.OperationalError:
-                done = 0
-            if done >= 3:
-                break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stdout.read().decode()[-2000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    rows = _item_rows(run)
-    assert 0 < sum(r[1] == DONE for r in rows) < len(rows) == 24
-    _run_script(run, overrides)  # resume (same environment as the killed run: results are bit-identical)
-    rows = _item_rows(run)
-    assert [r[1] for r in rows] == [DONE] * 24
-    assert len({r[0] for r in rows}) == 24
-    images = sorted(p.stem for p in (run / "images").glob("*/*.png"))
-    assert images == sorted(r[0] for r in rows)
-    assert not list((run / "images").glob("*/*.tmp"))
-    # Resumed images equal what one uninterrupted run makes.
-    fresh = tmp_path / "fresh"
-    _run_script(fresh, overrides)
-    a, b = _pixels(run), _pixels(fresh)
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def _two_people(root: Path) -> Path:
@@ -189,36 +158,133 @@ def _two_people(root: Path) -> Path:
     return root / "people"
 
 
-def test_two_processes_give_the_same_results_as_one(tmp_path):
-    """Real textual-inversion training (2 steps) for two people, then generation, 1 process vs 2 (gloo)."""
+def _accelerate(run_dir, overrides: str, *options: str) -> subprocess.Popen:
+    """``accelerate launch`` of one rank group of bench_helpers.py (2 processes in all, gloo on CPU).
+
+    accelerate's launcher (torch.distributed.run underneath); the runner's PartialState(cpu=True) joins
+    the gloo group. (``--cpu`` alone starts one process without MPI.)"""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--mixed_precision", "no", "--dynamo_backend", "no", *options, str(HELPERS), str(run_dir), overrides]
+    return subprocess.Popen(command, env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(*procs: subprocess.Popen) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_two_machines_give_the_same_results_as_one_process(tmp_path):
+    """Two "machines" on this host (two launches, --num_machines 2, machine ranks 0 and 1, gloo) vs one
+    process: real textual-inversion training (2 steps) for two people, generation, IPS/SIS."""
     people = _two_people(tmp_path)
     overrides = json.dumps({"prompt_limit": 3, "identities": str(people), "method": "textual-inversion",
                             "method_options": {"max_steps": 2}, "metrics": ["ips", "sis"]})
     one, two = tmp_path / "one", tmp_path / "two"
-    _run_script(one, overrides)
-    launched = subprocess.run(
-        # accelerate's multi-process launcher (torch.distributed.run underneath); the runner's
-        # PartialState(cpu=True) joins the gloo process group. (`--cpu` alone starts one process without MPI.)
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", str(HELPERS), str(two), overrides],
-        env=_env(), cwd=REPO, capture_output=True, timeout=300, text=True,
-    )
-    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
-    assert launched.stdout.count("backend gloo, 2 processes") == 2
+    port = str(_free_port())
+    nodes = [_accelerate(two, overrides, "--num_machines", "2", "--machine_rank", str(rank),
+                         "--main_process_ip", "127.0.0.1", "--main_process_port", port) for rank in (0, 1)]
+    try:
+        _run_script(one, overrides)  # meanwhile
+        outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    finally:
+        _stop(*nodes)
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert [out.count("backend gloo, 2 processes") for out in outputs] == [1, 1]
     with sqlite3.connect(two / STORE_FILE) as db:
         ranks = {r for (r,) in db.execute("SELECT DISTINCT rank FROM items")}
-    assert ranks == {0, 1}, "both processes must have generated items"
+        merged = json.loads(db.execute("SELECT value FROM meta WHERE key=?", (MERGED_META,)).fetchone()[0])
+    assert ranks == {0, 1}, "both machines must have generated items"
+    assert sorted((e["rank"], e["world"]) for e in merged.values()) == [(0, 2), (1, 2)]
+    assert not list((two / "ranks").iterdir()), "rank stores are merged into the run's store, then removed"
     assert _item_rows(one) == _item_rows(two)
     assert {p.parent.name for p in (two / "artifacts").glob("*/likeness.json")} == {"alice-0", "bob-0"}
     a, b = _pixels(one), _pixels(two)
     assert len(a) == 6 and a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    # Scores from both ranks merged into one store, equal to the one-process store, summaries included.
+    # Scores of both machines merged into one store, equal to the one-process store, summaries included.
     query = "SELECT item_id, metric, value, status FROM results ORDER BY item_id, metric"
     with sqlite3.connect(one / STORE_FILE) as db1, sqlite3.connect(two / STORE_FILE) as db2:
         assert len(db1.execute(query).fetchall()) == 12
         assert db1.execute(query).fetchall() == db2.execute(query).fetchall()
         summaries = "SELECT value FROM meta WHERE key='metric_summaries'"
         assert db1.execute(summaries).fetchone() == db2.execute(summaries).fetchone() is not None
+
+
+def _rank_states(run) -> dict[int, tuple[dict, set[str]]]:
+    """rank -> (its store's rank info, its done item ids), read from RUN/ranks/*/results.sqlite."""
+    states = {}
+    for path in rank_store_paths(run):
+        with sqlite3.connect(path, timeout=30) as db:
+            info = json.loads(db.execute("SELECT value FROM meta WHERE key='rank'").fetchone()[0])
+            done = {i for (i,) in db.execute("SELECT item_id FROM items WHERE status='done'")}
+        states[info["rank"]] = (info, done)
+    return states
+
+
+def _snapshot(run) -> tuple[list[str], list[tuple[str, int]]]:
+    with sqlite3.connect(run / STORE_FILE) as db:
+        dump = list(db.iterdump())
+    return dump, sorted((str(p.relative_to(run)), p.stat().st_size) for p in run.rglob("*") if p.is_file()
+                        and not p.name.startswith(STORE_FILE))
+
+
+def test_rank_killed_mid_run_resumes_on_another_world_size_exactly_once(tmp_path):
+    run = tmp_path / "run"
+    config = {"prompt_limit": 12, "seeds": 2, "resolution": 64, "steps": 4}  # 24 items
+    launch = _accelerate(run, json.dumps(config), "--num_machines", "1", "--main_process_port", str(_free_port()))
+    victim, deadline = None, time.time() + 180
+    try:
+        while victim is None and time.time() < deadline and launch.poll() is None:
+            try:
+                info, done = _rank_states(run).get(1, ({}, set()))
+            except (sqlite3.OperationalError, TypeError):  # a store being created
+                info, done = {}, set()
+            if len(done) >= 2:
+                victim = info["pid"]
+            time.sleep(0.05)
+        assert victim and launch.poll() is None, "rank 1 was not caught mid-run: " + launch.stdout.read()[-3000:]
+        os.kill(victim, signal.SIGKILL)  # the node dies; the launcher then stops the other rank
+        launch.communicate(timeout=120)
+    finally:
+        _stop(launch)
+    assert launch.returncode != 0
+    # Nothing merged into the run's store yet; the finished items sit in the ranks' own stores.
+    assert DONE not in {r[1] for r in _item_rows(run)}
+    finished = set().union(*(done for _, done in _rank_states(run).values()))
+    assert 2 <= len(finished) < 24
+    # `likeness report` merges whatever is there; merging again changes nothing (ledger, rows, files).
+    assert {i["item_id"] for i in read_results(run).items if i["status"] == DONE} == finished
+    before = _snapshot(run)
+    with RunStore(run / STORE_FILE) as store:
+        again = merge_rank_stores(run, store, recorded_digest(run))
+    assert (again.items, again.results, again.missing_images) == (0, 0, []) and _snapshot(run) == before
+    # A rank store of another configuration is refused, named, before anything is merged.
+    stray = run / "ranks" / "elsewhere-7"
+    shutil.copytree(rank_store_paths(run)[0].parent, stray)
+    with sqlite3.connect(stray / "results.sqlite") as db:
+        db.execute("UPDATE meta SET value=? WHERE key='rank'", (json.dumps({"digest": "0" * 16, "rank": 7}),))
+    before = _snapshot(run)
+    with pytest.raises(RunConfigError, match="elsewhere-7: rank store made with another configuration"):
+        run_bench(small_config(**config), run, progress=False)
+    assert _snapshot(run) == before
+    shutil.rmtree(stray)
+    # Resume on one process: every item ends exactly once, with the pixels of an uninterrupted one-process run.
+    assert run_bench(small_config(**config), run, progress=False).counts == {DONE: 24}
+    rows = _item_attempts(run)
+    assert len({r[0] for r in rows}) == 24 and {r[1] for r in rows} == {DONE} and min(r[3] for r in rows) == 1
+    assert sorted(p.stem for p in (run / "images").glob("*/*.png")) == sorted(r[0] for r in rows)
+    assert not list((run / "ranks").iterdir()) and not list((run / "images").glob("*/*.tmp"))
+    run_bench(small_config(**config), tmp_path / "fresh", progress=False)
+    a, b = _pixels(run), _pixels(tmp_path / "fresh")
+    assert len(a) == 24 and a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_cli_bench_end_to_end_and_bad_input(tmp_path, capsys):

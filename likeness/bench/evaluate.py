@@ -9,6 +9,7 @@ and the loop goes on.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,7 +69,9 @@ def evaluate_run_items(
     progress: bool = True,
     backend_options: dict | None = None,
 ) -> EvaluationReport:
-    """Score images the benchmark runner wrote (canonical layout, one sidecar each)."""
+    """Score images the benchmark runner wrote (canonical layout, one sidecar each).
+
+    ``store_path`` may also be an open store (a runner rank's own store), used as is and left open."""
     by_name = {i.name: i for i in identities}
     items = [read_canonical_item(path, by_name) for path in image_paths]
     return score_items(items, identities, store_path, metrics, face_backend, backend_options, None, progress, {})
@@ -94,8 +97,10 @@ def score_items(
     face_backend = cache.backend if cache is not None else get_backend(backend, **(backend_options or {}))
     cache = cache if cache is not None else FaceCache(face_backend, cache_dir)
     scorers = build_metrics(metrics, face_backend, cache, identities)
-    report = EvaluationReport(store=Path(store), summaries=[], n_items=len(items), face_protocol=face_backend.protocol.describe())
-    with ResultsStore(store) as results:
+    opened = store if isinstance(store, ResultsStore) else None
+    report = EvaluationReport(store=Path(opened.path if opened else store), summaries=[], n_items=len(items),
+                              face_protocol=face_backend.protocol.describe())
+    with (nullcontext(opened) if opened else ResultsStore(store)) as results:
         results.set_meta("last_evaluation", {**(meta or {}), "metrics": list(metrics), "face_protocol": face_backend.protocol.to_dict()})
         done = {m.name: results.done_items(m.name, m.protocol["name"]) for m in scorers}
         for item in tqdm(items, desc="evaluate", unit="img", disable=not progress):

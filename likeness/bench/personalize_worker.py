@@ -11,12 +11,20 @@ Protocol: ``python -m likeness.bench.personalize_worker SPEC.json``; SPEC holds 
 ``method_module`` (imported first, so methods registered outside likeness work too), ``base_model``,
 ``options`` and ``units`` (``identity``, ``photo``, ``work``). One JSON line per unit on stdout:
 ``{"work": ..., "error": null | "reason"}``.
+
+Starting that child costs an interpreter and the diffusers imports again (~6 s here, as much as a
+whole smoke run's work), so on Linux a rank instead forks its worker (:class:`ForkedWorker`) right
+after its own imports and *before* it joins the process group: the child inherits the imported
+modules (and methods registered by the launching script), drops the distributed environment and
+waits for work. The spawned child above stays as the fallback where ``fork`` is unavailable.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -46,13 +54,12 @@ def run_units(spec_path: str | Path, *, python: str = sys.executable) -> dict[st
     return results
 
 
-def main(spec_path: str) -> int:
+def _units(spec: dict):
+    """Train every unit of ``spec``; yields ``(work folder, None | failure reason)``."""
     from likeness.bench.runner import failure_reason
     from likeness.data.identities import Identity
     from likeness.methods import get_method
 
-    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
-    importlib.import_module(spec["method_module"])
     method = get_method(spec["method"])
     for unit in spec["units"]:
         error = None
@@ -61,8 +68,92 @@ def main(spec_path: str) -> int:
             method.personalize([person], unit["work"], spec["base_model"], **spec["options"])
         except Exception as exc:  # reported to the parent, which fails the unit's items with this reason
             error = failure_reason(exc)
-        print(RESULT_PREFIX + json.dumps({"work": unit["work"], "error": error}), flush=True)
+        yield unit["work"], error
+
+
+def method_source(method) -> dict:
+    """How a child finds a method's registration: its module, or its file when it is the launched script."""
+    module = type(method).__module__
+    path = getattr(sys.modules.get(module), "__file__", None)
+    return {"method_module": module, "method_file": path if module == "__main__" else None}
+
+
+def main(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    if spec.get("method_file"):  # the method was registered by the script the rank runs
+        loader = importlib.util.spec_from_file_location("likeness_launched_script", spec["method_file"])
+        loader.loader.exec_module(importlib.util.module_from_spec(loader))
+    else:
+        importlib.import_module(spec["method_module"])
+    for work, error in _units(spec):
+        print(RESULT_PREFIX + json.dumps({"work": work, "error": error}), flush=True)
     return 0
+
+
+def preload() -> None:
+    """What personalization imports, loaded before forking so the worker starts warm (the rank needs
+    the same modules anyway to generate and evaluate)."""
+    import diffusers
+
+    import likeness.faces  # noqa: F401
+    import likeness.methods.preparation  # noqa: F401
+    import likeness.methods.training  # noqa: F401
+
+    diffusers.StableDiffusionPipeline, diffusers.StableDiffusionXLPipeline  # noqa: B018 (lazy imports)
+
+
+def _serve(conn) -> None:
+    for key in DISTRIBUTED_ENV:  # an Accelerator made here is a one-process one
+        os.environ.pop(key, None)
+    while True:
+        try:
+            spec = conn.recv()
+        except EOFError:
+            return
+        if spec is None:
+            return
+        for work, error in _units(spec):
+            conn.send((work, error))
+        conn.send(None)
+
+
+class ForkedWorker:
+    """A personalization child forked before the process group exists (see the module docstring)."""
+
+    def __init__(self):
+        ctx = multiprocessing.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child,), name="likeness-personalize", daemon=True)
+        self.proc.start()
+        child.close()
+
+    @staticmethod
+    def available() -> bool:
+        return "fork" in multiprocessing.get_all_start_methods() and sys.platform.startswith("linux")
+
+    def run(self, spec: dict) -> dict[str, str | None]:
+        """Train ``spec``'s units in the child; {work folder: None on success, else the reason}."""
+        results: dict[str, str | None] = {}
+        try:
+            self.conn.send(spec)
+            while (message := self.conn.recv()) is not None:
+                results[message[0]] = message[1]
+        except (EOFError, OSError):  # the child died (out of memory, a crash in native code)
+            self.proc.join(5)
+        for unit in spec["units"]:
+            if unit["work"] not in results:
+                results[unit["work"]] = f"personalization process exited with code {self.proc.exitcode} before finishing"
+        return results
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.conn.close()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from likeness.bench.plan import load_run_config
+from likeness.bench.rankstore import merge_rank_stores, recorded_digest
 from likeness.bench.runner import STORE_FILE, SUMMARY_KEY
 from likeness.bench.runstore import DONE, FAILED, RunStore
 from likeness.data.images import ImageError, load_image
@@ -63,6 +64,8 @@ def read_results(run_dir: str | Path) -> RunResults:
     config = load_run_config(run_dir).to_dict()
     store = RunStore(run_dir / STORE_FILE)
     try:
+        # What every rank has finished so far (also while a run is going, or after a node died).
+        merge_rank_stores(run_dir, store, recorded_digest(run_dir))
         items = store.items()
         scores = store.scores()
         counts = store.counts()

@@ -3,15 +3,18 @@
 Run folder::
 
     RUN/run.json                  configuration + digest (a folder made by another config is refused)
-    RUN/results.sqlite            items ledger + metric results (SQLite, WAL; shared by all processes)
+    RUN/results.sqlite            items ledger + metric results (SQLite, WAL; written by the main process only)
+    RUN/ranks/<host>-<rank>/      each process's own store (results.sqlite) and images/, merged at the end
     RUN/identities/astronaut/0.png  the bundled identity, when no dataset is given
     RUN/artifacts/<identity>-<ref>/  one personalization artifact per (identity, reference photo)
     RUN/images/<identity>/<item_id>.png + .json   canonical layout with sidecars
 
 Steps, each resumable: (1) personalize every (identity, reference) pair that still has pending
 items, (2) generate the pending items, (3) evaluate the generated images that have no results yet.
-Under ``accelerate launch`` each rank takes its share (plan position modulo world size) and all
-ranks write into the same SQLite file; seeds come from item ids, so the split changes nothing.
+Under ``accelerate launch`` (one machine or several) each rank takes its share (plan position
+modulo world size) and writes only its own rank store and image folder; the main process merges
+them into the run's store when the run ends, and at the start of a resumed run (a dead node's
+finished items count). Seeds come from item ids, so the split changes nothing.
 A failure inside one item or one artifact is recorded with its reason; the run goes on.
 """
 
@@ -28,8 +31,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from likeness.bench.plan import RunConfig, WorkItem, bind_run_folder, make_plan, shard
-from likeness.bench.runstore import DONE, FAILED, RunStore
+from likeness.bench.plan import RunConfig, RunConfigError, WorkItem, bind_run_folder, make_plan, shard
+from likeness.bench.rankstore import STORE_NAME, RankStore, host_name, merge_rank_stores, rank_folder
+from likeness.bench.runstore import DONE, FAILED, FINAL, RunStore
 from likeness.data.identities import Identity, load_identities
 from likeness.data.layout import write_sidecar
 
@@ -45,6 +49,7 @@ class RunSummary:
     counts: dict[str, int]
     seconds: dict[str, float] = field(default_factory=dict)  # wall + time inside each kind of work
     failures: list[dict] = field(default_factory=list)
+    timeline: dict[str, float] = field(default_factory=dict)  # phase -> seconds since this process started
 
     def describe(self) -> str:
         total = sum(self.counts.values())
@@ -64,7 +69,7 @@ def builtin_identities(run_dir: Path) -> list[Identity]:
     photo = run_dir / "identities" / BUILTIN_IDENTITY / "0.png"
     if not photo.exists():
         photo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = photo.with_name(f".{os.getpid()}.tmp.png")  # every rank may write it; the rename is atomic
+        tmp = photo.with_name(f".{host_name()}-{os.getpid()}.tmp.png")  # every rank may write it; the rename is atomic
         Image.fromarray(data.astronaut()).save(tmp)
         tmp.replace(photo)
     return [Identity(name=BUILTIN_IDENTITY, photos=[photo])]
@@ -90,6 +95,28 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}"[:500]
 
 
+def process_start() -> float:
+    """When this process started (epoch seconds): the timeline counts interpreter start and imports too."""
+    try:
+        import psutil  # accelerate's dependency
+
+        return psutil.Process().create_time()
+    except Exception:
+        return time.time()
+
+
+def _start_worker(config: RunConfig):
+    """Fork the personalization worker of a sharded run (None where fork is unavailable)."""
+    from likeness.bench.personalize_worker import ForkedWorker, preload
+    from likeness.methods import get_method
+
+    if not ForkedWorker.available() or os.environ.get("LIKENESS_SPAWN_WORKER"):
+        return None
+    get_method(config.method)  # its module too: the child inherits everything imported so far
+    preload()
+    return ForkedWorker()
+
+
 def _unit(item: WorkItem) -> str:
     """The artifact an item needs: one per (identity, reference photo), as Stellar personalizes from one photo."""
     return f"{item.identity}-{item.reference.stem}"
@@ -100,42 +127,99 @@ class Runner:
 
     def __init__(self, config: RunConfig, run_dir: str | Path, *, progress: bool = True, retry_failed: bool = False,
                  state=None):
+        self._t0 = process_start()
+        self.timeline: dict[str, float] = {"init": time.time() - self._t0}
         from accelerate import PartialState
 
         self.config = config
         self.run_dir = Path(run_dir)
+        self._worker = None
+        if state is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            self._worker = _start_worker(config)  # before the process group exists: see personalize_worker
+            self._mark("forked")
         self.state = state if state is not None else PartialState(cpu=True)
         self.rank, self.world = self.state.process_index, self.state.num_processes
+        self.rank_dir = rank_folder(self.run_dir, self.rank)
+        self._mark("joined")
         self.progress = progress
         self.retry_failed = retry_failed
         self.seconds: dict[str, float] = defaultdict(float)
 
     # -- setup ------------------------------------------------------------------------------------
 
+    def _mark(self, phase: str) -> None:
+        self.timeline[phase] = round(time.time() - self._t0, 3)
+
     def prepare(self) -> list[WorkItem]:
-        """Plan, bind the folder to the config, register items. Every rank plans the same items."""
+        """Plan, bind the folder to the config, register items, merge what earlier runs' ranks finished.
+
+        Every rank plans the same items; only the main process opens the run's store, and sends the
+        other ranks what is left to do (item id -> attempts so far) and which done items lack scores.
+        """
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        # Bad input raises here on every rank alike, before any barrier a failed rank would never reach.
+        # Bad input raises here on every rank alike, before any collective a failed rank would never reach.
         self.identities = resolve_identities(self.config, self.run_dir)
         self.plan = make_plan(self.config, self.identities)
         # Every rank checks (so all fail alike); only the main one writes.
         bind_run_folder(self.run_dir, self.config, write=self.state.is_main_process)
+        work = None
         if self.state.is_main_process:
-            store = RunStore(self.run_dir / STORE_FILE)
+            try:
+                work = self._main_prepare()
+            except (RunConfigError, ValueError) as exc:  # e.g. a rank store of another configuration
+                work = {"error": str(exc), "type": type(exc).__name__}
+        work = self._broadcast(work)
+        if "error" in work:
+            raise (RunConfigError if work["type"] == "RunConfigError" else ValueError)(work["error"])
+        self.attempts: dict[str, int] = work["pending"]
+        self.unscored: set[str] = set(work["unscored"])
+        self.store = RankStore(self.rank_dir / STORE_NAME)
+        self.store.bind(self.config.digest(), rank=self.rank, world=self.world, host=host_name(), pid=os.getpid())
+        self._mark("prepared")
+        return self.plan
+
+    def _main_prepare(self) -> dict:
+        store = RunStore(self.run_dir / STORE_FILE)
+        try:
             store.add_items(self.plan)
+            # Ranks of earlier runs (a killed process, a dead node): their finished items count.
+            self.merged = merge_rank_stores(self.run_dir, store, self.config.digest(), consume=True)
             store.reset_interrupted()
             if self.retry_failed:
                 store.retry_failed()
+            rows = store.items()
+            unscored: set[str] = set()
+            if self.config.metrics:
+                done = {r["item_id"] for r in rows if r["status"] == DONE}
+                scored = set.intersection(*(store.done_items(m) for m in self.config.metrics))
+                unscored = done - scored
+        finally:
             store.close()
-            self._remove_partial_files()
-        self.state.wait_for_everyone()
-        self.store = RunStore(self.run_dir / STORE_FILE)
-        return self.plan
+        self._remove_partial_files()
+        return {"pending": {r["item_id"]: r["attempts"] for r in rows if r["status"] not in FINAL},
+                "unscored": sorted(unscored)}
+
+    def _broadcast(self, obj):
+        if self.world == 1:
+            return obj
+        from accelerate.utils import broadcast_object_list
+
+        box = [obj]
+        broadcast_object_list(box, from_process=0)
+        return box[0]
+
+    def _gather(self, obj) -> list:
+        if self.world == 1:
+            return [obj]
+        from accelerate.utils import gather_object
+
+        return gather_object([obj])
 
     def _remove_partial_files(self) -> None:
         """Half-written images and artifacts of a killed process (their items are pending again)."""
-        for tmp in (self.run_dir / "images").glob("*/*.png.tmp"):
-            tmp.unlink(missing_ok=True)
+        for pattern in ("*/*.png.tmp", "*/.*.tmp"):
+            for tmp in (self.run_dir / "images").glob(pattern):
+                tmp.unlink(missing_ok=True)
         for tmp in (self.run_dir / "artifacts").glob(".tmp-*"):
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -155,7 +239,7 @@ class Runner:
         outside the process group (see :mod:`likeness.bench.personalize_worker`), so an artifact is
         the same whatever the number of processes.
         """
-        pending = self.store.pending_ids()
+        pending = self.attempts
         units: dict[str, WorkItem] = {}
         for item in self.plan:
             if item.item_id in pending:
@@ -177,38 +261,51 @@ class Runner:
                 except Exception as exc:  # one bad photo must not stop the run
                     errors[unit] = failure_reason(exc)
         elif mine:
-            from likeness.bench.personalize_worker import run_units
+            from likeness.bench.personalize_worker import method_source, run_units
 
-            spec = self.run_dir / "artifacts" / f".spec-rank{self.rank}.json"
-            spec.parent.mkdir(parents=True, exist_ok=True)
-            spec.write_text(json.dumps({
-                "method": self.config.method, "method_module": type(method).__module__,
-                "base_model": self.config.base_model, "options": self.config.method_options,
-                "units": [{"identity": units[u].identity, "photo": str(units[u].reference), "work": str(work[u])} for u in mine],
-            }), encoding="utf-8")
-            by_work = run_units(spec)
+            spec = {"method": self.config.method, **method_source(method), "base_model": self.config.base_model,
+                    "options": self.config.method_options,
+                    "units": [{"identity": units[u].identity, "photo": str(units[u].reference), "work": str(work[u])}
+                              for u in mine]}
+            if self._worker is not None:
+                by_work = self._worker.run(spec)
+            else:
+                path = self.rank_dir / "personalize.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(spec), encoding="utf-8")
+                by_work = run_units(path)
             errors = {u: by_work[str(work[u])] for u in mine}
         else:
             errors = {}
+        self._stop_worker()
         for unit, error in errors.items():
             if error is None:
                 work[unit].replace(self.artifact_dir(unit))  # atomic: an artifact folder exists only when complete
-                continue
-            shutil.rmtree(work[unit], ignore_errors=True)
-            for it in self.plan:
-                if _unit(it) == unit and it.item_id in pending:
-                    self.store.finish(it.item_id, FAILED, f"personalization failed: {error}")
+            else:
+                shutil.rmtree(work[unit], ignore_errors=True)
         self.seconds["personalize"] += time.perf_counter() - started
-        self.state.wait_for_everyone()
+        # Every rank learns every failure (also the wait until all artifacts exist); each fails its own items.
+        self.failed_units = {u: e for part in self._gather(errors) for u, e in part.items() if e is not None}
+        for it in shard(self.plan, self.rank, self.world):
+            if it.item_id in pending and _unit(it) in self.failed_units:
+                self.store.begin(it, self.rank, pending[it.item_id])
+                self.store.finish(it.item_id, FAILED, f"personalization failed: {self.failed_units[_unit(it)]}")
+        self._mark("personalized")
 
     # -- step 2: generation -----------------------------------------------------------------------
 
     def image_path(self, item: WorkItem) -> Path:
+        """Where the item's image is once merged into the run folder."""
         return self.run_dir / "images" / item.identity / f"{item.item_id}.png"
 
+    def rank_image_path(self, item: WorkItem) -> Path:
+        """Where this rank writes it (its own folder; merged into :meth:`image_path` at the end)."""
+        return self.rank_dir / "images" / item.identity / f"{item.item_id}.png"
+
     def generate(self, method) -> None:
-        pending = self.store.pending_ids()
-        mine = [item for item in shard(self.plan, self.rank, self.world) if item.item_id in pending]
+        """This rank's pending items. No barrier after it: evaluation needs only this rank's own images."""
+        mine = [item for item in shard(self.plan, self.rank, self.world)
+                if item.item_id in self.attempts and _unit(item) not in self.failed_units]
         by_unit: dict[str, list[WorkItem]] = defaultdict(list)
         for item in mine:
             by_unit[_unit(item)].append(item)
@@ -219,6 +316,7 @@ class Runner:
                 personalized = method.load(self.artifact_dir(unit))
             except Exception as exc:
                 for item in items:
+                    self.store.begin(item, self.rank, self.attempts[item.item_id])
                     self.store.finish(item.item_id, FAILED, f"cannot load artifact: {failure_reason(exc)}")
                 bar.update(len(items))
                 continue
@@ -228,10 +326,10 @@ class Runner:
                 self._generate_one(personalized, item)
                 bar.update(1)
         bar.close()
-        self.state.wait_for_everyone()
+        self._mark("generated")
 
     def _generate_one(self, personalized, item: WorkItem) -> None:
-        self.store.start(item.item_id, self.rank)
+        self.store.begin(item, self.rank, self.attempts[item.item_id] + 1)
         started = time.perf_counter()
         try:
             (image,) = personalized.generate(
@@ -245,7 +343,7 @@ class Runner:
             )
             seconds = time.perf_counter() - started
             self.seconds["generate"] += seconds
-            path = self.image_path(item)
+            path = self.rank_image_path(item)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".png.tmp")  # not *.png, so readers never pick up a partial file
             image.save(tmp, format="PNG")
@@ -264,26 +362,64 @@ class Runner:
     # -- step 3: evaluation -----------------------------------------------------------------------
 
     def evaluate(self) -> None:
-        """Score generated images that have no results yet (ranks split the work, one store), then
-        the main process summarises every metric over the whole store (set-level values such as APS)."""
+        """Score this rank's images that have no results yet (made now, or by an earlier run) into its
+        own store. Set-level values (APS) are summarised over the merged store by :meth:`finish`."""
         if not self.config.metrics:
             return
-        from likeness.bench.evaluate import evaluate_run_items
+        from likeness.bench.evaluate import score_items
+        from likeness.data.layout import read_canonical_item
 
-        done = {r["item_id"] for r in self.store.items(DONE)}
-        mine = [item for item in shard(self.plan, self.rank, self.world) if item.item_id in done]
-        options = dict(identities=self.identities, metrics=self.config.metrics, store_path=self.run_dir / STORE_FILE,
-                       face_backend=self.config.face_backend)
+        made_now = {r["item_id"] for r in self.store.items(DONE)}
+        mine = [item for item in shard(self.plan, self.rank, self.world) if item.item_id in made_now | self.unscored]
+        if not mine:
+            return
+        by_name = {i.name: i for i in self.identities}
+        items = [read_canonical_item(self.rank_image_path(item) if item.item_id in made_now else self.image_path(item), by_name)
+                 for item in mine]
         started = time.perf_counter()
-        report = evaluate_run_items([self.image_path(item) for item in mine], progress=self.progress, **options)
+        score_items(items, self.identities, self.store, self.config.metrics, self.config.face_backend,
+                    cache=self._face_cache(), progress=self.progress)
         self.seconds["evaluate"] += time.perf_counter() - started
-        self.state.wait_for_everyone()
-        if self.state.is_main_process:
-            if self.world > 1:  # the summaries above saw only part of the rows: redo them over the whole store
-                report = evaluate_run_items([], progress=False, **options)
-            self.store.set_meta(SUMMARY_KEY, {s["metric"]: s for s in report.summaries})
-            self.store.set_meta("face_protocol", report.face_protocol)
-        self.state.wait_for_everyone()
+        self._mark("evaluated")
+
+    def _stop_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
+    def _face_cache(self):
+        if getattr(self, "_cache", None) is None:
+            from likeness.faces import FaceCache, get_backend
+
+            self._cache = FaceCache(get_backend(self.config.face_backend), None)
+        return self._cache
+
+    def finish(self) -> tuple[dict[str, int], list[dict]]:
+        """Close this rank's store; the main process merges every rank store into the run's store
+        (moving the images into RUN/images) and summarises every metric over it. Returns the item
+        counts and failed items (the whole run's on the main process, this rank's on the others)."""
+        self.store.set_meta("timeline", self.timeline)
+        counts, failures = self.store.counts(), self.store.items(FAILED)
+        self.store.close()
+        self.state.wait_for_everyone()  # every rank store is complete and closed
+        if not self.state.is_main_process:
+            return counts, failures
+        store = RunStore(self.run_dir / STORE_FILE)
+        try:
+            self.merged = merge_rank_stores(self.run_dir, store, self.config.digest(), consume=True)
+            if self.config.metrics:
+                from likeness.bench.evaluate import score_items
+
+                started = time.perf_counter()
+                report = score_items([], self.identities, store, self.config.metrics, self.config.face_backend,
+                                     cache=self._face_cache(), progress=False)
+                store.set_meta(SUMMARY_KEY, {s["metric"]: s for s in report.summaries})
+                store.set_meta("face_protocol", report.face_protocol)
+                self.seconds["evaluate"] += time.perf_counter() - started
+            self._mark("merged")
+            return store.counts(), store.items(FAILED)
+        finally:
+            store.close()
 
     # -- all together -----------------------------------------------------------------------------
 
@@ -293,14 +429,17 @@ class Runner:
         started = time.perf_counter()
         method = get_method(self.config.method)  # unknown method: clear error before any work
         check_metrics(self.config.metrics)
-        self.prepare()
-        self.personalize(method)
+        self._mark("method")
+        try:
+            self.prepare()
+            self.personalize(method)
+        finally:
+            self._stop_worker()
         self.generate(method)
         self.evaluate()
+        counts, failures = self.finish()
         self.seconds["wall"] = time.perf_counter() - started
-        summary = RunSummary(self.run_dir, self.store.counts(), dict(self.seconds), self.store.items(FAILED))
-        self.store.close()
-        return summary
+        return RunSummary(self.run_dir, counts, dict(self.seconds), failures, dict(self.timeline))
 
 
 def run_bench(config: RunConfig, run_dir: str | Path, *, progress: bool = True, retry_failed: bool = False) -> RunSummary:

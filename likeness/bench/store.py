@@ -22,12 +22,15 @@ RESULT_COLUMNS = ("item_id", "metric", "value", "status", "n_faces", "protocol",
 
 
 class ResultsStore:
+    # WAL: readers while one host writes. A store that another host may read uses "DELETE" (rankstore.py).
+    journal_mode = "WAL"
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(self.path, timeout=30)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA journal_mode={self.journal_mode}")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._create()
         except sqlite3.DatabaseError as exc:
