@@ -6,9 +6,12 @@ Measured side by side in one invocation, on the built-in tiny model (CPU):
    once as a bare loop (personalize, load, generate, evaluate: no ledger, no resume, no sharding)
    and once by ``likeness bench``'s Runner. Ratio = runner wall time / bare-loop wall time
    (target <= 1.05). Also the runner's own wall / (sum of its timed work).
-2. scaling: ``likeness bench`` launched with 1 process and with 2 (``accelerate launch --multi_gpu
-   --num_processes 2``, gloo on CPU); items/second over the generation phase, read from the items
-   ledger timestamps, and end-to-end wall time.
+2. scaling: ``likeness bench`` launched with 1 process, with 2 (``accelerate launch --multi_gpu
+   --num_processes 2``, gloo on CPU) and as 2 simulated nodes (two launches, ``--num_machines 2
+   --machine_rank 0/1 --main_process_ip 127.0.0.1``); end-to-end wall time, items/second over the
+   generation phase (items ledger timestamps), CPU seconds of all processes, and where the main
+   rank's time went (its timeline: start, imports, group join, ... merge), for the default smoke
+   run and for a larger job.
 
 Run:  flock /tmp/likeness-heavy.lock python benchmarks/bench_runner.py [--items 32]
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sqlite3
 import subprocess
 import sys
@@ -66,23 +70,78 @@ def runner(config, run_dir: Path) -> tuple[float, dict]:
     return time.perf_counter() - started, summary.seconds
 
 
-def launched(processes: int, run_dir: Path, args: list[str]) -> tuple[float, float, int]:
-    """(end-to-end wall, generation items/second from the ledger, items done) of a CLI run."""
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+MODES = {"1p": "1 process", "2p": "2 processes", "2n": "2 nodes"}
+# Phases of the main rank's timeline (seconds since launch), in order; see Runner.timeline.
+PHASES = (("start", "rank started"), ("method", "imports"), ("joined", "joined group"), ("prepared", "prepared"),
+          ("personalized", "personalized"), ("generated", "generated"), ("evaluated", "evaluated"),
+          ("merged", "merged+summary"))
+
+
+def launched(mode: str, run_dir: Path, args: list[str]) -> dict:
+    """One CLI run: 1 process, 2 processes on one machine, or 2 "nodes" (two launches with
+    --num_machines 2 --machine_rank 0/1 on 127.0.0.1). End-to-end wall, generation items/second from
+    the items ledger, CPU seconds of every process, the main rank's timeline."""
     env = dict(os.environ, TQDM_DISABLE="1")
-    if processes == 1:
-        command = [sys.executable, "-m", "likeness", "bench"]
+    tail = ["-m", "likeness", "bench", "--out", str(run_dir), "--quiet", "--no-report", *args]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if mode == "1p":
+        commands = [[sys.executable, *tail]]
     else:
         env["OMP_NUM_THREADS"] = "1"
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "likeness", "bench"]
-    started = time.perf_counter()
-    subprocess.run([*command, "--out", str(run_dir), "--quiet", "--no-report", *args], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wall = time.perf_counter() - started
+        port = str(_free_port())
+        if mode == "2p":
+            commands = [[*launch, "--num_machines", "1", "--main_process_port", port, *tail]]
+        else:
+            commands = [[*launch, "--num_machines", "2", "--machine_rank", str(r), "--main_process_ip", "127.0.0.1",
+                         "--main_process_port", port, *tail] for r in (0, 1)]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.time()
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in commands]
+    errors = [p.communicate()[1] for p in procs]
+    wall = time.time() - started
+    for p, err in zip(procs, errors):
+        if p.returncode:
+            raise SystemExit(f"{mode} run failed:\n{err.decode()[-3000:]}")
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     with sqlite3.connect(run_dir / "results.sqlite") as db:
         first, last, done = db.execute(
             "SELECT MIN(started_at), MAX(finished_at), COUNT(*) FROM items WHERE status='done'").fetchone()
-    return wall, done / (last - first), done
+        ranks = json.loads(db.execute("SELECT value FROM meta WHERE key='rank_stores'").fetchone()[0])
+    main = next(e for e in ranks.values() if e["rank"] == 0)
+    offset = main["started"] - started
+    timeline = {"start": offset, **{k: v + offset for k, v in main["timeline"].items()}}
+    return {"mode": mode, "wall": wall, "items_per_s": done / (last - first), "done": done, "cpu": cpu,
+            "timeline": timeline}
+
+
+def scaling(label: str, cli_args: list[str], repeats: int, tmp: Path) -> dict:
+    runs = {m: [] for m in MODES}
+    for k in range(repeats):  # interleaved, so that load from other jobs hits every mode alike
+        for mode in MODES:
+            runs[mode].append(launched(mode, tmp / f"{label}-{mode}-{k}", cli_args))
+    best = {m: min(r, key=lambda x: x["wall"]) for m, r in runs.items()}
+    print(f"scaling, {label} (CLI end to end, best wall of {repeats}; wall all: "
+          + "; ".join(m + " " + ", ".join(f"{x['wall']:.1f}" for x in r) for m, r in runs.items()) + "):")
+    print(f"  {'':13} {'wall s':>7} {'items/s':>8} {'CPU s':>7} | main rank, seconds since launch: "
+          + " | ".join(name for _, name in PHASES))
+    for mode, r in best.items():
+        phases = " | ".join(f"{r['timeline'].get(k, float('nan')):.1f}" for k, _ in PHASES)
+        print(f"  {MODES[mode]:13} {r['wall']:7.1f} {r['items_per_s']:8.2f} {r['cpu']:7.1f} | {phases}")
+    one = best["1p"]
+    print("  ratios vs 1 process: " + "; ".join(
+        f"{MODES[m]} wall {one['wall'] / best[m]['wall']:.2f}x faster, items/s {best[m]['items_per_s'] / one['items_per_s']:.2f}x"
+        for m in ("2p", "2n")))
+    return {m: {k: v for k, v in r.items()} for m, r in best.items()}
 
 
 def main() -> None:
@@ -92,6 +151,8 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2, help="bare/runner pairs, interleaved; the best of each is kept")
+    parser.add_argument("--no-smoke", action="store_true", help="skip the scaling of the default smoke run")
+    parser.add_argument("--no-overhead", action="store_true", help="only the scaling part")
     args = parser.parse_args()
 
     from likeness.bench.plan import RunConfig
@@ -103,35 +164,30 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        runner(config(2), tmp / "warmup")  # imports, tiny-model cache, dlib models: paid once, outside the timings
-        # Interleaved so that load from other processes on a shared machine hits both sides alike.
-        bares, runs = [], []
-        for k in range(args.repeats):
-            bares.append(bare_loop(config(args.items), tmp / f"bare{k}"))
-            runs.append(runner(config(args.items), tmp / f"runner{k}"))
-        bare = min(bares)
-        wall, seconds = min(runs, key=lambda r: r[0])
-        work = sum(v for k, v in seconds.items() if k != "wall")
-        print(f"overhead ({args.items} items, {args.steps} steps, {args.resolution} px, TI {args.train_steps} steps, IPS/SIS/APS):")
-        print(f"  bare loop {bare:.2f} s | runner {wall:.2f} s | runner / bare = {wall / bare:.3f}"
-              f"  (best of {args.repeats}; all: bare {', '.join(f'{b:.2f}' for b in bares)}; runner {', '.join(f'{r[0]:.2f}' for r in runs)})")
-        print(f"  runner wall / its timed work (personalize {seconds.get('personalize', 0):.2f} + load {seconds.get('load', 0):.2f}"
-              f" + generate {seconds.get('generate', 0):.2f} + evaluate {seconds.get('evaluate', 0):.2f} s) = {wall / work:.3f}")
+        wall = bare = work = float("nan")
+        if not args.no_overhead:
+            runner(config(2), tmp / "warmup")  # imports, tiny-model cache, dlib models: paid once, outside the timings
+            # Interleaved so that load from other processes on a shared machine hits both sides alike.
+            bares, runs = [], []
+            for k in range(args.repeats):
+                bares.append(bare_loop(config(args.items), tmp / f"bare{k}"))
+                runs.append(runner(config(args.items), tmp / f"runner{k}"))
+            bare = min(bares)
+            wall, seconds = min(runs, key=lambda r: r[0])
+            work = sum(v for k, v in seconds.items() if k != "wall")
+            print(f"overhead ({args.items} items, {args.steps} steps, {args.resolution} px, TI {args.train_steps} steps, IPS/SIS/APS):")
+            print(f"  bare loop {bare:.2f} s | runner {wall:.2f} s | runner / bare = {wall / bare:.3f}"
+                  f"  (best of {args.repeats}; all: bare {', '.join(f'{b:.2f}' for b in bares)}; runner {', '.join(f'{r[0]:.2f}' for r in runs)})")
+            print(f"  runner wall / its timed work (personalize {seconds.get('personalize', 0):.2f} + load {seconds.get('load', 0):.2f}"
+                  f" + generate {seconds.get('generate', 0):.2f} + evaluate {seconds.get('evaluate', 0):.2f} s) = {wall / work:.3f}")
 
         cli_args = ["--limit", str(args.items), "--steps", str(args.steps), "--resolution", str(args.resolution),
                     "--train-steps", str(args.train_steps)]
-        ones, twos = [], []
-        for k in range(args.repeats):  # interleaved, best of each, as above
-            ones.append(launched(1, tmp / f"p1-{k}", cli_args))
-            twos.append(launched(2, tmp / f"p2-{k}", cli_args))
-        one, two = max(ones, key=lambda r: r[1]), max(twos, key=lambda r: r[1])
-        print(f"scaling ({args.items} items, CLI end to end, best of {args.repeats}; items/s all: "
-              f"1p {', '.join(f'{r[1]:.2f}' for r in ones)}; 2p {', '.join(f'{r[1]:.2f}' for r in twos)}):")
-        print(f"  1 process : {one[1]:.2f} items/s generating, {one[0]:.1f} s wall, {one[2]} done")
-        print(f"  2 processes: {two[1]:.2f} items/s generating, {two[0]:.1f} s wall, {two[2]} done")
-        print(f"  items/s ratio 2p / 1p = {two[1] / one[1]:.2f}; wall ratio 1p / 2p = {one[0] / two[0]:.2f}")
-        print(json.dumps({"runner_over_bare": wall / bare, "wall_over_work": wall / work,
-                          "items_per_s_1p": one[1], "items_per_s_2p": two[1], "wall_1p": one[0], "wall_2p": two[0]}))
+        results = {}
+        if not args.no_smoke:
+            results["smoke"] = scaling("default smoke run (`likeness bench`: 8 prompts, TI 20 steps)", [], args.repeats, tmp)
+        results["items"] = scaling(f"{args.items} items, TI {args.train_steps} steps", cli_args, args.repeats, tmp)
+        print(json.dumps({"runner_over_bare": wall / bare, "wall_over_work": wall / work, "scaling": results}))
 
 
 if __name__ == "__main__":

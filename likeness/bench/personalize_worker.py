@@ -131,11 +131,21 @@ class ForkedWorker:
     def available() -> bool:
         return "fork" in multiprocessing.get_all_start_methods() and sys.platform.startswith("linux")
 
-    def run(self, spec: dict) -> dict[str, str | None]:
-        """Train ``spec``'s units in the child; {work folder: None on success, else the reason}."""
-        results: dict[str, str | None] = {}
+    def submit(self, spec: dict) -> None:
+        """Start training ``spec``'s units in the child; the rank is free meanwhile (see :meth:`collect`)."""
         try:
             self.conn.send(spec)
+        except (OSError, ValueError):  # the child is gone: collect() reports it per unit
+            pass
+
+    def run(self, spec: dict) -> dict[str, str | None]:
+        self.submit(spec)
+        return self.collect(spec)
+
+    def collect(self, spec: dict) -> dict[str, str | None]:
+        """Wait for the units of the submitted ``spec``: {work folder: None on success, else the reason}."""
+        results: dict[str, str | None] = {}
+        try:
             while (message := self.conn.recv()) is not None:
                 results[message[0]] = message[1]
         except (EOFError, OSError):  # the child died (out of memory, a crash in native code)

@@ -32,7 +32,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from likeness.bench.plan import RunConfig, RunConfigError, WorkItem, bind_run_folder, make_plan, shard
-from likeness.bench.rankstore import STORE_NAME, RankStore, host_name, merge_rank_stores, rank_folder
+from likeness.bench.rankstore import MERGED_META, STORE_NAME, RankStore, host_name, merge_rank_stores, rank_folder
 from likeness.bench.runstore import DONE, FAILED, FINAL, RunStore
 from likeness.data.identities import Identity, load_identities
 from likeness.data.layout import write_sidecar
@@ -174,7 +174,8 @@ class Runner:
         self.attempts: dict[str, int] = work["pending"]
         self.unscored: set[str] = set(work["unscored"])
         self.store = RankStore(self.rank_dir / STORE_NAME)
-        self.store.bind(self.config.digest(), rank=self.rank, world=self.world, host=host_name(), pid=os.getpid())
+        self.store.bind(self.config.digest(), rank=self.rank, world=self.world, host=host_name(), pid=os.getpid(),
+                        started=self._t0)
         self._mark("prepared")
         return self.plan
 
@@ -268,7 +269,9 @@ class Runner:
                     "units": [{"identity": units[u].identity, "photo": str(units[u].reference), "work": str(work[u])}
                               for u in mine]}
             if self._worker is not None:
-                by_work = self._worker.run(spec)
+                self._worker.submit(spec)
+                self._prewarm()  # while the worker trains
+                by_work = self._worker.collect(spec)
             else:
                 path = self.rank_dir / "personalize.json"
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -277,6 +280,8 @@ class Runner:
             errors = {u: by_work[str(work[u])] for u in mine}
         else:
             errors = {}
+            if self.world > 1:
+                self._prewarm()  # while other ranks train
         self._stop_worker()
         for unit, error in errors.items():
             if error is None:
@@ -382,6 +387,22 @@ class Runner:
         self.seconds["evaluate"] += time.perf_counter() - started
         self._mark("evaluated")
 
+    def _prewarm(self) -> None:
+        """Load the face models and analyse this rank's reference photos now, while it would only wait
+        for training: evaluation needs them later. Errors are left to evaluation, which records them."""
+        if not self.config.metrics:
+            return
+        try:
+            cache = self._face_cache()
+            names = {item.identity for item in shard(self.plan, self.rank, self.world) if item.item_id in self.attempts}
+            for identity in self.identities:
+                if identity.name in names:
+                    for photo in identity.photos:
+                        cache.get(photo)
+        except Exception:
+            pass
+        self._mark("prewarmed")
+
     def _stop_worker(self) -> None:
         if self._worker is not None:
             self._worker.close()
@@ -417,6 +438,10 @@ class Runner:
                 store.set_meta("face_protocol", report.face_protocol)
                 self.seconds["evaluate"] += time.perf_counter() - started
             self._mark("merged")
+            merged = store.get_meta(MERGED_META, {}) or {}
+            if self.rank_dir.name in merged:  # the main rank's timeline goes on past its own store
+                merged[self.rank_dir.name]["timeline"] = dict(self.timeline)
+                store.set_meta(MERGED_META, merged)
             return store.counts(), store.items(FAILED)
         finally:
             store.close()
