@@ -144,6 +144,7 @@ class Runner:
         self.progress = progress
         self.retry_failed = retry_failed
         self.seconds: dict[str, float] = defaultdict(float)
+        self.failed_units: dict[str, str] = {}  # unit -> why its personalization failed (all ranks know all)
 
     # -- setup ------------------------------------------------------------------------------------
 

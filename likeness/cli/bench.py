@@ -26,7 +26,10 @@ Outputs (all in the run folder, --out)
 
 Re-running the same command continues where a killed run stopped. Shard over processes or machines
 with accelerate: `accelerate launch --multi_gpu --num_processes 2 -m likeness bench ...` (on CPU too:
-ranks join a gloo group); each rank takes every N-th item, all write one store.
+ranks join a gloo group); several machines: add --num_machines, --machine_rank, --main_process_ip,
+--main_process_port, with the run folder on a filesystem all of them see (docs/bench.md). Each rank
+takes every N-th item and writes only its own store and images (ranks/<host>-<rank>/); they are
+merged into results.sqlite when the run ends (and by --resume and `likeness report`).
 """
 
 
