@@ -152,7 +152,8 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2, help="bare/runner pairs, interleaved; the best of each is kept")
     parser.add_argument("--no-smoke", action="store_true", help="skip the scaling of the default smoke run")
-    parser.add_argument("--no-overhead", action="store_true", help="only the scaling part")
+    parser.add_argument("--no-overhead", action="store_true", help="skip the overhead part")
+    parser.add_argument("--no-items", action="store_true", help="skip the scaling of the --items job")
     args = parser.parse_args()
 
     from likeness.bench.plan import RunConfig
@@ -186,7 +187,8 @@ def main() -> None:
         results = {}
         if not args.no_smoke:
             results["smoke"] = scaling("default smoke run (`likeness bench`: 8 prompts, TI 20 steps)", [], args.repeats, tmp)
-        results["items"] = scaling(f"{args.items} items, TI {args.train_steps} steps", cli_args, args.repeats, tmp)
+        if not args.no_items:
+            results["items"] = scaling(f"{args.items} items, TI {args.train_steps} steps", cli_args, args.repeats, tmp)
         print(json.dumps({"runner_over_bare": wall / bare, "wall_over_work": wall / work, "scaling": results}))
 
 
