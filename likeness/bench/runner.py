@@ -128,7 +128,7 @@ class Runner:
     def __init__(self, config: RunConfig, run_dir: str | Path, *, progress: bool = True, retry_failed: bool = False,
                  state=None):
         self._t0 = process_start()
-        self.timeline: dict[str, float] = {"init": time.time() - self._t0}
+        self.timeline: dict[str, float] = {"init": round(time.time() - self._t0, 3)}
         from accelerate import PartialState
 
         self.config = config
@@ -376,7 +376,8 @@ class Runner:
         from likeness.data.layout import read_canonical_item
 
         made_now = {r["item_id"] for r in self.store.items(DONE)}
-        mine = [item for item in shard(self.plan, self.rank, self.world) if item.item_id in made_now | self.unscored]
+        todo = made_now | self.unscored
+        mine = [item for item in shard(self.plan, self.rank, self.world) if item.item_id in todo]
         if not mine:
             return
         by_name = {i.name: i for i in self.identities}
