@@ -309,3 +309,12 @@ def test_cli_bench_end_to_end_and_bad_input(tmp_path, capsys):
                            (["--identities", str(tmp_path / "nobody")], "nobody: dataset folder does not exist")):
         assert cli_main(["bench", "--out", str(tmp_path / "other"), "--quiet", *extra]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_personalization_child_leaves_the_process_group_and_keeps_its_rank_gpu():
+    from likeness.bench.personalize_worker import child_environment
+
+    env = {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "10.0.0.1", "PATH": "/bin"}
+    assert child_environment(env) == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "1"}
+    assert child_environment({**env, "CUDA_VISIBLE_DEVICES": "4,5"})["CUDA_VISIBLE_DEVICES"] == "5"
+    assert child_environment({"PATH": "/bin"}) == {"PATH": "/bin"}  # not launched: nothing to change

@@ -36,10 +36,22 @@ DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROU
 RESULT_PREFIX = "likeness-unit-result "
 
 
+def child_environment(env: dict[str, str]) -> dict[str, str]:
+    """The rank's environment without the distributed variables. The rank's own GPU stays the child's
+    only visible one (its LOCAL_RANK-th), so the ranks of one machine do not all train on GPU 0."""
+    local_rank = env.get("LOCAL_RANK")
+    child = {k: v for k, v in env.items() if k not in DISTRIBUTED_ENV}
+    if local_rank is not None and local_rank.isdigit():
+        visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        index = int(local_rank)
+        child["CUDA_VISIBLE_DEVICES"] = visible[index] if index < len(visible) else (local_rank if not visible else visible[0])
+    return child
+
+
 def run_units(spec_path: str | Path, *, python: str = sys.executable) -> dict[str, str | None]:
     """Run the child; returns {work folder: None on success, else the failure reason}."""
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
-    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+    env = child_environment(dict(os.environ))
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # the parent's imports resolve alike
     proc = subprocess.run([python, "-m", "likeness.bench.personalize_worker", str(spec_path)], env=env,
                           stdout=subprocess.PIPE, stderr=None, text=True)
@@ -103,8 +115,9 @@ def preload() -> None:
 
 
 def _serve(conn) -> None:
-    for key in DISTRIBUTED_ENV:  # an Accelerator made here is a one-process one
-        os.environ.pop(key, None)
+    env = child_environment(dict(os.environ))  # an Accelerator made here is a one-process one
+    os.environ.clear()
+    os.environ.update(env)
     while True:
         try:
             spec = conn.recv()
