@@ -53,7 +53,9 @@ def rank_store_paths(run_dir: str | Path) -> list[Path]:
 class RankStore(RunStore):
     """One rank's ledger rows and metric rows. Only its own process writes it."""
 
-    journal_mode = "DELETE"
+    # A rollback journal (not WAL) works on network filesystems; PERSIST keeps the journal file between
+    # commits instead of deleting it: ~2 ms per commit here instead of ~18 ms (no directory update).
+    journal_mode = "PERSIST"
 
     def bind(self, digest: str, **info) -> None:
         """Record which configuration this store belongs to; a store of another one is refused."""

@@ -22,7 +22,7 @@ RESULT_COLUMNS = ("item_id", "metric", "value", "status", "n_faces", "protocol",
 
 
 class ResultsStore:
-    # WAL: readers while one host writes. A store that another host may read uses "DELETE" (rankstore.py).
+    # WAL: readers while one host writes. A store that another host may read uses a rollback journal (rankstore.py).
     journal_mode = "WAL"
 
     def __init__(self, path: str | Path):
