@@ -67,6 +67,14 @@ def _thumb_uri(path: Path, side: int = THUMB) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def _score_html(metric: str, value, status: str) -> str:
+    """``IPS 0.412``; a score that is not a plain measurement says why (``IPS 0.000 no_face``)."""
+    text = f"{html.escape(metric)} {'—' if value is None else f'{value:.3f}'}"
+    if status != "ok":
+        text += f' <i class="status">{html.escape(status)}</i>'
+    return f'<span title="{html.escape(status)}">{text}</span>'
+
+
 def check_base_model(base_model: str) -> str:
     """"" when the base model can be found (tiny ids, local folders, the hub cache), else why not."""
     from likeness.models.loading import ModelNotFoundError, resolve_model_path
@@ -231,9 +239,7 @@ class Demo:
                 prompts.setdefault(prompt_id, item["meta"].get("prompt_template", prompt_id))
                 image = workspace.run_dir(method) / "images" / item["identity"] / f"{item['item_id']}.png"
                 if item["status"] == "done" and image.exists():
-                    scores = " ".join(
-                        f'<span title="{html.escape(status)}">{html.escape(m)} '
-                        f'{"—" if v is None else f"{v:.3f}"}</span>' for m, (v, status) in sorted(item["scores"].items()))
+                    scores = " ".join(_score_html(m, v, status) for m, (v, status) in sorted(item["scores"].items()))
                     body = f'<img src="{_thumb_uri(image)}" alt="{html.escape(item["item_id"])}"><div class="scores">{scores}</div>'
                 else:
                     body = f'<div class="failed">{html.escape(item["status"])}: {html.escape(item.get("reason") or "")}</div>'
@@ -249,7 +255,7 @@ class Demo:
         return (
             "<div class='likeness-grid'><style>.likeness-grid td{vertical-align:top;padding:4px;text-align:center}"
             ".likeness-grid .scores{font-size:12px}.likeness-grid .prompt{font-size:12px;max-width:200px}"
-            ".likeness-grid .failed{color:#a00;font-size:12px;max-width:200px}</style>"
+            ".likeness-grid .failed{color:#a00;font-size:12px;max-width:200px}.likeness-grid .status{color:#a60}</style>"
             f"<table><tr><th>reference / prompt</th>{head}</tr>{''.join(rows)}</table>"
             f"<details><summary>protocols behind the scores</summary><ul>{protocol_list}</ul>"
             "<p>Scores from different protocols are not comparable. Hover a score for its status.</p></details></div>"

@@ -82,8 +82,8 @@ def build_app(demo: Demo):
                     seed = gr.Number(value=0, precision=0, label="seed")
                     images_per_prompt = gr.Slider(1, 4, value=1, step=1, label="images per prompt")
                 with gr.Row():
-                    steps = gr.Number(value=None, precision=0, label="denoising steps (empty: default)")
-                    train_steps = gr.Number(value=None, precision=0, label="training steps (empty: default)")
+                    steps = gr.Number(value=0, precision=0, label="denoising steps (0: default)")
+                    train_steps = gr.Number(value=0, precision=0, label="training steps (0: default)")
                 keep = gr.Checkbox(label="keep my files after I leave", value=False)
                 keep_status = gr.Markdown()
         with gr.Row():
