@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from likeness.bench.failures import failure_reason
 from likeness.bench.plan import RunConfig, WorkItem, bind_run_folder, make_plan, shard
 from likeness.bench.runstore import DONE, FAILED, RunStore
 from likeness.data.identities import Identity, load_identities
@@ -82,12 +83,6 @@ def check_metrics(names: list[str]) -> None:
     unknown = [n for n in names if n not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known metrics: {', '.join(METRICS.names())}")
-
-
-def failure_reason(exc: BaseException) -> str:
-    """A one-line failure reason: the exception type and its message (which names the file, if any)."""
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {message}"[:500]
 
 
 def _unit(item: WorkItem) -> str:

@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from likeness.data.identities import DatasetError, Identity, is_image_file
+from likeness.data.base import DatasetError, Identity, is_image_file
 
 # The 40 CelebA attributes in the order of list_attr_celeba.txt.
 CELEBA_ATTRIBUTES = (
