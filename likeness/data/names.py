@@ -15,7 +15,10 @@ Rules of the key:
   ``__`` and 10 hex digits of the name's sha256: ``Ana`` -> ``ana__<hash>``, ``李雷`` -> ``id__<hash>``.
 
 A clean key never contains ``__``, so a hashed key can never equal a clean one; two hashed keys
-collide only if 40 bits of sha256 do, and :func:`check_unique` refuses that too. Keys are ASCII,
+collide only if 40 bits of sha256 do, and :func:`check_unique` refuses that too. A key is its own
+key (``name_key(name_key(x)) == name_key(x)``), so code handed a key where it expects a name does
+the right thing; the price is that a person literally called ``ana__dea210f058`` would share the key
+of ``Ana``, which :func:`check_unique` reports instead of merging them. Keys are ASCII,
 lower case, contain no ``-``, ``/``, space or quote: safe as folder names on every OS, as CLIP
 tokens (the tokenizer lower-cases text) and inside ids split on ``-``.
 """
@@ -32,6 +35,7 @@ T = TypeVar("T")
 MAX_SLUG = 48
 HASH_DIGITS = 10
 _CLEAN = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*$")
+_HASHED = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*__[0-9a-f]{%d}$" % HASH_DIGITS)
 # Names Windows refuses as file names, whatever the extension.
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 
@@ -62,12 +66,16 @@ def is_clean_key(text: str) -> bool:
     return len(text) <= MAX_SLUG and bool(_CLEAN.match(text)) and text not in _RESERVED
 
 
+def is_hashed_key(text: str) -> bool:
+    return len(text) <= MAX_SLUG + 2 + HASH_DIGITS and bool(_HASHED.match(text))
+
+
 def name_key(name: object) -> str:
     """The key of a display name: a file, folder and token safe ASCII string, stable across runs
     and machines (it depends only on the name), different for different names."""
     text = display_name(name)
-    if is_clean_key(text):
-        return text
+    if is_clean_key(text) or is_hashed_key(text):
+        return text  # a key is its own key, so passing a key where a name is expected is harmless
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:HASH_DIGITS]
     return f"{_slug(text)}__{digest}"
 
@@ -112,4 +120,4 @@ def index_by_name(items: Iterable[T], name_of=lambda item: item.name) -> dict[st
     return index
 
 
-__all__ = ["IdentityNameError", "check_unique", "display_name", "index_by_name", "is_clean_key", "lookup", "name_key"]
+__all__ = ["IdentityNameError", "check_unique", "display_name", "index_by_name", "is_clean_key", "is_hashed_key", "lookup", "name_key"]
