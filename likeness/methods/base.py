@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, ClassVar, Iterable, Sequence
 
@@ -317,8 +317,8 @@ class Method:
         setup = self.setup(pipe, [name for name, _ in people], {**options, "out_dir": out_dir})
         for key, display, _ in named:
             setup.identities[key].display = display
-        for name, photos in prepared.items():  # names and hashes only: the artifact can be shared
-            setup.identities[name].photos = [Path(p.source).name for p in photos]
+        for name, photos in prepared.items():  # local paths while training; the manifest keeps names only
+            setup.identities[name].photos = [str(p.source) for p in photos]
             setup.identities[name].photo_sha256 = [sha256_file(p.source) for p in photos]
         aug = Augmentation(flip=options["flip"], color_jitter=options["color_jitter"],
                            scale_range=tuple(options["scale_range"]) if options["scale_range"] else None)
@@ -340,7 +340,8 @@ class Method:
         Manifest(
             method=self.name,
             base_model=pipe.likeness_info,
-            identities=setup.identities,
+            # file names and content hashes only: the artifact folder can be shared as it is
+            identities={n: replace(e, photos=[Path(p).name for p in e.photos]) for n, e in setup.identities.items()},
             config={"training": asdict(training), "options": recorded, "notes": notes,
                     "final_loss": result.losses[-1] if result.losses else None, "resumed_from": result.resumed_from},
             sampling=dict(self.default_sampling.get(pipe.likeness_info.family, self.default_sampling)),
