@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -21,17 +22,47 @@ from likeness.metrics.base import Score
 RESULT_COLUMNS = ("item_id", "metric", "value", "status", "n_faces", "protocol", "detail", "created_at")
 
 
+class StoreCorruptError(ValueError):
+    """A results file that SQLite cannot use; the message names it and says how to go on."""
+
+    def __init__(self, path: Path, problem: str):
+        self.path = path
+        super().__init__(
+            f"{path}: not a usable results database ({problem}). Move it aside (e.g. `mv {path} {path}.bad`) and "
+            f"rerun: finished images are kept and their scores are recomputed; or pass another --store / --out")
+
+
+def create_private(path: Path) -> bool:
+    """Create ``path`` readable and writable by its owner only (0600; SQLite gives its -wal and -shm
+    files the same mode), unless it exists. Returns whether it existed."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        return False
+    except FileExistsError:
+        return True
+
+
+def check_integrity(db: sqlite3.Connection, path: Path) -> None:
+    """``PRAGMA quick_check`` (structure and index consistency, O(size)) before a resumed run writes."""
+    rows = db.execute("PRAGMA quick_check").fetchall()
+    if [r[0] for r in rows] != ["ok"]:
+        raise StoreCorruptError(path, "integrity check failed: " + "; ".join(str(r[0]) for r in rows[:3]))
+
+
 class ResultsStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        existed = create_private(self.path)
         try:
             self.db = sqlite3.connect(self.path, timeout=30)
+            if existed:
+                check_integrity(self.db, self.path)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._create()
         except sqlite3.DatabaseError as exc:
-            raise ValueError(f"{self.path}: not a usable results database ({exc})") from None
+            raise StoreCorruptError(self.path, str(exc)) from None
 
     def _create(self) -> None:
         with self.db:

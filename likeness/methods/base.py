@@ -86,6 +86,10 @@ class Manifest:
         return self.base_model.family
 
     def save(self, folder: str | Path) -> Path:
+        """Write the model card (README.md) and then ``likeness.json``, whose presence marks a finished artifact."""
+        from likeness.methods.model_card import write_model_card
+
+        write_model_card(folder, self)
         path = Path(folder) / MANIFEST_NAME
         record = asdict(self)
         record["created"] = self.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -104,6 +108,9 @@ class Manifest:
             raise ArtifactError(f"{folder}: not a finished likeness artifact (no {MANIFEST_NAME}); {hint}")
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
+            unsafe = [k for k in raw["identities"] if not isinstance(k, str) or name_key(k) != k]
+            if unsafe:  # keys become file names inside the artifact: "../x" must never leave it
+                raise ArtifactError(f"{path}: identity keys {unsafe!r} are not likeness name keys (see likeness.data.names)")
             return cls(
                 method=raw["method"],
                 base_model=BaseModelInfo(**raw["base_model"]),
@@ -113,8 +120,11 @@ class Manifest:
                 likeness_version=raw.get("likeness_version", "?"),
                 created=raw.get("created", ""),
             )
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ArtifactError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, ValueError,
+                RecursionError) as exc:
+            if isinstance(exc, ArtifactError):
+                raise
+            raise ArtifactError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})"[:600]) from None
 
 
 def read_manifest(artifact: str | Path) -> Manifest:
