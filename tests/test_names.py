@@ -70,6 +70,7 @@ def test_bench_over_real_names_completes_every_item_then_resumes_and_reports(peo
     html = page.read_text(encoding="utf-8")
     assert "José García" in html and "o&#x27;brien" in html and "李雷" in html
     assert html.count("class='gen' title=") == 12  # every image linked, none missing
+    assert html.count("{}") == 12  # every sidecar found: each image shows its prompt template
 
 
 def test_textual_inversion_tokens_for_names_that_differ_only_in_case(people, tmp_path, tiny_models, one_thread):

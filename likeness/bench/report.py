@@ -80,7 +80,7 @@ def read_results(run_dir: str | Path) -> RunResults:
             protocols[metric].append(s.protocol)
     for item in items:
         item["scores"] = by_item.get(item["item_id"], {})
-        sidecar = run_dir / "images" / item["identity"] / f"{item['item_id']}.json"
+        sidecar = run_dir / "images" / name_key(item["identity"]) / f"{item['item_id']}.json"
         try:
             item["meta"] = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.exists() else {}
         except (OSError, json.JSONDecodeError):
