@@ -105,6 +105,7 @@ def score_items(
     for note in report.notes:
         log.warning(note)
     report.warnings = [w for item in items for w in item.warnings]
+    log.info("evaluating %d inputs with %s into %s", len(items), ", ".join(m.protocol["name"] for m in scorers), store)
     status: dict[str, str] = {}
     with ResultsStore(store) as results:
         results.set_meta("last_evaluation", {**(meta or {}), "metrics": list(metrics), "face_protocol": face_backend.protocol.to_dict()})

@@ -20,6 +20,7 @@ from likeness.metrics.base import Score
 
 
 RESULT_COLUMNS = ("item_id", "metric", "value", "status", "n_faces", "protocol", "detail", "created_at")
+EXPORT_COLUMNS = ("item_id", "metric", "value", "status", "n_faces", "protocol", "detail")
 
 
 class StoreCorruptError(ValueError):
@@ -128,15 +129,31 @@ class ResultsStore:
     def metrics(self) -> list[str]:
         return [m for (m,) in self.db.execute("SELECT DISTINCT metric FROM results ORDER BY metric")]
 
+    def export_rows(self, metric: str | None = None) -> list[tuple]:
+        """The rows both exports write, in EXPORT_COLUMNS order (protocol reduced to its name; detail as JSON)."""
+        return [(s.item_id, s.metric, s.value, s.status, s.n_faces, s.protocol.get("name", ""),
+                 json.dumps(s.detail, sort_keys=True)) for s in self.scores(metric)]
+
     def export_csv(self, path: str | Path, metric: str | None = None) -> Path:
         """Per-image rows as CSV (protocol reduced to its name; detail kept as JSON)."""
         path = Path(path)
         with open(path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["item_id", "metric", "value", "status", "n_faces", "protocol", "detail"])
-            for s in self.scores(metric):
-                writer.writerow([s.item_id, s.metric, "" if s.value is None else s.value, s.status,
-                                 "" if s.n_faces is None else s.n_faces, s.protocol.get("name", ""), json.dumps(s.detail, sort_keys=True)])
+            writer.writerow(EXPORT_COLUMNS)
+            for row in self.export_rows(metric):
+                writer.writerow(["" if v is None else v for v in row])
+        return path
+
+    def export_parquet(self, path: str | Path, metric: str | None = None) -> Path:
+        """The CSV's rows and columns as Parquet, typed (value float, n_faces int, missing = null)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        columns = list(zip(*self.export_rows(metric))) or [()] * len(EXPORT_COLUMNS)
+        types = [pa.string(), pa.string(), pa.float64(), pa.string(), pa.int64(), pa.string(), pa.string()]
+        table = pa.table({name: pa.array(list(values), type=kind) for name, values, kind in zip(EXPORT_COLUMNS, columns, types)})
+        pq.write_table(table, path)
         return path
 
     # -- meta --------------------------------------------------------------------------------------
