@@ -298,7 +298,10 @@ def parse_entry(entry, index: int, path: Path | str, prefix: str = "t", source: 
     if PLACEHOLDER not in text:
         raise PromptError(f"{where}: prompt {text!r} has no '{{}}' placeholder for the person")
     relations = []
-    for triple in entry.get("relations") or []:
+    raw_relations = entry.get("relations") or []
+    if not isinstance(raw_relations, (list, tuple)):
+        raise PromptError(f"{where}: 'relations' must be a list of (subject, predicate, object) triples")
+    for triple in raw_relations:
         if not (isinstance(triple, (list, tuple)) and len(triple) == 3 and all(isinstance(t, str) for t in triple)):
             raise PromptError(f"{where}: relation {triple!r} is not a (subject, predicate, object) triple of strings")
         relations.append(tuple(triple))
