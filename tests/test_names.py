@@ -66,6 +66,15 @@ def test_bench_over_real_names_completes_every_item_then_resumes_and_reports(peo
         meta = json.loads(images[0].with_suffix(".json").read_text(encoding="utf-8"))
         assert meta["identity"] == name and meta["identity_key"] == name_key(name)
     assert run_bench(small_config(**config), run, progress=False).counts == {DONE: 12}  # resume: nothing redone
+    # `likeness evaluate`'s reader finds every person again, in the canonical and the Stellar flat layout
+    from likeness.data.identities import load_identities
+    from likeness.data.layout import read_generated, to_stellar_flat
+
+    dataset = load_identities(people)
+    assert [i.status for i in read_generated(run / "images", dataset)] == ["ok"] * 12
+    flat = to_stellar_flat(run / "images", tmp_path / "flat", dataset)
+    assert len(flat) == 12 and all(p.stem.count("-") == 2 for p in flat)
+    assert {(i.status, i.identity in NAMES) for i in read_generated(tmp_path / "flat", dataset)} == {("ok", True)}
     page, _ = build_report(run)
     html = page.read_text(encoding="utf-8")
     assert "José García" in html and "o&#x27;brien" in html and "李雷" in html
