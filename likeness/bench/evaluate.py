@@ -8,6 +8,7 @@ and the loop goes on.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +18,12 @@ from tqdm import tqdm
 from likeness.bench.store import ResultsStore
 from likeness.data.identities import Identity, load_identities
 from likeness.data.layout import GeneratedItem, read_canonical_item, read_generated
+from likeness.data.names import index_by_name
 from likeness.faces import FaceCache, analyze_path, get_backend
 from likeness.metrics import METRICS, Metric, Sample, Score
 
 DEFAULT_METRICS = ("ips", "sis", "aps")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,6 +36,9 @@ class EvaluationReport:
     n_scored_now: int = 0
     n_skipped: int = 0
     dataset_problems: list[str] = field(default_factory=list)  # e.g. malformed attribute files, named
+    status_counts: dict[str, int] = field(default_factory=dict)  # every input file by status (ok, image_missing, ...)
+    warnings: list[str] = field(default_factory=list)  # scored, but worth a look (e.g. save_name != file name)
+    notes: list[str] = field(default_factory=list)  # protocol choices made for the user (APS fallback)
 
 
 def build_metrics(names, backend, cache, identities) -> list[Metric]:
@@ -69,7 +75,7 @@ def evaluate_run_items(
     backend_options: dict | None = None,
 ) -> EvaluationReport:
     """Score images the benchmark runner wrote (canonical layout, one sidecar each)."""
-    by_name = {i.name: i for i in identities}
+    by_name = index_by_name(identities)
     items = [read_canonical_item(path, by_name) for path in image_paths]
     return score_items(items, identities, store_path, metrics, face_backend, backend_options, None, progress, {})
 
@@ -90,11 +96,17 @@ def score_items(
 
     ``cache`` (optional) supplies reference-photo faces; by default a fresh FaceCache over ``cache_dir``.
     """
-    by_name = {i.name: i for i in identities}
+    by_name = index_by_name(identities)
     face_backend = cache.backend if cache is not None else get_backend(backend, **(backend_options or {}))
     cache = cache if cache is not None else FaceCache(face_backend, cache_dir)
     scorers = build_metrics(metrics, face_backend, cache, identities)
     report = EvaluationReport(store=Path(store), summaries=[], n_items=len(items), face_protocol=face_backend.protocol.describe())
+    report.notes = protocol_notes(scorers, identities)
+    for note in report.notes:
+        log.warning(note)
+    report.warnings = [w for item in items for w in item.warnings]
+    log.info("evaluating %d inputs with %s into %s", len(items), ", ".join(m.protocol["name"] for m in scorers), store)
+    status: dict[str, str] = {}
     with ResultsStore(store) as results:
         results.set_meta("last_evaluation", {**(meta or {}), "metrics": list(metrics), "face_protocol": face_backend.protocol.to_dict()})
         done = {m.name: results.done_items(m.name, m.protocol["name"]) for m in scorers}
@@ -102,19 +114,43 @@ def score_items(
             todo = [m for m in scorers if item.item_id not in done[m.name]]
             if not todo:
                 report.n_skipped += 1
+                status[item.item_id] = item.status if item.status != "ok" else "stored"
                 continue
             if item.status != "ok":
                 rows = [Score(item.item_id, m.name, None, item.status, None, m.protocol, {"problem": item.problem}) for m in todo]
+                status[item.item_id] = item.status
             else:
                 sample = Sample(item.item_id, item.image, by_name.get(item.identity), item.reference)
                 faces = analyze_path(face_backend, item.image)  # the one face pass for this image
                 rows = [_safe_update(m, sample, faces) for m in todo]
+                status[item.item_id] = faces.status
             results.put(rows)
             report.n_scored_now += 1
+        if "stored" in status.values() and scorers:  # what an earlier run recorded for them
+            stored = {s.item_id: s.status for s in results.scores(scorers[0].name, scorers[0].protocol["name"])}
+            status = {i: stored.get(i, "stored") if v == "stored" else v for i, v in status.items()}
+        report.status_counts = _count(status.values())
         for m in scorers:
             report.summaries.append(m.summarize(results.scores(m.name, m.protocol["name"])))
             report.definitions[m.protocol["name"]] = m.definition
     return report
+
+
+def _count(values) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (kv[0] != "ok", kv[0])))
+
+
+def protocol_notes(scorers, identities) -> list[str]:
+    """Choices of protocol the user did not make explicitly, said once per evaluation."""
+    notes = []
+    for m in scorers:
+        if m.name == "aps" and m.version.startswith("agegender") and any(i.layout == "stellar" for i in identities):
+            notes.append(f"APS: the Stellar dataset's *_attributes.json files carry no CelebA labels, so APS falls back "
+                         f"to the label-free protocol {m.protocol['name']} (not comparable to Stellar APS)")
+    return notes
 
 
 def _safe_update(metric: Metric, sample: Sample, faces) -> Score:
@@ -139,6 +175,14 @@ def format_summary(report: EvaluationReport) -> str:
     lines += [f"{name}: {text}" for name, text in report.definitions.items()]
     lines.append(f"face protocol {report.face_protocol}")
     lines.append(f"{report.n_items} images: {report.n_scored_now} scored now, {report.n_skipped} already in {report.store}")
+    if report.status_counts:
+        lines.append("inputs by status: " + ", ".join(f"{k} {v}" for k, v in report.status_counts.items()))
+    lines += [f"note: {note}" for note in report.notes]
+    if report.warnings:
+        lines.append(f"warnings ({len(report.warnings)}):")
+        lines += [f"  {w}" for w in report.warnings[:10]]
+        if len(report.warnings) > 10:
+            lines.append(f"  ... and {len(report.warnings) - 10} more")
     if report.dataset_problems:
         lines.append(f"dataset problems ({len(report.dataset_problems)}):")
         lines += [f"  {problem}" for problem in report.dataset_problems[:10]]

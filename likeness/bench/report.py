@@ -21,6 +21,7 @@ from likeness.bench.plan import load_run_config
 from likeness.bench.runner import STORE_FILE, SUMMARY_KEY
 from likeness.bench.runstore import DONE, FAILED, RunStore
 from likeness.data.images import ImageError, load_image
+from likeness.data.names import name_key
 
 # Stellar's leaderboard columns, in the paper's order.
 LEADERBOARD = ("IPS", "APS", "SIS", "GOA", "RFS")
@@ -79,7 +80,7 @@ def read_results(run_dir: str | Path) -> RunResults:
             protocols[metric].append(s.protocol)
     for item in items:
         item["scores"] = by_item.get(item["item_id"], {})
-        sidecar = run_dir / "images" / item["identity"] / f"{item['item_id']}.json"
+        sidecar = run_dir / "images" / name_key(item["identity"]) / f"{item['item_id']}.json"
         try:
             item["meta"] = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.exists() else {}
         except (OSError, json.JSONDecodeError):
@@ -224,14 +225,14 @@ def render_html(results: RunResults, out_dir: Path) -> Path:
         groups[(item["identity"], item["reference"])].append(item)
     for (identity, reference), members in sorted(groups.items()):
         parts.append(f"<h3>{esc(identity)} · reference <code>{esc(Path(reference).name)}</code></h3><div class='grid'>")
-        thumb = _thumbnail(Path(reference), out_dir / "refs" / f"{identity}-{Path(reference).stem}.jpg")
+        thumb = _thumbnail(Path(reference), out_dir / "refs" / f"{name_key(identity)}-{name_key(Path(reference).stem)}.jpg")
         ref_img = f"<img src='refs/{esc(thumb)}' alt='reference photo of {esc(identity)}'>" if thumb else "<p class='fail'>reference unreadable</p>"
         parts.append(f"<figure class='ref'>{ref_img}<figcaption>reference photo</figcaption></figure>")
         for item in members:
             meta = item["meta"]
             prompt = meta.get("prompt_template") or item["prompt_id"]
             if item["status"] == DONE:
-                src = Path(os.path.relpath(results.run_dir / "images" / identity / f"{item['item_id']}.png", out_dir))
+                src = Path(os.path.relpath(results.run_dir / "images" / name_key(identity) / f"{item['item_id']}.png", out_dir))
                 line = _scores_line(item["scores"])
                 parts.append(f"<figure class='gen' title='{esc(line)}'><img src='{esc(src.as_posix())}' alt='{esc(item['item_id'])}'>"
                              f"<figcaption>{esc(item['prompt_id'])}: {esc(prompt)}<br><b>{esc(line)}</b></figcaption></figure>")

@@ -75,7 +75,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on tiny models, else torch's default)")
     parser.add_argument("--stellar-flat", metavar="DIR", help="also copy the images into Stellar's flat layout here")
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (training's included)")
+    parser.add_argument("--batch-size", type=int, help="images per pipeline call; pixels do not depend on it "
+                        "(default: 1 on CPU, 4 on a GPU)")
+    parser.add_argument("--parquet", metavar="FILE", help="also export per-image rows to Parquet (same columns as CSV)")
+    parser.add_argument("--csv", metavar="FILE", help="also export per-image rows to CSV")
     parser.set_defaults(run=run)
 
 
@@ -134,7 +138,10 @@ def run(args) -> int:
     try:
         config = load_run_config(args.out) if args.resume else config_from_args(args)
         set_threads(args.threads, config.base_model)
-        runner = Runner(config, args.out, progress=not args.quiet, retry_failed=args.retry_failed)
+        if args.batch_size is not None and args.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+        runner = Runner(config, args.out, progress=not args.quiet, retry_failed=args.retry_failed,
+                        batch_size=args.batch_size)
         summary = runner.run()
     except (RunConfigError, DatasetError, PromptError, UnknownMethodError, FileNotFoundError, ValueError) as exc:
         print(f"likeness bench: {exc}", file=sys.stderr)
@@ -142,6 +149,14 @@ def run(args) -> int:
     if not runner.state.is_main_process:
         return 0
     print(summary.describe())
+    if args.csv or args.parquet:
+        from likeness.bench.runner import STORE_FILE
+        from likeness.bench.store import ResultsStore
+
+        with ResultsStore(runner.run_dir / STORE_FILE) as store:
+            for path, export in ((args.csv, store.export_csv), (args.parquet, store.export_parquet)):
+                if path:
+                    print(f"per-image rows: {export(path)}")
     if args.stellar_flat:
         from likeness.data.layout import to_stellar_flat
 

@@ -17,10 +17,12 @@ Inputs
 
 Outputs
   --store    SQLite file (WAL): table results, one row per (item_id, metric) with value, status
-             (ok, no_face, unreadable, bad_sidecar, ref_missing, ...), n_faces, protocol (JSON) and
+             (ok, no_face, unreadable, too_large, image_missing, sidecar_missing, bad_sidecar,
+             duplicate_id, unsupported_format, ref_missing, ...), n_faces, protocol (JSON) and
              detail (JSON: raw cosine, per-photo values, problems). Re-running skips finished rows.
-  --csv      optional CSV export of the per-image rows.
-  stdout     a summary table (value, mean, std, count, no_face, unscored) and every protocol.
+  --csv      optional CSV export of the per-image rows (--parquet: the same columns in Parquet).
+  stdout     a summary table (value, mean, std, count, no_face, unscored), every protocol, and
+             the count of input files per status: every file in GENERATED is one row.
 
 Metrics: ips (identity preservation), sis (min over the identity's photos), aps (Stellar attribute
 probe when CelebA labels exist, otherwise an age/gender agreement under a different protocol name).
@@ -43,6 +45,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--split", choices=("all", "test", "val"), default="all", help="Stellar split (default: %(default)s)")
     parser.add_argument("--cache-dir", help="keep reference-photo faces here between runs")
     parser.add_argument("--csv", help="also export per-image rows to this CSV file")
+    parser.add_argument("--parquet", help="also export per-image rows to this Parquet file (same columns as CSV)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
@@ -67,7 +70,9 @@ def run(args) -> int:
         print(f"likeness evaluate: {exc}", file=sys.stderr)
         return 2
     print(format_summary(report))
-    if args.csv:
+    if args.csv or args.parquet:
         with ResultsStore(args.store) as store:
-            print(f"per-image rows: {store.export_csv(args.csv)}")
+            for path, export in ((args.csv, store.export_csv), (args.parquet, store.export_parquet)):
+                if path:
+                    print(f"per-image rows: {export(path)}")
     return 0

@@ -76,6 +76,8 @@ def run(args) -> int:
             print(f"error: --option {item!r} is not KEY=VALUE", file=sys.stderr)
             return 2
         config[key.strip()] = _value(value)
+    if args.quiet:
+        config["progress"] = False  # the training bar
     try:
         method = get_method(args.method)
         identities = {}

@@ -284,7 +284,8 @@ def train(
         with torch.no_grad():
             for n, p in zip(names, params):
                 p.copy_(tensors[n].to(p.device, p.dtype))
-        extra = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint folder may come from someone else; never unpickle code from it
+        extra = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
         optimizer.load_state_dict(extra["optimizer"])
         lr_scheduler.load_state_dict(extra["lr_scheduler"])
         torch.set_rng_state(extra["torch_rng"])

@@ -161,7 +161,9 @@ def attribute_preservation(backend: FaceBackend | None = None, cache: FaceCache 
     """The Stellar probe when any identity has CelebA labels (or mode="probe"), else the age/gender agreement."""
     if mode not in ("auto", "probe", "agegender"):
         raise ValueError(f"APS mode must be auto, probe or agegender, not {mode!r}")
-    labelled = any(i.attributes for i in identities or [])
+    # Labels count only if they name an APS attribute: "attributes": {} or only other labels is no label at all.
+    labelled = any(a in APS_ATTRIBUTES for i in identities or [] for labels in (i.attributes or {}).values()
+                   for a in (labels or {}))
     if mode == "probe" or (mode == "auto" and labelled):
         return ProbeAPS(backend, cache, identities)
     return AgeGenderAPS(backend, cache, identities)
