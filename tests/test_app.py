@@ -95,6 +95,8 @@ def test_two_visitors_two_methods_through_the_web_api(server, photos):
     alice, bob = Client(url, verbose=False), Client(url, verbose=False)
     refused = alice.predict([handle_file(str(photos["corrupt"]))], "Alice", api_name="/check_photos")
     assert "not a recognised image format" in refused
+    # Alice keeps her files after leaving (the Chromium test below renders them); Bob's are deleted.
+    assert "your files stay in" in alice.predict(True, api_name="/keep_files")
 
     results = {}
 
@@ -126,14 +128,16 @@ def test_two_visitors_two_methods_through_the_web_api(server, photos):
     status_b, _, scores_b, _ = results["bob"]
     assert "textual-inversion**: done" in status_b and {r["prompt"] for r in scores_b} == {"{} playing chess"}
     # Each visitor has a folder of their own: photos and run folders never mix.
-    folders = [p for p in root.iterdir() if p.is_dir()]
+    folders = [p for p in root.iterdir() if p.is_dir() and (p / "identities").is_dir()]
     assert len(folders) == 2
     people = sorted(p.name for f in folders for p in (f / "identities").iterdir())
-    assert people == ["alice", "bob"]
+    from likeness.data.names import name_key
+
+    assert people == sorted([name_key("Alice"), name_key("Bob")])
     # The runs are ordinary bench run folders: `likeness report` works on them.
     from likeness.bench.report import build_report
 
-    alice_folder = next(f for f in folders if (f / "identities" / "alice").exists())
+    alice_folder = next(f for f in folders if (f / "identities" / name_key("Alice")).exists())
     page, _ = build_report(alice_folder / "runs" / "dreambooth-lora")
     assert page.exists()
 
@@ -188,7 +192,9 @@ def test_page_and_results_grid_render_in_chromium(server, tmp_path):
                          capture_output=True, text=True, timeout=120).stdout
     assert "likeness: put a person in any scene" in dom and "Run" in dom
     # The results grid the page shows, as a standalone page (the visitors' runs of the test above).
-    visitor = next(p.name for p in root.iterdir() if (p / "runs" / "dreambooth-lora").exists())
+    kept = [p.name for p in root.iterdir() if (p / "runs" / "dreambooth-lora").exists()]
+    assert kept, "needs the kept run of test_two_visitors_two_methods_through_the_web_api (same module)"
+    visitor = kept[0]
     demo = Demo(root)
     grid = demo.results(visitor, ["textual-inversion", "dreambooth-lora"]).grid
     page = tmp_path / "grid.html"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from likeness.data.images import ImageError, image_to_array, load_image
 from likeness.data.prompts import PLACEHOLDER, Prompt, load_prompts, select_prompts
-from likeness.methods.base import safe_name
+from likeness.data.names import name_key
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 40_000_000  # a 40 MP photo is plenty; larger uploads are refused, not decoded
@@ -125,7 +125,7 @@ class Workspace:
             checks.append(PhotoCheck(Path(upload).name, image is not None, note))
             if image is not None:
                 kept.append((checks[-1], image))
-        person = self.identities / safe_name(name or "me")
+        person = self.identities / name_key(name or "me")
         shutil.rmtree(self.identities, ignore_errors=True)
         for k, (check, image) in enumerate(kept):
             person.mkdir(parents=True, exist_ok=True)
