@@ -376,13 +376,15 @@ def load_dlib_resnet(path: str | Path | None = None, *, cache: bool = True, devi
     return net.to(device) if device is not None else net
 
 
-def dlib_chip_template(size: int = CHIP_SIZE, padding: float = CHIP_PADDING) -> np.ndarray:
+def dlib_chip_template(size: int = CHIP_SIZE, padding: float = CHIP_PADDING, points: str = "dlib") -> np.ndarray:
     """Where likeness's 5 points (eye centres, nose, mouth corners) sit in a dlib face chip.
 
     dlib places its own 5 points (outer/inner corner of each eye, base of the nose) at fixed
     positions of a unit face (``get_face_chip_details``); the eye centres are the corner midpoints,
     and the mouth corners are placed from the eyes with the ArcFace template, exactly as
-    :func:`likeness.faces.dlib_backend._arcface_points` does in the image.
+    :func:`likeness.faces.dlib_backend._arcface_points` does in the image. ``points="mtcnn"``: for
+    detectors that mark the nose tip and real mouth corners (MTCNN), nose and mouth both come from
+    the ArcFace template relative to dlib's eye centres.
     """
     from likeness.faces.align import ARCFACE_TEMPLATE, apply_transform, similarity_transform
 
@@ -391,5 +393,31 @@ def dlib_chip_template(size: int = CHIP_SIZE, padding: float = CHIP_PADDING) -> 
                      [0.4901123135679, 0.6277975316475]])
     parts = (padding + unit) / (2 * padding + 1) * size
     eyes = np.stack([parts[2:4].mean(0), parts[0:2].mean(0)])  # image-left eye first
-    mouth = apply_transform(similarity_transform(ARCFACE_TEMPLATE[:2], eyes), ARCFACE_TEMPLATE[3:])
-    return np.vstack([eyes, parts[4:5], mouth])
+    from_eyes = similarity_transform(ARCFACE_TEMPLATE[:2], eyes)
+    if points == "mtcnn":
+        return np.vstack([eyes, apply_transform(from_eyes, ARCFACE_TEMPLATE[2:])])
+    if points != "dlib":
+        raise ValueError(f"points must be 'dlib' or 'mtcnn', not {points!r}")
+    return np.vstack([eyes, parts[4:5], apply_transform(from_eyes, ARCFACE_TEMPLATE[3:])])
+
+
+def face_chip(image: np.ndarray, landmarks: np.ndarray, template: np.ndarray, size: int = CHIP_SIZE) -> np.ndarray:
+    """A size x size uint8 chip: the similarity taking ``landmarks`` onto ``template``, bilinear, after an
+    integer box-filter reduction when the face is more than twice the chip's scale (as dlib's pyramid does)."""
+    from PIL import Image
+
+    from likeness.faces.align import similarity_transform, warp
+
+    matrix = similarity_transform(landmarks, template)
+    scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))  # chip pixels per image pixel
+    factor = int(1.0 / scale / 2) if scale < 0.5 else 1
+    img = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    points = np.asarray(landmarks, dtype=np.float64)
+    if factor > 1:
+        img = img.reduce(factor)
+        points = (points + 0.5) / factor - 0.5
+        matrix = similarity_transform(points, template)
+    # PIL samples with pixel centres at +0.5: shift in and out of the detectors' integer-centre convention.
+    shifted = matrix.copy()
+    shifted[:, 2] += 0.5 - matrix[:, :2] @ np.array([0.5, 0.5])
+    return np.asarray(warp(img, shifted, size))
