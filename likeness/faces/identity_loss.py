@@ -127,7 +127,8 @@ class IdentityLoss(torch.nn.Module):
     def embed(self, images: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """(B, D) L2-normalised embeddings of the faces at ``points`` (B, 5, 2) in ``images`` (B, 3, H, W)."""
         chips = self.crops(images, points)
-        dtype = next(self.embedder.parameters()).dtype
+        tensors = [*self.embedder.parameters(), *self.embedder.buffers()]
+        dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
         return F.normalize(self.embedder(chips.to(dtype)).float(), dim=-1)
 
     def forward(self, images: torch.Tensor, points: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
