@@ -248,7 +248,7 @@ def test_methods_accept_id_loss_weight(method, tiny_models, astronaut_path, one_
     if method == "celeb-basis":
         extra = {"scale_range": (0.5, 1.0)}
     out = personalize(method, {"astro": [astronaut_path]}, tmp_path / "artifact", "likeness/tiny-sd", progress=False,
-                      max_steps=2, id_loss_weight=0.5, **extra)
+                      max_steps=1, id_loss_weight=0.5, **extra)
     manifest = Manifest.load(out)
     assert manifest.config["options"]["id_loss_weight"] == 0.5
     assert any(n.startswith("identity loss (dlib-r128, weight 0.5)") for n in manifest.config["notes"])
