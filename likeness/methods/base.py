@@ -139,6 +139,10 @@ class Personalized:
             raise KeyError(f"identity {identity!r} is not in {self.artifact}; it holds: {', '.join(names)}")
         return self.manifest.identities[identity].subject
 
+    def pipeline_kwargs(self, identity: str | None, batch: int, guidance_scale: float) -> dict:
+        """Extra pipeline-call arguments for a batch of ``batch`` prompts (e.g. image-prompt embeddings)."""
+        return {}
+
     def prompt(self, template: str, identity: str | None = None) -> str:
         """The exact text given to the pipeline for ``template`` (useful to reproduce with plain diffusers)."""
         return fill_prompt(template, self.subject(identity))
@@ -180,6 +184,7 @@ class Personalized:
                 height=height,
                 width=width,
                 generator=generators,
+                **self.pipeline_kwargs(identity, len(chunk), guidance),
             )
             images.extend(out.images)
         return images

@@ -76,6 +76,8 @@ class PreparedPhoto:
     face: Face  # the chosen face, in the original photo's coordinates
     n_faces: int
     notes: list[str] = field(default_factory=list)
+    # Output pixel (u, v) -> source pixel (a*u + b*v + c, d*u + e*v + f), as PIL's affine coefficients.
+    transform: tuple | None = None
 
 
 def _default_backend() -> FaceBackend:
@@ -137,7 +139,7 @@ def prepare_photo(
     head = _ellipse_mask(size, (cu - half_w * 1.4, cv - half_h * 2.0, cu + half_w * 1.4, cv + half_h * 1.25))
     shoulders = _ellipse_mask(size, (cu - half_w * 3.2, cv + half_h * 0.8, cu + half_w * 3.2, cv + half_h * 6.0))
     person_mask = np.maximum(head, shoulders)
-    return PreparedPhoto(path, crop, face_mask, person_mask, face, len(faces), notes)
+    return PreparedPhoto(path, crop, face_mask, person_mask, face, len(faces), notes, coeffs)
 
 
 def prepare_photos(paths, *, backend: FaceBackend | None = None, size: int = 512, framing: str = "face") -> list[PreparedPhoto]:
