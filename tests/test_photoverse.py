@@ -120,3 +120,119 @@ def test_encoder_folder_files_and_data_report(encoder_dir):
     assert {k.split(".")[0] for k in ip} == {"image_proj", "ip_adapter"}
     assert sorted({int(k.split(".")[1]) for k in ip if k.startswith("ip_adapter")})[:3] == [1, 3, 5]
     assert len(result.losses) == TRAIN["max_steps"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The dual branch on a live pipeline (no encoder folder): loss, frozen weights, branches, gradients
+# --------------------------------------------------------------------------------------------------
+
+
+def _rig(tiny_clip, encoder_dir, portraits, identity_loss=None, fusion="both"):
+    """A tiny-sd pipeline with the dual branch put in, and batches from the prepared training set."""
+    from likeness.faces import get_backend
+    from likeness.methods.photoverse import TRAIN_TOKEN, DualBranch, ImageEncoder
+    from likeness.methods.photoverse_data import list_training_images, prepare_training_set
+    from likeness.models import load_pipeline
+
+    pipe = load_pipeline("likeness/tiny-sd")
+    encoder = ImageEncoder.from_pretrained(tiny_clip, num_layers=5)
+    images, _ = list_training_images(portraits, ["excluded_one"])
+    items, _ = prepare_training_set(images, encoder_dir[0] / "prepared", size=64, encoder_size=32, backend=get_backend())
+    model = DualBranch(pipe, encoder, num_words=5, hidden=16, lora_rank=4, identity_loss=identity_loss)
+    return pipe, model, encoder_batches(items, TRAIN_TOKEN, batch_size=1, fusion=fusion)
+
+
+def _fixed_loss(pipe, model, make_batch, n=6):
+    """Loss on fixed (image, noise, timestep) draws: comparable before and after training."""
+    from diffusers import DDPMScheduler
+
+    from likeness.methods.training import step_generator
+
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    with torch.no_grad():
+        return float(np.mean([model.loss(pipe, scheduler, make_batch(0, 0, np.random.default_rng(i)),
+                                         step_generator(7, i, 0, 0)).item() for i in range(n)]))
+
+
+def test_training_reduces_the_loss_and_moves_only_adapters_and_lora(tiny_clip, encoder_dir, portraits, tmp_path, one_thread):
+    from likeness.methods.training import TrainingConfig, train
+
+    pipe, model, make_batch = _rig(tiny_clip, encoder_dir, portraits)
+    parts = (("unet", pipe.unet), ("vae", pipe.vae), ("text", pipe.text_encoder), ("clip", model.encoder))
+    frozen = {f"{part}.{k}": v.clone() for part, module in parts for k, v in module.state_dict().items()
+              if f"{part}.{k}" not in model.trainable}
+    trained = {k: v.detach().clone() for k, v in model.trainable.items()}
+    before = _fixed_loss(pipe, model, make_batch)
+    train(pipe, model.trainable, make_batch, TrainingConfig(max_steps=15, learning_rate=3e-2, progress=False), tmp_path,
+          modules=model.modules, loss_fn=model.loss)
+    assert _fixed_loss(pipe, model, make_batch) < before - 0.005
+    kinds = {"lora": 0, "to_k_ip": 0, "to_v_ip": 0, "encoder_hid_proj": 0, "text_adapter": 0}
+    for name, value in model.trainable.items():
+        assert any(k in name for k in kinds), name  # nothing else trains
+        kinds.update({k: kinds[k] + 1 for k in kinds if k in name and not torch.equal(value.detach(), trained[name])})
+    assert all(kinds.values()), kinds  # and each kind moved
+    now = {f"{part}.{k}": v for part, module in parts for k, v in module.state_dict().items()}
+    assert frozen and all(torch.equal(now[k], v) for k, v in frozen.items())
+
+
+def test_each_fusion_mode_takes_its_branch(tiny_clip, encoder_dir, portraits, one_thread):
+    """Forward hooks on every cross-attention's text K/V (LoRA layers) and image K/V count the calls."""
+    from diffusers import DDPMScheduler
+
+    from likeness.methods.training import step_generator
+
+    pipe, model, _ = _rig(tiny_clip, encoder_dir, portraits)
+    calls = {"text_k": 0, "text_v": 0, "image_k": 0, "image_v": 0}
+    handles = []
+    for _, attn, _ in cross_attention_layers(pipe.unet):
+        for key, module in (("text_k", attn.to_k), ("text_v", attn.to_v), ("image_k", attn.processor.to_k_ip[0]),
+                            ("image_v", attn.processor.to_v_ip[0])):
+            handles.append(module.register_forward_hook(lambda *a, key=key: calls.__setitem__(key, calls[key] + 1)))
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    layers = len(cross_attention_layers(pipe.unet))
+    seen = {}
+    for mode in ("text", "image", "both"):
+        calls.update(dict.fromkeys(calls, 0))
+        batch = encoder_batches(_items(encoder_dir), "<photoverse>", batch_size=1, fusion=mode)(0, 0, np.random.default_rng(0))
+        with torch.no_grad():
+            model.loss(pipe, scheduler, batch, step_generator(0, 0, 0, 0))
+        seen[mode] = dict(calls)
+    for h in handles:
+        h.remove()
+    assert seen["text"] == {"text_k": layers, "text_v": layers, "image_k": 0, "image_v": 0}
+    assert seen["image"] == {"text_k": 0, "text_v": 0, "image_k": layers, "image_v": layers}
+    assert seen["both"] == dict.fromkeys(calls, layers)
+    assert fusion_weights(0.1) == (2.0, 0.0) and fusion_weights(0.9) == (0.0, 2.0) and fusion_weights(0.5) == (1.0, 1.0)
+
+
+def _items(encoder_dir):
+    from likeness.methods.photoverse_data import TrainingItem
+
+    cache = encoder_dir[0] / "prepared"
+    records = [json.loads(line) for line in (cache / "index.jsonl").read_text().splitlines()]
+    return [TrainingItem(cache / f"{r['item']}.target.png", cache / f"{r['item']}.encoder.png", np.array(r["points"], np.float32))
+            for r in records if r["status"] == "ok"]
+
+
+def test_identity_loss_sends_gradient_to_the_adapters(tiny_clip, encoder_dir, portraits, one_thread):
+    """The gradient of the identity term alone (loss with weight 1 minus loss with weight 0) reaches
+    the text adapter, the image adapter, the image K/V and the LoRA."""
+    from diffusers import DDPMScheduler
+
+    from likeness.methods.training import step_generator
+
+    pipe, model, make_batch = _rig(tiny_clip, encoder_dir, portraits, identity_loss=TinyIdentityLoss())
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    batch = make_batch(0, 0, np.random.default_rng(0))
+    grads = []
+    for weight in (0.0, 1.0):
+        model.weights["identity"] = weight
+        for p in model.trainable.values():
+            p.grad = None
+        model.loss(pipe, scheduler, batch, step_generator(0, 0, 0, 0)).backward()
+        grads.append({n: p.grad.clone() for n, p in model.trainable.items() if p.grad is not None})
+    assert 0 < model.terms[-1]["identity"] <= 2
+    moved = {n for n in grads[1] if not torch.allclose(grads[1][n], grads[0].get(n, torch.zeros_like(grads[1][n])))}
+    for part in ("text_adapter", "encoder_hid_proj", "to_k_ip", "to_v_ip", "lora"):
+        assert any(part in n for n in moved), part
+    assert all(p.grad is None for p in model.identity_loss.parameters())  # the face network stays frozen

@@ -233,6 +233,11 @@ class DualBranch:
                         proc.to_v_ip[0].weight.copy_(attn.to_v.weight)
             pipe.unet.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian",
                                              target_modules=["attn2.to_k", "attn2.to_v"]))
+        # peft leaves only the LoRA trainable; the image branch trains too.
+        pipe.unet.encoder_hid_proj.requires_grad_(True)
+        for proc in pipe.unet.attn_processors.values():
+            if isinstance(proc, torch.nn.Module):
+                proc.requires_grad_(True)
         if identity_loss is not None:
             identity_loss.to(device).requires_grad_(False).eval()
         self.trainable = {f"text_adapter.{n}": p for n, p in self.text_adapter.named_parameters()}
