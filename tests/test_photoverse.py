@@ -236,3 +236,147 @@ def test_identity_loss_sends_gradient_to_the_adapters(tiny_clip, encoder_dir, po
     for part in ("text_adapter", "encoder_hid_proj", "to_k_ip", "to_v_ip", "lora"):
         assert any(part in n for n in moved), part
     assert all(p.grad is None for p in model.identity_loss.parameters())  # the face network stays frozen
+
+
+# --------------------------------------------------------------------------------------------------
+# Tuning-free personalization, generation, save/load, the CLI end to end
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pv_artifact(encoder_dir, astronaut_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pv-art") / "artifact"
+    return get_method("photoverse").personalize({"astro": [astronaut_path]}, out, "likeness/tiny-sd",
+                                                weights=str(encoder_dir[0]), max_steps=20)
+
+
+def test_personalize_only_encodes_and_the_files_are_standard(pv_artifact, encoder_dir, astronaut_path, tiny_clip):
+    from likeness.data.images import image_to_array, load_image
+    from likeness.faces import get_backend
+    from likeness.methods.photoverse import EncoderWeights, ImageEncoder, views_tensor
+    from likeness.methods.photoverse_data import encoder_view
+
+    manifest = json.loads((pv_artifact / "likeness.json").read_text())
+    assert manifest["method"] == "photoverse"
+    assert manifest["identities"]["astro"]["tokens"] == ["<astro>"] + [f"<astro>_{i}" for i in range(1, 5)]
+    assert manifest["config"]["encode_seconds"] < 30  # seconds, not the minutes of per-person tuning
+    assert "ignored training option(s) max_steps" in manifest["config"]["notes"][0]
+    assert not (pv_artifact / "loss.csv").exists() and not (pv_artifact / "checkpoints").exists()
+    # The pseudo-words are exactly the text adapter's output on the masked 1.3x face view.
+    image = load_image(astronaut_path)
+    face = max(get_backend().detect(image_to_array(image)), key=lambda f: f.area)
+    encoder = ImageEncoder.from_pretrained(tiny_clip, layers=[1, 2, 3, 4, 5])
+    layer_features, tokens = encoder(views_tensor([encoder_view(image, face, 32)]))
+    with torch.no_grad():
+        words = EncoderWeights(encoder_dir[0]).text_adapter("cpu")(layer_features)[0]
+    assert torch.allclose(load_file(str(pv_artifact / "astro.safetensors"))["<astro>"], words, atol=1e-6)
+    assert torch.allclose(load_file(str(pv_artifact / "astro.image_embeds.safetensors"))["image_embeds"], tokens[0], atol=1e-6)
+    assert tokens.shape == (1, 17, 32)  # (32 / 8)^2 patches + class token
+    for name in (IP_ADAPTER_FILE, LORA_FILE):  # shared with the encoder folder, not copied per person
+        assert (pv_artifact / name).read_bytes() == (encoder_dir[0] / name).read_bytes()
+
+
+def test_save_load_reproduces_images_and_the_image_scale_acts(pv_artifact, one_thread):
+    prompts, seeds = ["{} reading a book", "a portrait of {}"], [3, 4]
+    first = load_artifact(pv_artifact).generate(prompts, seeds, num_inference_steps=2)
+    again = load_artifact(pv_artifact).generate(prompts, seeds, num_inference_steps=2)
+    assert [np.asarray(a).tolist() for a in first] == [np.asarray(b).tolist() for b in again]
+    batched = load_artifact(pv_artifact).generate(prompts, seeds, num_inference_steps=2, batch_size=2)
+    for a, b in zip(first, batched):  # same images in one batch, up to float rounding of batched kernels
+        assert np.abs(np.asarray(a, float) - np.asarray(b, float)).max() <= 2
+    no_image = get_method("photoverse").load(pv_artifact, image_scale=0.0).generate(prompts[:1], seeds[:1], num_inference_steps=2)
+    assert not np.array_equal(np.asarray(no_image[0]), np.asarray(first[0]))
+
+
+def test_personalize_generate_evaluate_end_to_end_cli(encoder_dir, astronaut_path, tmp_path, capsys, one_thread):
+    from likeness.cli import main
+
+    people = tmp_path / "people" / "astro"
+    people.mkdir(parents=True)
+    (people / "astronaut.jpg").write_bytes(astronaut_path.read_bytes())
+    artifact = tmp_path / "art"
+    started = time.perf_counter()
+    assert main(["personalize", "--method", "photoverse", "--weights", str(encoder_dir[0]), "--identity", str(people),
+                 "--out", str(artifact)]) == 0
+    assert time.perf_counter() - started < 60
+    out = tmp_path / "images"
+    assert main(["generate", "--artifact", str(artifact), "--prompt", "{} reading a book", "-n", "2", "--steps", "2",
+                 "--out", str(out)]) == 0
+    images = sorted((out / "astro").glob("*.png"))
+    assert len(images) == 2
+    assert json.loads(images[0].with_suffix(".json").read_text())["method"] == "photoverse"
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "people"), str(out), "--store", str(tmp_path / "r.sqlite"), "--quiet"]) == 0
+    assert "2 images: 2 scored now" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input and exact resume
+# --------------------------------------------------------------------------------------------------
+
+
+def test_bad_input_is_a_clear_error(encoder_dir, astronaut_path, tiny_clip, tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    method = get_method("photoverse")
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((128, 128, 3), 90, np.uint8)).save(blank)
+    with pytest.raises(NoFaceError, match="blank.png"):
+        method.personalize({"x": [blank]}, tmp_path / "a", "likeness/tiny-sd", weights=str(encoder_dir[0]))
+    with pytest.raises(EncoderWeightsError, match="trained for base model 'likeness/tiny-sd'.*likeness/tiny-sdxl"):
+        method.personalize({"x": [astronaut_path]}, tmp_path / "b", "likeness/tiny-sdxl", weights=str(encoder_dir[0]))
+    other = tmp_path / "other-clip"
+    torch.manual_seed(5)
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=6, num_attention_heads=4,
+                                     image_size=32, patch_size=8)).save_pretrained(other)
+    with pytest.raises(EncoderWeightsError, match="trained with image encoder .*digest"):
+        method.personalize({"x": [astronaut_path]}, tmp_path / "c", "likeness/tiny-sd", weights=str(encoder_dir[0]),
+                           image_encoder=str(other))
+    with pytest.raises(ValueError, match="needs trained encoder weights"):
+        method.personalize({"x": [astronaut_path]}, tmp_path / "d", "likeness/tiny-sd")
+    with pytest.raises(EncoderWeightsError, match="not PhotoVerse encoder weights"):
+        method.personalize({"x": [astronaut_path]}, tmp_path / "e", "likeness/tiny-sd", weights=str(tmp_path))
+    faceless = tmp_path / "faceless"
+    faceless.mkdir()
+    Image.fromarray(np.full((128, 128, 3), 90, np.uint8)).save(faceless / "0.png")
+    (faceless / "1.jpg").write_bytes(b"broken")
+    with pytest.raises(ValueError, match="none of the 2 training images is usable"):
+        method.train_encoder(faceless, tmp_path / "enc", "likeness/tiny-sd", image_encoder=str(tiny_clip),
+                             identity_loss=None, **TRAIN)
+
+
+class CrashingIdentityLoss(TinyIdentityLoss):
+    """Raises on its ``crash_at``-th training call (an interruption mid-run)."""
+
+    crash_at = None
+
+    def forward(self, images, points, reference):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.crash_at is not None and self.calls == self.crash_at:
+            raise KeyboardInterrupt("simulated interruption")
+        return super().forward(images, points, reference)
+
+
+def test_interrupted_training_resumes_exactly(tiny_clip, portraits, tmp_path, one_thread):
+    method = get_method("photoverse")
+    run = dict(TRAIN, max_steps=4, checkpoint_every=2)
+    kwargs = dict(image_encoder=str(tiny_clip), exclude=["excluded_one"], **run)
+    straight = method.train_encoder(portraits, tmp_path / "straight", "likeness/tiny-sd",
+                                    identity_loss=CrashingIdentityLoss(), **kwargs)
+    straight_losses = method.last_result.losses
+    crashing = CrashingIdentityLoss()
+    crashing.crash_at = 4
+    with pytest.raises(KeyboardInterrupt):
+        method.train_encoder(portraits, tmp_path / "resumed", "likeness/tiny-sd", identity_loss=crashing, **kwargs)
+    assert (tmp_path / "resumed" / "checkpoints" / "step-000002").is_dir()
+    assert not (tmp_path / "resumed" / ENCODER_CONFIG).exists()
+    with pytest.raises(EncoderWeightsError, match="training did not finish"):
+        method.personalize({"x": [portraits / "a" / "0.jpg"]}, tmp_path / "art", "likeness/tiny-sd",
+                           weights=str(tmp_path / "resumed"))
+    resumed = method.train_encoder(portraits, tmp_path / "resumed", "likeness/tiny-sd",
+                                   identity_loss=CrashingIdentityLoss(), **kwargs)
+    assert method.last_result.resumed_from == 2
+    assert method.last_result.losses == pytest.approx(straight_losses, abs=1e-6)
+    for name in (TEXT_ADAPTER_FILE, IP_ADAPTER_FILE):
+        a, b = load_file(str(straight / name)), load_file(str(resumed / name))
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
