@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageOps
 from safetensors.torch import load_file
 
-from likeness.faces.align import similarity_transform, template
+from likeness.faces.align import template
 from likeness.methods import get_method, load_artifact
 from likeness.methods.photoverse import (
     ENCODER_CONFIG,
@@ -26,38 +26,27 @@ from likeness.methods.photoverse_modules import cross_attention_layers
 from likeness.methods.preparation import NoFaceError
 
 
-class TinyIdentityLoss(torch.nn.Module):
-    """The ``IdentityLoss`` interface (embed / forward, images in [-1, 1]) on a small conv embedder:
-    align each face onto the 5-point template with a differentiable ``grid_sample``, embed, 1 - cos."""
+class TinyFaceNet(torch.nn.Module):
+    """A small conv face embedder (chips in 0..255), fixed seed: stands in for the dlib / ArcFace networks."""
 
     def __init__(self, chip_size: int = 16, dim: int = 8):
         super().__init__()
-        torch.manual_seed(3)
-        self.chip_size = chip_size
-        self.template = torch.tensor(template(chip_size), dtype=torch.float32)
-        self.embedder = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, 2),
-                                            torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(dim))
-        self.embedder(torch.zeros(1, 3, chip_size, chip_size))
+        generator = torch.Generator().manual_seed(3)
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, 2),
+                                       torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * ((chip_size - 3) // 2 + 1) ** 2, dim))
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
 
-    def _chips(self, images, points):
-        b, _, h, w = images.shape
-        thetas = []
-        for p in points.detach().cpu().numpy():
-            # chip pixel -> image pixel, then both into grid_sample's [-1, 1] coordinates
-            inverse = np.linalg.inv(np.vstack([similarity_transform(p, self.template.numpy()), [0, 0, 1]]))
-            to_norm = np.array([[2 / w, 0, -1], [0, 2 / h, -1], [0, 0, 1]])
-            from_norm = np.array([[self.chip_size / 2, 0, self.chip_size / 2], [0, self.chip_size / 2, self.chip_size / 2],
-                                  [0, 0, 1]])
-            thetas.append((to_norm @ inverse @ from_norm)[:2])
-        theta = torch.tensor(np.stack(thetas), dtype=images.dtype, device=images.device)
-        grid = torch.nn.functional.affine_grid(theta, (b, 3, self.chip_size, self.chip_size), align_corners=False)
-        return torch.nn.functional.grid_sample(images, grid, align_corners=False)
+    def forward(self, chips):
+        return self.net(chips / 127.5 - 1.0)
 
-    def embed(self, images, points):
-        return torch.nn.functional.normalize(self.embedder(self._chips(images, points)), dim=-1)
 
-    def forward(self, images, points, reference):
-        return 1 - (self.embed(images, points) * reference).sum(-1)
+def TinyIdentityLoss(cls=None):
+    """likeness's differentiable IdentityLoss (5-point chip via grid_sample, 1 - cos) on :class:`TinyFaceNet`."""
+    from likeness.faces.identity_loss import IdentityLoss
+
+    return (cls or IdentityLoss)(TinyFaceNet(16), 16, torch.from_numpy(template(16)), min_eye_distance=4.0)
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +109,7 @@ def test_encoder_folder_files_and_data_report(encoder_dir):
     assert {k.split(".")[0] for k in ip} == {"image_proj", "ip_adapter"}
     assert sorted({int(k.split(".")[1]) for k in ip if k.startswith("ip_adapter")})[:3] == [1, 3, 5]
     assert len(result.losses) == TRAIN["max_steps"]
+    assert config["identity_loss"] == "IdentityLoss" and config["identity_loss_skipped"] == 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -347,16 +337,20 @@ def test_bad_input_is_a_clear_error(encoder_dir, astronaut_path, tiny_clip, tmp_
                              identity_loss=None, **TRAIN)
 
 
-class CrashingIdentityLoss(TinyIdentityLoss):
-    """Raises on its ``crash_at``-th training call (an interruption mid-run)."""
+def _crashing_loss(crash_at=None):
+    """An IdentityLoss that raises on its ``crash_at``-th call: an interruption mid-run."""
+    from likeness.faces.identity_loss import IdentityLoss
 
-    crash_at = None
+    class CrashingIdentityLoss(IdentityLoss):
+        calls = 0
 
-    def forward(self, images, points, reference):
-        self.calls = getattr(self, "calls", 0) + 1
-        if self.crash_at is not None and self.calls == self.crash_at:
-            raise KeyboardInterrupt("simulated interruption")
-        return super().forward(images, points, reference)
+        def forward(self, images, points, reference):
+            self.calls += 1
+            if crash_at is not None and self.calls == crash_at:
+                raise KeyboardInterrupt("simulated interruption")
+            return super().forward(images, points, reference)
+
+    return TinyIdentityLoss(CrashingIdentityLoss)
 
 
 def test_interrupted_training_resumes_exactly(tiny_clip, portraits, tmp_path, one_thread):
@@ -365,10 +359,9 @@ def test_interrupted_training_resumes_exactly(tiny_clip, portraits, tmp_path, on
     kwargs = dict(image_encoder=str(tiny_clip), exclude=["excluded_one"], **run)
     portraits = portraits / "a"  # two photos are enough here
     straight = method.train_encoder(portraits, tmp_path / "straight", "likeness/tiny-sd",
-                                    identity_loss=CrashingIdentityLoss(), **kwargs)
+                                    identity_loss=_crashing_loss(), **kwargs)
     straight_losses = method.last_result.losses
-    crashing = CrashingIdentityLoss()
-    crashing.crash_at = 4
+    crashing = _crashing_loss(crash_at=4)
     with pytest.raises(KeyboardInterrupt):
         method.train_encoder(portraits, tmp_path / "resumed", "likeness/tiny-sd", identity_loss=crashing, **kwargs)
     assert (tmp_path / "resumed" / "checkpoints" / "step-000002").is_dir()
@@ -377,7 +370,7 @@ def test_interrupted_training_resumes_exactly(tiny_clip, portraits, tmp_path, on
         method.personalize({"x": [portraits / "0.jpg"]}, tmp_path / "art", "likeness/tiny-sd",
                            weights=str(tmp_path / "resumed"))
     resumed = method.train_encoder(portraits, tmp_path / "resumed", "likeness/tiny-sd",
-                                   identity_loss=CrashingIdentityLoss(), **kwargs)
+                                   identity_loss=_crashing_loss(), **kwargs)
     assert method.last_result.resumed_from == 2
     assert method.last_result.losses == pytest.approx(straight_losses, abs=1e-6)
     for name in (TEXT_ADAPTER_FILE, IP_ADAPTER_FILE):

@@ -74,6 +74,9 @@ def evaluate_run_items(
     return score_items(items, identities, store_path, metrics, face_backend, backend_options, None, progress, {})
 
 
+PREFETCH = 64  # images per batched face pass when the backend has analyze_paths
+
+
 def score_items(
     items: list[GeneratedItem],
     identities: list[Identity],
@@ -98,8 +101,13 @@ def score_items(
     with ResultsStore(store) as results:
         results.set_meta("last_evaluation", {**(meta or {}), "metrics": list(metrics), "face_protocol": face_backend.protocol.to_dict()})
         done = {m.name: results.done_items(m.name, m.protocol["name"]) for m in scorers}
-        for item in tqdm(items, desc="evaluate", unit="img", disable=not progress):
+        prefetched: dict = {}  # batched face backends (dlib-torch) analyse the next images together
+        for index, item in enumerate(tqdm(items, desc="evaluate", unit="img", disable=not progress)):
             todo = [m for m in scorers if item.item_id not in done[m.name]]
+            if todo and item.status == "ok" and str(item.image) not in prefetched and hasattr(face_backend, "analyze_paths"):
+                upcoming = [i.image for i in items[index : index + PREFETCH] if i.status == "ok"
+                            and any(i.item_id not in done[m.name] for m in scorers)]
+                prefetched = dict(zip(map(str, upcoming), face_backend.analyze_paths(upcoming)))
             if not todo:
                 report.n_skipped += 1
                 continue
@@ -107,7 +115,7 @@ def score_items(
                 rows = [Score(item.item_id, m.name, None, item.status, None, m.protocol, {"problem": item.problem}) for m in todo]
             else:
                 sample = Sample(item.item_id, item.image, by_name.get(item.identity), item.reference)
-                faces = analyze_path(face_backend, item.image)  # the one face pass for this image
+                faces = prefetched.pop(str(item.image), None) or analyze_path(face_backend, item.image)  # the one face pass
                 rows = [_safe_update(m, sample, faces) for m in todo]
             results.put(rows)
             report.n_scored_now += 1

@@ -212,6 +212,10 @@ COMMON_OPTIONS = {
     "scale_range": None,
     "face_backend": "dlib",
     "overwrite": False,
+    # Face-identity loss on the decoded predicted image (likeness.faces.identity_loss); 0 = off.
+    "id_loss_weight": 0.0,
+    "id_loss_embedder": "dlib",  # "dlib" (torch port, offline) or "arcface" (needs id_loss_weights)
+    "id_loss_weights": None,  # arcface: InsightFace recogniser .onnx / .pth; dlib: another .dat
 }
 
 
@@ -295,7 +299,7 @@ class Method:
         """
         from likeness.faces import get_backend
         from likeness.methods.preparation import Augmentation, photo_batches, prepare_identities
-        from likeness.methods.training import native_resolution, remove_checkpoints, train
+        from likeness.methods.training import build_identity_term, native_resolution, remove_checkpoints, train
 
         training, options = split_config(config, {**COMMON_OPTIONS, **self.defaults})
         out_dir = start_artifact(out_dir, options["overwrite"])
@@ -315,9 +319,14 @@ class Method:
             make_batch = setup.wrap_batches(make_batch)
         fingerprint = {"method": self.name, "base_model": pipe.likeness_info.to_dict(), "options": options,
                        "photos": {n: e.photos for n, e in setup.identities.items()}}
+        identity = None
+        if options["id_loss_weight"]:
+            identity = build_identity_term(prepared, options["id_loss_weight"], options["id_loss_embedder"],
+                                           options["id_loss_weights"], device=pipe.device)
         result = train(pipe, setup.trainable, make_batch, training, out_dir, modules=setup.modules,
                        after_step=setup.after_step, prior_loss_weight=setup.prior_loss_weight,
-                       fingerprint_extra=json.loads(json.dumps(fingerprint, default=str)))
+                       fingerprint_extra=json.loads(json.dumps(fingerprint, default=str)), identity=identity)
+        notes = notes + result.notes
         from accelerate import PartialState
 
         if not PartialState().is_main_process:  # under `accelerate launch`, one process writes the artifact

@@ -244,8 +244,9 @@ class DualBranch:
         self.trainable.update({f"unet.{n}": p for n, p in pipe.unet.named_parameters() if p.requires_grad})
         self.modules = [self.text_adapter, pipe.unet]
         self.terms: list[dict] = []  # per micro-step loss components (this process, this call)
+        self.identity_skipped = 0  # samples whose face was too small for the identity embedder's chip
 
-    def loss(self, pipe, noise_scheduler, batch, generator, *, prior_loss_weight: float = 1.0) -> torch.Tensor:
+    def loss(self, pipe, noise_scheduler, batch, generator, *, prior_loss_weight: float = 1.0, identity=None) -> torch.Tensor:
         """Diffusion MSE + identity + L1(pseudo-words) + L1(image values), with the batch's fusion weights."""
         from likeness.methods.training import encode_captions
 
@@ -281,16 +282,19 @@ class DualBranch:
         words_l1 = words.abs().mean()
         identity = pred.new_zeros(())
         if self.identity_loss is not None and self.weights["identity"] > 0:
-            alpha = noise_scheduler.alphas_cumprod.to(device)[timesteps].view(-1, 1, 1, 1)
-            if prediction_type == "v_prediction":
-                clean = alpha.sqrt() * noisy - (1 - alpha).sqrt() * pred
-            else:
-                clean = (noisy - (1 - alpha).sqrt() * pred) / alpha.sqrt()
-            image = vae.decode((clean / vae.config.scaling_factor).to(unet_dtype)).sample.float().clamp(-1, 1)
-            points = batch.points.to(device)
-            with torch.no_grad():
-                reference = self.identity_loss.embed(batch.pixels.to(device).float(), points)
-            identity = self.identity_loss(image, points, reference).mean()
+            from likeness.methods.training import predicted_x0
+
+            height, width = batch.pixels.shape[-2:]
+            usable = getattr(self.identity_loss, "usable", lambda *a: True)
+            keep = [i for i in range(len(batch.captions)) if usable(batch.points[i], height, width)]
+            self.identity_skipped += len(batch.captions) - len(keep)
+            if keep:  # faces too small for the embedder's chip are left out of this term (counted)
+                clean = predicted_x0(noise_scheduler, noisy.float(), pred, timesteps)[keep]
+                image = vae.decode((clean / vae.config.scaling_factor).to(unet_dtype)).sample.float().clamp(-1, 1)
+                points = batch.points[keep].to(device)
+                with torch.no_grad():
+                    reference = self.identity_loss.embed(batch.pixels[keep].to(device).float(), points)
+                identity = self.identity_loss(image, points, reference).mean()
         total = (mse + self.weights["identity"] * identity + self.weights["words"] * words_l1
                  + self.weights["values"] * values)
         self.terms.append({k: float(v.detach()) for k, v in (("mse", mse), ("identity", identity), ("words_l1", words_l1),
@@ -471,7 +475,8 @@ class PhotoVerse(Method):
             "cross_attention_dim": pipe.unet.config.cross_attention_dim,
             "training": asdict(training), "options": recorded, "data": {"root": str(data), **report,
                                                                        "excluded_people": excluded},
-            "identity_loss": fingerprint["identity_loss"], "final_loss": result.losses[-1] if result.losses else None,
+            "identity_loss": fingerprint["identity_loss"], "identity_loss_skipped": model.identity_skipped,
+            "final_loss": result.losses[-1] if result.losses else None,
             "resumed_from": result.resumed_from,
         })  # photoverse.json is written last: its presence means the folder is complete
         model.words_hook.remove()

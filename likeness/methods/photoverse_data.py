@@ -48,13 +48,6 @@ def encoder_view(image: Image.Image, face: Face, size: int, factor: float = ENCO
     return masked.resize((size, size), Image.Resampling.BICUBIC)
 
 
-def points_in_crop(landmarks: np.ndarray, transform: tuple) -> np.ndarray:
-    """Source-image landmarks (5, 2) mapped into a crop made with PIL affine ``transform`` (crop -> source)."""
-    a, b, c, d, e, f = transform
-    matrix = np.array([[a, b], [d, e]], dtype=np.float64)
-    return (np.linalg.solve(matrix, (np.asarray(landmarks, np.float64) - [c, f]).T).T).astype(np.float32)
-
-
 def list_training_images(root: str | Path, exclude=()) -> tuple[list[tuple[Path, str | None]], int]:
     """``[(image, person or None)]`` under ``root`` and how many images ``exclude`` removed."""
     root = Path(root)
@@ -97,7 +90,7 @@ def read_exclude(values) -> list[str]:
 class TrainingItem:
     target: Path  # wider crop, training resolution
     encoder: Path  # masked 1.3x face view, encoder resolution
-    points: np.ndarray  # (5, 2) landmarks in target-crop pixels
+    points: np.ndarray  # (5, 2) landmarks in target-crop pixels (pixel centres at integers)
 
 
 def prepare_training_set(images, cache: Path, *, size: int, encoder_size: int, backend: FaceBackend,
@@ -125,11 +118,16 @@ def prepare_training_set(images, cache: Path, *, size: int, encoder_size: int, b
                 except (ImageError, NoFaceError) as exc:
                     record.update(status=getattr(exc, "status", "unreadable"), reason=str(exc))
                 else:
+                    if photo.landmarks is None:
+                        record.update(status="no_landmarks", reason=f"{path}: the face backend gave no 5 face points "
+                                      f"(the identity loss needs them)")
+                        index.write(json.dumps(record) + "\n")
+                        skipped["no_landmarks"] = skipped.get("no_landmarks", 0) + 1
+                        continue
                     stem = f"{i:07d}"
                     photo.image.save(cache / f"{stem}.target.png")
                     view.save(cache / f"{stem}.encoder.png")
-                    record.update(status="ok", item=stem,
-                                  points=points_in_crop(photo.face.landmarks, photo.transform).tolist())
+                    record.update(status="ok", item=stem, points=np.asarray(photo.landmarks).tolist())
                 index.write(json.dumps(record) + "\n")
             if record["status"] == "ok":
                 items.append(TrainingItem(cache / f"{record['item']}.target.png", cache / f"{record['item']}.encoder.png",
@@ -148,7 +146,6 @@ def prepare_training_set(images, cache: Path, *, size: int, encoder_size: int, b
 @dataclass
 class PhotoVerseBatch(Batch):
     encoder_pixels: torch.Tensor | None = None  # B x 3 x S x S in [0, 1] (the image encoder normalises)
-    points: torch.Tensor | None = None  # B x 5 x 2, target-crop pixels
     text_weight: torch.Tensor | None = None  # B: random-fusion weights
     image_weight: torch.Tensor | None = None
 
