@@ -376,3 +376,44 @@ def test_interrupted_training_resumes_exactly(tiny_clip, portraits, tmp_path, on
     for name in (TEXT_ADAPTER_FILE, IP_ADAPTER_FILE):
         a, b = load_file(str(straight / name)), load_file(str(resumed / name))
         assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_encoder_view_is_the_masked_1_3x_face_box_and_celeba_tables_drive_exclusion(tmp_path):
+    from likeness.faces.base import Face
+    from likeness.methods.photoverse_data import encoder_view, list_training_images
+
+    image = Image.new("RGB", (200, 200), (200, 30, 30))
+    face = Face(box=(50.0, 60.0, 150.0, 160.0), score=1.0)
+    view = np.asarray(encoder_view(image, face, 130))  # 1.3 x 100 px box -> 130 px: 1 source px per view px
+    assert view.shape == (130, 130, 3)
+    assert (view[65, 65] == [200, 30, 30]).all()  # the face centre is kept
+    assert (view[2, 2] == 0).all() and (view[127, 127] == 0).all()  # corners of the enlarged box are masked
+    # Face ellipse (box stretched 1.35x upwards) in view pixels: x 15..115, y -2.5..115, centre row 56.
+    assert (view[56, 18] == [200, 30, 30]).all() and (view[56, 12] == 0).all()
+    assert (view[112, 65] == [200, 30, 30]).all() and (view[118, 65] == 0).all()
+    edge = np.asarray(encoder_view(image, Face(box=(0.0, 0.0, 100.0, 100.0), score=1.0), 130))
+    assert (edge[5, 65] == 0).all()  # past the image border: padded black, not stretched
+
+    root = tmp_path / "celeba"
+    root.mkdir()
+    for name in ("000001.jpg", "000002.jpg", "000003.jpg"):
+        image.save(root / name)
+    (root / "identity_CelebA.txt").write_text("000001.jpg 7\n000002.jpg 9\n000003.jpg 7\n")
+    (tmp_path / "stellar.txt").write_text("7\n")
+    from likeness.methods.photoverse_data import read_exclude
+
+    kept, dropped = list_training_images(root, read_exclude([tmp_path / "stellar.txt"]))
+    assert [(p.name, who) for p, who in kept] == [("000002.jpg", "9")] and dropped == 2
+
+
+def test_train_encoder_cli(tiny_clip, portraits, tmp_path, capsys, one_thread):
+    from likeness.cli import main
+
+    args = ["train-encoder", "--data", str(portraits / "a"), "--out", str(tmp_path / "enc"), "--image-encoder",
+            str(tiny_clip), "--identity-loss", "none", "--steps", "1", "--option", "adapter_hidden=16"]
+    assert main(args) == 0
+    config = json.loads((tmp_path / "enc" / ENCODER_CONFIG).read_text())
+    assert config["adapter_hidden"] == 16 and config["identity_loss"] is None and config["data"]["ok"] == 2
+    assert main(args) == 2 and "already holds trained encoder weights" in capsys.readouterr().err
+    assert main(["train-encoder", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+    assert "training folder does not exist" in capsys.readouterr().err
