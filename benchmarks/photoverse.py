@@ -100,7 +100,7 @@ def part_generate(model: Path, artifact: Path, resolution: int, steps: int, imag
         try:
             pipe(template.replace("{}", "a person"), generator=torch.Generator().manual_seed(seed), **sampling)
         finally:
-            unet.set_attn_processor(photoverse_processors)
+            unet.set_attn_processor(dict(photoverse_processors))  # diffusers pops from the dict it is given
             unet.encoder_hid_proj, unet.config.encoder_hid_dim_type = projection, "ip_image_proj"
 
     runners = {"plain": plain, "photoverse": lambda seed: personalized.generate([template], [seed], **sampling)}
