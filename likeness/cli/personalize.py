@@ -51,6 +51,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true", default=None, dest="gradient_checkpointing")
     p.add_argument("--masked-loss", choices=["person", "face"], dest="masked_loss", help="loss only inside this mask")
     p.add_argument("--device", help="cuda, mps or cpu (default: best available)")
+    p.add_argument("--weights", help="trained encoder folder, for tuning-free methods (photoverse: made by "
+                   "`likeness train-encoder`); the photo is only encoded, nothing trains")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other method option, value parsed as JSON when possible (e.g. rank=8, train_text_encoder=true)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace a finished artifact in --out")
@@ -69,7 +71,7 @@ def run(args) -> int:
         return 2
     config = {k: getattr(args, k) for k in ("max_steps", "learning_rate", "batch_size", "gradient_accumulation_steps",
                                             "resolution", "checkpoint_every", "seed", "mixed_precision",
-                                            "gradient_checkpointing", "masked_loss", "device", "overwrite")}
+                                            "gradient_checkpointing", "masked_loss", "device", "overwrite", "weights")}
     for item in args.option:
         key, sep, value = item.partition("=")
         if not sep:

@@ -163,6 +163,10 @@ class Personalized:
     def subject(self, identity: str | None = None) -> str:
         return self.manifest.identities[self.key(identity)].subject
 
+    def pipeline_kwargs(self, identity: str | None, batch: int, guidance_scale: float) -> dict:
+        """Extra pipeline-call arguments for a batch of ``batch`` prompts (e.g. image-prompt embeddings)."""
+        return {}
+
     def prompt(self, template: str, identity: str | None = None) -> str:
         """The exact text given to the pipeline for ``template`` (useful to reproduce with plain diffusers)."""
         return fill_prompt(template, self.subject(identity))
@@ -204,6 +208,7 @@ class Personalized:
                 height=height,
                 width=width,
                 generator=generators,
+                **self.pipeline_kwargs(identity, len(chunk), guidance),
             )
             images.extend(out.images)
         return images

@@ -300,11 +300,13 @@ def train(
     prior_loss_weight: float = 1.0,
     fingerprint_extra: dict | None = None,
     identity: IdentityTerm | None = None,
+    loss_fn: Callable | None = None,
 ) -> TrainingResult:
     """Optimise ``trainable`` (name -> parameter, all inside ``modules``) on batches from ``make_batch``.
 
     ``make_batch(step, micro, rng)`` must depend only on its arguments. Resumes from the latest
     checkpoint under ``out_dir/checkpoints`` when one exists with the same configuration.
+    ``loss_fn`` replaces :func:`diffusion_loss` (same signature) for methods with their own objective.
     """
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
@@ -399,8 +401,8 @@ def train(
             batch = make_batch(step, micro, step_rng(rank_seed, step, micro))
             with accelerator.accumulate(*modules):
                 with accelerator.autocast():
-                    loss = diffusion_loss(pipe, noise_scheduler, batch, step_generator(rank_seed, step, micro, 1),
-                                          prior_loss_weight=prior_loss_weight, identity=identity)
+                    loss = (loss_fn or diffusion_loss)(pipe, noise_scheduler, batch, step_generator(rank_seed, step, micro, 1),
+                                                       prior_loss_weight=prior_loss_weight, identity=identity)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     if accelerator.num_processes > 1:
