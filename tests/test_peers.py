@@ -1,0 +1,235 @@
+"""Tuning-free peers (IP-Adapter, IP-Adapter-FaceID, InstantID, PhotoMaker) on tiny models with tiny weights in
+the published key layouts: they load through the user's code path, change the image, match plain diffusers,
+reproduce pixels after artifact save/load, and refuse wrong files by name."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+from safetensors.torch import load_file
+from test_faces import _export_tiny_arcface, _face_image
+
+from likeness.methods import ArtifactError, load_artifact, personalize
+from likeness.methods.peer_layouts import clip_vision_encoder, ip_adapter_state, save_published
+from likeness.methods.peers import CheckpointError, MissingFaceModelError, empty_unet
+from likeness.methods.preparation import NoFaceError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+PROMPT = "a photo of {}"
+STEPS = 3
+
+
+def _pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=int)
+
+
+def _plain(tiny_models, model_id):
+    pipe = DiffusionPipeline.from_pretrained(tiny_models[model_id])
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _run(pipe, prompt, seed, **kwargs):
+    return _pixels(pipe(prompt, num_inference_steps=STEPS, generator=torch.Generator("cpu").manual_seed(seed), **kwargs).images[0])
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_models, tmp_path_factory):
+    """A published-style folder: models/<ip-adapter files> + models/image_encoder/, for tiny-sd and tiny-sdxl."""
+    root = tmp_path_factory.mktemp("h94")
+    clip_vision_encoder(root / "models" / "image_encoder")
+    sd, sdxl = empty_unet("likeness/tiny-sd"), empty_unet("likeness/tiny-sdxl")
+    files = {
+        "plain": save_published(ip_adapter_state(sd, "plain", embed=32), root / "models" / "ip-adapter_sd15.safetensors"),
+        "plus-face": save_published(ip_adapter_state(sd, "resampler", embed=32, seed=1),
+                                    root / "models" / "ip-adapter-plus-face_sd15.safetensors"),
+        "sdxl-plus-face": save_published(ip_adapter_state(sdxl, "resampler", embed=32, seed=2),
+                                         root / "models" / "ip-adapter-plus-face_sdxl_vit-h.safetensors"),
+        "faceid": save_published(ip_adapter_state(sd, "faceid", embed=32, face_dim=16, lora_rank=4, seed=3),
+                                 root / "faceid" / "ip-adapter-faceid_sd15.bin"),
+        "faceid-plusv2": save_published(ip_adapter_state(sd, "faceid-plus", embed=32, face_dim=16, lora_rank=4, seed=4),
+                                        root / "faceid" / "ip-adapter-faceid-plusv2_sd15.bin"),
+    }
+    return {"root": root, "encoder": root / "models" / "image_encoder", **files}
+
+
+@pytest.fixture(scope="module")
+def arcface_dir(tmp_path_factory):
+    return _export_tiny_arcface(tmp_path_factory.mktemp("arcface"))
+
+
+@pytest.fixture(scope="module")
+def face_photos(tmp_path_factory):
+    """Two 'people' the tiny ArcFace detector finds (a bright block on different textures) and a photo without a face."""
+    folder = tmp_path_factory.mktemp("faces")
+    paths = {}
+    for name, seed in (("ann", 0), ("bob", 1)):
+        paths[name] = folder / f"{name}.png"
+        Image.fromarray(_face_image(seed)).save(paths[name])
+    paths["wall"] = folder / "wall.png"
+    Image.new("RGB", (320, 320), (40, 40, 40)).save(paths["wall"])
+    return paths
+
+
+# -- IP-Adapter ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["plain", "plus-face"])
+def test_ip_adapter_matches_diffusers_and_reproduces_after_save_load(tiny_models, weights, astronaut_path, tmp_path, variant):
+    art = personalize("ip-adapter", {"astro": [astronaut_path]}, tmp_path / "a", "likeness/tiny-sd", variant=variant,
+                      weights=str(weights[variant]), scale=0.8)
+    manifest = json.loads((art / "likeness.json").read_text())
+    record = manifest["config"]["weights"][0]
+    assert record["path"] == str(weights[variant].resolve()) and len(record["sha256"]) == 64
+    assert manifest["identities"]["astro"]["subject"] == "a person" and manifest["config"]["tuning_free"]
+    embeds = load_file(str(art / "embeddings.safetensors"))
+    assert embeds["astro.image_embeds"].shape == ((1, 1, 32) if variant == "plain" else (1, 1, 17, 32))
+
+    ours = load_artifact(art)
+    two = ours.generate([PROMPT, PROMPT], [3, 3], num_inference_steps=STEPS, batch_size=2)
+    mine = _pixels(two[0])
+    np.testing.assert_array_equal(mine, _pixels(two[1]))  # a batch gets the person's embeddings per image
+    mine = _pixels(ours.generate([PROMPT], [3], num_inference_steps=STEPS)[0])
+    assert np.abs(mine - _pixels(two[0])).max() <= 2  # batch of 2 vs 1: float reduction order only
+    again = load_artifact(art).generate([PROMPT], [3], num_inference_steps=STEPS)[0]
+    np.testing.assert_array_equal(mine, _pixels(again))  # save/load reproduces pixels exactly
+
+    plain = _plain(tiny_models, "likeness/tiny-sd")
+    without = _run(plain, "a photo of a person", 3)
+    assert np.abs(mine - without).max() > 10  # the adapter changes the image
+    # Plain diffusers, encoding the saved crop itself with its own image encoder: the same pixels.
+    plain.load_ip_adapter(str(weights["root"]), subfolder="models", weight_name=weights[variant].name)
+    plain.set_ip_adapter_scale(0.8)
+    reference = _run(plain, "a photo of a person", 3, ip_adapter_image=Image.open(art / "astro-crop.png"))
+    np.testing.assert_array_equal(mine, reference)
+
+
+def test_ip_adapter_sdxl_from_a_folder(tiny_models, weights, astronaut_path, tmp_path):
+    """Weights given as the repository folder: the published file name for SDXL plus-face is found in models/."""
+    art = personalize("ip-adapter", {"astro": [astronaut_path]}, tmp_path / "a", "likeness/tiny-sdxl",
+                      weights=str(weights["root"]))
+    assert Path(json.loads((art / "likeness.json").read_text())["config"]["weights"][0]["path"]).name == \
+        "ip-adapter-plus-face_sdxl_vit-h.safetensors"
+    mine = _pixels(load_artifact(art).generate([PROMPT], [5], num_inference_steps=STEPS)[0])
+    plain = _plain(tiny_models, "likeness/tiny-sdxl")
+    without = _run(plain, "a photo of a person", 5)
+    plain.load_ip_adapter(str(weights["root"]), subfolder="models", weight_name="ip-adapter-plus-face_sdxl_vit-h.safetensors")
+    reference = _run(plain, "a photo of a person", 5, ip_adapter_image=Image.open(art / "astro-crop.png"))
+    np.testing.assert_array_equal(mine, reference)
+    assert np.abs(mine - without).max() > 10
+
+
+# -- IP-Adapter-FaceID --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["faceid", "faceid-plusv2"])
+def test_faceid_uses_the_arcface_embedding_and_fuses_its_lora(tiny_models, weights, arcface_dir, face_photos, tmp_path, variant):
+    extra = {"image_encoder": str(weights["encoder"])} if variant != "faceid" else {}
+    common = dict(variant=variant, weights=str(weights[variant]), face_model_dir=str(arcface_dir), **extra)
+    art = personalize("ip-adapter-faceid", {"ann": [face_photos["ann"]], "bob": [face_photos["bob"]]}, tmp_path / "a",
+                      "likeness/tiny-sd", **common)
+    embeds = load_file(str(art / "embeddings.safetensors"))
+    from likeness.faces import get_backend
+
+    backend = get_backend("arcface", model_dir=str(arcface_dir.resolve()))
+    image = np.asarray(Image.open(face_photos["ann"]).convert("RGB"))
+    face = backend.embed(image, backend.detect(image)[:1])[0]
+    np.testing.assert_allclose(embeds["ann.image_embeds"][0, 0].numpy(), face.embedding, atol=1e-6)  # the ArcFace vector itself
+
+    ours = load_artifact(art)
+    ann = _pixels(ours.generate([PROMPT], [3], identity="ann", num_inference_steps=STEPS)[0])
+    bob = _pixels(ours.generate([PROMPT], [3], identity="bob", num_inference_steps=STEPS)[0])
+    assert np.abs(ann - bob).max() > 0  # the face embedding drives the image
+    np.testing.assert_array_equal(ann, _pixels(load_artifact(art).generate([PROMPT], [3], identity="ann", num_inference_steps=STEPS)[0]))
+
+    plain = _plain(tiny_models, "likeness/tiny-sd")
+    without = _run(plain, "a photo of a person", 3)
+    plain.load_ip_adapter(str(weights[variant].parent), subfolder="", weight_name=weights[variant].name, image_encoder_folder=None)
+    assert any(a.startswith("faceid_") for a in plain.unet.peft_config)  # diffusers found the published LoRA
+    ids = torch.cat([embeds["ann.negative_image_embeds"], embeds["ann.image_embeds"]])
+    if variant != "faceid":
+        layer = plain.unet.encoder_hid_proj.image_projection_layers[0]
+        layer.clip_embeds = torch.cat([embeds["ann.negative_clip_embeds"], embeds["ann.clip_embeds"]])
+        layer.shortcut = True
+    reference = _run(plain, "a photo of a person", 3, ip_adapter_image_embeds=[ids])
+    assert np.abs(ann - reference).max() <= 2  # fused (ours) vs unfused LoRA (plain diffusers): rounding only
+    assert np.abs(ann - without).max() > 10
+
+    no_lora = personalize("ip-adapter-faceid", {"ann": [face_photos["ann"]]}, tmp_path / "b", "likeness/tiny-sd",
+                          lora_scale=0.0, **common)
+    assert np.abs(_pixels(load_artifact(no_lora).generate([PROMPT], [3], num_inference_steps=STEPS)[0]) - ann).max() > 2
+
+
+# -- bad input: clear errors before any generation -------------------------------------------------------
+
+
+def _refused(tmp_path, match, method="ip-adapter", base="likeness/tiny-sd", photo=None, error=CheckpointError, **options):
+    out = tmp_path / "refused"
+    with pytest.raises(error, match=match):
+        personalize(method, {"p": [photo]}, out, base, **options)
+    assert not (out / "likeness.json").exists()
+
+
+def test_wrong_keys_and_shapes_are_named(weights, astronaut_path, tmp_path):
+    state = load_file(str(weights["plus-face"]))
+    renamed = dict(state)
+    renamed["image_proj.layers.2.0.to_qq.weight"] = renamed.pop("image_proj.layers.2.0.to_q.weight")
+    bad = save_published(renamed, tmp_path / "renamed.safetensors")
+    _refused(tmp_path, r"missing keys: image_proj\.layers\.2\.0\.to_q\.weight; unexpected keys: image_proj\.layers\.2\.0\.to_qq",
+             photo=astronaut_path, weights=str(bad))
+    reshaped = dict(state)
+    reshaped["ip_adapter.3.to_v_ip.weight"] = torch.zeros(64, 16)
+    bad = save_published(reshaped, tmp_path / "reshaped.bin")
+    _refused(tmp_path, r"wrong shapes: ip_adapter\.3\.to_v_ip\.weight is \(64, 16\), expected \(64, 32\)",
+             photo=astronaut_path, weights=str(bad))
+    dropped = {k: v for k, v in state.items() if k != "ip_adapter.1.to_k_ip.weight"}
+    _refused(tmp_path, r"missing keys: ip_adapter\.1\.to_k_ip\.weight", photo=astronaut_path,
+             weights=str(save_published(dropped, tmp_path / "dropped.safetensors")))
+
+
+def test_other_base_model_and_other_variant_are_refused(weights, astronaut_path, arcface_dir, tmp_path):
+    _refused(tmp_path, "made for cross-attention dim 32.*this base model's UNet has cross-attention dim 64",
+             base="likeness/tiny-sdxl", photo=astronaut_path, weights=str(weights["plus-face"]))
+    _refused(tmp_path, "is an IP-Adapter \\(plain\\) file, but variant 'plus-face' needs", photo=astronaut_path,
+             weights=str(weights["plain"]), variant="plus-face")
+    _refused(tmp_path, "is an IP-Adapter-FaceID file, but variant 'faceid-plusv2'", method="ip-adapter-faceid",
+             photo=astronaut_path, weights=str(weights["faceid"]), variant="faceid-plusv2", face_model_dir=str(arcface_dir),
+             image_encoder=str(weights["encoder"]))
+    _refused(tmp_path, "not an IP-Adapter file", photo=astronaut_path,
+             weights=str(save_published({"foo.weight": torch.zeros(2)}, tmp_path / "other.safetensors")))
+
+
+def test_no_face_missing_face_model_and_missing_weights(weights, face_photos, arcface_dir, tmp_path):
+    _refused(tmp_path, "wall.png: no face found", error=NoFaceError, photo=face_photos["wall"], weights=str(weights["plus-face"]))
+    _refused(tmp_path, "wall.png: no face found", method="ip-adapter-faceid", error=NoFaceError, photo=face_photos["wall"],
+             weights=str(weights["faceid"]), face_model_dir=str(arcface_dir))
+    _refused(tmp_path, "needs an ArcFace model folder.*face_model_dir", method="ip-adapter-faceid", error=MissingFaceModelError,
+             photo=face_photos["ann"], weights=str(weights["faceid"]))
+    _refused(tmp_path, "absent.*ArcFace model folder does not exist", method="ip-adapter-faceid", error=MissingFaceModelError,
+             photo=face_photos["ann"], weights=str(weights["faceid"]), face_model_dir=str(tmp_path / "absent"))
+    _refused(tmp_path, "no such file or folder, and not a hub id", error=FileNotFoundError, photo=face_photos["ann"],
+             weights=str(tmp_path / "nowhere.safetensors"))
+    _refused(tmp_path, "hub repository did not provide.*HF_HUB_OFFLINE", error=FileNotFoundError, photo=face_photos["ann"],
+             weights="someone/ip-adapter-copy")
+
+
+def test_changed_weights_file_is_refused_at_load(weights, astronaut_path, tmp_path):
+    copy = tmp_path / "w.safetensors"
+    shutil.copy(weights["plain"], copy)
+    art = personalize("ip-adapter", {"astro": [astronaut_path]}, tmp_path / "a", "likeness/tiny-sd", variant="plain",
+                      weights=str(copy), image_encoder=str(weights["encoder"]))
+    state = load_file(str(copy))
+    state["image_proj.norm.bias"] = state["image_proj.norm.bias"] + 1
+    save_published(state, copy)
+    with pytest.raises(ArtifactError, match="w.safetensors changed since the artifact was made"):
+        load_artifact(art)
+    copy.unlink()
+    with pytest.raises(ArtifactError, match="w.safetensors, which no longer exists"):
+        load_artifact(art)
