@@ -233,3 +233,76 @@ def test_changed_weights_file_is_refused_at_load(weights, astronaut_path, tmp_pa
     copy.unlink()
     with pytest.raises(ArtifactError, match="w.safetensors, which no longer exists"):
         load_artifact(art)
+
+
+# -- InstantID ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def instantid_weights(tiny_models, tmp_path_factory):
+    """The published InstantX/InstantID layout: ip-adapter.bin + ControlNetModel/ (tiny, random)."""
+    from likeness.methods.peer_layouts import identitynet
+
+    root = tmp_path_factory.mktemp("instantid")
+    identitynet("likeness/tiny-sdxl", root / "ControlNetModel", conditioning_channels=(16, 32))
+    save_published(ip_adapter_state(empty_unet("likeness/tiny-sdxl"), "resampler", embed=16, queries=16, seed=5),
+                   root / "ip-adapter.bin")
+    return root
+
+
+def test_keypoint_drawing_matches_the_published_recipe():
+    from likeness.methods.instantid import KEYPOINT_COLOURS, draw_keypoints
+
+    points = np.array([[30, 40], [70, 40], [50, 60], [35, 80], [65, 80]], dtype=float)
+    image = np.asarray(draw_keypoints(points, (100, 120)))
+    assert image.shape == (120, 100, 3)
+    for (x, y), colour in zip(points.astype(int), KEYPOINT_COLOURS):
+        assert tuple(image[y, x]) == colour  # a full-colour dot on each point
+    assert tuple(image[50, 40]) == (153, 0, 0)  # the left-eye stick at 60 %, half-way to the nose
+    assert tuple(image[5, 5]) == (0, 0, 0)
+
+
+def test_instantid_identitynet_sees_the_identity_and_reproduces(tiny_models, instantid_weights, arcface_dir, face_photos, tmp_path):
+    people = {"ann": [face_photos["ann"]], "bob": [face_photos["bob"]]}
+    common = dict(weights=str(instantid_weights), face_model_dir=str(arcface_dir))
+    art = personalize("instantid", people, tmp_path / "a", "likeness/tiny-sdxl", **common)
+    roles = [r["role"] for r in json.loads((art / "likeness.json").read_text())["config"]["weights"]]
+    assert roles == ["instantid ip-adapter weights", "instantid IdentityNet weights"]
+    ours = load_artifact(art)
+    ann = _pixels(ours.generate([PROMPT], [4], identity="ann", num_inference_steps=STEPS)[0])
+    np.testing.assert_array_equal(ann, _pixels(load_artifact(art).generate([PROMPT], [4], identity="ann", num_inference_steps=STEPS)[0]))
+    without = _run(_plain(tiny_models, "likeness/tiny-sdxl"), "a photo of a person", 4)
+    assert np.abs(ann - without).max() > 10
+
+    # With the UNet's IP-Adapter off, the two people (same keypoints, other faces) still differ: only through
+    # IdentityNet, whose cross-attention gets the identity tokens instead of the text.
+    off = personalize("instantid", people, tmp_path / "b", "likeness/tiny-sdxl", scale=0.0, **common)
+    e = load_file(str(off / "embeddings.safetensors"))
+    np.testing.assert_allclose(e["ann.keypoints"].numpy(), e["bob.keypoints"].numpy())
+    pipe = load_artifact(off)
+    a, b = (_pixels(pipe.generate([PROMPT], [4], identity=n, num_inference_steps=STEPS)[0]) for n in ("ann", "bob"))
+    assert np.abs(a - b).max() > 0
+    none = personalize("instantid", people, tmp_path / "c", "likeness/tiny-sdxl", scale=0.0, controlnet_scale=0.0, **common)
+    pipe = load_artifact(none)
+    a, b = (_pixels(pipe.generate([PROMPT], [4], identity=n, num_inference_steps=STEPS)[0]) for n in ("ann", "bob"))
+    np.testing.assert_array_equal(a, b)  # both adapters off: the person no longer matters
+
+
+def test_instantid_bad_input(tiny_models, instantid_weights, arcface_dir, face_photos, astronaut_path, tmp_path):
+    from likeness.methods.peer_layouts import identitynet
+
+    common = dict(method="instantid", base="likeness/tiny-sdxl", weights=str(instantid_weights))
+    _refused(tmp_path, "is published for SDXL only", error=ValueError, photo=face_photos["ann"], face_model_dir=str(arcface_dir),
+             method="instantid", weights=str(instantid_weights))
+    _refused(tmp_path, "needs an ArcFace model folder", error=MissingFaceModelError, photo=face_photos["ann"], **common)
+    _refused(tmp_path, "wall.png: no face found", error=NoFaceError, photo=face_photos["wall"], face_model_dir=str(arcface_dir), **common)
+    other = identitynet("likeness/tiny-sd", tmp_path / "sd-controlnet", conditioning_channels=(16, 32))
+    _refused(tmp_path, "IdentityNet made for another base model; cross_attention_dim: IdentityNet 32, UNet 64",
+             photo=face_photos["ann"], face_model_dir=str(arcface_dir), controlnet=str(other), **common)
+    broken = tmp_path / "broken-controlnet"
+    shutil.copytree(instantid_weights / "ControlNetModel", broken)
+    state = load_file(str(broken / "diffusion_pytorch_model.safetensors"))
+    state.pop("controlnet_mid_block.weight")
+    save_published(state, broken / "diffusion_pytorch_model.safetensors")
+    _refused(tmp_path, "missing keys: controlnet_mid_block.weight", photo=face_photos["ann"], face_model_dir=str(arcface_dir),
+             controlnet=str(broken), **common)

@@ -119,3 +119,28 @@ def clip_vision_encoder(folder: str | Path, *, hidden: int = 32, projection: int
     model = CLIPVisionModelWithProjection(config)
     model.save_pretrained(str(folder))
     return Path(folder)
+
+
+def identitynet(base_model: str, folder: str | Path, *, conditioning_channels: tuple[int, ...] | None = None,
+                seed: int = 0, std: float = 0.05) -> Path:
+    """An IdentityNet folder (``config.json`` + ``diffusion_pytorch_model.safetensors``) shaped like the
+    base model's UNet, with random weights. A ControlNet made from a UNet starts with zero output
+    convolutions (no effect at all), so those are randomised too. ``conditioning_channels``: the
+    keypoint-image encoder's widths; its number of stride-2 steps must equal the VAE's downsampling
+    (3 for real SDXL, the default; 1 for the tiny models, whose VAE halves)."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from likeness.models.loading import resolve_model_path
+
+    config = UNet2DConditionModel.load_config(resolve_model_path(base_model), subfolder="unet")
+    unet = UNet2DConditionModel.from_config(config)
+    torch.manual_seed(seed)
+    kwargs = {"conditioning_embedding_out_channels": conditioning_channels} if conditioning_channels else {}
+    controlnet = ControlNetModel.from_unet(unet, **kwargs)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in controlnet.named_parameters():
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
+                param.copy_(torch.randn(param.shape, generator=g) * std)
+    controlnet.save_pretrained(str(folder))
+    return Path(folder)
