@@ -306,3 +306,45 @@ def test_instantid_bad_input(tiny_models, instantid_weights, arcface_dir, face_p
     save_published(state, broken / "diffusion_pytorch_model.safetensors")
     _refused(tmp_path, "missing keys: controlnet_mid_block.weight", photo=face_photos["ann"], face_model_dir=str(arcface_dir),
              controlnet=str(broken), **common)
+
+
+# -- bench: peers and a trained method in one leaderboard --------------------------------------------------
+
+
+def test_bench_two_peers_and_textual_inversion_fill_one_leaderboard(tiny_models, weights, arcface_dir, tmp_path):
+    from skimage.data import astronaut
+
+    from likeness.bench.leaderboard import build_leaderboard, method_folder, run_methods
+    from likeness.bench.plan import RunConfig
+    from likeness.bench.runstore import RunStore
+
+    people = tmp_path / "people"
+    photo = astronaut().copy()
+    photo[192:232, 192:232] = 255  # where the tiny ArcFace detector finds its "face"; dlib still finds the real one
+    (people / "astro").mkdir(parents=True)
+    Image.fromarray(photo).save(people / "astro" / "0.png")
+    Image.new("RGB", (200, 200), (90, 90, 90)).save(people / "astro" / "1.png")  # no face: its items fail, with the reason
+    config = RunConfig(method="textual-inversion", base_model="likeness/tiny-sd", identities=str(people), prompt_limit=2,
+                       references=2, steps=2, resolution=32, metrics=["ips"], method_options={"max_steps": 2})
+    methods = {"textual-inversion": {"gradient_accumulation_steps": 1},
+               "ip-adapter": {"weights": str(weights["plus-face"])},
+               "ip-adapter-faceid": {"weights": str(weights["faceid"]), "face_model_dir": str(arcface_dir)}}
+    summaries = run_methods(config, methods, tmp_path / "run", progress=False)
+    for summary in summaries:
+        assert summary.counts == {"done": 2, "failed": 2}, summary.describe()
+        assert all("no face found" in f["reason"] and "1.png" in f["reason"] for f in summary.failures)
+    seeds = []
+    for method in methods:
+        store = RunStore(method_folder(tmp_path / "run", method) / "results.sqlite")
+        seeds.append(sorted(r["item_id"] for r in store.items("done")))
+        store.close()
+    assert seeds[0] == seeds[1] == seeds[2]  # the same items (and seeds) for every method
+    page, text = build_leaderboard([method_folder(tmp_path / "run", m) for m in methods], tmp_path / "run")
+    lines = text.splitlines()
+    assert [line.split()[0] for line in lines[1:]] == list(methods)
+    html_text = page.read_text()
+    assert html_text.count("<tr><td class='l'>") == 3 and "no face found" in html_text
+    for line in lines[1:]:  # IPS computed for every method (a number, not the dash), 2 images each
+        assert line.split()[1] != "—" and line.split()[-2:] == ["2", "2"]
+    again = run_methods(config, methods, tmp_path / "run", progress=False, report=False)  # resumes: nothing redone
+    assert [s.counts for s in again] == [s.counts for s in summaries]
