@@ -348,3 +348,68 @@ def test_bench_two_peers_and_textual_inversion_fill_one_leaderboard(tiny_models,
         assert line.split()[1] != "—" and line.split()[-2:] == ["2", "2"]
     again = run_methods(config, methods, tmp_path / "run", progress=False, report=False)  # resumes: nothing redone
     assert [s.counts for s in again] == [s.counts for s in summaries]
+
+
+# -- PhotoMaker ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def photomaker_file(tiny_models, tmp_path_factory):
+    from likeness.methods.peer_layouts import photomaker_state
+
+    return save_published(photomaker_state("likeness/tiny-sdxl"), tmp_path_factory.mktemp("pm") / "photomaker-v1.bin")
+
+
+def test_photomaker_merges_the_stacked_id_into_the_class_word(tiny_models, photomaker_file, astronaut_path, tmp_path):
+    flipped = tmp_path / "flipped.jpg"
+    Image.open(astronaut_path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(flipped)
+    art = personalize("photomaker", {"astro": [astronaut_path, flipped]}, tmp_path / "a", "likeness/tiny-sdxl",
+                      weights=str(photomaker_file), style_strength=0.0)
+    ours = load_artifact(art)
+    assert ours.prompt(PROMPT) == "a photo of a person img"
+    ids = ours.tensors["astro.id_embeds"]
+    assert ids.shape == (2, 64)  # one ID embedding per photo: the stack
+    pipe = ours.pipe
+    merged, _ = ours.method.merged_embeddings(pipe, "a photo of a person img", ids, "img")
+    # By hand: the text-only prompt with the class word repeated once per photo, then the fuse module at those rows.
+    text = "a photo of a person person"
+    hidden = []
+    for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+        tokens = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+        with torch.no_grad():
+            hidden.append(encoder(tokens, output_hidden_states=True).hidden_states[-2])
+    hidden = torch.cat(hidden, dim=-1)[0]
+    person = pipe.tokenizer("a photo of a").input_ids.__len__() - 1  # index of the first class-word copy (after BOS)
+    rows = torch.zeros(77, dtype=torch.bool)
+    rows[person:person + 2] = True
+    torch.testing.assert_close(merged[0][~rows], hidden[~rows])
+    with torch.no_grad():
+        torch.testing.assert_close(merged[0][rows], pipe.photomaker_fuse(hidden[rows], ids))
+
+    mine = _pixels(ours.generate([PROMPT], [2], num_inference_steps=STEPS)[0])
+    np.testing.assert_array_equal(mine, _pixels(load_artifact(art).generate([PROMPT], [2], num_inference_steps=STEPS)[0]))
+    assert np.abs(mine - _run(_plain(tiny_models, "likeness/tiny-sdxl"), "a photo of a person", 2)).max() > 2
+    with pytest.raises(ValueError, match="needs exactly one trigger word 'img'"):
+        ours.method.merged_embeddings(pipe, "a photo of a person", ids, "img")
+
+
+def test_photomaker_bad_files_are_named(tiny_models, photomaker_file, astronaut_path, tmp_path):
+    from likeness.methods.peers import read_state_dict
+
+    state = read_state_dict(photomaker_file)
+    _refused(tmp_path, "photomaker is published for SDXL only", method="photomaker", error=ValueError, photo=astronaut_path,
+             weights=str(photomaker_file))
+    common = dict(method="photomaker", base="likeness/tiny-sdxl", photo=astronaut_path)
+    renamed = dict(state)
+    renamed["id_encoder.fuse_module.mlp2.fc9.weight"] = renamed.pop("id_encoder.fuse_module.mlp2.fc2.weight")
+    _refused(tmp_path, r"missing keys: id_encoder\.fuse_module\.mlp2\.fc2\.weight; unexpected keys: id_encoder\.fuse_module\.mlp2\.fc9",
+             weights=str(save_published(renamed, tmp_path / "renamed.bin")), **common)
+    lora = dict(state)
+    key = next(k for k in lora if k.startswith("lora_weights.") and k.endswith("attn2.to_k.lora.down.weight"))
+    lora[key] = torch.zeros(4, 7)
+    lora["lora_weights.unet.nowhere.to_q.lora.down.weight"] = torch.zeros(4, 8)
+    _refused(tmp_path, r"LoRA does not fit.*nowhere\.to_q.*wrong shapes: " + key.replace(".", r"\.") + r" is \(4, 7\)",
+             weights=str(save_published(lora, tmp_path / "lora.safetensors")), **common)
+    v2 = dict(state)
+    v2["id_encoder.qformer_perceiver.token_proj.0.weight"] = torch.zeros(2, 2)
+    _refused(tmp_path, "is a PhotoMaker v2 file", weights=str(save_published(v2, tmp_path / "v2.bin")), **common)

@@ -144,3 +144,38 @@ def identitynet(base_model: str, folder: str | Path, *, conditioning_channels: t
                 param.copy_(torch.randn(param.shape, generator=g) * std)
     controlnet.save_pretrained(str(folder))
     return Path(folder)
+
+
+def photomaker_state(base_model: str, *, hidden: int = 64, layers: int = 2, patch: int = 8, image_size: int = 32,
+                     lora_rank: int = 4, seed: int = 0, std: float = 0.05) -> dict[str, torch.Tensor]:
+    """A published-layout PhotoMaker v1 state dict (``id_encoder.*`` + ``lora_weights.*``) for ``base_model``
+    (SDXL-shaped): the ID halves are as wide as the two text encoders, the LoRA (legacy diffusers names,
+    ``unet.<layer>.lora.down/up.weight``) covers every attention projection of the UNet."""
+    import json
+
+    from transformers import CLIPVisionConfig
+
+    from likeness.methods.peers import empty_unet
+    from likeness.methods.photomaker import IDEncoder
+    from likeness.models.loading import resolve_model_path
+
+    folder = resolve_model_path(base_model)
+    widths = [json.loads((folder / sub / "config.json").read_text())["hidden_size"] for sub in ("text_encoder", "text_encoder_2")]
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                              num_attention_heads=max(1, hidden // 64), image_size=image_size, patch_size=patch,
+                              projection_dim=widths[0])
+    encoder = IDEncoder(config, widths[1])
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in encoder.fuse_module.named_parameters():
+            if name.endswith("weight") and param.ndim == 2:
+                param.copy_(torch.randn(param.shape, generator=g) * (1.0 / param.shape[1] ** 0.5))
+    state = {f"id_encoder.{k}": v.contiguous() for k, v in encoder.state_dict_published().items()}
+    unet = empty_unet(base_model)
+    for name, module in unet.named_modules():
+        if name.endswith(("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+                          "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")):
+            state[f"lora_weights.unet.{name}.lora.down.weight"] = torch.randn(lora_rank, module.in_features, generator=g) * std
+            state[f"lora_weights.unet.{name}.lora.up.weight"] = torch.randn(module.out_features, lora_rank, generator=g) * std
+    return state
