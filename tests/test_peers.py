@@ -410,6 +410,23 @@ def test_photomaker_bad_files_are_named(tiny_models, photomaker_file, astronaut_
     lora["lora_weights.unet.nowhere.to_q.lora.down.weight"] = torch.zeros(4, 8)
     _refused(tmp_path, r"LoRA does not fit.*nowhere\.to_q.*wrong shapes: " + key.replace(".", r"\.") + r" is \(4, 7\)",
              weights=str(save_published(lora, tmp_path / "lora.safetensors")), **common)
-    v2 = dict(state)
-    v2["id_encoder.qformer_perceiver.token_proj.0.weight"] = torch.zeros(2, 2)
-    _refused(tmp_path, "is a PhotoMaker v2 file", weights=str(save_published(v2, tmp_path / "v2.bin")), **common)
+
+
+def test_photomaker_v2_adds_two_arcface_tokens_per_photo(tiny_models, arcface_dir, face_photos, photomaker_file, tmp_path):
+    from likeness.methods.peer_layouts import photomaker_state
+
+    v2 = save_published(photomaker_state("likeness/tiny-sdxl", version="v2", face_dim=16, seed=1), tmp_path / "photomaker-v2.bin")
+    common = dict(version="v2", weights=str(v2), face_backend="arcface", face_model_dir=str(arcface_dir), style_strength=0.0)
+    art = personalize("photomaker", {"ann": [face_photos["ann"]], "bob": [face_photos["bob"]]}, tmp_path / "a",
+                      "likeness/tiny-sdxl", **common)
+    ours = load_artifact(art)
+    assert ours.tensors["ann.id_embeds"].shape == (2, 64)  # one photo, two ID tokens
+    merged, _ = ours.method.merged_embeddings(ours.pipe, "a photo of a person img", ours.tensors["ann.id_embeds"], "img")
+    assert merged.shape == (1, 77, 64)
+    ann, bob = (_pixels(ours.generate([PROMPT], [1], identity=n, num_inference_steps=STEPS)[0]) for n in ("ann", "bob"))
+    assert np.abs(ann - bob).max() > 0  # the ArcFace embedding reaches the image
+    np.testing.assert_array_equal(ann, _pixels(load_artifact(art).generate([PROMPT], [1], identity="ann", num_inference_steps=STEPS)[0]))
+    _refused(tmp_path, "is a PhotoMaker v2 file, but version 'v1' was asked", method="photomaker", base="likeness/tiny-sdxl",
+             photo=face_photos["ann"], weights=str(v2))
+    _refused(tmp_path, "is a PhotoMaker v1 file, but version 'v2'", method="photomaker", base="likeness/tiny-sdxl",
+             photo=face_photos["ann"], **{**common, "weights": str(photomaker_file)})

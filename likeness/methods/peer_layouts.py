@@ -147,8 +147,9 @@ def identitynet(base_model: str, folder: str | Path, *, conditioning_channels: t
 
 
 def photomaker_state(base_model: str, *, hidden: int = 64, layers: int = 2, patch: int = 8, image_size: int = 32,
-                     lora_rank: int = 4, seed: int = 0, std: float = 0.05) -> dict[str, torch.Tensor]:
-    """A published-layout PhotoMaker v1 state dict (``id_encoder.*`` + ``lora_weights.*``) for ``base_model``
+                     lora_rank: int = 4, seed: int = 0, std: float = 0.05, version: str = "v1",
+                     face_dim: int = 512) -> dict[str, torch.Tensor]:
+    """A published-layout PhotoMaker v1 (or v2) state dict (``id_encoder.*`` + ``lora_weights.*``) for ``base_model``
     (SDXL-shaped): the ID halves are as wide as the two text encoders, the LoRA (legacy diffusers names,
     ``unet.<layer>.lora.down/up.weight``) covers every attention projection of the UNet."""
     import json
@@ -156,7 +157,7 @@ def photomaker_state(base_model: str, *, hidden: int = 64, layers: int = 2, patc
     from transformers import CLIPVisionConfig
 
     from likeness.methods.peers import empty_unet
-    from likeness.methods.photomaker import IDEncoder
+    from likeness.methods.photomaker import V2_HEAD_WIDTH, IDEncoder, IDEncoderV2
     from likeness.models.loading import resolve_model_path
 
     folder = resolve_model_path(base_model)
@@ -165,7 +166,10 @@ def photomaker_state(base_model: str, *, hidden: int = 64, layers: int = 2, patc
     config = CLIPVisionConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
                               num_attention_heads=max(1, hidden // 64), image_size=image_size, patch_size=patch,
                               projection_dim=widths[0])
-    encoder = IDEncoder(config, widths[1])
+    if version == "v2":  # v2 adds the face perceiver (heads 128 wide, as published)
+        encoder = IDEncoderV2(config, widths[1], face_dim, max(1, sum(widths) // V2_HEAD_WIDTH))
+    else:
+        encoder = IDEncoder(config, widths[1])
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in encoder.fuse_module.named_parameters():

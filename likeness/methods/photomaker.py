@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,6 +35,7 @@ from likeness.methods.peers import (
     check_layout,
     empty_unet,
     face_backend,
+    largest_face,
     read_state_dict,
     resolve_file,
     save_crop,
@@ -42,8 +44,10 @@ from likeness.methods.peers import (
 )
 
 HUB = "TencentARC/PhotoMaker"
-WEIGHT_NAME = "photomaker-v1.bin"
+WEIGHT_NAMES = {"v1": "photomaker-v1.bin", "v2": "photomaker-v2.bin"}
 HEAD_WIDTH = 64  # attention head width of the published CLIP ViT-L/14 tower (16 heads of 64)
+V2_HEAD_WIDTH = 128  # the v2 face perceiver's heads (2048 / 16)
+V2_TOKENS = 2  # ID tokens per photo in v2
 LORA_SUFFIXES = (".lora.down.weight", ".lora.up.weight", ".lora_A.weight", ".lora_B.weight",
                  ".lora_down.weight", ".lora_up.weight", ".alpha")
 
@@ -106,6 +110,77 @@ class IDEncoder(nn.Module):
         return torch.cat([self.tower.visual_projection(pooled), self.visual_projection_2(pooled)], dim=-1)
 
 
+class PerceiverAttention(nn.Module):
+    """Latent queries attend to [image tokens, latents] (the resampler block of IP-Adapter / PhotoMaker v2)."""
+
+    def __init__(self, dim: int, embed: int, heads: int, head_width: int):
+        super().__init__()
+        self.heads, self.head_width = heads, head_width
+        inner = heads * head_width
+        self.norm1, self.norm2 = nn.LayerNorm(embed), nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+
+    def forward(self, tokens, latents):
+        tokens, latents = self.norm1(tokens), self.norm2(latents)
+        batch, n = latents.shape[:2]
+
+        def heads(t):
+            return t.view(batch, -1, self.heads, self.head_width).transpose(1, 2)
+
+        q = heads(self.to_q(latents))
+        k, v = (heads(t) for t in self.to_kv(torch.cat([tokens, latents], dim=1)).chunk(2, dim=-1))
+        scale = self.head_width ** -0.25  # split between q and k, as published (more stable in fp16)
+        weights = torch.softmax((q * scale) @ (k * scale).transpose(-1, -2), dim=-1)
+        return self.to_out((weights @ v).transpose(1, 2).reshape(batch, n, -1))
+
+
+class FacePerceiver(nn.Module):
+    """PhotoMaker v2's ``qformer_perceiver``: ArcFace embedding -> ``tokens`` ID tokens, refined by a Perceiver
+    resampler over the CLIP tower's last hidden states, added back to themselves."""
+
+    def __init__(self, face_dim: int, dim: int, tokens: int, clip_width: int, heads: int, depth: int = 4):
+        super().__init__()
+        self.tokens, self.dim = tokens, dim
+        self.token_proj = nn.Sequential(nn.Linear(face_dim, 4 * face_dim), nn.GELU(), nn.Linear(4 * face_dim, dim * tokens))
+        self.token_norm = nn.LayerNorm(dim)
+        resampler = nn.Module()
+        resampler.proj_in = nn.Linear(clip_width, dim)
+        resampler.proj_out = nn.Linear(dim, dim)
+        resampler.norm_out = nn.LayerNorm(dim)
+        resampler.layers = nn.ModuleList(
+            nn.ModuleList([PerceiverAttention(dim, dim, heads, V2_HEAD_WIDTH),
+                           nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim, bias=False), nn.GELU(),
+                                         nn.Linear(4 * dim, dim, bias=False))])
+            for _ in range(depth))
+        self.perceiver_resampler = resampler
+
+    def forward(self, face: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        tokens = self.token_norm(self.token_proj(face).reshape(-1, self.tokens, self.dim))
+        r = self.perceiver_resampler
+        image, latents = r.proj_in(hidden), tokens
+        for attention, feed_forward in r.layers:
+            latents = attention(image, latents) + latents
+            latents = feed_forward(latents) + latents
+        return tokens + r.norm_out(r.proj_out(latents))
+
+
+class IDEncoderV2(IDEncoder):
+    """PhotoMaker v2's ``id_encoder``: the v1 parts plus the face perceiver (2 ID tokens per photo)."""
+
+    def __init__(self, vision_config, second_dim: int, face_dim: int, heads: int):
+        super().__init__(vision_config, second_dim)
+        dim = vision_config.projection_dim + second_dim
+        self.qformer_perceiver = FacePerceiver(face_dim, dim, V2_TOKENS, vision_config.hidden_size, heads)
+
+    @torch.no_grad()
+    def id_embeddings(self, pixels: torch.Tensor, faces: torch.Tensor | None = None) -> torch.Tensor:
+        """(photos, 3, H, W) + (photos, face_dim) -> (photos * 2, dim): two ID tokens per photo, in order."""
+        hidden = self.tower.vision_model(pixel_values=pixels).last_hidden_state
+        return self.qformer_perceiver(faces, hidden).flatten(0, 1)
+
+
 def vision_config_from(path, state: dict):
     """The tower's configuration read from the published shapes (heads: 64 wide, as published)."""
     from transformers import CLIPVisionConfig
@@ -151,16 +226,19 @@ def check_lora(path, lora: dict, unet) -> None:
         raise CheckpointError(f"{path}: LoRA does not fit this base model's UNet; " + "; ".join(parts))
 
 
-def load_photomaker(path: Path, base_model: str | None, unet=None, text_widths: tuple[int, int] | None = None):
+def load_photomaker(path: Path, base_model: str | None, unet=None, text_widths: tuple[int, int] | None = None,
+                    version: str | None = None):
     """Read and check a published PhotoMaker file; returns (IDEncoder with weights, LoRA state)."""
     state = read_state_dict(path)
     nested = split_prefixes(state, ("id_encoder", "lora_weights"))
     if not nested["id_encoder"]:
         raise CheckpointError(f"{path}: not a PhotoMaker file (needs id_encoder.* and lora_weights.* keys; found "
                               f"{', '.join(sorted(state)[:5]) or 'no keys'})")
-    if "qformer_perceiver.token_proj.0.weight" in nested["id_encoder"]:
-        raise CheckpointError(f"{path}: is a PhotoMaker v2 file (id_encoder.qformer_perceiver.*); only v1 is supported here")
     encoder_state = nested["id_encoder"]
+    found = "v2" if any(k.startswith("qformer_perceiver.") for k in encoder_state) else "v1"
+    if version is not None and found != version:
+        raise CheckpointError(f"{path}: is a PhotoMaker {found} file, but version {version!r} was asked"
+                              + (" (v2 files have id_encoder.qformer_perceiver.*)" if found == "v2" else ""))
     config = vision_config_from(path, encoder_state)
     second = encoder_state.get("visual_projection_2.weight")
     if second is None:
@@ -175,14 +253,22 @@ def load_photomaker(path: Path, base_model: str | None, unet=None, text_widths: 
                               f"widths {text_widths[0]} + {text_widths[1]}")
     from accelerate import init_empty_weights
 
+    def build():
+        if found == "v1":
+            return IDEncoder(config, second.shape[0])
+        face_dim = encoder_state.get("qformer_perceiver.token_proj.0.weight", torch.zeros(1, 512)).shape[1]
+        q = encoder_state.get("qformer_perceiver.perceiver_resampler.layers.0.0.to_q.weight")
+        heads = max(1, (q.shape[0] if q is not None else id_width) // V2_HEAD_WIDTH)
+        return IDEncoderV2(config, second.shape[0], face_dim, heads)
+
     with init_empty_weights():
-        shapes = {k: tuple(v.shape) for k, v in IDEncoder(config, second.shape[0]).state_dict_published().items()}
+        shapes = {k: tuple(v.shape) for k, v in build().state_dict_published().items()}
     check_layout(path, {f"id_encoder.{k}": v for k, v in encoder_state.items()},
                  {f"id_encoder.{k}": v for k, v in shapes.items()}, "PhotoMaker id_encoder")
     if not nested["lora_weights"]:
         raise CheckpointError(f"{path}: PhotoMaker file without its LoRA (lora_weights.*); the published recipe needs it")
     check_lora(path, nested["lora_weights"], unet)
-    encoder = IDEncoder(config, second.shape[0])
+    encoder = build()
     encoder.load_published(encoder_state)
     encoder.eval()
     return encoder, nested["lora_weights"]
@@ -214,8 +300,9 @@ def trigger_ids(tokenizer, prompt: str, trigger: str, copies: int) -> tuple[torc
 class PhotoMaker(TuningFreeMethod):
     name = "photomaker"
     defaults = {
-        "weights": None,  # photomaker-v1.bin: file, folder or hub id (default TencentARC/PhotoMaker)
-        "weight_name": WEIGHT_NAME,
+        "version": "v1",  # v1, or v2 (adds the ArcFace embedding: face_backend=arcface + face_model_dir)
+        "weights": None,  # photomaker-v1.bin / -v2.bin: file, folder or hub id (default TencentARC/PhotoMaker(-V2))
+        "weight_name": None,
         "trigger_word": "img",
         "class_word": "person",  # published demos use man / woman / girl / boy
         "style_strength": 0.2,  # share of steps without the ID (the published style_strength_ratio 20)
@@ -232,10 +319,25 @@ class PhotoMaker(TuningFreeMethod):
     def prepare(self, base_model, info, options):
         if info.family != "sdxl":
             raise ValueError(f"photomaker is published for SDXL only; {base_model!r} is {info.family}")
-        spec = options["weights"] or HUB
-        path = resolve_file(spec, options["weight_name"], what="PhotoMaker weights")
-        encoder, _ = load_photomaker(path, base_model)
-        return {"encoder": encoder, "backend": face_backend(options)}, [weights_record(path, "photomaker weights", spec)]
+        version = options["version"]
+        if version not in WEIGHT_NAMES:
+            raise ValueError(f"photomaker: version must be v1 or v2, not {version!r}")
+        context = {}
+        if version == "v2":
+            if options["face_backend"] != "arcface":
+                raise ValueError("photomaker v2 needs the ArcFace embedding: pass face_backend=arcface and face_model_dir=FOLDER")
+            context["faces"] = face_backend(options)  # before anything heavy
+        spec = options["weights"] or (HUB if version == "v1" else HUB + "-V2")
+        path = resolve_file(spec, options["weight_name"] or WEIGHT_NAMES[version], what="PhotoMaker weights")
+        encoder, _ = load_photomaker(path, base_model, version=version)
+        if version == "v2":
+            face_dim = encoder.qformer_perceiver.token_proj[0].in_features
+            if context["faces"].embedding_dim != face_dim:
+                raise CheckpointError(f"{path}: expects a {face_dim}-d face embedding, but the ArcFace model in "
+                                      f"{options['face_model_dir']} gives {context['faces'].embedding_dim}-d")
+        # v1 frames the person with the dlib stack; v2 uses its ArcFace stack for both.
+        context.update(encoder=encoder, backend=context.get("faces") or face_backend(options))
+        return context, [weights_record(path, "photomaker weights", spec)]
 
     def encode(self, name, photos, context, options, out_dir):
         from transformers import CLIPImageProcessor
@@ -245,19 +347,23 @@ class PhotoMaker(TuningFreeMethod):
         encoder = context["encoder"]
         size = encoder.tower.config.image_size
         processor = CLIPImageProcessor(size=size, crop_size=size)  # CLIP preprocessing at the tower's input size
-        crops = []
+        crops, faces = [], []
         for k, photo in enumerate(photos):
             prepared = prepare_photo(photo, backend=context["backend"], size=int(options["crop_size"]), framing="upper_body")
             save_crop(prepared.image, out_dir, name, f"crop{k}")
             crops.append(prepared.image)
+            if "faces" in context:
+                faces.append(largest_face(Path(photo), context["faces"])[1].embedding)
         pixels = processor(crops, return_tensors="pt").pixel_values
+        if faces:  # v2: two ID tokens per photo from the ArcFace embedding and the tower's last hidden states
+            return {"id_embeds": encoder.id_embeddings(pixels, torch.from_numpy(np.stack(faces)).float())}
         return {"id_embeds": encoder.id_embeddings(pixels)}
 
     def apply(self, pipe, artifact, manifest):
         options = manifest.config["options"]
         path = Path(manifest.config["weights"][0]["path"])
         widths = (pipe.text_encoder.config.hidden_size, pipe.text_encoder_2.config.hidden_size)
-        encoder, lora = load_photomaker(path, None, unet=pipe.unet, text_widths=widths)
+        encoder, lora = load_photomaker(path, None, unet=pipe.unet, text_widths=widths, version=options["version"])
         pipe.photomaker_fuse = encoder.fuse_module.to(pipe.device, pipe.unet.dtype)
         for tokenizer in (pipe.tokenizer, pipe.tokenizer_2):
             tokenizer.add_tokens([options["trigger_word"]], special_tokens=True)
