@@ -36,6 +36,10 @@ def _plain(tiny_models, model_id):
     return pipe
 
 
+def _run_steps(pipe, prompt, seed, steps, **kwargs):
+    return _pixels(pipe(prompt, num_inference_steps=steps, generator=torch.Generator("cpu").manual_seed(seed), **kwargs).images[0])
+
+
 def _run(pipe, prompt, seed, **kwargs):
     return _pixels(pipe(prompt, num_inference_steps=STEPS, generator=torch.Generator("cpu").manual_seed(seed), **kwargs).images[0])
 
@@ -391,6 +395,18 @@ def test_photomaker_merges_the_stacked_id_into_the_class_word(tiny_models, photo
     assert np.abs(mine - _run(_plain(tiny_models, "likeness/tiny-sdxl"), "a photo of a person", 2)).max() > 2
     with pytest.raises(ValueError, match="needs exactly one trigger word 'img'"):
         ours.method.merged_embeddings(pipe, "a photo of a person", ids, "img")
+
+    # Delayed merge: with style_strength 1 the ID never enters (= the text-only prompt on the same pipeline);
+    # at 0.5 the first half of the steps is text-only, so the image is neither of the two.
+    options = ours.manifest.config["options"]
+    options["style_strength"] = 1.0
+    text_only = _pixels(ours.generate([PROMPT], [2], num_inference_steps=4)[0])
+    np.testing.assert_array_equal(text_only, _run_steps(pipe, "a photo of a person", 2, 4))
+    options["style_strength"] = 0.5
+    half = _pixels(ours.generate([PROMPT], [2], num_inference_steps=4)[0])
+    options["style_strength"] = 0.0
+    full = _pixels(ours.generate([PROMPT], [2], num_inference_steps=4)[0])
+    assert np.abs(half - text_only).max() > 0 and np.abs(half - full).max() > 0
 
 
 def test_photomaker_bad_files_are_named(tiny_models, photomaker_file, astronaut_path, tmp_path):
