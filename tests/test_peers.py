@@ -446,3 +446,27 @@ def test_photomaker_v2_adds_two_arcface_tokens_per_photo(tiny_models, arcface_di
              photo=face_photos["ann"], weights=str(v2))
     _refused(tmp_path, "is a PhotoMaker v1 file, but version 'v2'", method="photomaker", base="likeness/tiny-sdxl",
              photo=face_photos["ann"], **{**common, "weights": str(photomaker_file)})
+
+
+def test_faceid_file_without_lora_needs_the_published_lora_file(tiny_models, weights, arcface_dir, face_photos, tmp_path):
+    """Some FaceID files ship the LoRA separately (*_lora.safetensors, diffusers' format): refused without it, used with it."""
+    from likeness.methods.peers import read_state_dict
+
+    state = read_state_dict(weights["faceid"])
+    bare = save_published({k: v for k, v in state.items() if "_lora." not in k}, tmp_path / "faceid-nolora.bin")
+    common = dict(method="ip-adapter-faceid", photo=face_photos["ann"], weights=str(bare), face_model_dir=str(arcface_dir))
+    _refused(tmp_path, "without its LoRA.*pass lora=FILE", **common)
+    plain = _plain(tiny_models, "likeness/tiny-sd")
+    plain.load_ip_adapter(str(weights["faceid"].parent), subfolder="", weight_name=weights["faceid"].name, image_encoder_folder=None)
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(plain.unet, adapter_name="faceid_0"))
+    type(plain).save_lora_weights(str(tmp_path / "lora"), unet_lora_layers=lora, weight_name="faceid_lora.safetensors")
+    kwargs = dict(weights=str(bare), face_model_dir=str(arcface_dir))
+    with_file = personalize("ip-adapter-faceid", {"ann": [face_photos["ann"]]}, tmp_path / "a", "likeness/tiny-sd",
+                            lora=str(tmp_path / "lora" / "faceid_lora.safetensors"), **kwargs)
+    inside = personalize("ip-adapter-faceid", {"ann": [face_photos["ann"]]}, tmp_path / "b", "likeness/tiny-sd",
+                         weights=str(weights["faceid"]), face_model_dir=str(arcface_dir))
+    a, b = (_pixels(load_artifact(x).generate([PROMPT], [3], num_inference_steps=STEPS)[0]) for x in (with_file, inside))
+    assert np.abs(a - b).max() <= 2  # the same LoRA, from the separate file or from inside the .bin

@@ -164,15 +164,19 @@ class InstantID(TuningFreeMethod):
         return {"backend": backend}, records
 
     def controlnet_folder(self, options, adapter: Path) -> Path:
-        if options["controlnet"]:
-            folder = Path(options["controlnet"]).expanduser()
-            if folder.is_dir():
-                return folder
-            return resolve_file(options["controlnet"], "config.json", (CONTROLNET_FOLDER, ""), what="IdentityNet").parent
+        """IdentityNet's folder: given, or ``ControlNetModel/`` beside ``ip-adapter.bin`` (the published layout),
+        or fetched from the hub (config and weights)."""
+        spec = options["controlnet"]
+        if spec and Path(spec).expanduser().is_dir():
+            return Path(spec).expanduser()
         beside = adapter.parent / CONTROLNET_FOLDER
-        if (beside / "config.json").is_file():
+        if not spec and (beside / "config.json").is_file():
             return beside
-        return resolve_file(HUB, "config.json", (CONTROLNET_FOLDER,), what="IdentityNet").parent
+        subfolders = (CONTROLNET_FOLDER, "") if spec else (CONTROLNET_FOLDER,)
+        config = resolve_file(spec or HUB, "config.json", subfolders, what="IdentityNet")
+        sub = config.parent.name if config.parent.name == CONTROLNET_FOLDER else ""
+        resolve_file(spec or HUB, "diffusion_pytorch_model.safetensors", (sub,), what="IdentityNet weights")
+        return config.parent
 
     def encode(self, name, photos, context, options, out_dir):
         from likeness.methods.peers import save_crop

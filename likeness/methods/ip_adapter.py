@@ -180,7 +180,7 @@ def expected_layout(path, state: dict, unet, kind: str) -> dict:
     return expected
 
 
-def load_checked(path: Path, unet, variant: str) -> tuple[dict, str]:
+def load_checked(path: Path, unet, variant: str, lora_file=None) -> tuple[dict, str]:
     """Read a published IP-Adapter file and check it against the base model's UNet and the asked variant."""
     state = read_state_dict(path)
     nested = split_prefixes(state, ("image_proj", "ip_adapter"))
@@ -191,9 +191,9 @@ def load_checked(path: Path, unet, variant: str) -> tuple[dict, str]:
     if kind != KIND[variant]:
         raise CheckpointError(f"{path}: is an {KIND_NAMES.get(kind, kind)} file, but variant {variant!r} needs an "
                               f"{KIND_NAMES[KIND[variant]]} file")
-    if variant == "faceid" and not any("_lora." in k for k in state):
+    if variant == "faceid" and not any("_lora." in k for k in state) and not lora_file:
         raise CheckpointError(f"{path}: IP-Adapter-FaceID file without its LoRA (ip_adapter.<n>.to_q_lora.down.weight ...); "
-                              f"the published recipe needs it")
+                              f"the published recipe needs it: pass lora=FILE (the published *_lora.safetensors)")
     check_layout(path, state, expected_layout(path, state, unet, kind), f"{KIND_NAMES[kind]}")
     return nested, kind
 
@@ -275,24 +275,28 @@ class _IPAdapterBase(TuningFreeMethod):
         subfolders = ("", "models", "sdxl_models") if self.hub == HUB_IP_ADAPTER else ("",)
         path = resolve_file(options["weights"] or self.hub, name, subfolders, what=f"{self.name} weights")
         unet = empty_unet(base_model)
-        state, kind = load_checked(path, unet, variant)
-        return {"path": path, "kind": kind, "family": info.family}, [weights_record(path, f"{self.name} weights", options["weights"] or self.hub)]
+        state, kind = load_checked(path, unet, variant, options.get("lora"))
+        records = [weights_record(path, f"{self.name} weights", options["weights"] or self.hub)]
+        if options.get("lora"):
+            lora = resolve_file(options["lora"], "ip-adapter-faceid_sd15_lora.safetensors", what="FaceID LoRA")
+            records.append(weights_record(lora, "faceid lora", options["lora"]))
+        return {"path": path, "kind": kind, "family": info.family}, records
 
     def apply(self, pipe, artifact, manifest):
         options = manifest.config["options"]
-        record = next(r for r in manifest.config["weights"] if r["role"].endswith("weights"))
+        record = manifest.config["weights"][0]  # the adapter file comes first
         path = Path(record["path"])
-        state, kind = load_checked(path, pipe.unet, options["variant"])
+        state, kind = load_checked(path, pipe.unet, options["variant"], options.get("lora"))
         try:
             pipe.load_ip_adapter(state, subfolder=None, weight_name=None, image_encoder_folder=None,
                                   low_cpu_mem_usage=False)  # strict: a key diffusers does not use is an error
         except (RuntimeError, ValueError, KeyError) as exc:  # shapes inside the projection that only diffusers checks
             raise CheckpointError(f"{path}: diffusers could not load it ({type(exc).__name__}: {' '.join(str(exc).split())[:400]})") from None
         pipe.set_ip_adapter_scale(float(options["scale"]))
-        self.after_load(pipe, options)
+        self.after_load(pipe, options, manifest.config["weights"])
         return pipe
 
-    def after_load(self, pipe, options):
+    def after_load(self, pipe, options, records=()):
         pass
 
 
@@ -365,6 +369,7 @@ class IPAdapterFaceID(_IPAdapterBase):
         "image_encoder_subfolder": None,
         "scale": 1.0,
         "lora_scale": 1.0,  # the published recipe applies the LoRA at full strength
+        "lora": None,  # the published separate *_lora.safetensors, for a FaceID file that does not carry its LoRA
         "shortcut_scale": 1.0,  # Plus v2: weight of the ID tokens added back ("s_scale")
         "face_backend": "arcface",
         "face_model_dir": None,  # InsightFace-style ONNX folder (buffalo_l in the published recipe)
@@ -410,7 +415,14 @@ class IPAdapterFaceID(_IPAdapterBase):
             tensors.update(clip_embeds=positive[None], negative_clip_embeds=negative[None])
         return tensors
 
-    def after_load(self, pipe, options):
+    def after_load(self, pipe, options, records=()):
+        separate = next((Path(r["path"]) for r in records if r["role"] == "faceid lora"), None)
+        if separate is not None:
+            try:
+                pipe.load_lora_weights(str(separate.parent), weight_name=separate.name, adapter_name="faceid_file")
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise CheckpointError(f"{separate}: diffusers could not load this LoRA ({type(exc).__name__}: "
+                                      f"{' '.join(str(exc).split())[:300]})") from None
         adapters = [a for a in getattr(pipe.unet, "peft_config", {}) if a.startswith("faceid_")]
         if adapters:
             pipe.fuse_lora(components=["unet"], lora_scale=float(options["lora_scale"]), adapter_names=adapters)

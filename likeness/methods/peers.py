@@ -330,7 +330,8 @@ class TuningFreeMethod(Method):
         if not embeddings.is_file():
             raise ArtifactError(f"{embeddings}: embeddings missing from the artifact")
         for record in manifest.config.get("weights", []):
-            verify_weights(artifact, record)
+            if record.get("needed_at_generation", True):  # encoders only made the stored embeddings
+                verify_weights(artifact, record)
         pipe = load_pipeline(base_model or manifest.base_model.model_id, device=device, dtype=dtype,
                              expect_family=manifest.family)
         pipe = self.apply(pipe, artifact, manifest) or pipe
