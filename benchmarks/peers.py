@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from generation import benchmark_parser, build_sd15_random, peak_rss_gb, subprocess_part  # noqa: E402
+from generation import benchmark_parser, peak_rss_gb, subprocess_part  # noqa: E402
 
 TEMPLATE = "{} reading a book in a library"
 
