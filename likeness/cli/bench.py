@@ -54,7 +54,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", default="runs/bench", help="run folder (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue --out with the configuration recorded in it")
     parser.add_argument("--retry-failed", action="store_true", help="give failed items another try (they are final otherwise)")
-    parser.add_argument("--method", default="textual-inversion", help="personalization method (default: %(default)s)")
+    parser.add_argument("--method", default="textual-inversion",
+                        help="personalization method, or several comma-separated: each runs into OUT/<method>/ with the "
+                             "same plan and OUT/leaderboard.html ranks them (default: %(default)s)")
     parser.add_argument("--base-model", default="likeness/tiny-sd", help="hub id, local folder or tiny id (default: %(default)s)")
     parser.add_argument("--identities", default="builtin", help="dataset folder, or 'builtin' (default: %(default)s)")
     parser.add_argument("--prompts", default="open", help="open | stellar-t | stellar-h | JSON file (default: %(default)s)")
@@ -69,7 +71,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--resolution", type=int, help="image side in px (default: 64 on tiny models, else the model's)")
     parser.add_argument("--train-steps", type=int, help="personalization steps (default: 20 on tiny models, else the method's)")
     parser.add_argument("--method-option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-                        help="extra method option, JSON value (repeatable), e.g. learning_rate=1e-3")
+                        help="extra method option, JSON value (repeatable), e.g. learning_rate=1e-3; "
+                             "METHOD:KEY=VALUE applies to that method only (e.g. ip-adapter:scale=0.6)")
     parser.add_argument("--metrics", type=_csv, default=["ips", "sis", "aps"], help="comma-separated (default: ips,sis,aps)")
     parser.add_argument("--face-backend", default="dlib", help="face backend for the metrics (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on tiny models, else torch's default)")
@@ -88,7 +91,7 @@ def config_from_args(args):
     from likeness.models.tiny import is_tiny
 
     tiny = is_tiny(args.base_model)
-    options = dict(args.method_option)
+    options = {k: v for k, v in args.method_option if ":" not in k}
     if args.train_steps is not None or tiny:
         options.setdefault("max_steps", args.train_steps if args.train_steps is not None else 20)
     def absolute(path: str, keywords: tuple[str, ...]) -> str:
@@ -135,6 +138,8 @@ def run(args) -> int:
     from likeness.data.prompts import PromptError
     from likeness.methods.base import UnknownMethodError
 
+    if "," in args.method:
+        return run_several(args)
     try:
         config = load_run_config(args.out) if args.resume else config_from_args(args)
         set_threads(args.threads, config.base_model)
@@ -168,4 +173,40 @@ def run(args) -> int:
         page, text = build_report(runner.run_dir)
         print(text)
         print(f"report: {page}")
+    return 0
+
+
+def run_several(args) -> int:
+    """``--method a,b,c``: one run folder per method under --out, one leaderboard over them."""
+    from likeness.bench.leaderboard import build_leaderboard, method_folder, run_methods
+    from likeness.bench.plan import RunConfigError
+    from likeness.data.identities import DatasetError
+    from likeness.data.prompts import PromptError
+    from likeness.methods.base import UnknownMethodError, get_method
+
+    methods = _csv(args.method)
+    per_method: dict[str, dict] = {m: {} for m in methods}
+    for key, value in args.method_option:
+        if ":" in key:
+            method, _, option = key.partition(":")
+            if method not in per_method:
+                print(f"likeness bench: --method-option {key}: {method!r} is not one of --method {args.method}", file=sys.stderr)
+                return 2
+            per_method[method][option] = value
+    try:
+        for method in methods:
+            get_method(method)  # an unknown name fails before any work
+        args.method = methods[0]
+        config = config_from_args(args)
+        set_threads(args.threads, config.base_model)
+        summaries = run_methods(config, per_method, args.out, progress=not args.quiet, retry_failed=args.retry_failed,
+                                report=not args.no_report)
+    except (RunConfigError, DatasetError, PromptError, UnknownMethodError, FileNotFoundError, ValueError) as exc:
+        print(f"likeness bench: {exc}", file=sys.stderr)
+        return 2
+    for summary in summaries:
+        print(summary.describe())
+    page, text = build_leaderboard([method_folder(Path(args.out), m) for m in methods], args.out)
+    print(text)
+    print(f"leaderboard: {page}")
     return 0

@@ -32,7 +32,9 @@ def _value(text: str):
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("personalize", help="train a method on photos of people; write an artifact folder",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", required=True, help="method name, e.g. textual-inversion, dreambooth-lora, celeb-basis")
+    p.add_argument("--method", required=True,
+                   help="method name, e.g. textual-inversion, dreambooth-lora, celeb-basis, or a tuning-free peer: "
+                        "ip-adapter, ip-adapter-faceid, instantid, photomaker (these only encode the photos)")
     p.add_argument("--base-model", default="likeness/tiny-sd",
                    help="hub id, local diffusers folder, or likeness/tiny-sd | likeness/tiny-sdxl (default: %(default)s)")
     p.add_argument("--identity", action="append", required=True, metavar="PHOTO_OR_FOLDER",

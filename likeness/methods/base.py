@@ -200,8 +200,9 @@ class Personalized:
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds[start : start + batch_size]]
-            out = self.pipe(
-                prompt=chunk,
+            out = self.call_pipe(
+                chunk,
+                identity=identity,
                 negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None,
                 num_inference_steps=steps,
                 guidance_scale=guidance,
@@ -212,6 +213,11 @@ class Personalized:
             )
             images.extend(out.images)
         return images
+
+    def call_pipe(self, prompts: list[str], *, identity: str | None = None, **kwargs):
+        """One pipeline call for a chunk of filled prompts. Methods that condition on more than the text
+        (the tuning-free peers feed image or face embeddings) override it."""
+        return self.pipe(prompt=prompts, **kwargs)
 
 
 @dataclass
