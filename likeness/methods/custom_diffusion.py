@@ -18,8 +18,12 @@ Two ways in: :meth:`CustomDiffusion.personalize` (photos of people, like every m
 
 Artifact files, all read by plain diffusers::
 
-    pipe.unet.load_attn_procs(artifact, weight_name="pytorch_custom_diffusion_weights.bin")
+    pipe.unet.load_attn_procs(artifact, weight_name="pytorch_custom_diffusion_weights.bin", _pipeline=pipe)
     pipe.load_textual_inversion(f"{artifact}/<name>.safetensors", token="<name>")   # per concept
+
+``_pipeline=pipe`` is needed with diffusers 0.42.1: its ``load_attn_procs`` calls
+``set_attn_processor`` only inside ``if _pipeline is not None``, so without it the weights are read
+and silently not installed (the test checks the processors really are in place).
 
 The K/V weights are the ``.bin`` ``save_attn_procs`` writes (a dict of tensors; ``load_attn_procs``
 needs the empty entries of the self-attention layers, which safetensors cannot store, and reads it
@@ -157,7 +161,9 @@ class CustomDiffusion(Method):
         weights = Path(artifact) / WEIGHTS
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: Custom Diffusion weights missing from the artifact")
-        pipe.unet.load_attn_procs(str(artifact), weight_name=WEIGHTS)
+        pipe.unet.load_attn_procs(str(artifact), weight_name=WEIGHTS, _pipeline=pipe)
+        if not any("CustomDiffusion" in type(p).__name__ for p in pipe.unet.attn_processors.values()):
+            raise RuntimeError(f"{weights}: diffusers did not install the Custom Diffusion processors")
         tokens = [e.tokens[0] for e in manifest.identities.values()]
         if manifest.config.get("options", {}).get("global_token"):
             tokens.append(manifest.config["options"]["global_token"])
@@ -176,8 +182,7 @@ class CustomDiffusion(Method):
                               source: str = "", **config) -> Path:
         """Train on ``examples`` = ``[(image path, caption)]`` whose captions already contain the
         concepts' tokens ``<name>``; ``concepts`` = ``{name: {"class_noun", "photos"}}``."""
-        from likeness.data.images import load_image
-        from likeness.methods.training import Batch, native_resolution, remove_checkpoints, train
+        from likeness.methods.training import native_resolution, remove_checkpoints, train
         from likeness.models.loading import load_pipeline
 
         examples = [(Path(p), str(c)) for p, c in examples]
@@ -191,21 +196,13 @@ class CustomDiffusion(Method):
         out_dir = start_artifact(out_dir, options["overwrite"])
         pipe = load_pipeline(base_model, device=options["device"], dtype=torch.float32)
         size = training.resolution = training.resolution or native_resolution(pipe)
-        pixels = []
-        for path, _ in examples:  # validated up front: a corrupt image names its file before any training
-            image = load_image(path).resize((size, size), resample=3)
-            pixels.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
+        pixels = load_pixels([p for p, _ in examples], size)
         captions = [c for _, c in examples]
         setup = self.setup(pipe, list(concepts), {**options, "out_dir": out_dir})
         for name, entry in setup.identities.items():
             entry.photos = [str(p) for p in concepts[name].get("photos", [])]
 
-        def make_batch(step, micro, rng):
-            picks = [int(rng.integers(len(pixels))) for _ in range(training.batch_size)]
-            flips = [bool(options["flip"] and rng.random() < 0.5) for _ in picks]
-            batch = torch.stack([pixels[i].flip(-1) if f else pixels[i] for i, f in zip(picks, flips)])
-            return Batch(pixels=batch, captions=[captions[i] for i in picks])
-
+        make_batch = captioned_batches(pixels, captions, training.batch_size, options["flip"])
         fingerprint = {"method": self.name, "base_model": pipe.likeness_info.to_dict(), "options": options,
                        "examples": [(str(p), c) for p, c in examples]}
         result = train(pipe, setup.trainable, make_batch, training, out_dir, modules=setup.modules,
@@ -226,3 +223,27 @@ class CustomDiffusion(Method):
         remove_checkpoints(out_dir)
         return out_dir
 
+
+def load_pixels(paths, size: int) -> list[torch.Tensor]:
+    """3 x size x size tensors in [-1, 1]; every image is read (and validated) before training starts,
+    so a corrupt file is an error naming it, not a crash at step 300."""
+    from likeness.data.images import load_image
+
+    out = []
+    for path in paths:
+        image = load_image(path).resize((size, size), resample=3)
+        out.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
+    return out
+
+
+def captioned_batches(pixels: list[torch.Tensor], captions: list[str], batch_size: int, flip: bool = True):
+    """``make_batch(step, micro, rng)`` over captioned images: random picks and flips from ``rng`` only."""
+    from likeness.methods.training import Batch
+
+    def make_batch(step, micro, rng):
+        picks = [int(rng.integers(len(pixels))) for _ in range(batch_size)]
+        flips = [bool(flip and rng.random() < 0.5) for _ in picks]
+        batch = torch.stack([pixels[i].flip(-1) if f else pixels[i] for i, f in zip(picks, flips)])
+        return Batch(pixels=batch, captions=[captions[i] for i in picks])
+
+    return make_batch
