@@ -77,8 +77,8 @@ class VLMCaptioner:
 
     name = "vlm"
 
-    def __init__(self, model_id: str | Path, *, prompt: str = "Describe this image in one sentence.",
-                 max_new_tokens: int = 48, strategy: str = "gen4gen", global_token: str = GLOBAL_TOKEN, device=None):
+    def __init__(self, model_id: str | Path, *, prompt: str | None = None, max_new_tokens: int = 48,
+                 strategy: str = "gen4gen", global_token: str = GLOBAL_TOKEN, device=None):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -95,16 +95,26 @@ class VLMCaptioner:
         self.strategy, self.global_token = strategy, global_token
 
     def describe(self, image) -> str:
+        """At most :data:`MAX_WORDS` words. Chat models (a processor with a chat template) get an
+        instruction with the image; captioning models (BLIP-style) caption unconditionally, or
+        continue ``prompt`` when one is given."""
         import torch
 
-        inputs = self.processor(images=image.convert("RGB"), text=self.prompt, return_tensors="pt").to(self.device)
+        chat = bool(getattr(self.processor, "chat_template", None))
+        kwargs = {"images": image.convert("RGB"), "return_tensors": "pt"}
+        if chat:
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt or
+                         f"Describe this image in one sentence of at most {MAX_WORDS} words."}]}]
+            kwargs["text"] = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        elif self.prompt:
+            kwargs["text"] = self.prompt
+        inputs = self.processor(**kwargs).to(self.device)
         with torch.no_grad():
             ids = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
-        if "input_ids" in inputs and ids.shape[1] > inputs["input_ids"].shape[1] and getattr(self.model.config, "is_encoder_decoder", False) is False:
+        if chat:  # decoder-only: the answer follows the prompt tokens
             ids = ids[:, inputs["input_ids"].shape[1]:]
         text = self.processor.batch_decode(ids, skip_special_tokens=True)[0]
-        words = text.replace("\n", " ").split()
-        return " ".join(words[:MAX_WORDS])
+        return " ".join(text.replace("\n", " ").split()[:MAX_WORDS])
 
     def caption(self, phrases: list[str], background: str, rng: np.random.Generator, image=None,
                 class_nouns: list[str] | None = None) -> str:
