@@ -94,3 +94,16 @@ def test_every_composition_rejected_is_a_clear_error(dataset, tmp_path):
     dataset.reject([e.id for e in dataset.entries()])
     with pytest.raises(ValueError, match="no training examples"):
         train_on_dataset(dataset, tmp_path / "art", "likeness/tiny-sd", max_steps=1, progress=False)
+
+
+def test_sdxl_artifact_trains_and_loads(dataset, tmp_path):
+    art = train_on_dataset(dataset, tmp_path / "xl", "likeness/tiny-sdxl", max_steps=1, batch_size=1, progress=False)
+    loaded = load_artifact(art)
+    assert loaded.manifest.family == "sdxl"
+    assert all(type(p).__name__ == "CustomDiffusionAttnProcessor" for n, p in loaded.pipe.unet.attn_processors.items()
+               if "attn2" in n)
+    tokens = loaded.pipe.tokenizer_2.convert_tokens_to_ids(["<mochi>", "<kettle>"])
+    assert all(t != loaded.pipe.tokenizer_2.unk_token_id for t in tokens)  # tokens in both text encoders
+    image = loaded.pipe("<gen4gen> a photo of <mochi> dog", num_inference_steps=1, height=64, width=64,
+                        generator=torch.Generator("cpu").manual_seed(0)).images[0]
+    assert image.size == (64, 64)
