@@ -59,6 +59,14 @@ def make_concepts(root: Path, n_photos: int = 2):
     return concepts
 
 
+class Report(dict):
+    """A dict that also prints each figure as it is measured (a killed run still leaves its numbers)."""
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        print(f"# {key}: {round(value, 3) if isinstance(value, float) else value}", file=sys.stderr, flush=True)
+
+
 def rate(fn, repeats: int) -> float:
     """Calls per second: median of ``repeats`` timed calls after one warm-up."""
     fn()
@@ -114,7 +122,7 @@ def part_stages(args) -> dict:
         white = Image.new("RGB", im.size, (255, 255, 255))
         white.paste(im, mask=im.getchannel("A"))
         white.save(work / "opaque.png")
-    out = {"canvas": args.canvas, "threads": args.threads}
+    out = Report(canvas=args.canvas, threads=args.threads)
     out["extract_alpha_per_s"] = rate(lambda: extract_foreground(photo, "alpha"), args.repeats)
     out["extract_onnx256_2pass_per_s"] = rate(lambda: extract_foreground(work / "opaque.png", onnx, passes=2), args.repeats)
     fgs = {c.name: extract_foreground(c.photos[0], "alpha") for c in concepts}
@@ -225,10 +233,10 @@ def part_sdxl(args) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=["stages", "sdxl"], default="stages")
-    parser.add_argument("--canvas", type=int, default=256, help="canvas side for the stage timings (default 256)")
-    parser.add_argument("--tiny-steps", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--compositions", type=int, default=8)
+    parser.add_argument("--canvas", type=int, default=128, help="canvas side for the stage timings (default 128)")
+    parser.add_argument("--tiny-steps", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compositions", type=int, default=4)
     parser.add_argument("--sdxl-size", type=int, default=256)
     parser.add_argument("--sdxl-steps", type=int, default=2)
     parser.add_argument("--sdxl-images", type=int, default=2)

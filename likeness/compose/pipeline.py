@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from likeness.compose.captions import TemplateCaptioner
 from likeness.compose.composite import composite, fit_background, paste_back, repaint_mask

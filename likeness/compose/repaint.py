@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -88,7 +87,3 @@ class Repainter:
         full = Image.new("L", size, 255)
         return self._call(blank, full, prompt, seed, 1.0)
 
-
-def mask_stats(mask: Image.Image) -> dict:
-    arr = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
-    return {"repaint_fraction": round(float(arr.mean()), 4)}
