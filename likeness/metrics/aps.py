@@ -21,7 +21,7 @@ from likeness.data.stellar import APS_ATTRIBUTES
 from likeness.faces import FaceBackend, FaceCache, FaceResult
 from likeness.faces.cache import file_digest
 from likeness.metrics import METRICS
-from likeness.metrics.base import Metric, Sample, Score, reference_faces
+from likeness.metrics.base import FaceMetric, Metric, Sample, Score, reference_faces
 
 AGE_TOLERANCE_YEARS = 20.0
 
@@ -63,7 +63,7 @@ class AttributeProbe:
         return out
 
 
-class ProbeAPS(Metric):
+class ProbeAPS(FaceMetric):
     name = "aps"
     version = "probe-v1"
     definition = ("Stellar APS: per-attribute logistic-regression probe on labelled photo embeddings, balanced accuracy "
@@ -117,7 +117,7 @@ class ProbeAPS(Metric):
         return summary
 
 
-class AgeGenderAPS(Metric):
+class AgeGenderAPS(FaceMetric):
     name = "aps"
     version = "agegender-v1"
     definition = (f"NOT Stellar APS (no labels): mean of [same gender, max(0, 1 - |age gap| / {AGE_TOLERANCE_YEARS:g} y)] "
