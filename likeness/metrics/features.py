@@ -123,7 +123,9 @@ class RelationFeature:
 
 def prompt_text(meta: dict) -> str | None:
     """The prompt as CLIP reads it: the template with ``{}`` -> "a person" (never the learned token)."""
-    text = meta.get("prompt_template") or meta.get("prompt")
+    text = meta.get("prompt_template")
+    if text is None:
+        text = meta.get("prompt")
     if text is None:
         return None
     return str(text).replace("{}", PERSON_TEXT)

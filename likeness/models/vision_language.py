@@ -199,10 +199,14 @@ def load_clip(role: str, model_id: str, device=None, batch_size: int = 16) -> Cl
 
     def loader(source, local_files_only):
         model = CLIPModel.from_pretrained(source, local_files_only=local_files_only, dtype=torch.float32)
-        processor_source = source
-        if role == "pickscore" and not (Path(str(source)) / "preprocessor_config.json").exists() and _tiny(model_id) is None:
-            processor_source = os.environ.get(PICKSCORE_PROCESSOR[1]) or PICKSCORE_PROCESSOR[0]
-        processor = AutoProcessor.from_pretrained(processor_source, local_files_only=local_files_only)
+        try:
+            processor = AutoProcessor.from_pretrained(source, local_files_only=local_files_only)
+        except Exception:
+            if role != "pickscore":
+                raise
+            # PickScore's repo has no processor: it is the one of the CLIP-H it was fine-tuned from.
+            fallback = os.environ.get(PICKSCORE_PROCESSOR[1]) or PICKSCORE_PROCESSOR[0]
+            processor = AutoProcessor.from_pretrained(fallback, local_files_only=local_files_only)
         return model, processor
 
     model, processor = _load(role, model_id, loader)
