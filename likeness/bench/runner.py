@@ -99,7 +99,7 @@ class Runner:
     """One process's view of a run. Create it on every rank; :meth:`run` does the whole job."""
 
     def __init__(self, config: RunConfig, run_dir: str | Path, *, progress: bool = True, retry_failed: bool = False,
-                 state=None):
+                 state=None, models=None):
         from accelerate import PartialState
 
         self.config = config
@@ -108,6 +108,7 @@ class Runner:
         self.rank, self.world = self.state.process_index, self.state.num_processes
         self.progress = progress
         self.retry_failed = retry_failed
+        self.models = models  # VisionModels for the text-image metrics (None: env vars / defaults)
         self.seconds: dict[str, float] = defaultdict(float)
 
     # -- setup ------------------------------------------------------------------------------------
@@ -273,7 +274,7 @@ class Runner:
         done = {r["item_id"] for r in self.store.items(DONE)}
         mine = [item for item in shard(self.plan, self.rank, self.world) if item.item_id in done]
         options = dict(identities=self.identities, metrics=self.config.metrics, store_path=self.run_dir / STORE_FILE,
-                       face_backend=self.config.face_backend)
+                       face_backend=self.config.face_backend, models=self.models)
         started = time.perf_counter()
         report = evaluate_run_items([self.image_path(item) for item in mine], progress=self.progress, **options)
         self.seconds["evaluate"] += time.perf_counter() - started
