@@ -97,6 +97,12 @@ def test_report_shows_leaderboard_protocol_plots_and_grids(scored_run):
     assert penalty[:6] == ["metric", "raw", "penalised", "zeroed", "unjudged", "std(CLIP-N)"] and penalty[6] == "IPS"
     assert re.fullmatch(r"\d of 4", penalty[9])
     assert "goa/v1+likeness/tiny-owlvit" in html and "rfs/open-vqa-v1+likeness/tiny-blip-vqa" in html
+    import csv
+
+    exported = {r["metric"]: r for r in csv.DictReader(open(page.parent / "leaderboard.csv"))}
+    assert float(exported["GOA"]["value"]) == pytest.approx(results.totals["GOA"])
+    assert float(exported["GOA"]["ci_low"]) <= results.totals["GOA"] <= float(exported["GOA"]["ci_high"])
+    assert exported["IPS-PENALISED"]["zeroed"] != ""
     assert "ips/v1+dlib" in html and "face protocol" in html  # the protocol is printed
     assert (page.parent / "categories.png").stat().st_size > 1000 and "categories" in parsed.tables
     # Every image the page shows exists: 1 plot + 1 reference thumbnail + 4 generated images.

@@ -252,6 +252,8 @@ def render_html(results: RunResults, out_dir: Path) -> Path:
         for item in failures:
             parts.append(f"<tr><td class='l'>{esc(item['item_id'])}</td><td class='l'>{esc(item['reason'] or '')}</td></tr>")
         parts.append("</table>")
+    csv_path = write_leaderboard_csv(results, out_dir / "leaderboard.csv")
+    parts.append(f"<p>Leaderboard with intervals as CSV: <a href='{esc(csv_path.name)}'>{esc(csv_path.name)}</a></p>")
     parts.append("</body></html>")
     page = out_dir / "index.html"
     page.write_text("\n".join(parts), encoding="utf-8")
@@ -275,6 +277,20 @@ def summary_text(results: RunResults) -> str:
     if results.face_protocol:
         lines.append("faces: " + results.face_protocol)
     return "\n".join(lines)
+
+
+def write_leaderboard_csv(results: RunResults, path: Path) -> Path:
+    """One row per computed metric: value, 95% interval, images, zeroed (penalised identity scores)."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        w = csv.writer(handle)
+        w.writerow(["method", "metric", "value", "ci_low", "ci_high", "count", "zeroed", "protocol"])
+        for metric, s in results.summaries.items():
+            lo, hi = (s.get("ci95") or [None, None])[:2]
+            w.writerow([results.config["method"], metric, _finite(s.get("value")), _finite(lo), _finite(hi), s.get("count", ""),
+                        s.get("zeroed", ""), s.get("protocol", "")])
+    return path
 
 
 def _label(metric: str) -> str:

@@ -33,6 +33,30 @@ def balanced_accuracy(true: list[int], pred: list[int]) -> float:
     return float(np.mean(recalls)) if recalls else float("nan")
 
 
+def _set_value(scores: list[Score]) -> float:
+    per_attribute = []
+    for attribute in APS_ATTRIBUTES:
+        pairs = [(s.detail["true"][attribute], s.detail["pred"][attribute]) for s in scores
+                 if attribute in s.detail.get("pred", {}) and attribute in s.detail.get("true", {})]
+        if pairs:
+            per_attribute.append(balanced_accuracy(*zip(*pairs)))
+    return float(np.mean(per_attribute)) if per_attribute else float("nan")
+
+
+def _bootstrap_set_value(scores: list[Score], samples: int = 500, seed: int = 0) -> tuple[float, float]:
+    """95% interval of the set-level APS (balanced accuracy is not a mean of per-image values, so the items
+    are resampled and the whole statistic recomputed)."""
+    scored = [s for s in scores if s.detail.get("pred")]
+    if len(scored) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    values = [_set_value([scored[i] for i in rng.integers(0, len(scored), len(scored))]) for _ in range(samples)]
+    values = [v for v in values if np.isfinite(v)]
+    if not values:
+        return float("nan"), float("nan")
+    return float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))
+
+
 class AttributeProbe:
     """One logistic regression per attribute on embeddings; a constant when only one class was seen."""
 
@@ -114,6 +138,7 @@ class ProbeAPS(FaceMetric):
                 per_attribute[attribute] = balanced_accuracy(*zip(*pairs))
         summary["per_attribute"] = per_attribute
         summary["value"] = float(np.mean(list(per_attribute.values()))) if per_attribute else float("nan")
+        summary["ci95"] = list(_bootstrap_set_value(scores))
         return summary
 
 
