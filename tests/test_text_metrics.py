@@ -360,3 +360,20 @@ def test_cli_evaluate_text_metrics_and_missing_model(folders, case, tmp_path, ca
     assert main(args[:5] + ["--metrics", "rfs", "--vlm-model", "nobody/no-vqa", "--quiet"]) == 1
     captured = capsys.readouterr()
     assert "nobody/no-vqa" in captured.err and "--vlm-model" in captured.err and "Traceback" not in captured.err
+
+
+def test_optional_reward_packages_report_package_missing(case):
+    import importlib.util
+
+    from likeness.cli.bench import default_metrics
+
+    _, _, samples = case
+    chosen, skipped = default_metrics(VisionModels({"clip": "likeness/tiny-clip", "owlvit": "likeness/tiny-owlvit"}))
+    assert {"ips", "sis", "aps", "clip-t", "clip-i", "clip-n", "goa"} <= set(chosen)
+    assert any(s.startswith("rfs (not available locally") for s in skipped) or "rfs" in chosen
+    for name, module in (("imagereward", "ImageReward"), ("hpsv2", "hpsv2")):
+        if importlib.util.find_spec(module) is not None:
+            continue  # installed: a real score would need its weights from the hub
+        (row,) = METRICS.create(name).update([samples[0]])
+        assert row.status == "package_missing" and "pip install" in row.detail["problem"]
+        assert name not in chosen

@@ -95,7 +95,7 @@ def default_metrics(models) -> tuple[list[str], list[str]]:
     for name in METRICS.names():
         if name in chosen or not is_vision_language(name):
             continue
-        missing = [models.model_id(r) for r in METRICS.get(name).roles if not models.available(r)]
+        missing = METRICS.get(name).unavailable(models)
         if missing:
             skipped.append(f"{name} (not available locally: {', '.join(missing)})")
         else:

@@ -189,6 +189,11 @@ class VisionLanguageMetric(Metric):
         return {"name": f"{self.name}/{self.version}+" + "+".join(ids.values()), "metric": self.name,
                 "definition": self.definition, "models": ids}
 
+    @classmethod
+    def unavailable(cls, models) -> list[str]:
+        """What is missing to run it without the network (empty: it can run); bench picks defaults with it."""
+        return [models.model_id(r) for r in cls.roles if not models.available(r)]
+
     def update(self, samples: list[Sample], extractor=None) -> list[Score]:
         """Score samples on their own (the evaluator shares one extractor across metrics instead)."""
         from likeness.metrics.features import FeatureExtractor
