@@ -115,7 +115,9 @@ def category_table(results: RunResults) -> dict[str, dict[str, float | None]]:
 
 def plot_categories(table: dict, path: Path) -> Path | None:
     """Grouped bars: one group per category, one bar per metric. None when there is nothing to plot."""
-    metrics = sorted({m for row in table.values() for m, v in row.items() if v is not None}, key=COLUMNS.index)
+    # Preference scores live on other scales (PickScore ~20, aesthetic ~5): in the table, not on this [0, 1] plot.
+    metrics = sorted({m for row in table.values() for m, v in row.items() if v is not None and m not in ("PICKSCORE", "AESTHETIC")},
+                     key=COLUMNS.index)
     if not table or not metrics:
         return None
     import matplotlib
