@@ -141,10 +141,11 @@ def test_clip_t_i_n_equal_hand_computation_and_encode_each_image_once(models, fo
 
 def test_batched_equals_one_at_a_time(models, case):
     _, _, samples = case
-    batched, _ = _scores(["clip-t", "goa"], models, samples)
+    names = ["clip-t", "goa", "rfs", "cp-clip"]
+    batched, _ = _scores(names, models, samples)
     for s in samples:
-        single, _ = _scores(["clip-t", "goa"], models, [s])
-        for name in ("clip-t", "goa"):
+        single, _ = _scores(names, models, [s])
+        for name in names:
             a, b = batched[name][s.item_id].value, single[name][s.item_id].value
             assert (a is None and b is None) or a == pytest.approx(b, abs=1e-5)
 

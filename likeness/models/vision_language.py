@@ -305,9 +305,16 @@ class YesNoVQA:
             image_mask = torch.ones(embeds.shape[:-1], dtype=torch.long, device=self.device)
             question = self.model.text_encoder(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
                                                encoder_hidden_states=embeds, encoder_attention_mask=image_mask)[0]
-            bos = torch.full((len(flat), 1), self.model.decoder_start_token_id, device=self.device)
-            logits = self.model.text_decoder(input_ids=bos, encoder_hidden_states=question,
-                                             encoder_attention_mask=tokens["attention_mask"]).logits[:, 0, :].float()
+            # The answer decoder does not mask padded question tokens out of its cross-attention (measured: 2e-3
+            # logit drift), so questions of equal length are decoded together, cut to their true length.
+            lengths = tokens["attention_mask"].sum(dim=1)
+            logits = torch.empty(len(flat), self.model.config.text_config.vocab_size, device=self.device)
+            for length in torch.unique(lengths).tolist():
+                rows_l = (lengths == length).nonzero(as_tuple=True)[0]
+                bos = torch.full((len(rows_l), 1), self.model.decoder_start_token_id, device=self.device)
+                logits[rows_l] = self.model.text_decoder(
+                    input_ids=bos, encoder_hidden_states=question[rows_l, :length],
+                    encoder_attention_mask=tokens["attention_mask"][rows_l, :length]).logits[:, 0, :].float()
             pair = torch.softmax(logits[:, [self.yes_id, self.no_id]], dim=-1)[:, 0].cpu().numpy()
             start = 0
             for _, q in chunk:
