@@ -378,3 +378,29 @@ def test_optional_reward_packages_report_package_missing(case):
         (row,) = METRICS.create(name).update([samples[0]])
         assert row.status == "package_missing" and "pip install" in row.detail["problem"]
         assert name not in chosen
+
+
+def test_owlv2_loads_and_boxes_scale_to_its_padded_square(tmp_path):
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    from likeness.models.tiny_vision import _clip_tokenizer, _small
+
+    folder = tmp_path / "owlv2"
+    tok = _clip_tokenizer(folder / "_tok", 16)
+    config = Owlv2Config(text_config=_small(vocab_size=len(tok), max_position_embeddings=16, bos_token_id=tok.bos_token_id,
+                                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+                         vision_config=_small(image_size=32, patch_size=8), projection_dim=32)
+    torch.manual_seed(0)
+    Owlv2ForObjectDetection(config).save_pretrained(folder)
+    Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok).save_pretrained(folder)
+    models = VisionModels({"owlvit": str(folder)}, device="cpu")
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 80, 3), dtype=np.uint8))
+    (det,) = models.get("owlvit").detect([image], [["dog", "bench"]])
+    model, processor = Owlv2ForObjectDetection.from_pretrained(folder).eval(), Owlv2Processor.from_pretrained(folder)
+    with torch.no_grad():
+        out = model(**processor(text=[["dog", "bench"]], images=image, return_tensors="pt"))
+    assert np.allclose(det.scores, torch.sigmoid(out.logits[0]).numpy(), atol=1e-6)
+    cx, cy, w, h = out.pred_boxes[0].numpy().T
+    side = 80  # OWLv2 pads the 80x40 image to an 80x80 square
+    expected = np.clip(np.stack([(cx - w / 2) * side, (cy - h / 2) * side, (cx + w / 2) * side, (cy + h / 2) * side], 1), 0, [80, 40, 80, 40])
+    assert np.allclose(det.boxes, expected, atol=1e-3)
