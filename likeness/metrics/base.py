@@ -1,7 +1,9 @@
 """What every metric shares: the sample it scores, the score it returns, update/compute, summaries.
 
-Metrics follow torchmetrics: ``update(samples, generated)`` scores a batch and keeps the per-image
-:class:`Score` objects; ``compute()`` summarises everything seen. ``summarize(scores)`` works on any
+Metrics follow torchmetrics: ``update(...)`` scores a batch and keeps the per-image :class:`Score` objects;
+``compute()`` summarises everything seen. Unlike torchmetrics, a metric does not run its own model: it
+declares the features it needs and ``update_features(samples, features)`` receives them, computed once per
+image for all metrics by ``likeness.metrics.features.FeatureExtractor``. ``summarize(scores)`` works on any
 list of scores (e.g. read back from the results store), so a resumed evaluation reports the same
 numbers as an uninterrupted one.
 """
