@@ -95,7 +95,7 @@ class Runner:
     """One process's view of a run. Create it on every rank; :meth:`run` does the whole job."""
 
     def __init__(self, config: RunConfig, run_dir: str | Path, *, progress: bool = True, retry_failed: bool = False,
-                 state=None, batch_size: int | None = None):
+                 state=None, batch_size: int | None = None, models=None):
         from accelerate import PartialState
 
         self.config = config
@@ -107,6 +107,7 @@ class Runner:
         # Images per pipeline call; pixels do not depend on it (one generator per image), so it is
         # not part of the run's configuration. Default: 1 on CPU, 4 on a GPU.
         self.batch_size = batch_size or default_batch_size()
+        self.models = models  # VisionModels for the text-image metrics (None: env vars / defaults)
         self.seconds: dict[str, float] = defaultdict(float)
 
     # -- setup ------------------------------------------------------------------------------------
@@ -287,7 +288,7 @@ class Runner:
         done = {r["item_id"] for r in self.store.items(DONE)}
         mine = [item for item in shard(self.plan, self.rank, self.world) if item.item_id in done]
         options = dict(identities=self.identities, metrics=self.config.metrics, store_path=self.run_dir / STORE_FILE,
-                       face_backend=self.config.face_backend)
+                       face_backend=self.config.face_backend, models=self.models)
         started = time.perf_counter()
         report = evaluate_run_items([self.image_path(item) for item in mine], progress=self.progress, **options)
         self.seconds["evaluate"] += time.perf_counter() - started

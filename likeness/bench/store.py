@@ -105,8 +105,8 @@ class ResultsStore:
 
     def done_items(self, metric: str, protocol_name: str | None = None, item_ids: list[str] | None = None) -> set[str]:
         """Items with a stored row for ``metric`` (under ``protocol_name`` when given; rows under
-        another protocol are stale and will be recomputed). ``failed`` rows are never done."""
-        query = "SELECT item_id, protocol FROM results WHERE metric = ? AND status != 'failed'"
+        another protocol are stale and will be recomputed). ``failed`` and ``model_missing`` rows are never done."""
+        query = "SELECT item_id, protocol FROM results WHERE metric = ? AND status NOT IN ('failed', 'model_missing')"
         args: list = [metric]
         if item_ids is not None:
             query += f" AND item_id IN ({','.join('?' * len(item_ids))})"

@@ -14,7 +14,7 @@ from likeness import __version__
 from likeness.cli.output import add_output_options, configure_output
 
 # Module names under likeness.cli, in the order shown by --help.
-SUBCOMMANDS: list[str] = ["personalize", "train_encoder", "generate", "evaluate", "bench", "report", "compose", "demo"]
+SUBCOMMANDS: list[str] = ["personalize", "train_encoder", "generate", "evaluate", "bench", "report", "agreement", "compare", "compose", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

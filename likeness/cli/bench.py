@@ -73,7 +73,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--method-option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                         help="extra method option, JSON value (repeatable), e.g. learning_rate=1e-3; "
                              "METHOD:KEY=VALUE applies to that method only (e.g. ip-adapter:scale=0.6)")
-    parser.add_argument("--metrics", type=_csv, default=["ips", "sis", "aps"], help="comma-separated (default: ips,sis,aps)")
+    parser.add_argument("--metrics", type=_csv, help="comma-separated (default: ips,sis,aps + every text-image metric "
+                        "whose models are available locally: see the --*-model flags)")
     parser.add_argument("--face-backend", default="dlib", help="face backend for the metrics (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on tiny models, else torch's default)")
     parser.add_argument("--stellar-flat", metavar="DIR", help="also copy the images into Stellar's flat layout here")
@@ -83,7 +84,30 @@ def add_parser(subparsers) -> None:
                         "(default: 1 on CPU, 4 on a GPU)")
     parser.add_argument("--parquet", metavar="FILE", help="also export per-image rows to Parquet (same columns as CSV)")
     parser.add_argument("--csv", metavar="FILE", help="also export per-image rows to CSV")
+    from likeness.cli.evaluate import add_model_flags
+
+    add_model_flags(parser)
     parser.set_defaults(run=run)
+
+
+IDENTITY_METRICS = ["ips", "sis", "aps"]
+
+
+def default_metrics(models) -> tuple[list[str], list[str]]:
+    """ips, sis, aps + the text-image metrics whose models load without the network; and why others were left out."""
+    from likeness.bench.evaluate import is_vision_language
+    from likeness.metrics import METRICS
+
+    chosen, skipped = list(IDENTITY_METRICS), []
+    for name in METRICS.names():
+        if name in chosen or not is_vision_language(name):
+            continue
+        missing = METRICS.get(name).unavailable(models)
+        if missing:
+            skipped.append(f"{name} (not available locally: {', '.join(missing)})")
+        else:
+            chosen.append(name)
+    return chosen, skipped
 
 
 def config_from_args(args):
@@ -112,7 +136,7 @@ def config_from_args(args):
         steps=args.steps or (4 if tiny else 50),
         guidance=args.guidance,
         resolution=args.resolution or (64 if tiny else None),
-        metrics=args.metrics,
+        metrics=args.metrics if args.metrics is not None else list(IDENTITY_METRICS),
         face_backend=args.face_backend,
         method_options=options,
     )
@@ -138,6 +162,14 @@ def run(args) -> int:
     from likeness.data.prompts import PromptError
     from likeness.methods.base import UnknownMethodError
 
+    from likeness.cli.evaluate import model_overrides
+    from likeness.models.vision_language import VisionModels
+
+    models = VisionModels(model_overrides(args))
+    if not args.resume and args.metrics is None:
+        args.metrics, skipped = default_metrics(models)
+        if skipped and not args.quiet:
+            print("metrics left out (give their models with the --*-model flags): " + "; ".join(skipped), file=sys.stderr)
     if "," in args.method:
         return run_several(args)
     try:
@@ -146,7 +178,7 @@ def run(args) -> int:
         if args.batch_size is not None and args.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
         runner = Runner(config, args.out, progress=not args.quiet, retry_failed=args.retry_failed,
-                        batch_size=args.batch_size)
+                        batch_size=args.batch_size, models=models)
         summary = runner.run()
     except (RunConfigError, DatasetError, PromptError, UnknownMethodError, FileNotFoundError, ValueError) as exc:
         print(f"likeness bench: {exc}", file=sys.stderr)
