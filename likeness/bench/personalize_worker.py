@@ -68,7 +68,7 @@ def run_units(spec_path: str | Path, *, python: str = sys.executable) -> dict[st
 
 def _units(spec: dict):
     """Train every unit of ``spec``; yields ``(work folder, None | failure reason)``."""
-    from likeness.bench.runner import failure_reason
+    from likeness.bench.failures import failure_reason
     from likeness.data.identities import Identity
     from likeness.methods import get_method
 

@@ -31,11 +31,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from likeness.bench.failures import failure_reason
 from likeness.bench.plan import RunConfig, RunConfigError, WorkItem, bind_run_folder, make_plan, shard
 from likeness.bench.rankstore import MERGED_META, STORE_NAME, RankStore, host_name, merge_rank_stores, rank_folder
 from likeness.bench.runstore import DONE, FAILED, FINAL, RunStore
 from likeness.data.identities import Identity, load_identities
 from likeness.data.layout import write_sidecar
+from likeness.data.names import index_by_name, name_key
 
 STORE_FILE = "results.sqlite"
 BUILTIN = "builtin"
@@ -89,12 +91,6 @@ def check_metrics(names: list[str]) -> None:
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known metrics: {', '.join(METRICS.names())}")
 
 
-def failure_reason(exc: BaseException) -> str:
-    """A one-line failure reason: the exception type and its message (which names the file, if any)."""
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {message}"[:500]
-
-
 def process_start() -> float:
     """When this process started (epoch seconds): the timeline counts interpreter start and imports too."""
     try:
@@ -119,14 +115,14 @@ def _start_worker(config: RunConfig):
 
 def _unit(item: WorkItem) -> str:
     """The artifact an item needs: one per (identity, reference photo), as Stellar personalizes from one photo."""
-    return f"{item.identity}-{item.reference.stem}"
+    return f"{name_key(item.identity)}-{name_key(item.reference.stem)}"
 
 
 class Runner:
     """One process's view of a run. Create it on every rank; :meth:`run` does the whole job."""
 
     def __init__(self, config: RunConfig, run_dir: str | Path, *, progress: bool = True, retry_failed: bool = False,
-                 state=None):
+                 state=None, batch_size: int | None = None, models=None):
         self._t0 = process_start()
         self.timeline: dict[str, float] = {"init": round(time.time() - self._t0, 3)}
         from accelerate import PartialState
@@ -143,6 +139,10 @@ class Runner:
         self._mark("joined")
         self.progress = progress
         self.retry_failed = retry_failed
+        # Images per pipeline call; pixels do not depend on it (one generator per image), so it is
+        # not part of the run's configuration. Default: 1 on CPU, 4 on a GPU.
+        self.batch_size = batch_size or default_batch_size()
+        self.models = models  # VisionModels for the text-image metrics (None: env vars / defaults)
         self.seconds: dict[str, float] = defaultdict(float)
         self.failed_units: dict[str, str] = {}  # unit -> why its personalization failed (all ranks know all)
 
@@ -258,7 +258,7 @@ class Runner:
                 item = units[unit]
                 try:
                     method.personalize([Identity(item.identity, [item.reference])], work[unit], self.config.base_model,
-                                       **self.config.method_options)
+                                       **{**self.config.method_options, "progress": self.progress})
                     errors[unit] = None
                 except Exception as exc:  # one bad photo must not stop the run
                     errors[unit] = failure_reason(exc)
@@ -266,7 +266,7 @@ class Runner:
             from likeness.bench.personalize_worker import method_source, run_units
 
             spec = {"method": self.config.method, **method_source(method), "base_model": self.config.base_model,
-                    "options": self.config.method_options,
+                    "options": {**self.config.method_options, "progress": self.progress},
                     "units": [{"identity": units[u].identity, "photo": str(units[u].reference), "work": str(work[u])}
                               for u in mine]}
             if self._worker is not None:
@@ -302,11 +302,11 @@ class Runner:
 
     def image_path(self, item: WorkItem) -> Path:
         """Where the item's image is once merged into the run folder."""
-        return self.run_dir / "images" / item.identity / f"{item.item_id}.png"
+        return self.run_dir / "images" / name_key(item.identity) / f"{item.item_id}.png"
 
     def rank_image_path(self, item: WorkItem) -> Path:
         """Where this rank writes it (its own folder; merged into :meth:`image_path` at the end)."""
-        return self.rank_dir / "images" / item.identity / f"{item.item_id}.png"
+        return self.rank_dir / "images" / name_key(item.identity) / f"{item.item_id}.png"
 
     def generate(self, method) -> None:
         """This rank's pending items. No barrier after it: evaluation needs only this rank's own images."""
@@ -328,27 +328,42 @@ class Runner:
                 continue
             finally:
                 self.seconds["load"] += time.perf_counter() - started
-            for item in items:
-                self._generate_one(personalized, item)
-                bar.update(1)
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start : start + self.batch_size]
+                self._generate_batch(personalized, chunk)
+                bar.update(len(chunk))
         bar.close()
         self._mark("generated")
 
-    def _generate_one(self, personalized, item: WorkItem) -> None:
-        self.store.begin(item, self.rank, self.attempts[item.item_id] + 1)
+    def _generate_batch(self, personalized, items: list[WorkItem]) -> None:
+        """One pipeline call for ``items`` (same artifact), each image from its own seed's generator."""
+        for item in items:
+            self.store.begin(item, self.rank, self.attempts[item.item_id] + 1)
         started = time.perf_counter()
         try:
-            (image,) = personalized.generate(
-                [item.prompt.prompts],
-                [item.seed],
-                identity=item.identity,
+            images = personalized.generate(
+                [item.prompt.prompts for item in items],
+                [item.seed for item in items],
+                identity=items[0].identity,
                 num_inference_steps=self.config.steps,
                 guidance_scale=self.config.guidance,
                 height=self.config.resolution,
                 width=self.config.resolution,
+                batch_size=len(items),
             )
-            seconds = time.perf_counter() - started
-            self.seconds["generate"] += seconds
+        except Exception as exc:  # the items fail with the reason; the run goes on
+            for item in items:
+                self.store.finish(item.item_id, FAILED, f"generation failed: {failure_reason(exc)}")
+            if os.environ.get("LIKENESS_DEBUG"):
+                traceback.print_exc()
+            return
+        seconds = (time.perf_counter() - started) / len(items)
+        self.seconds["generate"] += seconds * len(items)
+        for item, image in zip(items, images):
+            self._save_one(personalized, item, image, seconds)
+
+    def _save_one(self, personalized, item: WorkItem, image, seconds: float) -> None:
+        try:
             path = self.rank_image_path(item)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".png.tmp")  # not *.png, so readers never pick up a partial file
@@ -356,7 +371,7 @@ class Runner:
             tmp.replace(path)  # a killed write never leaves a half image under the final name
             meta = item.sidecar(self.config)
             meta["prompt"] = personalized.prompt(item.prompt.prompts, item.identity)
-            meta.update(steps=self.config.steps, guidance=self.config.guidance, artifact=str(self.artifact_dir(_unit(item))))
+            meta.update(steps=self.config.steps, guidance=self.config.guidance, artifact=f"artifacts/{_unit(item)}")
             write_sidecar(path, meta)
         except Exception as exc:  # the item fails with its reason; the run goes on
             self.store.finish(item.item_id, FAILED, f"generation failed: {failure_reason(exc)}")
@@ -380,19 +395,20 @@ class Runner:
         mine = [item for item in shard(self.plan, self.rank, self.world) if item.item_id in todo]
         if not mine:
             return
-        by_name = {i.name: i for i in self.identities}
+        by_name = index_by_name(self.identities)
         items = [read_canonical_item(self.rank_image_path(item) if item.item_id in made_now else self.image_path(item), by_name)
                  for item in mine]
         started = time.perf_counter()
         score_items(items, self.identities, self.store, self.config.metrics, self.config.face_backend,
-                    cache=self._face_cache(), progress=self.progress)
+                    cache=self._face_cache() if self._face_metrics() else None, progress=self.progress,
+                    models=self.models)
         self.seconds["evaluate"] += time.perf_counter() - started
         self._mark("evaluated")
 
     def _prewarm(self) -> None:
         """Load the face models and analyse this rank's reference photos now, while it would only wait
         for training: evaluation needs them later. Errors are left to evaluation, which records them."""
-        if not self.config.metrics:
+        if not self._face_metrics():
             return
         try:
             cache = self._face_cache()
@@ -409,6 +425,12 @@ class Runner:
         if self._worker is not None:
             self._worker.close()
             self._worker = None
+
+    def _face_metrics(self) -> bool:
+        """Whether a face metric is asked for (the text-image metrics need no face backend)."""
+        from likeness.bench.evaluate import is_vision_language
+
+        return any(not is_vision_language(name) for name in self.config.metrics)
 
     def _face_cache(self):
         if getattr(self, "_cache", None) is None:
@@ -435,7 +457,8 @@ class Runner:
 
                 started = time.perf_counter()
                 report = score_items([], self.identities, store, self.config.metrics, self.config.face_backend,
-                                     cache=self._face_cache(), progress=False)
+                                     cache=self._face_cache() if self._face_metrics() else None, progress=False,
+                                     models=self.models)
                 store.set_meta(SUMMARY_KEY, {s["metric"]: s for s in report.summaries})
                 store.set_meta("face_protocol", report.face_protocol)
                 self.seconds["evaluate"] += time.perf_counter() - started
@@ -469,6 +492,13 @@ class Runner:
         return RunSummary(self.run_dir, counts, dict(self.seconds), failures, dict(self.timeline))
 
 
-def run_bench(config: RunConfig, run_dir: str | Path, *, progress: bool = True, retry_failed: bool = False) -> RunSummary:
+def default_batch_size() -> int:
+    import torch
+
+    return 4 if torch.cuda.is_available() else 1
+
+
+def run_bench(config: RunConfig, run_dir: str | Path, *, progress: bool = True, retry_failed: bool = False,
+              batch_size: int | None = None) -> RunSummary:
     """Run (or continue) a benchmark in ``run_dir``. Call it on every rank under ``accelerate launch``."""
-    return Runner(config, run_dir, progress=progress, retry_failed=retry_failed).run()
+    return Runner(config, run_dir, progress=progress, retry_failed=retry_failed, batch_size=batch_size).run()

@@ -32,7 +32,9 @@ def _value(text: str):
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("personalize", help="train a method on photos of people; write an artifact folder",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", required=True, help="method name, e.g. textual-inversion, dreambooth-lora, celeb-basis")
+    p.add_argument("--method", required=True,
+                   help="method name, e.g. textual-inversion, dreambooth-lora, celeb-basis, or a tuning-free peer: "
+                        "ip-adapter, ip-adapter-faceid, instantid, photomaker (these only encode the photos)")
     p.add_argument("--base-model", default="likeness/tiny-sd",
                    help="hub id, local diffusers folder, or likeness/tiny-sd | likeness/tiny-sdxl (default: %(default)s)")
     p.add_argument("--identity", action="append", required=True, metavar="PHOTO_OR_FOLDER",
@@ -51,6 +53,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true", default=None, dest="gradient_checkpointing")
     p.add_argument("--masked-loss", choices=["person", "face"], dest="masked_loss", help="loss only inside this mask")
     p.add_argument("--device", help="cuda, mps or cpu (default: best available)")
+    p.add_argument("--weights", help="trained encoder folder, for tuning-free methods (photoverse: made by "
+                   "`likeness train-encoder`); the photo is only encoded, nothing trains")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other method option, value parsed as JSON when possible (e.g. rank=8, train_text_encoder=true)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace a finished artifact in --out")
@@ -69,13 +73,15 @@ def run(args) -> int:
         return 2
     config = {k: getattr(args, k) for k in ("max_steps", "learning_rate", "batch_size", "gradient_accumulation_steps",
                                             "resolution", "checkpoint_every", "seed", "mixed_precision",
-                                            "gradient_checkpointing", "masked_loss", "device", "overwrite")}
+                                            "gradient_checkpointing", "masked_loss", "device", "overwrite", "weights")}
     for item in args.option:
         key, sep, value = item.partition("=")
         if not sep:
             print(f"error: --option {item!r} is not KEY=VALUE", file=sys.stderr)
             return 2
         config[key.strip()] = _value(value)
+    if args.quiet:
+        config["progress"] = False  # the training bar
     try:
         method = get_method(args.method)
         identities = {}
