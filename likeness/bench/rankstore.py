@@ -28,6 +28,8 @@ from pathlib import Path
 
 from likeness.bench.plan import RunConfigError
 from likeness.bench.runstore import DONE, FINAL, RUNNING, RunStore
+from likeness.bench.store import StoreCorruptError, check_integrity
+from likeness.data.names import name_key
 
 RANKS_DIR = "ranks"
 STORE_NAME = "results.sqlite"
@@ -110,7 +112,10 @@ def _open(path: Path) -> sqlite3.Connection:
     try:
         db = sqlite3.connect(path, timeout=30)
         db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        check_integrity(db, path)  # a damaged rank store is named, not merged half-read
         return db
+    except StoreCorruptError:
+        raise
     except sqlite3.DatabaseError as exc:
         raise ValueError(f"{path}: not a usable rank store ({exc})") from None
 
@@ -138,7 +143,8 @@ def _bring_image(folder: Path, run_dir: Path, row: dict, move: bool) -> bool:
     """Image + sidecar of a done item into ``RUN/images``; False when the rank's image is gone."""
     for suffix in (".png", ".json"):
         name = f"{row['item_id']}{suffix}"
-        src, dst = folder / "images" / row["identity"] / name, run_dir / "images" / row["identity"] / name
+        key = name_key(row["identity"])  # the folders are keys (likeness.data.names), the ledger keeps the name
+        src, dst = folder / "images" / key / name, run_dir / "images" / key / name
         try:
             _bring(src, dst, move)
         except FileNotFoundError:
