@@ -206,6 +206,7 @@ COMMON_OPTIONS = {
     "color_jitter": 0.0,
     "scale_range": None,
     "face_backend": "dlib",
+    "segmenter": "auto",  # person/face masks: see likeness.segmentation (auto, heuristic, celebamask, transformers:<model>)
     "overwrite": False,
 }
 
@@ -298,7 +299,7 @@ class Method:
         pipe = load_pipeline(base_model, device=options["device"], dtype=torch.float32)
         training.resolution = training.resolution or native_resolution(pipe)
         prepared, notes = prepare_identities(people, size=training.resolution, framing=options["framing"],
-                                             backend=get_backend(options["face_backend"]))
+                                             backend=get_backend(options["face_backend"]), segmenter=options["segmenter"])
         setup = self.setup(pipe, [name for name, _ in people], {**options, "out_dir": out_dir})
         for name, photos in prepared.items():
             setup.identities[name].photos = [str(p.source) for p in photos]
@@ -324,6 +325,7 @@ class Method:
             base_model=pipe.likeness_info,
             identities=setup.identities,
             config={"training": asdict(training), "options": recorded, "notes": notes,
+                    "masks": mask_record(options["segmenter"], prepared),
                     "final_loss": result.losses[-1] if result.losses else None, "resumed_from": result.resumed_from},
             sampling=dict(self.default_sampling.get(pipe.likeness_info.family, self.default_sampling)),
         ).save(out_dir)  # written last: its presence means the artifact is complete
@@ -349,6 +351,14 @@ class Method:
         """Convenience: :meth:`load` then :meth:`Personalized.generate`."""
         loading = {k: kwargs.pop(k) for k in ("base_model", "device", "dtype") if k in kwargs}
         return self.load(artifact, **loading).generate(prompts, seeds, **kwargs)
+
+
+def mask_record(segmenter, prepared: dict) -> dict:
+    """Which masks an artifact was trained with: the segmenter's description and each photo's mask source."""
+    from likeness.segmentation import get_segmenter
+
+    return {**get_segmenter(segmenter).describe(),
+            "sources": {str(p.source): p.mask_source for photos in prepared.values() for p in photos}}
 
 
 def as_identities(identities) -> list[tuple[str, list[Path]]]:
