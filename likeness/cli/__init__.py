@@ -13,7 +13,7 @@ import sys
 from likeness import __version__
 
 # Module names under likeness.cli, in the order shown by --help.
-SUBCOMMANDS: list[str] = ["personalize", "generate", "evaluate", "bench", "report"]
+SUBCOMMANDS: list[str] = ["personalize", "train_encoder", "generate", "evaluate", "bench", "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,4 +19,4 @@ from likeness.methods.base import (  # noqa: F401
 )
 
 # Built-in methods register themselves on import.
-from likeness.methods import celeb_basis, dreambooth_lora, textual_inversion  # noqa: E402,F401
+from likeness.methods import celeb_basis, dreambooth_lora, stellarnet, textual_inversion  # noqa: E402,F401
