@@ -20,7 +20,7 @@ from likeness.models.loading import FamilyMismatchError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TRAIN = dict(max_steps=6, learning_rate=1e-3, segmenter="celebamask", progress=False, exclude=["id-002"])
+TRAIN = dict(max_steps=4, learning_rate=1e-3, segmenter="celebamask", progress=False, exclude=["id-002"])
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_weights_folder_names_its_masks_data_and_base(weights):
 
 def test_resume_is_exact(tiny_models, clip_dir, portraits, tmp_path):
     method = get_method("stellarnet")
-    opts = {**TRAIN, "max_steps": 4, "checkpoint_every": 2}
+    opts = {**TRAIN, "max_steps": 3, "checkpoint_every": 2}
     straight = method.train_encoder(portraits, tmp_path / "straight", "likeness/tiny-sdxl", image_encoder=str(clip_dir), **opts)
     straight_losses = method.last_training.losses
     import likeness.methods.stellarnet as sn
@@ -155,7 +155,7 @@ def test_resume_is_exact(tiny_models, clip_dir, portraits, tmp_path):
     original = sn.EncoderSession.make_batch
 
     def crashing(self, step, micro, rng):
-        if step == 3:
+        if step == 2:
             raise KeyboardInterrupt("simulated crash")
         return original(self, step, micro, rng)
 
