@@ -223,6 +223,13 @@ def test_personalize_generate_evaluate_end_to_end(weights, astronaut_path, tmp_p
     assert main(["evaluate", str(tmp_path / "people"), str(tmp_path / "gen"), "--store", str(tmp_path / "r.sqlite"),
                  "--metrics", "ips", "--quiet", "--csv", str(tmp_path / "rows.csv")]) == 0
     assert len((tmp_path / "rows.csv").read_text().strip().splitlines()) == 1 + 2
+    # The benchmark runner and its report take the method like any other (weights as a method option).
+    run = tmp_path / "run"
+    assert main(["bench", "--out", str(run), "--method", "stellarnet", "--base-model", "likeness/tiny-sdxl",
+                 "--identities", str(tmp_path / "people"), "--limit", "1", "--metrics", "ips",
+                 "--method-option", f"weights={weights}"]) == 0
+    assert main(["report", str(run)]) == 0
+    assert "stellarnet" in next(run.rglob("*.html")).read_text()
     capsys.readouterr()
 
 
