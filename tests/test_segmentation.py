@@ -199,3 +199,11 @@ def test_transformers_backend_label_errors(segformer_dirs, tmp_path):
     assert get_segmenter("transformers", model=str(segformer_dirs["unlabelled"]), person_labels=[1, "c"]).person_ids == [1, 2]
     with pytest.raises(SegmentationModelError, match="could not be loaded"):
         get_segmenter("transformers", model=str(tmp_path / "missing-model"))
+
+
+def test_every_trained_artifact_names_the_masks_it_used(ti_artifact, astronaut_path):
+    import json
+
+    masks = json.loads((ti_artifact / "likeness.json").read_text())["config"]["masks"]
+    assert masks["segmenter"] == "auto" and [b["segmenter"] for b in masks["chain"]] == ["celebamask", "heuristic"]
+    assert masks["sources"] == {str(astronaut_path): "heuristic"}
