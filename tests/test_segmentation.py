@@ -207,3 +207,17 @@ def test_every_trained_artifact_names_the_masks_it_used(ti_artifact, astronaut_p
     masks = json.loads((ti_artifact / "likeness.json").read_text())["config"]["masks"]
     assert masks["segmenter"] == "auto" and [b["segmenter"] for b in masks["chain"]] == ["celebamask", "heuristic"]
     assert masks["sources"] == {str(astronaut_path): "heuristic"}
+
+
+def test_a_backend_returning_masks_of_the_wrong_size_is_caught():
+    from likeness.segmentation import Masks, Segmenter
+
+    class Broken(Segmenter):
+        name = "broken"
+
+        def segment(self, image, *, face=None, path=None):
+            return Masks(np.ones((10, 10), np.float32), np.zeros((10, 10), np.float32), "broken")
+
+    with pytest.raises(MaskError, match="broken mask of p.jpg: mask is 10x10 px but the photo is 20x12 px"):
+        Broken().segment_person(Image.new("RGB", (20, 12)), path="p.jpg")
+    assert Broken().segment_person(Image.new("RGB", (10, 10))).person.sum() == 100

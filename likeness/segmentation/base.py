@@ -140,8 +140,12 @@ class Segmenter:
         return {"segmenter": self.name}
 
     def segment_person(self, image: Image.Image, *, face=None, path: str | Path | None = None) -> Masks:
-        """:meth:`segment`, refusing photos whose person mask is (nearly) empty with :class:`NoPersonError`."""
+        """:meth:`segment`, with its masks checked (:func:`check_mask`: a backend returning masks of the wrong
+        size or type is a :class:`MaskError`) and photos whose person mask is (nearly) empty refused with
+        :class:`NoPersonError`."""
         masks = self.segment(image, face=face, path=path)
+        where = f"{self.name} mask of {path or '<image>'}"
+        masks = Masks(check_mask(masks.person, image.size, where), check_mask(masks.face, image.size, where), masks.source)
         fraction = float(masks.person.mean()) if masks.person.size else 0.0
         if fraction < MIN_PERSON_FRACTION:
             raise NoPersonError(path or "<image>", f"{self.name} person mask covers {fraction:.2%} of the photo")
