@@ -14,6 +14,7 @@ import torch
 
 from likeness.bench.plan import RunConfig
 from likeness.data.images import load_image
+from likeness.data.names import name_key
 from likeness.methods.base import METHODS, IdentityEntry, Manifest, Method
 from likeness.models.loading import base_model_info
 
@@ -31,7 +32,8 @@ class PlainPrompt(Method):
         for person in identities:
             for photo in person.photos:
                 load_image(photo)  # a bad photo fails here, naming the file, like a training method would
-            entries[person.name] = IdentityEntry(subject="a person", tokens=[], photos=[str(p) for p in person.photos])
+            entries[name_key(person.name)] = IdentityEntry(subject="a person", tokens=[], display=person.name,
+                                                           photos=[Path(p).name for p in person.photos])
         Manifest(PLAIN, base_model_info(base_model), entries, config, dict(self.default_sampling)).save(out_dir)
         return out_dir
 

@@ -104,6 +104,6 @@ def test_generated_items_with_bad_metadata_get_a_status(tmp_path):
     _photo(gen / "stranger.png")
     write_sidecar(gen / "stranger.png", {**_meta("bob", photo), "item_id": "stranger"})
     statuses = {i.item_id: (i.status, i.problem) for i in read_generated(tmp_path / "gen", people)}
-    assert statuses["nosidecar"][0] == "missing_sidecar" and "nosidecar.json" in statuses["nosidecar"][1]
+    assert statuses["nosidecar"][0] == "sidecar_missing" and "nosidecar.json" in statuses["nosidecar"][1]
     assert statuses["broken"][0] == "bad_sidecar" and "broken.json: malformed JSON" in statuses["broken"][1]
     assert statuses["stranger"][0] == "unknown_identity" and "'bob'" in statuses["stranger"][1]

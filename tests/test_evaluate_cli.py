@@ -69,7 +69,7 @@ def stellar_case(tmp_path_factory, astronaut_path):
 
 EXPECTED = {
     "000-0-00": "ok", "000-1-01": "no_face", "001-0-00": "unreadable", "001-1-00": "ref_missing",
-    "000-0-02": "bad_sidecar", "000-0-03": "missing_sidecar", "000-0-04": "ok", "000-1-05": "ok", "000-0-06": "too_small",
+    "000-0-02": "bad_sidecar", "000-0-03": "sidecar_missing", "000-0-04": "ok", "000-1-05": "ok", "000-0-06": "too_small",
 }
 
 

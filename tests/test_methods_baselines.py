@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 
@@ -142,5 +143,8 @@ def test_unusable_photo_is_skipped_with_a_note_when_others_remain(tiny_models, a
     out = personalize("textual-inversion", {"astro": [astronaut_path, blank]}, tmp_path / "a", "likeness/tiny-sd",
                       max_steps=1, gradient_accumulation_steps=1, progress=False)
     manifest = load_artifact(out).manifest
-    assert manifest.identities["astro"].photos == [str(astronaut_path)]
+    # file names and content hashes, never local paths: the artifact folder can be shared
+    assert manifest.identities["astro"].photos == ["astronaut.jpg"]
+    assert manifest.identities["astro"].photo_sha256 == [hashlib.sha256(astronaut_path.read_bytes()).hexdigest()]
     assert any("wall.png: no face found" in note for note in manifest.config["notes"])
+    assert str(tmp_path) not in (out / "likeness.json").read_text() and str(astronaut_path.parent) not in (out / "likeness.json").read_text()

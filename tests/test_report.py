@@ -58,7 +58,13 @@ def scored_run(tmp_path_factory):
     torch.set_num_threads(1)  # module scope: set up before the autouse one-thread fixture applies
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Personalized, "generate", copy_reference_for_juggling)
-        run_bench(small_config(prompt_limit=4, metrics=["ips", "sis", "aps"]), run, progress=False)
+        # Text-image metrics on the tiny vision-language models, chosen through the environment variables.
+        for env, model in [("LIKENESS_CLIP_MODEL", "likeness/tiny-clip"), ("LIKENESS_OWLVIT_MODEL", "likeness/tiny-owlvit"),
+                           ("LIKENESS_VLM_MODEL", "likeness/tiny-blip-vqa"), ("LIKENESS_AESTHETIC_CLIP_MODEL", "likeness/tiny-clip"),
+                           ("LIKENESS_AESTHETIC_MODEL", "likeness/tiny-aesthetic"), ("HF_HUB_OFFLINE", "1")]:
+            mp.setenv(env, model)
+        metrics = ["ips", "sis", "aps", "clip-t", "clip-i", "clip-n", "goa", "rfs", "aesthetic"]
+        run_bench(small_config(prompt_limit=4, metrics=metrics), run, progress=False)
     torch.set_num_threads(threads)
     return run
 
@@ -70,14 +76,33 @@ def test_report_shows_leaderboard_protocol_plots_and_grids(scored_run):
     assert ips["t0001"][0] > 0.5 and ips["t0001"][1] == "ok"  # the copied photo: same person
     assert all(ips[p] == (0.0, "no_face") for p in ("t0000", "t0002", "t0003"))
     assert results.totals["IPS"] == pytest.approx(ips["t0001"][0] / 4)
-    assert results.totals["GOA"] is None and results.totals["RFS"] is None
+    goa = [i["scores"]["GOA"] for i in results.items]
+    assert all(status == "ok" and 0 <= value <= 1 for value, status in goa)  # the open prompts all have detectables
+    assert results.totals["GOA"] == pytest.approx(sum(v for v, _ in goa) / 4)
+    assert results.totals["RFS"] is not None and results.totals["CP-CLIP"] is None and results.totals["TI-CLIP"] is None
 
     html = page.read_text()
     parsed = _Collect()
     parsed.feed(html)
     row = parsed.tables["leaderboard"]
-    assert row[:7] == ["Method", "IPS", "APS", "SIS", "GOA", "RFS", "images"]
-    assert row[8] == f"{results.totals['IPS']:.3f}" and row[11:13] == ["—", "—"]
+    header = ["Method", "IPS", "APS", "SIS", "GOA", "RFS", "CLIP-T", "CLIP-I", "CP-CLIP", "TI-CLIP", "PickScore", "Aesthetic", "images"]
+    assert row[:13] == header
+    values = dict(zip(header, row[13:]))
+    assert values["IPS"] == f"{results.totals['IPS']:.3f}" and values["GOA"] == f"{results.totals['GOA']:.3f}"
+    assert values["CLIP-T"] == f"{results.totals['CLIP-T']:.3f}" and values["CP-CLIP"] == values["PickScore"] == "—"
+    # Confidence intervals and the exploitation penalty, with how many images were zeroed.
+    intervals = parsed.tables["intervals"]
+    assert "95% CI (bootstrap over items)" in intervals and "GOA" in intervals and "CLIP-T" in intervals
+    penalty = parsed.tables["penalty"]
+    assert penalty[:6] == ["metric", "raw", "penalised", "zeroed", "unjudged", "std(CLIP-N)"] and penalty[6] == "IPS"
+    assert re.fullmatch(r"\d of 4", penalty[9])
+    assert "goa/v1+likeness/tiny-owlvit" in html and "rfs/open-vqa-v1+likeness/tiny-blip-vqa" in html
+    import csv
+
+    exported = {r["metric"]: r for r in csv.DictReader(open(page.parent / "leaderboard.csv"))}
+    assert float(exported["GOA"]["value"]) == pytest.approx(results.totals["GOA"])
+    assert float(exported["GOA"]["ci_low"]) <= results.totals["GOA"] <= float(exported["GOA"]["ci_high"])
+    assert exported["IPS-PENALISED"]["zeroed"] != ""
     assert "ips/v1+dlib" in html and "face protocol" in html  # the protocol is printed
     assert (page.parent / "categories.png").stat().st_size > 1000 and "categories" in parsed.tables
     # Every image the page shows exists: 1 plot + 1 reference thumbnail + 4 generated images.
@@ -85,7 +110,8 @@ def test_report_shows_leaderboard_protocol_plots_and_grids(scored_run):
     assert all((page.parent / src).resolve().is_file() for src in parsed.images)
     assert re.search(r"t0001: \{\} juggling[^<]*<br><b>IPS 0\.\d{3} · APS", html)  # per-image scores below
     lines = text.splitlines()
-    assert lines[1].split() == ["IPS", "APS", "SIS", "GOA", "RFS"] and lines[2].split()[-2:] == ["—", "—"]
+    assert lines[1].split() == header[1:-1] and lines[2].split()[8:10] == ["—", "—"]  # CP-CLIP, TI-CLIP
+    assert any(line.startswith("IPS with the exploitation penalty:") and "images zeroed" in line for line in lines)
     assert "IPS: ips/v1+dlib" in text and any(line.startswith("faces: dlib-") for line in lines)  # protocol printed
 
 
@@ -115,7 +141,7 @@ def test_report_renders_in_headless_chromium(scored_run, tmp_path):
     dom = subprocess.run([str(CHROMIUM), *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
                          capture_output=True, text=True, timeout=120)
     assert 'data-images="6"' in dom.stdout, dom.stderr[-2000:]
-    assert 'data-tables="2"' in dom.stdout  # leaderboard + categories (no failures in this run)
+    assert 'data-tables="4"' in dom.stdout  # leaderboard, intervals, penalty, categories (no failures in this run)
     shot = tmp_path / "shot.png"
     subprocess.run([str(CHROMIUM), *flags, f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri()],
                    capture_output=True, timeout=120)

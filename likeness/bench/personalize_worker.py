@@ -47,7 +47,7 @@ def run_units(spec_path: str | Path, *, python: str = sys.executable) -> dict[st
 
 
 def main(spec_path: str) -> int:
-    from likeness.bench.runner import failure_reason
+    from likeness.bench.failures import failure_reason
     from likeness.data.identities import Identity
     from likeness.methods import get_method
 

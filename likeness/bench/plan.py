@@ -17,6 +17,7 @@ from pathlib import Path
 from likeness import __version__
 from likeness.data.identities import Identity
 from likeness.data.layout import canonical_item_id
+from likeness.data.names import IdentityNameError, check_unique, name_key
 from likeness.data.prompts import Prompt, load_prompts, prompts_digest, select_prompts
 
 CONFIG_FILE = "run.json"
@@ -58,6 +59,7 @@ class WorkItem:
         return {
             "item_id": self.item_id,
             "identity": self.identity,
+            "identity_key": name_key(self.identity),
             "reference": str(self.reference),
             "prompt": self.prompt.fill(config.subject),
             **self.prompt.sidecar_fields(),
@@ -133,6 +135,10 @@ def make_plan(config: RunConfig, identities: list[Identity]) -> list[WorkItem]:
     """
     items: list[WorkItem] = []
     inputs = {}
+    try:
+        check_unique(i.name for i in identities)
+    except IdentityNameError as exc:
+        raise RunConfigError(str(exc)) from None
     for identity in sorted(identities, key=lambda i: i.name):
         prompts = prompts_for(config, identity)
         refs = reference_photos(config, identity)

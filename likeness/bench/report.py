@@ -21,9 +21,13 @@ from likeness.bench.plan import load_run_config
 from likeness.bench.runner import STORE_FILE, SUMMARY_KEY
 from likeness.bench.runstore import DONE, FAILED, RunStore
 from likeness.data.images import ImageError, load_image
+from likeness.data.names import name_key
 
 # Stellar's leaderboard columns, in the paper's order.
 LEADERBOARD = ("IPS", "APS", "SIS", "GOA", "RFS")
+# Then the text-image baselines and Gen4Gen's scores, and the preference scores.
+TEXT_COLUMNS = ("CLIP-T", "CLIP-I", "CP-CLIP", "TI-CLIP", "PICKSCORE", "AESTHETIC")
+COLUMNS = LEADERBOARD + TEXT_COLUMNS
 DASH = "—"
 THUMB = 160
 
@@ -39,6 +43,7 @@ class RunResults:
     protocols: dict[str, list[dict]]  # metric -> distinct protocols
     counts: dict[str, int] = field(default_factory=dict)
     face_protocol: str = ""
+    summaries: dict[str, dict] = field(default_factory=dict)  # upper-case metric -> its stored summary
 
 
 def _mean(values) -> float | None:
@@ -67,6 +72,7 @@ def read_results(run_dir: str | Path) -> RunResults:
         scores = store.scores()
         counts = store.counts()
         set_totals = set_level_totals(store)
+        summaries = {str(k).upper(): v for k, v in (store.get_meta(SUMMARY_KEY, {}) or {}).items() if isinstance(v, dict)}
         face_protocol = store.get_meta("face_protocol", "") or ""
     finally:
         store.close()
@@ -79,18 +85,18 @@ def read_results(run_dir: str | Path) -> RunResults:
             protocols[metric].append(s.protocol)
     for item in items:
         item["scores"] = by_item.get(item["item_id"], {})
-        sidecar = run_dir / "images" / item["identity"] / f"{item['item_id']}.json"
+        sidecar = run_dir / "images" / name_key(item["identity"]) / f"{item['item_id']}.json"
         try:
             item["meta"] = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.exists() else {}
         except (OSError, json.JSONDecodeError):
             item["meta"] = {}
     totals: dict[str, float | None] = {}
-    for metric in LEADERBOARD:
+    for metric in COLUMNS:
         if metric in set_totals:
             totals[metric] = set_totals[metric]
         else:
             totals[metric] = _mean(i["scores"][metric][0] for i in items if metric in i["scores"])
-    return RunResults(run_dir, config, items, totals, dict(protocols), counts, face_protocol)
+    return RunResults(run_dir, config, items, totals, dict(protocols), counts, face_protocol, summaries)
 
 
 def _fmt(value: float | None) -> str:
@@ -99,7 +105,7 @@ def _fmt(value: float | None) -> str:
 
 def category_table(results: RunResults) -> dict[str, dict[str, float | None]]:
     """category -> per-image metric -> mean over that category's images."""
-    metrics = [m for m in LEADERBOARD if any(m in i["scores"] for i in results.items)]
+    metrics = [m for m in COLUMNS if any(m in i["scores"] for i in results.items)]
     table: dict[str, dict[str, float | None]] = {}
     categories = sorted({c for i in results.items for c in i["meta"].get("categories", [])})
     for category in categories:
@@ -110,7 +116,9 @@ def category_table(results: RunResults) -> dict[str, dict[str, float | None]]:
 
 def plot_categories(table: dict, path: Path) -> Path | None:
     """Grouped bars: one group per category, one bar per metric. None when there is nothing to plot."""
-    metrics = sorted({m for row in table.values() for m, v in row.items() if v is not None}, key=LEADERBOARD.index)
+    # Preference scores live on other scales (PickScore ~20, aesthetic ~5): in the table, not on this [0, 1] plot.
+    metrics = sorted({m for row in table.values() for m, v in row.items() if v is not None and m not in ("PICKSCORE", "AESTHETIC")},
+                     key=COLUMNS.index)
     if not table or not metrics:
         return None
     import matplotlib
@@ -163,7 +171,7 @@ code{background:#f6f6f6;padding:1px 3px}
 
 def _scores_line(scores: dict) -> str:
     parts = []
-    for metric in LEADERBOARD:
+    for metric in COLUMNS:
         if metric in scores:
             value, status = scores[metric]
             parts.append(f"{metric} {_fmt(value)}" + ("" if status == "ok" else f" ({status})"))
@@ -185,10 +193,11 @@ def render_html(results: RunResults, out_dir: Path) -> Path:
 
     # Leaderboard, Stellar layout.
     parts.append("<h2>Leaderboard</h2><table id='leaderboard'><tr><th class='l'>Method</th>"
-                 + "".join(f"<th>{m}</th>" for m in LEADERBOARD) + "<th>images</th></tr>")
+                 + "".join(f"<th>{_label(m)}</th>" for m in COLUMNS) + "<th>images</th></tr>")
     parts.append(f"<tr><td class='l'>{esc(cfg['method'])}</td>"
-                 + "".join(f"<td>{_fmt(results.totals[m])}</td>" for m in LEADERBOARD) + f"<td>{done}</td></tr></table>")
+                 + "".join(f"<td>{_fmt(results.totals[m])}</td>" for m in COLUMNS) + f"<td>{done}</td></tr></table>")
     parts.append("<p>— : metric not computed in this run (never counted as 0).</p>")
+    parts += _intervals_and_penalty(results)
 
     # Protocol.
     parts.append("<h2>Protocol</h2><ul id='protocol'>")
@@ -196,9 +205,9 @@ def render_html(results: RunResults, out_dir: Path) -> Path:
                  f"{cfg['seeds']} seed(s) per prompt, base seed {cfg['base_seed']}, seeds derived from item ids</li>")
     parts.append(f"<li>prompts: <code>{esc(str(cfg['prompts']))}</code>, limit {cfg['prompt_limit']}; "
                  f"references per identity: {cfg['references'] or 'all'}</li>")
-    for metric in LEADERBOARD:
+    for metric in sorted(results.protocols, key=lambda m: (COLUMNS.index(m) if m in COLUMNS else len(COLUMNS), m)):
         for proto in results.protocols.get(metric, []):
-            parts.append(f"<li><b>{metric}</b> <code>{esc(str(proto.get('name', '')))}</code>: "
+            parts.append(f"<li><b>{esc(metric)}</b> <code>{esc(str(proto.get('name', '')))}</code>: "
                          f"{esc(str(proto.get('definition', '')))}</li>")
     if results.face_protocol:
         parts.append(f"<li><b>face protocol</b>: {esc(results.face_protocol)}</li>")
@@ -207,12 +216,12 @@ def render_html(results: RunResults, out_dir: Path) -> Path:
     # Per-category breakdown.
     table = category_table(results)
     if table:
-        metrics = [m for m in LEADERBOARD if any(m in row for row in table.values())]
+        metrics = [m for m in COLUMNS if any(m in row for row in table.values())]
         plot = plot_categories(table, out_dir / "categories.png")
         parts.append("<h2>By prompt category</h2>")
         if plot:
             parts.append("<img id='category-plot' src='categories.png' alt='scores by prompt category'>")
-        parts.append("<table id='categories'><tr><th class='l'>category</th>" + "".join(f"<th>{m}</th>" for m in metrics) + "</tr>")
+        parts.append("<table id='categories'><tr><th class='l'>category</th>" + "".join(f"<th>{_label(m)}</th>" for m in metrics) + "</tr>")
         for category, row in table.items():
             parts.append(f"<tr><td class='l'>{esc(category)}</td>" + "".join(f"<td>{_fmt(row.get(m))}</td>" for m in metrics) + "</tr>")
         parts.append("</table>")
@@ -224,14 +233,14 @@ def render_html(results: RunResults, out_dir: Path) -> Path:
         groups[(item["identity"], item["reference"])].append(item)
     for (identity, reference), members in sorted(groups.items()):
         parts.append(f"<h3>{esc(identity)} · reference <code>{esc(Path(reference).name)}</code></h3><div class='grid'>")
-        thumb = _thumbnail(Path(reference), out_dir / "refs" / f"{identity}-{Path(reference).stem}.jpg")
+        thumb = _thumbnail(Path(reference), out_dir / "refs" / f"{name_key(identity)}-{name_key(Path(reference).stem)}.jpg")
         ref_img = f"<img src='refs/{esc(thumb)}' alt='reference photo of {esc(identity)}'>" if thumb else "<p class='fail'>reference unreadable</p>"
         parts.append(f"<figure class='ref'>{ref_img}<figcaption>reference photo</figcaption></figure>")
         for item in members:
             meta = item["meta"]
             prompt = meta.get("prompt_template") or item["prompt_id"]
             if item["status"] == DONE:
-                src = Path(os.path.relpath(results.run_dir / "images" / identity / f"{item['item_id']}.png", out_dir))
+                src = Path(os.path.relpath(results.run_dir / "images" / name_key(identity) / f"{item['item_id']}.png", out_dir))
                 line = _scores_line(item["scores"])
                 parts.append(f"<figure class='gen' title='{esc(line)}'><img src='{esc(src.as_posix())}' alt='{esc(item['item_id'])}'>"
                              f"<figcaption>{esc(item['prompt_id'])}: {esc(prompt)}<br><b>{esc(line)}</b></figcaption></figure>")
@@ -246,6 +255,8 @@ def render_html(results: RunResults, out_dir: Path) -> Path:
         for item in failures:
             parts.append(f"<tr><td class='l'>{esc(item['item_id'])}</td><td class='l'>{esc(item['reason'] or '')}</td></tr>")
         parts.append("</table>")
+    csv_path = write_leaderboard_csv(results, out_dir / "leaderboard.csv")
+    parts.append(f"<p>Leaderboard with intervals as CSV: <a href='{esc(csv_path.name)}'>{esc(csv_path.name)}</a></p>")
     parts.append("</body></html>")
     page = out_dir / "index.html"
     page.write_text("\n".join(parts), encoding="utf-8")
@@ -253,17 +264,73 @@ def render_html(results: RunResults, out_dir: Path) -> Path:
 
 
 def summary_text(results: RunResults) -> str:
-    """The terminal summary: the leaderboard row, the item counts, and the protocol of every score."""
-    header = "  ".join(f"{m:>6}" for m in LEADERBOARD)
-    row = "  ".join(f"{_fmt(results.totals[m]):>6}" for m in LEADERBOARD)
+    """The terminal summary: the leaderboard row, the item counts, the penalty, and the protocol of every score."""
+    header = "  ".join(f"{_label(m):>9}" for m in COLUMNS)
+    row = "  ".join(f"{_fmt(results.totals[m]):>9}" for m in COLUMNS)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(results.counts.items()))
-    protocols = [f"{metric}: {proto.get('name', '?')}" for metric in LEADERBOARD for proto in results.protocols.get(metric, [])]
+    protocols = [f"{metric}: {proto.get('name', '?')}" for metric in COLUMNS for proto in results.protocols.get(metric, [])]
     lines = [f"{results.config['method']} on {results.config['base_model']} ({counts})", header, row]
+    for name in ("IPS-PENALISED", "SIS-PENALISED"):
+        s = results.summaries.get(name)
+        if s:
+            lines.append(f"{name.split('-')[0]} with the exploitation penalty: {_fmt(_finite(s.get('value')))} "
+                         f"(raw {_fmt(_finite(s.get('raw_value')))}; {s.get('zeroed', 0)} of {s.get('count', 0)} images zeroed)")
     if protocols:
         lines.append("protocol: " + "; ".join(protocols))
     if results.face_protocol:
         lines.append("faces: " + results.face_protocol)
     return "\n".join(lines)
+
+
+def write_leaderboard_csv(results: RunResults, path: Path) -> Path:
+    """One row per computed metric: value, 95% interval, images, zeroed (penalised identity scores)."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        w = csv.writer(handle)
+        w.writerow(["method", "metric", "value", "ci_low", "ci_high", "count", "zeroed", "protocol"])
+        for metric, s in results.summaries.items():
+            lo, hi = (s.get("ci95") or [None, None])[:2]
+            w.writerow([results.config["method"], metric, _finite(s.get("value")), _finite(lo), _finite(hi), s.get("count", ""),
+                        s.get("zeroed", ""), s.get("protocol", "")])
+    return path
+
+
+def _label(metric: str) -> str:
+    return {"PICKSCORE": "PickScore", "AESTHETIC": "Aesthetic"}.get(metric, metric)
+
+
+def _finite(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _intervals_and_penalty(results: RunResults) -> list[str]:
+    """Each computed metric's mean with its 95% bootstrap interval over items, and Stellar's exploitation
+    penalty (raw and penalised identity scores, how many images were zeroed)."""
+    esc = html.escape
+    parts = []
+    rows = [(m, s) for m, s in results.summaries.items() if _finite(s.get("value")) is not None]
+    if rows:
+        parts.append("<h3>Confidence</h3><table id='intervals'><tr><th class='l'>metric</th><th>value</th>"
+                     "<th>95% CI (bootstrap over items)</th><th>images</th><th class='l'>excluded / unscored</th></tr>")
+        for metric, s in sorted(rows, key=lambda r: (COLUMNS.index(r[0]) if r[0] in COLUMNS else len(COLUMNS), r[0])):
+            lo, hi = (s.get("ci95") or [None, None])[:2]
+            other = ", ".join(f"{k} {v}" for k, v in sorted((s.get("statuses") or {}).items()) if k != "ok") or "none"
+            parts.append(f"<tr><td class='l'>{esc(_label(metric))}</td><td>{_fmt(_finite(s.get('value')))}</td>"
+                         f"<td>[{_fmt(_finite(lo))}, {_fmt(_finite(hi))}]</td><td>{s.get('count', 0)}</td>"
+                         f"<td class='l'>{esc(other)}</td></tr>")
+        parts.append("</table>")
+    penalised = [(name, results.summaries[name]) for name in ("IPS-PENALISED", "SIS-PENALISED") if name in results.summaries]
+    if penalised:
+        parts.append("<h3>Exploitation penalty</h3><table id='penalty'><tr><th class='l'>metric</th><th>raw</th>"
+                     "<th>penalised</th><th>zeroed</th><th>unjudged</th><th>std(CLIP-N)</th></tr>")
+        for name, s in penalised:
+            parts.append(f"<tr><td class='l'>{name.split('-')[0]}</td><td>{_fmt(_finite(s.get('raw_value')))}</td>"
+                         f"<td>{_fmt(_finite(s.get('value')))}</td><td>{s.get('zeroed', 0)} of {s.get('count', 0)}</td>"
+                         f"<td>{s.get('unjudged', 0)}</td><td>{_fmt(_finite(s.get('clip_n_std')))}</td></tr>")
+        parts.append("</table><p>An image follows its prompt only if CLIP-T &gt; CLIP-N + 2·std(CLIP-N); otherwise its "
+                     "IPS and SIS count 0 (Stellar), so a copy of the input photo cannot win.</p>")
+    return parts
 
 
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> tuple[Path, str]:

@@ -28,10 +28,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from likeness.bench.failures import failure_reason
 from likeness.bench.plan import RunConfig, WorkItem, bind_run_folder, make_plan, shard
 from likeness.bench.runstore import DONE, FAILED, RunStore
 from likeness.data.identities import Identity, load_identities
 from likeness.data.layout import write_sidecar
+from likeness.data.names import name_key
 
 STORE_FILE = "results.sqlite"
 BUILTIN = "builtin"
@@ -84,22 +86,16 @@ def check_metrics(names: list[str]) -> None:
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known metrics: {', '.join(METRICS.names())}")
 
 
-def failure_reason(exc: BaseException) -> str:
-    """A one-line failure reason: the exception type and its message (which names the file, if any)."""
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {message}"[:500]
-
-
 def _unit(item: WorkItem) -> str:
     """The artifact an item needs: one per (identity, reference photo), as Stellar personalizes from one photo."""
-    return f"{item.identity}-{item.reference.stem}"
+    return f"{name_key(item.identity)}-{name_key(item.reference.stem)}"
 
 
 class Runner:
     """One process's view of a run. Create it on every rank; :meth:`run` does the whole job."""
 
     def __init__(self, config: RunConfig, run_dir: str | Path, *, progress: bool = True, retry_failed: bool = False,
-                 state=None):
+                 state=None, batch_size: int | None = None, models=None):
         from accelerate import PartialState
 
         self.config = config
@@ -108,6 +104,10 @@ class Runner:
         self.rank, self.world = self.state.process_index, self.state.num_processes
         self.progress = progress
         self.retry_failed = retry_failed
+        # Images per pipeline call; pixels do not depend on it (one generator per image), so it is
+        # not part of the run's configuration. Default: 1 on CPU, 4 on a GPU.
+        self.batch_size = batch_size or default_batch_size()
+        self.models = models  # VisionModels for the text-image metrics (None: env vars / defaults)
         self.seconds: dict[str, float] = defaultdict(float)
 
     # -- setup ------------------------------------------------------------------------------------
@@ -172,7 +172,7 @@ class Runner:
                 item = units[unit]
                 try:
                     method.personalize([Identity(item.identity, [item.reference])], work[unit], self.config.base_model,
-                                       **self.config.method_options)
+                                       **{**self.config.method_options, "progress": self.progress})
                     errors[unit] = None
                 except Exception as exc:  # one bad photo must not stop the run
                     errors[unit] = failure_reason(exc)
@@ -183,7 +183,7 @@ class Runner:
             spec.parent.mkdir(parents=True, exist_ok=True)
             spec.write_text(json.dumps({
                 "method": self.config.method, "method_module": type(method).__module__,
-                "base_model": self.config.base_model, "options": self.config.method_options,
+                "base_model": self.config.base_model, "options": {**self.config.method_options, "progress": self.progress},
                 "units": [{"identity": units[u].identity, "photo": str(units[u].reference), "work": str(work[u])} for u in mine],
             }), encoding="utf-8")
             by_work = run_units(spec)
@@ -204,7 +204,7 @@ class Runner:
     # -- step 2: generation -----------------------------------------------------------------------
 
     def image_path(self, item: WorkItem) -> Path:
-        return self.run_dir / "images" / item.identity / f"{item.item_id}.png"
+        return self.run_dir / "images" / name_key(item.identity) / f"{item.item_id}.png"
 
     def generate(self, method) -> None:
         pending = self.store.pending_ids()
@@ -224,27 +224,42 @@ class Runner:
                 continue
             finally:
                 self.seconds["load"] += time.perf_counter() - started
-            for item in items:
-                self._generate_one(personalized, item)
-                bar.update(1)
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start : start + self.batch_size]
+                self._generate_batch(personalized, chunk)
+                bar.update(len(chunk))
         bar.close()
         self.state.wait_for_everyone()
 
-    def _generate_one(self, personalized, item: WorkItem) -> None:
-        self.store.start(item.item_id, self.rank)
+    def _generate_batch(self, personalized, items: list[WorkItem]) -> None:
+        """One pipeline call for ``items`` (same artifact), each image from its own seed's generator."""
+        for item in items:
+            self.store.start(item.item_id, self.rank)
         started = time.perf_counter()
         try:
-            (image,) = personalized.generate(
-                [item.prompt.prompts],
-                [item.seed],
-                identity=item.identity,
+            images = personalized.generate(
+                [item.prompt.prompts for item in items],
+                [item.seed for item in items],
+                identity=items[0].identity,
                 num_inference_steps=self.config.steps,
                 guidance_scale=self.config.guidance,
                 height=self.config.resolution,
                 width=self.config.resolution,
+                batch_size=len(items),
             )
-            seconds = time.perf_counter() - started
-            self.seconds["generate"] += seconds
+        except Exception as exc:  # the items fail with the reason; the run goes on
+            for item in items:
+                self.store.finish(item.item_id, FAILED, f"generation failed: {failure_reason(exc)}")
+            if os.environ.get("LIKENESS_DEBUG"):
+                traceback.print_exc()
+            return
+        seconds = (time.perf_counter() - started) / len(items)
+        self.seconds["generate"] += seconds * len(items)
+        for item, image in zip(items, images):
+            self._save_one(personalized, item, image, seconds)
+
+    def _save_one(self, personalized, item: WorkItem, image, seconds: float) -> None:
+        try:
             path = self.image_path(item)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".png.tmp")  # not *.png, so readers never pick up a partial file
@@ -252,7 +267,7 @@ class Runner:
             tmp.replace(path)  # a killed write never leaves a half image under the final name
             meta = item.sidecar(self.config)
             meta["prompt"] = personalized.prompt(item.prompt.prompts, item.identity)
-            meta.update(steps=self.config.steps, guidance=self.config.guidance, artifact=str(self.artifact_dir(_unit(item))))
+            meta.update(steps=self.config.steps, guidance=self.config.guidance, artifact=f"artifacts/{_unit(item)}")
             write_sidecar(path, meta)
         except Exception as exc:  # the item fails with its reason; the run goes on
             self.store.finish(item.item_id, FAILED, f"generation failed: {failure_reason(exc)}")
@@ -273,7 +288,7 @@ class Runner:
         done = {r["item_id"] for r in self.store.items(DONE)}
         mine = [item for item in shard(self.plan, self.rank, self.world) if item.item_id in done]
         options = dict(identities=self.identities, metrics=self.config.metrics, store_path=self.run_dir / STORE_FILE,
-                       face_backend=self.config.face_backend)
+                       face_backend=self.config.face_backend, models=self.models)
         started = time.perf_counter()
         report = evaluate_run_items([self.image_path(item) for item in mine], progress=self.progress, **options)
         self.seconds["evaluate"] += time.perf_counter() - started
@@ -303,6 +318,13 @@ class Runner:
         return summary
 
 
-def run_bench(config: RunConfig, run_dir: str | Path, *, progress: bool = True, retry_failed: bool = False) -> RunSummary:
+def default_batch_size() -> int:
+    import torch
+
+    return 4 if torch.cuda.is_available() else 1
+
+
+def run_bench(config: RunConfig, run_dir: str | Path, *, progress: bool = True, retry_failed: bool = False,
+              batch_size: int | None = None) -> RunSummary:
     """Run (or continue) a benchmark in ``run_dir``. Call it on every rank under ``accelerate launch``."""
-    return Runner(config, run_dir, progress=progress, retry_failed=retry_failed).run()
+    return Runner(config, run_dir, progress=progress, retry_failed=retry_failed, batch_size=batch_size).run()

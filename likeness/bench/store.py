@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -19,19 +20,50 @@ from likeness.metrics.base import Score
 
 
 RESULT_COLUMNS = ("item_id", "metric", "value", "status", "n_faces", "protocol", "detail", "created_at")
+EXPORT_COLUMNS = ("item_id", "metric", "value", "status", "n_faces", "protocol", "detail")
+
+
+class StoreCorruptError(ValueError):
+    """A results file that SQLite cannot use; the message names it and says how to go on."""
+
+    def __init__(self, path: Path, problem: str):
+        self.path = path
+        super().__init__(
+            f"{path}: not a usable results database ({problem}). Move it aside (e.g. `mv {path} {path}.bad`) and "
+            f"rerun: finished images are kept and their scores are recomputed; or pass another --store / --out")
+
+
+def create_private(path: Path) -> bool:
+    """Create ``path`` readable and writable by its owner only (0600; SQLite gives its -wal and -shm
+    files the same mode), unless it exists. Returns whether it existed."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        return False
+    except FileExistsError:
+        return True
+
+
+def check_integrity(db: sqlite3.Connection, path: Path) -> None:
+    """``PRAGMA quick_check`` (structure and index consistency, O(size)) before a resumed run writes."""
+    rows = db.execute("PRAGMA quick_check").fetchall()
+    if [r[0] for r in rows] != ["ok"]:
+        raise StoreCorruptError(path, "integrity check failed: " + "; ".join(str(r[0]) for r in rows[:3]))
 
 
 class ResultsStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        existed = create_private(self.path)
         try:
             self.db = sqlite3.connect(self.path, timeout=30)
+            if existed:
+                check_integrity(self.db, self.path)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._create()
         except sqlite3.DatabaseError as exc:
-            raise ValueError(f"{self.path}: not a usable results database ({exc})") from None
+            raise StoreCorruptError(self.path, str(exc)) from None
 
     def _create(self) -> None:
         with self.db:
@@ -73,8 +105,8 @@ class ResultsStore:
 
     def done_items(self, metric: str, protocol_name: str | None = None, item_ids: list[str] | None = None) -> set[str]:
         """Items with a stored row for ``metric`` (under ``protocol_name`` when given; rows under
-        another protocol are stale and will be recomputed). ``failed`` rows are never done."""
-        query = "SELECT item_id, protocol FROM results WHERE metric = ? AND status != 'failed'"
+        another protocol are stale and will be recomputed). ``failed`` and ``model_missing`` rows are never done."""
+        query = "SELECT item_id, protocol FROM results WHERE metric = ? AND status NOT IN ('failed', 'model_missing')"
         args: list = [metric]
         if item_ids is not None:
             query += f" AND item_id IN ({','.join('?' * len(item_ids))})"
@@ -97,15 +129,31 @@ class ResultsStore:
     def metrics(self) -> list[str]:
         return [m for (m,) in self.db.execute("SELECT DISTINCT metric FROM results ORDER BY metric")]
 
+    def export_rows(self, metric: str | None = None) -> list[tuple]:
+        """The rows both exports write, in EXPORT_COLUMNS order (protocol reduced to its name; detail as JSON)."""
+        return [(s.item_id, s.metric, s.value, s.status, s.n_faces, s.protocol.get("name", ""),
+                 json.dumps(s.detail, sort_keys=True)) for s in self.scores(metric)]
+
     def export_csv(self, path: str | Path, metric: str | None = None) -> Path:
         """Per-image rows as CSV (protocol reduced to its name; detail kept as JSON)."""
         path = Path(path)
         with open(path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["item_id", "metric", "value", "status", "n_faces", "protocol", "detail"])
-            for s in self.scores(metric):
-                writer.writerow([s.item_id, s.metric, "" if s.value is None else s.value, s.status,
-                                 "" if s.n_faces is None else s.n_faces, s.protocol.get("name", ""), json.dumps(s.detail, sort_keys=True)])
+            writer.writerow(EXPORT_COLUMNS)
+            for row in self.export_rows(metric):
+                writer.writerow(["" if v is None else v for v in row])
+        return path
+
+    def export_parquet(self, path: str | Path, metric: str | None = None) -> Path:
+        """The CSV's rows and columns as Parquet, typed (value float, n_faces int, missing = null)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        columns = list(zip(*self.export_rows(metric))) or [()] * len(EXPORT_COLUMNS)
+        types = [pa.string(), pa.string(), pa.float64(), pa.string(), pa.int64(), pa.string(), pa.string()]
+        table = pa.table({name: pa.array(list(values), type=kind) for name, values, kind in zip(EXPORT_COLUMNS, columns, types)})
+        pq.write_table(table, path)
         return path
 
     # -- meta --------------------------------------------------------------------------------------

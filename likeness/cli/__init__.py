@@ -11,9 +11,10 @@ import importlib
 import sys
 
 from likeness import __version__
+from likeness.cli.output import add_output_options, configure_output
 
 # Module names under likeness.cli, in the order shown by --help.
-SUBCOMMANDS: list[str] = ["personalize", "train_encoder", "generate", "evaluate", "bench", "report"]
+SUBCOMMANDS: list[str] = ["personalize", "train_encoder", "generate", "evaluate", "bench", "report", "agreement", "compare", "compose", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"likeness.cli.{name}")
         module.add_parser(subparsers)
+    for sub in subparsers.choices.values():  # every command: --quiet and -v/--verbose
+        add_output_options(sub)
     return parser
 
 
@@ -36,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    configure_output(args)
     return int(args.run(args) or 0)
 
 

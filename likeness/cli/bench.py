@@ -54,7 +54,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", default="runs/bench", help="run folder (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue --out with the configuration recorded in it")
     parser.add_argument("--retry-failed", action="store_true", help="give failed items another try (they are final otherwise)")
-    parser.add_argument("--method", default="textual-inversion", help="personalization method (default: %(default)s)")
+    parser.add_argument("--method", default="textual-inversion",
+                        help="personalization method, or several comma-separated: each runs into OUT/<method>/ with the "
+                             "same plan and OUT/leaderboard.html ranks them (default: %(default)s)")
     parser.add_argument("--base-model", default="likeness/tiny-sd", help="hub id, local folder or tiny id (default: %(default)s)")
     parser.add_argument("--identities", default="builtin", help="dataset folder, or 'builtin' (default: %(default)s)")
     parser.add_argument("--prompts", default="open", help="open | stellar-t | stellar-h | JSON file (default: %(default)s)")
@@ -69,14 +71,43 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--resolution", type=int, help="image side in px (default: 64 on tiny models, else the model's)")
     parser.add_argument("--train-steps", type=int, help="personalization steps (default: 20 on tiny models, else the method's)")
     parser.add_argument("--method-option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-                        help="extra method option, JSON value (repeatable), e.g. learning_rate=1e-3")
-    parser.add_argument("--metrics", type=_csv, default=["ips", "sis", "aps"], help="comma-separated (default: ips,sis,aps)")
+                        help="extra method option, JSON value (repeatable), e.g. learning_rate=1e-3; "
+                             "METHOD:KEY=VALUE applies to that method only (e.g. ip-adapter:scale=0.6)")
+    parser.add_argument("--metrics", type=_csv, help="comma-separated (default: ips,sis,aps + every text-image metric "
+                        "whose models are available locally: see the --*-model flags)")
     parser.add_argument("--face-backend", default="dlib", help="face backend for the metrics (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on tiny models, else torch's default)")
     parser.add_argument("--stellar-flat", metavar="DIR", help="also copy the images into Stellar's flat layout here")
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (training's included)")
+    parser.add_argument("--batch-size", type=int, help="images per pipeline call; pixels do not depend on it "
+                        "(default: 1 on CPU, 4 on a GPU)")
+    parser.add_argument("--parquet", metavar="FILE", help="also export per-image rows to Parquet (same columns as CSV)")
+    parser.add_argument("--csv", metavar="FILE", help="also export per-image rows to CSV")
+    from likeness.cli.evaluate import add_model_flags
+
+    add_model_flags(parser)
     parser.set_defaults(run=run)
+
+
+IDENTITY_METRICS = ["ips", "sis", "aps"]
+
+
+def default_metrics(models) -> tuple[list[str], list[str]]:
+    """ips, sis, aps + the text-image metrics whose models load without the network; and why others were left out."""
+    from likeness.bench.evaluate import is_vision_language
+    from likeness.metrics import METRICS
+
+    chosen, skipped = list(IDENTITY_METRICS), []
+    for name in METRICS.names():
+        if name in chosen or not is_vision_language(name):
+            continue
+        missing = METRICS.get(name).unavailable(models)
+        if missing:
+            skipped.append(f"{name} (not available locally: {', '.join(missing)})")
+        else:
+            chosen.append(name)
+    return chosen, skipped
 
 
 def config_from_args(args):
@@ -84,7 +115,7 @@ def config_from_args(args):
     from likeness.models.tiny import is_tiny
 
     tiny = is_tiny(args.base_model)
-    options = dict(args.method_option)
+    options = {k: v for k, v in args.method_option if ":" not in k}
     if args.train_steps is not None or tiny:
         options.setdefault("max_steps", args.train_steps if args.train_steps is not None else 20)
     def absolute(path: str, keywords: tuple[str, ...]) -> str:
@@ -105,7 +136,7 @@ def config_from_args(args):
         steps=args.steps or (4 if tiny else 50),
         guidance=args.guidance,
         resolution=args.resolution or (64 if tiny else None),
-        metrics=args.metrics,
+        metrics=args.metrics if args.metrics is not None else list(IDENTITY_METRICS),
         face_backend=args.face_backend,
         method_options=options,
     )
@@ -131,10 +162,23 @@ def run(args) -> int:
     from likeness.data.prompts import PromptError
     from likeness.methods.base import UnknownMethodError
 
+    from likeness.cli.evaluate import model_overrides
+    from likeness.models.vision_language import VisionModels
+
+    models = VisionModels(model_overrides(args))
+    if not args.resume and args.metrics is None:
+        args.metrics, skipped = default_metrics(models)
+        if skipped and not args.quiet:
+            print("metrics left out (give their models with the --*-model flags): " + "; ".join(skipped), file=sys.stderr)
+    if "," in args.method:
+        return run_several(args)
     try:
         config = load_run_config(args.out) if args.resume else config_from_args(args)
         set_threads(args.threads, config.base_model)
-        runner = Runner(config, args.out, progress=not args.quiet, retry_failed=args.retry_failed)
+        if args.batch_size is not None and args.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+        runner = Runner(config, args.out, progress=not args.quiet, retry_failed=args.retry_failed,
+                        batch_size=args.batch_size, models=models)
         summary = runner.run()
     except (RunConfigError, DatasetError, PromptError, UnknownMethodError, FileNotFoundError, ValueError) as exc:
         print(f"likeness bench: {exc}", file=sys.stderr)
@@ -142,6 +186,14 @@ def run(args) -> int:
     if not runner.state.is_main_process:
         return 0
     print(summary.describe())
+    if args.csv or args.parquet:
+        from likeness.bench.runner import STORE_FILE
+        from likeness.bench.store import ResultsStore
+
+        with ResultsStore(runner.run_dir / STORE_FILE) as store:
+            for path, export in ((args.csv, store.export_csv), (args.parquet, store.export_parquet)):
+                if path:
+                    print(f"per-image rows: {export(path)}")
     if args.stellar_flat:
         from likeness.data.layout import to_stellar_flat
 
@@ -153,4 +205,40 @@ def run(args) -> int:
         page, text = build_report(runner.run_dir)
         print(text)
         print(f"report: {page}")
+    return 0
+
+
+def run_several(args) -> int:
+    """``--method a,b,c``: one run folder per method under --out, one leaderboard over them."""
+    from likeness.bench.leaderboard import build_leaderboard, method_folder, run_methods
+    from likeness.bench.plan import RunConfigError
+    from likeness.data.identities import DatasetError
+    from likeness.data.prompts import PromptError
+    from likeness.methods.base import UnknownMethodError, get_method
+
+    methods = _csv(args.method)
+    per_method: dict[str, dict] = {m: {} for m in methods}
+    for key, value in args.method_option:
+        if ":" in key:
+            method, _, option = key.partition(":")
+            if method not in per_method:
+                print(f"likeness bench: --method-option {key}: {method!r} is not one of --method {args.method}", file=sys.stderr)
+                return 2
+            per_method[method][option] = value
+    try:
+        for method in methods:
+            get_method(method)  # an unknown name fails before any work
+        args.method = methods[0]
+        config = config_from_args(args)
+        set_threads(args.threads, config.base_model)
+        summaries = run_methods(config, per_method, args.out, progress=not args.quiet, retry_failed=args.retry_failed,
+                                report=not args.no_report)
+    except (RunConfigError, DatasetError, PromptError, UnknownMethodError, FileNotFoundError, ValueError) as exc:
+        print(f"likeness bench: {exc}", file=sys.stderr)
+        return 2
+    for summary in summaries:
+        print(summary.describe())
+    page, text = build_leaderboard([method_folder(Path(args.out), m) for m in methods], args.out)
+    print(text)
+    print(f"leaderboard: {page}")
     return 0

@@ -17,15 +17,37 @@ Inputs
 
 Outputs
   --store    SQLite file (WAL): table results, one row per (item_id, metric) with value, status
-             (ok, no_face, unreadable, bad_sidecar, ref_missing, ...), n_faces, protocol (JSON) and
+             (ok, no_face, unreadable, too_large, image_missing, sidecar_missing, bad_sidecar,
+             duplicate_id, unsupported_format, ref_missing, ...), n_faces, protocol (JSON) and
              detail (JSON: raw cosine, per-photo values, problems). Re-running skips finished rows.
-  --csv      optional CSV export of the per-image rows.
-  stdout     a summary table (value, mean, std, count, no_face, unscored) and every protocol.
+  --csv      optional CSV export of the per-image rows (--parquet: the same columns in Parquet).
+  stdout     a summary table (value, mean, std, count, no_face, unscored), every protocol, and
+             the count of input files per status: every file in GENERATED is one row.
 
 Metrics: ips (identity preservation), sis (min over the identity's photos), aps (Stellar attribute
 probe when CelebA labels exist, otherwise an age/gender agreement under a different protocol name).
 With the default dlib backend, scores are calibrated so strangers sit near 0 (raw cosine kept).
+Text-image metrics: clip-t, clip-i, clip-n (with clip-t and ips/sis: the exploitation penalty, rows
+ips-penalised / sis-penalised), goa, rfs (likeness' open VQA definition), cp-clip, ti-clip, pickscore,
+aesthetic. Their models load by hub id or local folder (flags below, or the LIKENESS_*_MODEL environment
+variables); a model that is missing gives rows with status model_missing, a clear message and exit code 1.
 """
+
+
+def add_model_flags(parser) -> None:
+    """One --<role>-model flag per vision-language model role (shared with `likeness bench`)."""
+    from likeness.models.vision_language import ROLES
+
+    group = parser.add_argument_group("text-image metric models (hub id, local folder, or tiny id)")
+    for role in ROLES.values():
+        group.add_argument(role.flag, dest=f"model_{role.role.replace('-', '_')}", metavar="PATH",
+                           help=f"{role.used_for}; default ${role.env} or {role.default}")
+
+
+def model_overrides(args) -> dict:
+    from likeness.models.vision_language import ROLES
+
+    return {r: getattr(args, f"model_{r.replace('-', '_')}", None) for r in ROLES if getattr(args, f"model_{r.replace('-', '_')}", None)}
 
 
 def add_parser(subparsers) -> None:
@@ -43,7 +65,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--split", choices=("all", "test", "val"), default="all", help="Stellar split (default: %(default)s)")
     parser.add_argument("--cache-dir", help="keep reference-photo faces here between runs")
     parser.add_argument("--csv", help="also export per-image rows to this CSV file")
+    parser.add_argument("--parquet", help="also export per-image rows to this Parquet file (same columns as CSV)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--batch-images", type=int, default=8, help="images per feature batch (default: %(default)s)")
+    add_model_flags(parser)
     parser.set_defaults(run=run)
 
 
@@ -51,6 +76,7 @@ def run(args) -> int:
     from likeness.bench.evaluate import evaluate, format_summary
     from likeness.bench.store import ResultsStore
     from likeness.data.identities import DatasetError
+    from likeness.models.vision_language import VisionModels
 
     if args.backend == "arcface":
         if not args.model_dir:
@@ -62,12 +88,17 @@ def run(args) -> int:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     try:
         report = evaluate(args.dataset, args.generated, args.store, metrics=metrics, backend=args.backend,
-                          backend_options=options, split=args.split, cache_dir=args.cache_dir, progress=not args.quiet)
+                          backend_options=options, split=args.split, cache_dir=args.cache_dir, progress=not args.quiet,
+                          models=VisionModels(model_overrides(args)), batch_size=args.batch_images)
     except (DatasetError, FileNotFoundError, KeyError, ValueError) as exc:
         print(f"likeness evaluate: {exc}", file=sys.stderr)
         return 2
     print(format_summary(report))
-    if args.csv:
+    if args.csv or args.parquet:
         with ResultsStore(args.store) as store:
-            print(f"per-image rows: {store.export_csv(args.csv)}")
-    return 0
+            for path, export in ((args.csv, store.export_csv), (args.parquet, store.export_parquet)):
+                if path:
+                    print(f"per-image rows: {export(path)}")
+    for problem in report.model_errors:
+        print(f"likeness evaluate: {problem}", file=sys.stderr)
+    return 1 if report.model_errors else 0

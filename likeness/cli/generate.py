@@ -54,7 +54,8 @@ def run(args) -> int:
         personalized = load_artifact(args.artifact, base_model=args.base_model, device=args.device)
         seeds = [args.seed + k for k in range(args.num_images)]
         sampling = {k: getattr(args, k) for k in ("num_inference_steps", "guidance_scale", "height", "width")}
-        written = write_images(personalized, prompts, seeds, args.out, identities=args.identity, **sampling)
+        written = write_images(personalized, prompts, seeds, args.out, identities=args.identity,
+                               progress=not getattr(args, "quiet", False), **sampling)
     except (ArtifactError, PromptPlaceholderError, PromptError, UnknownMethodError, ModelNotFoundError,
             FileNotFoundError, KeyError, ValueError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)

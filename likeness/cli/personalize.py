@@ -32,11 +32,13 @@ def _value(text: str):
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("personalize", help="train a method on photos of people; write an artifact folder",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", required=True, help="method name, e.g. textual-inversion, dreambooth-lora, celeb-basis")
+    p.add_argument("--method", required=True,
+                   help="method name, e.g. textual-inversion, dreambooth-lora, celeb-basis, or a tuning-free one: "
+                        "photoverse, stellarnet (need --weights), ip-adapter, ip-adapter-faceid, instantid, photomaker "
+                        "(these only encode the photos)")
     p.add_argument("--base-model",
                    help="hub id, local diffusers folder, or likeness/tiny-sd | likeness/tiny-sdxl (default: the one "
                         "--weights were trained on, else likeness/tiny-sd)")
-    p.add_argument("--weights", type=Path, help="trained encoder weights of a tuning-free method (likeness train-encoder)")
     p.add_argument("--identity", action="append", required=True, metavar="PHOTO_OR_FOLDER",
                    help="photos of one person (repeat for several people)")
     p.add_argument("--name", action="append", help="name for each --identity, in order (default: folder name or photo stem)")
@@ -53,6 +55,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true", default=None, dest="gradient_checkpointing")
     p.add_argument("--masked-loss", choices=["person", "face"], dest="masked_loss", help="loss only inside this mask")
     p.add_argument("--device", help="cuda, mps or cpu (default: best available)")
+    p.add_argument("--weights", type=Path,
+                   help="trained encoder folder of a tuning-free method (photoverse, stellarnet: made by "
+                        "`likeness train-encoder`); the photo is only encoded, nothing trains")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other method option, value parsed as JSON when possible (e.g. rank=8, train_text_encoder=true)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace a finished artifact in --out")
@@ -81,6 +86,8 @@ def run(args) -> int:
             print(f"error: --option {item!r} is not KEY=VALUE", file=sys.stderr)
             return 2
         config[key.strip()] = _value(value)
+    if args.quiet:
+        config["progress"] = False  # the training bar
     try:
         method = get_method(args.method)
         identities = {}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from likeness.data.identities import DatasetError, Identity, is_image_file
+from likeness.data.base import DatasetError, Identity, is_image_file
 
 
 def _natural_key(path: Path):

@@ -99,7 +99,14 @@ def read_exclusions(exclude) -> set[str]:
         if "," in str(exclude) or str(exclude).strip().isdigit():
             return {s.strip() for s in str(exclude).split(",")} - {""}
         raise DatasetError(path, "exclusion list: not a file, a folder, or comma-separated identities")
-    return {str(x).strip() for x in exclude} - {""}
+    names: set[str] = set()
+    for item in exclude:  # each entry: a name, or (like a single value) a file, a Stellar root or a comma list
+        text = str(item).strip()
+        if text and (Path(text).exists() or "," in text):
+            names |= read_exclusions(text)
+        elif text:
+            names.add(text)
+    return names
 
 
 def _read_table(path: Path, columns: int, skip_header) -> list[list[str]]:

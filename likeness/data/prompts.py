@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -271,6 +272,19 @@ def _entries(raw, path: Path) -> list:
     raise PromptError(f"{path}: expected a JSON list or object, got {type(raw).__name__}")
 
 
+_PROMPT_ID = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+
+
+def _strings(value, key: str, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise PromptError(f"{where}: {key!r} must be a list of strings, got {value!r}"[:300])
+    return tuple(value)
+
+
 def parse_entry(entry, index: int, path: Path | str, prefix: str = "t", source: str = "") -> Prompt:
     """One Stellar-T/H entry (or a bare string) -> :class:`Prompt`; a bad entry raises naming file and index."""
     where = f"{path}: entry {index}"
@@ -284,15 +298,22 @@ def parse_entry(entry, index: int, path: Path | str, prefix: str = "t", source: 
     if PLACEHOLDER not in text:
         raise PromptError(f"{where}: prompt {text!r} has no '{{}}' placeholder for the person")
     relations = []
-    for triple in entry.get("relations") or []:
+    raw_relations = entry.get("relations") or []
+    if not isinstance(raw_relations, (list, tuple)):
+        raise PromptError(f"{where}: 'relations' must be a list of (subject, predicate, object) triples")
+    for triple in raw_relations:
         if not (isinstance(triple, (list, tuple)) and len(triple) == 3 and all(isinstance(t, str) for t in triple)):
             raise PromptError(f"{where}: relation {triple!r} is not a (subject, predicate, object) triple of strings")
         relations.append(tuple(triple))
+    prompt_id = entry.get("prompt_id") or f"{prefix}{index:04d}"
+    if not isinstance(prompt_id, (str, int)) or not _PROMPT_ID.match(str(prompt_id)):
+        # ids become part of file names: letters, digits and "_" only (no "/", "..", "-")
+        raise PromptError(f"{where}: prompt_id {prompt_id!r} must be 1-64 letters, digits or '_'")
     return Prompt(
-        prompt_id=str(entry.get("prompt_id") or f"{prefix}{index:04d}"),
+        prompt_id=str(prompt_id),
         prompts=text,
-        detectables=tuple(entry.get("detectables") or ()),
-        categories=tuple(entry.get("categories") or ()),
+        detectables=_strings(entry.get("detectables"), "detectables", where),
+        categories=_strings(entry.get("categories"), "categories", where),
         relations=tuple(relations),
         source=source or str(path),
     )
@@ -307,8 +328,8 @@ def load_prompts(path: str | Path = "open", *, source: str = "") -> list[Prompt]
         raise PromptError(f"{path}: prompt file does not exist")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PromptError(f"{path}: not valid JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise PromptError(f"{path}: not valid JSON ({type(exc).__name__}: {exc})"[:500]) from None
     prefix = _id_prefix(path)
     prompts = [parse_entry(e, i, path, prefix, source) for i, e in enumerate(_entries(raw, path))]
     if not prompts:

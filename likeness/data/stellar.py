@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from likeness.data.identities import DatasetError, Identity, is_image_file
+from likeness.data.base import DatasetError, Identity, is_image_file
 
 # The 40 CelebA attributes in the order of list_attr_celeba.txt.
 CELEBA_ATTRIBUTES = (
@@ -94,7 +94,7 @@ def load_stellar(root: str | Path, *, split: str = "all") -> list[Identity]:
         prompt_files = {kind: folder / f"prompts_{kind}.json" for kind in ("t", "h") if (folder / f"prompts_{kind}.json").exists()}
         if not photos:
             problems.append(f"{folder}: no photos (expected 0.jpg, 1.jpg)")
-        labelled = {p: a for p, a in attributes.items() if a is not None}
+        labelled = {p: a for p, a in attributes.items() if a}  # an empty "attributes" object is no labels
         identities.append(
             Identity(
                 name=folder.name,

@@ -29,7 +29,7 @@ def get_backend(name: str = DEFAULT_BACKEND, **kwargs) -> FaceBackend:
 
 
 # Imported after BACKENDS exists: these modules register themselves into it.
-from likeness.faces import arcface, dlib_backend  # noqa: E402,F401
+from likeness.faces import arcface, dlib_backend, engine  # noqa: E402,F401
 from likeness.faces.cache import FaceCache, FaceResult, analyze_path  # noqa: E402
 from likeness.faces.crop import FaceCrop, largest_face_crop  # noqa: E402
 

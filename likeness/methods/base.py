@@ -17,9 +17,10 @@ generation are shared, so every method fails the same way on the same bad input.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, ClassVar, Iterable, Sequence
 
@@ -27,6 +28,7 @@ import torch
 from PIL import Image
 
 from likeness import __version__
+from likeness.data.names import check_unique, display_name, lookup, name_key
 from likeness.models.loading import BaseModelInfo, FamilyMismatchError, load_pipeline
 from likeness.registry import Registry
 
@@ -64,7 +66,9 @@ class IdentityEntry:
 
     subject: str  # what replaces "{}" in prompts
     tokens: list[str]  # new or repurposed tokens the artifact relies on
-    photos: list[str]
+    photos: list[str]  # file names only (never local paths), in training order
+    display: str = ""  # the person's name as given (the manifest key is its likeness.data.names key)
+    photo_sha256: list[str] = field(default_factory=list)  # content hash of each photo, same order
 
 
 @dataclass
@@ -82,6 +86,10 @@ class Manifest:
         return self.base_model.family
 
     def save(self, folder: str | Path) -> Path:
+        """Write the model card (README.md) and then ``likeness.json``, whose presence marks a finished artifact."""
+        from likeness.methods.model_card import write_model_card
+
+        write_model_card(folder, self)
         path = Path(folder) / MANIFEST_NAME
         record = asdict(self)
         record["created"] = self.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -100,6 +108,9 @@ class Manifest:
             raise ArtifactError(f"{folder}: not a finished likeness artifact (no {MANIFEST_NAME}); {hint}")
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
+            unsafe = [k for k in raw["identities"] if not isinstance(k, str) or name_key(k) != k]
+            if unsafe:  # keys become file names inside the artifact: "../x" must never leave it
+                raise ArtifactError(f"{path}: identity keys {unsafe!r} are not likeness name keys (see likeness.data.names)")
             return cls(
                 method=raw["method"],
                 base_model=BaseModelInfo(**raw["base_model"]),
@@ -109,8 +120,11 @@ class Manifest:
                 likeness_version=raw.get("likeness_version", "?"),
                 created=raw.get("created", ""),
             )
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ArtifactError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, ValueError,
+                RecursionError) as exc:
+            if isinstance(exc, ArtifactError):
+                raise
+            raise ArtifactError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})"[:600]) from None
 
 
 def read_manifest(artifact: str | Path) -> Manifest:
@@ -127,17 +141,31 @@ class Personalized:
 
     @property
     def identities(self) -> list[str]:
+        """The keys of the artifact's people (see :mod:`likeness.data.names`)."""
         return list(self.manifest.identities)
 
-    def subject(self, identity: str | None = None) -> str:
+    def display(self, key: str) -> str:
+        return self.manifest.identities[key].display or key
+
+    def key(self, identity: str | None = None) -> str:
+        """The manifest key of ``identity``, given as a display name (``José García``) or a key."""
         names = self.identities
         if identity is None:
             if len(names) != 1:
                 raise ValueError(f"{self.artifact} holds {len(names)} identities ({', '.join(names)}); say which one")
-            identity = names[0]
-        if identity not in self.manifest.identities:
-            raise KeyError(f"identity {identity!r} is not in {self.artifact}; it holds: {', '.join(names)}")
-        return self.manifest.identities[identity].subject
+            return names[0]
+        key = lookup(identity, self.manifest.identities)
+        if key is None:
+            held = ", ".join(f"{self.display(k)!r}" for k in names)
+            raise KeyError(f"identity {identity!r} is not in {self.artifact}; it holds: {held}")
+        return key
+
+    def subject(self, identity: str | None = None) -> str:
+        return self.manifest.identities[self.key(identity)].subject
+
+    def pipeline_kwargs(self, identity: str | None, batch: int, guidance_scale: float) -> dict:
+        """Extra pipeline-call arguments for a batch of ``batch`` prompts (e.g. image-prompt embeddings)."""
+        return {}
 
     def prompt(self, template: str, identity: str | None = None) -> str:
         """The exact text given to the pipeline for ``template`` (useful to reproduce with plain diffusers)."""
@@ -172,17 +200,24 @@ class Personalized:
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds[start : start + batch_size]]
-            out = self.pipe(
-                prompt=chunk,
+            out = self.call_pipe(
+                chunk,
+                identity=identity,
                 negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None,
                 num_inference_steps=steps,
                 guidance_scale=guidance,
                 height=height,
                 width=width,
                 generator=generators,
+                **self.pipeline_kwargs(identity, len(chunk), guidance),
             )
             images.extend(out.images)
         return images
+
+    def call_pipe(self, prompts: list[str], *, identity: str | None = None, **kwargs):
+        """One pipeline call for a chunk of filled prompts. Methods that condition on more than the text
+        (the tuning-free peers feed image or face embeddings) override it."""
+        return self.pipe(prompt=prompts, **kwargs)
 
 
 @dataclass
@@ -208,6 +243,10 @@ COMMON_OPTIONS = {
     "face_backend": "dlib",
     "segmenter": "auto",  # person/face masks: see likeness.segmentation (auto, heuristic, celebamask, transformers:<model>)
     "overwrite": False,
+    # Face-identity loss on the decoded predicted image (likeness.faces.identity_loss); 0 = off.
+    "id_loss_weight": 0.0,
+    "id_loss_embedder": "dlib",  # "dlib" (torch port, offline) or "arcface" (needs id_loss_weights)
+    "id_loss_weights": None,  # arcface: InsightFace recogniser .onnx / .pth; dlib: another .dat
 }
 
 
@@ -232,12 +271,11 @@ def write_images(
 
     info = personalized.manifest.base_model
     written = []
-    jobs = [(name, prompt, seed) for name in (identities or personalized.identities) for prompt in prompts for seed in seeds]
+    keys = [personalized.key(name) for name in (identities or personalized.identities)]  # KeyError before any work
+    jobs = [(name, prompt, seed) for name in keys for prompt in prompts for seed in seeds]
     for name, prompt, seed in tqdm(jobs, desc="generating", disable=not progress):
-        entry = personalized.manifest.identities[name] if name in personalized.manifest.identities else None
-        if entry is None:
-            raise KeyError(f"identity {name!r} is not in {personalized.artifact}; it holds: {', '.join(personalized.identities)}")
-        reference = entry.photos[0] if entry.photos else ""
+        entry = personalized.manifest.identities[name]
+        reference = Path(entry.photos[0]).name if entry.photos else ""
         item_id = canonical_item_id(name, reference or "none", prompt.prompt_id, seed)
         image_path = Path(out_root) / name / f"{item_id}.png"
         if skip_existing and image_path.exists() and image_path.with_suffix(".json").exists():
@@ -249,7 +287,7 @@ def write_images(
         image.save(tmp)
         tmp.replace(image_path)
         write_sidecar(image_path, {
-            "item_id": item_id, "identity": name, "reference": reference,
+            "item_id": item_id, "identity": personalized.display(name), "identity_key": name, "reference": reference,
             "prompt": personalized.prompt(prompt.template, name), **prompt.sidecar_fields(),
             "seed": int(seed), "method": personalized.manifest.method, "base_model": info.model_id,
             "base_model_revision": info.revision, "family": info.family,
@@ -291,18 +329,23 @@ class Method:
         """
         from likeness.faces import get_backend
         from likeness.methods.preparation import Augmentation, photo_batches, prepare_identities
-        from likeness.methods.training import native_resolution, remove_checkpoints, train
+        from likeness.methods.training import build_identity_term, native_resolution, remove_checkpoints, train
 
         training, options = split_config(config, {**COMMON_OPTIONS, **self.defaults})
         out_dir = start_artifact(out_dir, options["overwrite"])
-        people = as_identities(identities)
+        named = named_identities(identities)
+        people = [(key, photos) for key, _, photos in named]
         pipe = load_pipeline(base_model, device=options["device"], dtype=torch.float32)
         training.resolution = training.resolution or native_resolution(pipe)
         prepared, notes = prepare_identities(people, size=training.resolution, framing=options["framing"],
                                              backend=get_backend(options["face_backend"]), segmenter=options["segmenter"])
+        notes = [_without_paths(note, [p for _, photos in people for p in photos]) for note in notes]
         setup = self.setup(pipe, [name for name, _ in people], {**options, "out_dir": out_dir})
-        for name, photos in prepared.items():
+        for key, display, _ in named:
+            setup.identities[key].display = display
+        for name, photos in prepared.items():  # local paths while training; the manifest keeps names only
             setup.identities[name].photos = [str(p.source) for p in photos]
+            setup.identities[name].photo_sha256 = [sha256_file(p.source) for p in photos]
         aug = Augmentation(flip=options["flip"], color_jitter=options["color_jitter"],
                            scale_range=tuple(options["scale_range"]) if options["scale_range"] else None)
         make_batch = photo_batches(prepared, {n: e.subject for n, e in setup.identities.items()},
@@ -310,10 +353,15 @@ class Method:
         if setup.wrap_batches is not None:
             make_batch = setup.wrap_batches(make_batch)
         fingerprint = {"method": self.name, "base_model": pipe.likeness_info.to_dict(), "options": options,
-                       "photos": {n: e.photos for n, e in setup.identities.items()}}
+                       "photos": {n: e.photo_sha256 for n, e in setup.identities.items()}}
+        identity = None
+        if options["id_loss_weight"]:
+            identity = build_identity_term(prepared, options["id_loss_weight"], options["id_loss_embedder"],
+                                           options["id_loss_weights"], device=pipe.device)
         result = train(pipe, setup.trainable, make_batch, training, out_dir, modules=setup.modules,
                        after_step=setup.after_step, prior_loss_weight=setup.prior_loss_weight,
-                       fingerprint_extra=json.loads(json.dumps(fingerprint, default=str)))
+                       fingerprint_extra=json.loads(json.dumps(fingerprint, default=str)), identity=identity)
+        notes = notes + result.notes
         from accelerate import PartialState
 
         if not PartialState().is_main_process:  # under `accelerate launch`, one process writes the artifact
@@ -323,7 +371,8 @@ class Method:
         Manifest(
             method=self.name,
             base_model=pipe.likeness_info,
-            identities=setup.identities,
+            # file names and content hashes only: the artifact folder can be shared as it is
+            identities={n: replace(e, photos=[Path(p).name for p in e.photos]) for n, e in setup.identities.items()},
             config={"training": asdict(training), "options": recorded, "notes": notes,
                     "masks": mask_record(options["segmenter"], prepared),
                     "final_loss": result.losses[-1] if result.losses else None, "resumed_from": result.resumed_from},
@@ -361,8 +410,9 @@ def mask_record(segmenter, prepared: dict) -> dict:
             "sources": {str(p.source): p.mask_source for photos in prepared.values() for p in photos}}
 
 
-def as_identities(identities) -> list[tuple[str, list[Path]]]:
-    """Normalise ``{name: photos}``, ``[Identity]`` (anything with ``name`` and ``photos``) or ``[(name, photos)]``."""
+def named_identities(identities) -> list[tuple[str, str, list[Path]]]:
+    """``[(key, display name, photos)]`` from ``{name: photos}``, ``[Identity]`` (anything with
+    ``name`` and ``photos``) or ``[(name, photos)]``; names go through :mod:`likeness.data.names`."""
     if isinstance(identities, dict):
         items = list(identities.items())
     else:
@@ -372,21 +422,37 @@ def as_identities(identities) -> list[tuple[str, list[Path]]]:
         photos = [photos] if isinstance(photos, (str, Path)) else list(photos)
         if not photos:
             raise ValueError(f"identity {name!r} has no photos")
-        result.append((safe_name(name), [Path(p) for p in photos]))
+        result.append((safe_name(name), display_name(name), [Path(p) for p in photos]))
     if not result:
         raise ValueError("no identities to personalize")
-    names = [n for n, _ in result]
-    if len(set(names)) != len(names):
-        raise ValueError(f"identity names must be unique (after clean-up): {names}")
+    check_unique(display for _, display, _ in result)
     return result
 
 
+def as_identities(identities) -> list[tuple[str, list[Path]]]:
+    """``[(key, photos)]``: :func:`named_identities` without the display names."""
+    return [(key, photos) for key, _, photos in named_identities(identities)]
+
+
 def safe_name(name: str) -> str:
-    """Identity names become tokens and file names: lower-case letters, digits and underscores."""
-    cleaned = "".join(c if c.isalnum() else "_" for c in str(name).strip().lower()).strip("_")
-    if not cleaned:
-        raise ValueError(f"identity name {name!r} has no letters or digits")
-    return cleaned
+    """The key an identity's name becomes in tokens and file names (:func:`likeness.data.names.name_key`)."""
+    return name_key(name)
+
+
+def _without_paths(text: str, photos) -> str:
+    """A note with local photo paths replaced by file names (manifests get shared)."""
+    for photo in sorted(photos, key=lambda p: -len(str(p))):
+        for form in {str(Path(photo).resolve()), str(photo)}:
+            text = text.replace(form, Path(photo).name)
+    return text
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def split_config(config: dict, method_defaults: dict) -> tuple["TrainingConfig", dict]:

@@ -154,6 +154,7 @@ class CelebBasisMethod(Method):
     def personalize(self, identities, out_dir, base_model, **config) -> Path:
         """The shared :meth:`Method.personalize`, after checking the number of people (before any
         model loads) and setting ``max_steps`` to ``steps_per_person`` x people unless given."""
+        identities = list(identities.items()) if isinstance(identities, dict) else list(identities)
         people = as_identities(identities)
         limit = config.get("max_people") or self.defaults["max_people"]
         if len(people) > limit:
@@ -164,7 +165,7 @@ class CelebBasisMethod(Method):
         if config.get("max_steps") is None:
             per_person = config.get("steps_per_person") or self.defaults["steps_per_person"]
             config["max_steps"] = per_person * len(people)
-        return super().personalize(people, out_dir, base_model, **config)
+        return super().personalize(identities, out_dir, base_model, **config)  # display names kept
 
     def setup(self, pipe, names, options) -> CelebBasisSetup:
         from likeness.faces import get_backend

@@ -135,7 +135,9 @@ def _with_prior(make_batch, class_pixels: list[torch.Tensor], class_prompt: str)
         mask = None
         if batch.mask is not None:
             mask = torch.cat([batch.mask, torch.ones_like(batch.mask)])
+        points = None if batch.points is None else torch.cat([batch.points, torch.zeros_like(batch.points)])
+        people = None if batch.identities is None else batch.identities + [""] * n  # class images: no identity term
         return Batch(pixels=torch.cat([batch.pixels, torch.stack(picks)]), captions=batch.captions + [class_prompt] * n,
-                     mask=mask, prior=torch.tensor([False] * n + [True] * n))
+                     mask=mask, prior=torch.tensor([False] * n + [True] * n), points=points, identities=people)
 
     return make

@@ -75,6 +75,7 @@ class PreparedPhoto:
     face: Face  # the chosen face, in the original photo's coordinates
     n_faces: int
     notes: list[str] = field(default_factory=list)
+    landmarks: np.ndarray | None = None  # (5, 2) the face's 5 points in crop pixels (for identity losses)
     mask_source: str = "heuristic"  # which segmentation backend made the masks (see likeness.segmentation)
 
 
@@ -130,7 +131,15 @@ def prepare_photo(
     from likeness.segmentation import get_segmenter
 
     masks = get_segmenter(segmenter).segment(image, face=face, path=path).warp(size, coeffs)
-    return PreparedPhoto(path, crop, masks.face, masks.person, face, len(faces), notes, masks.source)
+    landmarks = None
+    if face.landmarks is not None:
+        # PIL samples with pixel centres at +0.5, the detectors' points have them at integers.
+        linear = np.array([[coeffs[0], coeffs[1]], [coeffs[3], coeffs[4]]])
+        shift = np.array([coeffs[2], coeffs[5]])
+        source = np.asarray(face.landmarks, dtype=np.float64) + 0.5
+        landmarks = ((source - shift) @ np.linalg.inv(linear).T - 0.5).astype(np.float32)
+    return PreparedPhoto(path, crop, masks.face, masks.person, face, len(faces), notes, landmarks=landmarks,
+                         mask_source=masks.source)
 
 
 def prepare_photos(paths, *, backend: FaceBackend | None = None, size: int = 512, framing: str = "face",
@@ -149,13 +158,18 @@ class Augmentation:
     scale_range: tuple[float, float] | None = None  # e.g. (0.1, 1.0): shrink-and-paste on black (Celeb Basis)
 
 
-def augment(photo: PreparedPhoto, rng: np.random.Generator, aug: Augmentation = Augmentation()):
-    """One training view: (RGB float32 HxWx3 in [-1, 1], face mask HxW, person mask HxW)."""
+def augment(photo: PreparedPhoto, rng: np.random.Generator, aug: Augmentation = Augmentation(), *, with_points: bool = False):
+    """One training view: (RGB float32 HxWx3 in [-1, 1], face mask HxW, person mask HxW), plus the face's
+    5 points moved with the view ((5, 2) crop pixels, or None) when ``with_points``. Same randomness either way."""
     image = photo.image
     masks = [Image.fromarray((m * 255).astype(np.uint8)) for m in (photo.face_mask, photo.person_mask)]
+    points = None if photo.landmarks is None else np.asarray(photo.landmarks, dtype=np.float64).copy()
     if aug.flip and rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         masks = [m.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for m in masks]
+        if points is not None:  # mirrored, and image-left / image-right swap roles
+            points[:, 0] = image.size[0] - 1 - points[:, 0]
+            points = points[[1, 0, 2, 4, 3]]
     if aug.color_jitter > 0:
         for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
             image = enhancer(image).enhance(1.0 + rng.uniform(-aug.color_jitter, aug.color_jitter))
@@ -172,8 +186,12 @@ def augment(photo: PreparedPhoto, rng: np.random.Generator, aug: Augmentation = 
             blank.paste(m.resize((side, side), Image.Resampling.NEAREST), (left, top))
             pasted.append(blank)
         masks = pasted
+        if points is not None:
+            points = (points + 0.5) * (side / size) - 0.5 + np.array([left, top])
     pixels = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     face_mask, person_mask = ((np.asarray(m, dtype=np.float32) > 127).astype(np.float32) for m in masks)
+    if with_points:
+        return pixels, face_mask, person_mask, None if points is None else points.astype(np.float32)
     return pixels, face_mask, person_mask
 
 
@@ -238,14 +256,18 @@ def photo_batches(prepared: dict, subjects: dict, *, batch_size: int, aug: Augme
     names = sorted(prepared)
 
     def make_batch(step: int, micro: int, rng: np.random.Generator) -> Batch:
-        pixels, masks, captions = [], [], []
+        pixels, masks, captions, points, people = [], [], [], [], []
         for _ in range(batch_size):
             name = names[int(rng.integers(len(names)))]
             photo = prepared[name][int(rng.integers(len(prepared[name])))]
-            image, face_mask, person_mask = augment(photo, rng, aug)
+            image, face_mask, person_mask, face_points = augment(photo, rng, aug, with_points=True)
             pixels.append(torch.from_numpy(image).permute(2, 0, 1))
             masks.append(torch.from_numpy(face_mask if mask == "face" else person_mask)[None])
             captions.append(caption(subjects[name], rng, templates))
-        return Batch(pixels=torch.stack(pixels), captions=captions, mask=torch.stack(masks) if mask else None)
+            points.append(face_points)
+            people.append(name)
+        return Batch(pixels=torch.stack(pixels), captions=captions, mask=torch.stack(masks) if mask else None,
+                     points=None if any(p is None for p in points) else torch.from_numpy(np.stack(points)),
+                     identities=people)
 
     return make_batch

@@ -72,6 +72,27 @@ class Batch:
     captions: list[str]
     mask: torch.Tensor | None = None  # B x 1 x H x W in {0, 1}, for masked losses
     prior: torch.Tensor | None = None  # B bool: class (prior-preservation) images
+    points: torch.Tensor | None = None  # B x 5 x 2: the face's 5 points in pixel coordinates (identity loss)
+    identities: list[str] | None = None  # whose photo each sample is (identity loss references)
+
+
+@dataclass
+class IdentityTerm:
+    """The optional face-identity loss added to the diffusion loss (``--option id_loss_weight=...``).
+
+    On the model's predicted clean latent (x0 from the predicted noise / velocity), decoded by the
+    VAE with gradients, ``loss`` (a :class:`likeness.faces.identity_loss.IdentityLoss`) compares the
+    face at the batch's known 5 points with the person's reference embedding. Samples whose
+    augmented face is too small for a chip (e.g. Celeb Basis' shrink-and-paste) or that have no
+    person (class images) are left out of this term, counted in ``skipped``.
+    """
+
+    loss: torch.nn.Module
+    references: dict[str, torch.Tensor]  # identity name -> (D,) reference embedding
+    weight: float
+    skipped: int = 0
+    used: int = 0
+    values: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -136,8 +157,64 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | No
     return (error * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * error.shape[1]).clamp(min=1.0)
 
 
-def diffusion_loss(pipe, noise_scheduler, batch: Batch, generator: torch.Generator, *, prior_loss_weight: float = 1.0):
-    """The denoising MSE of Stable Diffusion training, optionally masked and with a prior-preservation term."""
+def build_identity_term(prepared: dict, weight: float, embedder: str = "dlib", weights=None, device=None) -> IdentityTerm:
+    """The identity term for ``prepared`` photos (``{name: [PreparedPhoto]}``): each person's reference is the
+    normalised mean embedding of their prepared (un-augmented) crops, taken the same way as in training."""
+    from likeness.faces.identity_loss import build_identity_loss
+
+    weight = float(weight)
+    if not weight > 0:
+        raise ValueError(f"id_loss_weight must be a positive number, got {weight}")
+    kwargs = {"weights": weights} if embedder == "arcface" else ({"path": weights} if weights else {})
+    loss = build_identity_loss(embedder, device=device, **kwargs)
+    references = {}
+    with torch.no_grad():
+        for name, photos in prepared.items():
+            vectors = []
+            for photo in photos:
+                if photo.landmarks is None:
+                    raise ValueError(f"{photo.source}: the face backend gave no 5 points; the identity loss needs them")
+                pixels = torch.from_numpy(np.asarray(photo.image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0)
+                image = pixels.permute(2, 0, 1)[None].to(device)
+                vectors.append(loss.embed(image, torch.from_numpy(photo.landmarks)[None])[0])
+            references[name] = F.normalize(torch.stack(vectors).mean(0), dim=0)
+    return IdentityTerm(loss=loss, references=references, weight=weight)
+
+
+def predicted_x0(noise_scheduler, noisy: torch.Tensor, pred: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """The clean latent the model's prediction implies (epsilon or v parameterisation)."""
+    alphas = noise_scheduler.alphas_cumprod.to(noisy.device, torch.float32)[timesteps].view(-1, 1, 1, 1)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return alphas.sqrt() * noisy - (1 - alphas).sqrt() * pred
+    return (noisy - (1 - alphas).sqrt() * pred) / alphas.sqrt()
+
+
+def identity_loss_term(pipe, term: IdentityTerm, batch: Batch, x0: torch.Tensor) -> torch.Tensor | None:
+    """Mean identity loss over the usable samples of ``batch`` (decoded from ``x0`` with gradients), or None."""
+    if batch.points is None or batch.identities is None:
+        raise ValueError("the identity loss needs the face's 5 points in each batch (photo_batches provides them)")
+    vae = pipe.vae
+    height, width = batch.pixels.shape[-2:]
+    keep = [i for i, name in enumerate(batch.identities)
+            if name in term.references and (batch.prior is None or not bool(batch.prior[i]))
+            and term.loss.usable(batch.points[i], height, width)]
+    term.skipped += len(batch.identities) - len(keep)
+    if not keep:
+        return None
+    term.used += len(keep)
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    latents = x0[keep] / vae.config.scaling_factor + shift
+    images = vae.decode(latents.to(next(vae.parameters()).dtype)).sample.float()
+    reference = torch.stack([term.references[batch.identities[i]] for i in keep]).to(images.device)
+    value = term.loss(images, batch.points[keep].to(images.device), reference).mean()
+    term.values.append(float(value.detach()))
+    return value
+
+
+def diffusion_loss(pipe, noise_scheduler, batch: Batch, generator: torch.Generator, *, prior_loss_weight: float = 1.0,
+                   identity: IdentityTerm | None = None):
+    """The denoising MSE of Stable Diffusion training, optionally masked, with a prior-preservation term and a
+    face-identity term."""
     unet, vae = pipe.unet, pipe.vae
     device = unet.device
     weight_dtype = next(vae.parameters()).dtype
@@ -163,10 +240,15 @@ def diffusion_loss(pipe, noise_scheduler, batch: Batch, generator: torch.Generat
     else:
         target = noise
     per_sample = masked_mse(pred, target, batch.mask)
+    extra = 0.0
+    if identity is not None and identity.weight:
+        term = identity_loss_term(pipe, identity, batch, predicted_x0(noise_scheduler, noisy.float(), pred, timesteps))
+        if term is not None:
+            extra = identity.weight * term
     if batch.prior is None or not bool(batch.prior.any()):
-        return per_sample.mean()
+        return per_sample.mean() + extra
     prior = batch.prior.to(device)
-    return per_sample[~prior].mean() + prior_loss_weight * per_sample[prior].mean()
+    return per_sample[~prior].mean() + prior_loss_weight * per_sample[prior].mean() + extra
 
 
 def _mixed_precision(choice: str) -> str:
@@ -223,11 +305,14 @@ def train(
     prior_loss_weight: float = 1.0,
     fingerprint_extra: dict | None = None,
     extra_loss: Callable[[], torch.Tensor] | None = None,
+    identity: IdentityTerm | None = None,
+    loss_fn: Callable | None = None,
 ) -> TrainingResult:
     """Optimise ``trainable`` (name -> parameter, all inside ``modules``) on batches from ``make_batch``.
 
     ``make_batch(step, micro, rng)`` must depend only on its arguments. Resumes from the latest
     checkpoint under ``out_dir/checkpoints`` when one exists with the same configuration.
+    ``loss_fn`` replaces :func:`diffusion_loss` (same signature) for methods with their own objective.
     ``extra_loss()``, called right after each diffusion loss, adds a method's own term (a regulariser).
     """
     from accelerate import Accelerator
@@ -291,7 +376,8 @@ def train(
         with torch.no_grad():
             for n, p in zip(names, params):
                 p.copy_(tensors[n].to(p.device, p.dtype))
-        extra = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint folder may come from someone else; never unpickle code from it
+        extra = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
         optimizer.load_state_dict(extra["optimizer"])
         lr_scheduler.load_state_dict(extra["lr_scheduler"])
         torch.set_rng_state(extra["torch_rng"])
@@ -322,8 +408,8 @@ def train(
             batch = make_batch(step, micro, step_rng(rank_seed, step, micro))
             with accelerator.accumulate(*modules):
                 with accelerator.autocast():
-                    loss = diffusion_loss(pipe, noise_scheduler, batch, step_generator(rank_seed, step, micro, 1),
-                                          prior_loss_weight=prior_loss_weight)
+                    loss = (loss_fn or diffusion_loss)(pipe, noise_scheduler, batch, step_generator(rank_seed, step, micro, 1),
+                                                       prior_loss_weight=prior_loss_weight, identity=identity)
                     if extra_loss is not None:
                         loss = loss + extra_loss()
                 accelerator.backward(loss)
@@ -354,7 +440,13 @@ def train(
         module.eval()
     if accelerator.is_main_process:
         save_loss_curve(out_dir, losses, lrs)
-    return TrainingResult(losses=losses, steps=config.max_steps, resumed_from=start, out_dir=out_dir, step_seconds=step_seconds)
+    notes = []
+    if identity is not None:
+        mean = float(np.mean(identity.values)) if identity.values else float("nan")
+        notes.append(f"identity loss ({getattr(identity.loss, 'name', '')}, weight {identity.weight:g}): "
+                     f"{identity.used} samples, mean {mean:.4f}; {identity.skipped} left out (face too small or class image)")
+    return TrainingResult(losses=losses, steps=config.max_steps, resumed_from=start, out_dir=out_dir, step_seconds=step_seconds,
+                          notes=notes)
 
 
 def remove_checkpoints(out_dir: str | Path) -> None:

@@ -21,7 +21,7 @@ from likeness.data.stellar import APS_ATTRIBUTES
 from likeness.faces import FaceBackend, FaceCache, FaceResult
 from likeness.faces.cache import file_digest
 from likeness.metrics import METRICS
-from likeness.metrics.base import Metric, Sample, Score, reference_faces
+from likeness.metrics.base import FaceMetric, Metric, Sample, Score, reference_faces
 
 AGE_TOLERANCE_YEARS = 20.0
 
@@ -31,6 +31,30 @@ def balanced_accuracy(true: list[int], pred: list[int]) -> float:
     true, pred = np.asarray(true), np.asarray(pred)
     recalls = [float(np.mean(pred[true == label] == label)) for label in np.unique(true)]
     return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def _set_value(scores: list[Score]) -> float:
+    per_attribute = []
+    for attribute in APS_ATTRIBUTES:
+        pairs = [(s.detail["true"][attribute], s.detail["pred"][attribute]) for s in scores
+                 if attribute in s.detail.get("pred", {}) and attribute in s.detail.get("true", {})]
+        if pairs:
+            per_attribute.append(balanced_accuracy(*zip(*pairs)))
+    return float(np.mean(per_attribute)) if per_attribute else float("nan")
+
+
+def _bootstrap_set_value(scores: list[Score], samples: int = 500, seed: int = 0) -> tuple[float, float]:
+    """95% interval of the set-level APS (balanced accuracy is not a mean of per-image values, so the items
+    are resampled and the whole statistic recomputed)."""
+    scored = [s for s in scores if s.detail.get("pred")]
+    if len(scored) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    values = [_set_value([scored[i] for i in rng.integers(0, len(scored), len(scored))]) for _ in range(samples)]
+    values = [v for v in values if np.isfinite(v)]
+    if not values:
+        return float("nan"), float("nan")
+    return float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))
 
 
 class AttributeProbe:
@@ -63,7 +87,7 @@ class AttributeProbe:
         return out
 
 
-class ProbeAPS(Metric):
+class ProbeAPS(FaceMetric):
     name = "aps"
     version = "probe-v1"
     definition = ("Stellar APS: per-attribute logistic-regression probe on labelled photo embeddings, balanced accuracy "
@@ -114,10 +138,11 @@ class ProbeAPS(Metric):
                 per_attribute[attribute] = balanced_accuracy(*zip(*pairs))
         summary["per_attribute"] = per_attribute
         summary["value"] = float(np.mean(list(per_attribute.values()))) if per_attribute else float("nan")
+        summary["ci95"] = list(_bootstrap_set_value(scores))
         return summary
 
 
-class AgeGenderAPS(Metric):
+class AgeGenderAPS(FaceMetric):
     name = "aps"
     version = "agegender-v1"
     definition = (f"NOT Stellar APS (no labels): mean of [same gender, max(0, 1 - |age gap| / {AGE_TOLERANCE_YEARS:g} y)] "
@@ -161,7 +186,9 @@ def attribute_preservation(backend: FaceBackend | None = None, cache: FaceCache 
     """The Stellar probe when any identity has CelebA labels (or mode="probe"), else the age/gender agreement."""
     if mode not in ("auto", "probe", "agegender"):
         raise ValueError(f"APS mode must be auto, probe or agegender, not {mode!r}")
-    labelled = any(i.attributes for i in identities or [])
+    # Labels count only if they name an APS attribute: "attributes": {} or only other labels is no label at all.
+    labelled = any(a in APS_ATTRIBUTES for i in identities or [] for labels in (i.attributes or {}).values()
+                   for a in (labels or {}))
     if mode == "probe" or (mode == "auto" and labelled):
         return ProbeAPS(backend, cache, identities)
     return AgeGenderAPS(backend, cache, identities)

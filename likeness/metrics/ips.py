@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from likeness.faces import FaceResult
 from likeness.metrics import METRICS
-from likeness.metrics.base import Metric, Sample, Score, face_similarity, reference_faces
+from likeness.metrics.base import FaceMetric, Sample, Score, face_similarity, reference_faces
 
 
 @METRICS.register("ips")
-class IdentityPreservation(Metric):
+class IdentityPreservation(FaceMetric):
     name = "ips"
     definition = "max similarity over all (generated face, reference-photo face) pairs; 0 if either has no face."
 

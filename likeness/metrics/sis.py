@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from likeness.faces import FaceResult
 from likeness.metrics import METRICS
-from likeness.metrics.base import Metric, Sample, Score, face_similarity
+from likeness.metrics.base import FaceMetric, Sample, Score, face_similarity
 
 
 @METRICS.register("sis")
-class IdentityStability(Metric):
+class IdentityStability(FaceMetric):
     name = "sis"
     definition = "min over the identity's photos of IPS(generated image, photo); 0 if any side has no face."
 

@@ -1,4 +1,4 @@
-"""Person and face masks behind one interface (``SEGMENTERS``); see :mod:`likeness.segmentation.base`.
+"""Masks of what is in an image: person and face masks behind one interface (``SEGMENTERS``); see :mod:`likeness.segmentation.base`.
 
 >>> from likeness.segmentation import get_segmenter
 >>> seg = get_segmenter("auto")                      # dataset masks when present, else the heuristic
@@ -12,6 +12,8 @@ Backends:
 - ``heuristic``: ellipses around the detected face, the offline fall-back (:mod:`.heuristic`);
 - ``auto``: ``celebamask`` when the photo has dataset masks, else ``model`` (when one is named),
   else ``heuristic``. Each :class:`Masks` names the backend that made it.
+
+Salient objects (not people) are masked by :mod:`likeness.segmentation.salient`, used by ``compose``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,287 @@
+"""What the demo does, without the web page: check uploads, run methods side by side, collect scores.
+
+:class:`Demo` is driven by the gradio page in :mod:`likeness.app.ui`, and directly by tests. A run
+takes the visitor's photos, prompts and settings, runs each chosen method as a ``likeness bench``
+child (one at a time per visitor, at most ``max_concurrent`` across visitors), and yields the page's
+state as it goes: a status line per method, then a grid with one column per method and one row per
+prompt (the reference photo beside it), each image with its scores and their protocol.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import shutil
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from likeness.app.jobs import JobRegistry, Progress, bench_command
+from likeness.app.workspace import UploadError, Workspace
+
+DEFAULT_BASE_MODEL = "likeness/tiny-sd"
+DEFAULT_METRICS = ["ips", "sis", "aps"]
+THUMB = 192
+POLL_S = 0.5
+
+
+@dataclass
+class RunRequest:
+    """Everything a visitor sets for one run."""
+
+    methods: list[str]
+    base_model: str = DEFAULT_BASE_MODEL
+    prompts: str = "{} riding a bicycle on the moon"
+    category: str | None = None
+    from_open_set: int = 0
+    seed: int = 0
+    images_per_prompt: int = 1
+    steps: int | None = None  # denoising steps; None: the bench default (4 on tiny models, else 50)
+    train_steps: int | None = None  # personalization steps of tuning methods; None: the bench default
+
+
+@dataclass
+class PageState:
+    """What the page shows after each step of a run."""
+
+    status: str
+    grid: str = ""
+    scores: list[dict] | None = None
+    downloads: list[str] | None = None
+
+
+def _thumb_uri(path: Path, side: int = THUMB) -> str:
+    """A small inline PNG, so the grid is one self-contained HTML fragment (no file serving needed)."""
+    from likeness.data.images import load_image
+
+    image = load_image(path, min_side=1)
+    image.thumbnail((side, side))
+    if max(image.size) < side:  # tiny models make 64 px images: show them at a visible size
+        scale = side / max(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), resample=0)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _score_html(metric: str, value, status: str) -> str:
+    """``IPS 0.412``; a score that is not a plain measurement says why (``IPS 0.000 no_face``)."""
+    text = f"{html.escape(metric)} {'—' if value is None else f'{value:.3f}'}"
+    if status != "ok":
+        text += f' <i class="status">{html.escape(status)}</i>'
+    return f'<span title="{html.escape(status)}">{text}</span>'
+
+
+def check_base_model(base_model: str) -> str:
+    """"" when the base model can be found (tiny ids, local folders, the hub cache), else why not."""
+    from likeness.models.loading import ModelNotFoundError, resolve_model_path
+
+    try:
+        resolve_model_path(base_model)
+    except ModelNotFoundError as exc:
+        return str(exc)
+    return ""
+
+
+class Demo:
+    """The demo's state: its root folder, the face backend that checks uploads, the running jobs."""
+
+    def __init__(self, root: str | Path, *, max_concurrent: int = 1, face_backend: str = "dlib",
+                 metrics: list[str] | None = None):
+        from likeness.faces import get_backend
+
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.backend = get_backend(face_backend)
+        self.jobs = JobRegistry(max_concurrent)
+        self.metrics = list(DEFAULT_METRICS if metrics is None else metrics)
+        self.keep: set[str] = set()  # visitors who asked to keep their files after leaving
+
+    def workspace(self, visitor: str) -> Workspace:
+        return Workspace(self.root, visitor)
+
+    # -- uploads ------------------------------------------------------------------------------------
+
+    def check_photos(self, visitor: str, uploads: list, name: str = "me") -> str:
+        """Check and keep the visitor's photos; a line per photo saying whether it can be used."""
+        try:
+            checks = self.workspace(visitor).save_photos([str(u) for u in uploads or []], name, self.backend)
+        except UploadError as exc:
+            return f"⚠️ {exc}"
+        lines = [f"- {'✅' if c.ok else '❌'} {html.escape(c.name)}: {html.escape(c.message)}" for c in checks]
+        usable = sum(c.ok for c in checks)
+        head = f"{usable} of {len(checks)} photo(s) usable" if usable else "⚠️ no usable photo: upload another one"
+        return "\n".join([head, *lines])
+
+    # -- running ------------------------------------------------------------------------------------
+
+    def run(self, visitor: str, request: RunRequest, uploads: list | None = None, name: str = "me"):
+        """Run every requested method; yields :class:`PageState` as the run goes (last one: results)."""
+        workspace = self.workspace(visitor)
+        problem = self._validate(workspace, request, uploads, name)
+        if problem:
+            yield PageState(f"⚠️ {problem}")
+            return
+        progress = {m: Progress(m) for m in request.methods}
+        yield PageState(self._status(progress, "queued: waiting for a free slot"))
+        self.jobs.begin(visitor)
+        for method in request.methods:
+            if self.jobs.cancelled(visitor):
+                progress[method].state = "cancelled"
+                continue
+            with self.jobs.slots:  # at most max_concurrent methods run at once, across all visitors
+                if self.jobs.cancelled(visitor):
+                    progress[method].state = "cancelled"
+                    continue
+                yield from self._run_method(visitor, workspace, method, request, progress)
+        yield self.results(visitor, request.methods, progress)
+
+    def _validate(self, workspace: Workspace, request: RunRequest, uploads, name) -> str:
+        from likeness.methods import METHODS
+
+        if uploads:
+            try:
+                checks = workspace.save_photos([str(u) for u in uploads], name, self.backend)
+            except UploadError as exc:
+                return str(exc)
+            refused = [c for c in checks if not c.ok]
+            if refused and not any(c.ok for c in checks):
+                return "; ".join(c.message for c in refused)
+        if not workspace.photos():
+            return "upload a photo of a person first"
+        if not request.methods:
+            return "pick at least one method"
+        unknown = [m for m in request.methods if m not in METHODS]
+        if unknown:
+            return f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS.names())}"
+        try:
+            workspace.write_prompts(request.prompts, request.category, request.from_open_set)
+        except (UploadError, ValueError) as exc:
+            return str(exc)
+        return check_base_model(request.base_model)
+
+    def _run_method(self, visitor, workspace: Workspace, method: str, request: RunRequest, progress: dict):
+        command = bench_command(
+            workspace.run_dir(method), method, base_model=request.base_model, identities=workspace.identities,
+            prompts=workspace.folder / "prompts.json", seeds=request.images_per_prompt, base_seed=request.seed,
+            steps=request.steps, train_steps=request.train_steps, metrics=self.metrics)
+        process = self.jobs.start(visitor, command, progress[method])
+        try:
+            while process.poll() is None:
+                yield PageState(self._status(progress))
+                time.sleep(POLL_S)
+        finally:  # also when the page cancels this generator: never leave the child running
+            process.kill()
+            process.finish()
+            self.jobs.done(visitor, process)
+        yield PageState(self._status(progress))
+
+    @staticmethod
+    def _status(progress: dict[str, Progress], note: str = "") -> str:
+        lines = [p.describe() for p in progress.values()]
+        return "\n\n".join(lines + ([note] if note else []))
+
+    def cancel(self, visitor: str) -> str:
+        killed = self.jobs.cancel(visitor)
+        return f"cancelled ({killed} running process{'es' if killed != 1 else ''} stopped)"
+
+    def leave(self, visitor: str) -> None:
+        """The visitor closed the page: stop their work and, unless they asked to keep it, delete it."""
+        self.jobs.cancel(visitor)
+        if visitor not in self.keep:
+            self.workspace(visitor).remove()
+
+    # -- results ------------------------------------------------------------------------------------
+
+    def results(self, visitor: str, methods: list[str], progress: dict[str, Progress] | None = None) -> PageState:
+        """The grid, the score rows and the downloads of the visitor's finished runs."""
+        from likeness.bench.report import read_results
+
+        workspace = self.workspace(visitor)
+        per_method = {}
+        for method in methods:
+            run_dir = workspace.run_dir(method)
+            if (run_dir / "run.json").exists() and (run_dir / "results.sqlite").exists():
+                per_method[method] = read_results(run_dir)
+        rows = []
+        for method, res in per_method.items():
+            for item in res.items:
+                for metric, (value, status) in sorted(item["scores"].items()):
+                    rows.append({"method": method, "item_id": item["item_id"], "prompt_id": item["prompt_id"],
+                                 "prompt": item["meta"].get("prompt_template", ""), "metric": metric,
+                                 "value": value, "status": status})
+                if not item["scores"]:
+                    rows.append({"method": method, "item_id": item["item_id"], "prompt_id": item["prompt_id"],
+                                 "prompt": item["meta"].get("prompt_template", ""), "metric": "",
+                                 "value": None, "status": item["status"] + (f": {item['reason']}" if item.get("reason") else "")})
+        status = self._status(progress) if progress else ""
+        downloads = self._downloads(workspace, per_method, rows) if per_method else []
+        keep = f"\n\nrun folders: `{workspace.runs}` (`likeness report` works on each)" if per_method else ""
+        return PageState(status + keep, self._grid(workspace, per_method), rows, downloads)
+
+    def _grid(self, workspace: Workspace, per_method: dict) -> str:
+        if not per_method:
+            return ""
+        photos = workspace.photos()
+        reference = f'<img src="{_thumb_uri(photos[0])}" alt="reference photo">' if photos else ""
+        prompts: dict[str, str] = {}
+        cells: dict[tuple[str, str], list[str]] = {}
+        protocols: dict[str, set[str]] = {}
+        for method, res in per_method.items():
+            for metric, plist in res.protocols.items():
+                for p in plist:
+                    protocols.setdefault(metric, set()).add(p.get("name", "") if isinstance(p, dict) else str(p))
+            for item in res.items:
+                prompt_id = item["prompt_id"]
+                prompts.setdefault(prompt_id, item["meta"].get("prompt_template", prompt_id))
+                image = workspace.run_dir(method) / "images" / item["identity"] / f"{item['item_id']}.png"
+                if item["status"] == "done" and image.exists():
+                    scores = " ".join(_score_html(m, v, status) for m, (v, status) in sorted(item["scores"].items()))
+                    body = f'<img src="{_thumb_uri(image)}" alt="{html.escape(item["item_id"])}"><div class="scores">{scores}</div>'
+                else:
+                    body = f'<div class="failed">{html.escape(item["status"])}: {html.escape(item.get("reason") or "")}</div>'
+                cells.setdefault((prompt_id, method), []).append(body)
+        methods = list(per_method)
+        head = "".join(f"<th>{html.escape(m)}</th>" for m in methods)
+        rows = []
+        for prompt_id, text in prompts.items():
+            row = "".join(f"<td>{''.join(cells.get((prompt_id, m), ['—']))}</td>" for m in methods)
+            rows.append(f"<tr><td class='ref'>{reference}<div class='prompt'>{html.escape(text)}</div></td>{row}</tr>")
+        protocol_list = "".join(f"<li><b>{html.escape(m)}</b>: {html.escape(', '.join(sorted(p)))}</li>"
+                                for m, p in sorted(protocols.items()))
+        return (
+            "<div class='likeness-grid'><style>.likeness-grid td{vertical-align:top;padding:4px;text-align:center}"
+            ".likeness-grid .scores{font-size:12px}.likeness-grid .prompt{font-size:12px;max-width:200px}"
+            ".likeness-grid .failed{color:#a00;font-size:12px;max-width:200px}.likeness-grid .status{color:#a60}</style>"
+            f"<table><tr><th>reference / prompt</th>{head}</tr>{''.join(rows)}</table>"
+            f"<details><summary>protocols behind the scores</summary><ul>{protocol_list}</ul>"
+            "<p>Scores from different protocols are not comparable. Hover a score for its status.</p></details></div>"
+        )
+
+    def _downloads(self, workspace: Workspace, per_method: dict, rows: list[dict]) -> list[str]:
+        """``results.zip`` (images, sidecars, scores.csv) and ``artifacts.zip`` (every method's artifact folders)."""
+        out = workspace.folder / "downloads"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        results, artifacts = out / "results.zip", out / "artifacts.zip"
+        with zipfile.ZipFile(results, "w", zipfile.ZIP_DEFLATED) as z:
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=["method", "item_id", "prompt_id", "prompt", "metric", "value", "status"])
+            writer.writeheader()
+            writer.writerows(rows)
+            z.writestr("scores.csv", text.getvalue())
+            for method in per_method:
+                images = workspace.run_dir(method) / "images"
+                for path in sorted(images.rglob("*")):
+                    if path.is_file() and path.suffix in (".png", ".json"):
+                        z.write(path, f"{method}/{path.relative_to(images)}")
+        with zipfile.ZipFile(artifacts, "w", zipfile.ZIP_DEFLATED) as z:
+            for method in per_method:
+                folder = workspace.run_dir(method) / "artifacts"
+                for path in sorted(folder.rglob("*")):
+                    if path.is_file() and not path.name.startswith("."):
+                        z.write(path, f"{method}/{path.relative_to(folder)}")
+        return [str(results), str(artifacts)]

@@ -1,0 +1,97 @@
+"""Several methods in one benchmark: the same plan (identities, prompts, seeds, metrics, face protocol) per
+method, one leaderboard.
+
+``run_methods`` runs each method into ``ROOT/<method>/``, an ordinary run folder (resumable, reportable
+on its own); work items, and therefore seeds, depend only on what an item is, so every method draws the
+same (identity, photo, prompt, seed) set. ``build_leaderboard`` reads the run folders and writes
+``ROOT/leaderboard.html`` with one row per method in Stellar's column order, the items each made or
+failed, seconds per image, and the protocol shared by all rows. A method whose artifacts failed
+(wrong weights, no face...) keeps its row: its failed items and their first reason are shown.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import replace
+from pathlib import Path
+
+from likeness.bench.plan import RunConfig
+from likeness.bench.report import DASH, LEADERBOARD, _fmt, build_report, read_results
+from likeness.bench.runstore import DONE, FAILED
+
+PAGE = "leaderboard.html"
+
+
+def method_folder(root: Path, method: str) -> Path:
+    return Path(root) / method
+
+
+def run_methods(config: RunConfig, methods: dict[str, dict], root: str | Path, *, progress: bool = True,
+                retry_failed: bool = False, report: bool = True):
+    """Run ``config`` once per method (``{method name: its options}``, merged over ``config.method_options``)."""
+    from likeness.bench.runner import run_bench
+
+    root = Path(root)
+    summaries = []
+    for method, options in methods.items():
+        folder = method_folder(root, method)
+        run = replace(config, method=method, method_options={**config.method_options, **(options or {})}, inputs={})
+        summaries.append(run_bench(run, folder, progress=progress, retry_failed=retry_failed))
+        if report:
+            build_report(folder)
+    return summaries
+
+
+def leaderboard_rows(run_dirs: list[Path]) -> list[dict]:
+    rows = []
+    for run_dir in run_dirs:
+        results = read_results(run_dir)
+        seconds = [i["seconds"] for i in results.items if i.get("status") == DONE and i.get("seconds")]
+        failed = [i for i in results.items if i["status"] == FAILED]
+        rows.append({
+            "method": results.config["method"], "run_dir": str(run_dir), "totals": results.totals,
+            "done": results.counts.get(DONE, 0), "failed": results.counts.get(FAILED, 0), "items": len(results.items),
+            "seconds_per_image": sum(seconds) / len(seconds) if seconds else None,
+            "first_failure": failed[0]["reason"] if failed else "", "config": results.config,
+            "protocols": results.protocols, "face_protocol": results.face_protocol,
+        })
+    return rows
+
+
+def build_leaderboard(run_dirs: list[str | Path], out_dir: str | Path) -> tuple[Path, str]:
+    """One table, one row per run folder (method); returns (page path, terminal text)."""
+    run_dirs = [Path(p) for p in run_dirs]
+    rows = leaderboard_rows(run_dirs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    esc = html.escape
+    head = rows[0]["config"] if rows else {}
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>likeness leaderboard</title>",
+             "<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td.l,th.l{text-align:left}</style></head><body>",
+             f"<h1>likeness leaderboard on <code>{esc(str(head.get('base_model', '')))}</code></h1>",
+             "<table id='leaderboard'><tr><th class='l'>Method</th>" + "".join(f"<th>{m}</th>" for m in LEADERBOARD)
+             + "<th>images</th><th>failed</th><th>s / image</th><th class='l'>report</th></tr>"]
+    for row in rows:
+        report = Path(row["run_dir"]) / "report" / "index.html"
+        link = f"<a href='{esc(str(report.relative_to(out_dir)) if report.is_relative_to(out_dir) else str(report))}'>report</a>"
+        failure = f" title='{esc(row['first_failure'])}'" if row["first_failure"] else ""
+        seconds = DASH if row["seconds_per_image"] is None else f"{row['seconds_per_image']:.2f}"
+        parts.append(f"<tr><td class='l'>{esc(row['method'])}</td>" + "".join(f"<td>{_fmt(row['totals'][m])}</td>" for m in LEADERBOARD)
+                     + f"<td>{row['done']}</td><td{failure}>{row['failed']}</td><td>{seconds}</td><td class='l'>{link}</td></tr>")
+    parts.append("</table><p>— : metric not computed (never counted as 0). Every row: same identities, prompts, seeds and "
+                 f"metrics; {head.get('steps')} steps, guidance {head.get('guidance')}, {head.get('resolution') or 'model default'} px.</p>")
+    for row in rows:
+        if row["first_failure"]:
+            parts.append(f"<p class='fail'><b>{esc(row['method'])}</b>: {row['failed']} failed, first: {esc(row['first_failure'])}</p>")
+    if rows and rows[0]["face_protocol"]:
+        parts.append(f"<p>face protocol: {esc(rows[0]['face_protocol'])}</p>")
+    parts.append("</body></html>")
+    page = out_dir / PAGE
+    page.write_text("\n".join(parts), encoding="utf-8")
+    width = max([len(r["method"]) for r in rows] + [6])
+    lines = [f"{'method':<{width}}  " + "  ".join(f"{m:>6}" for m in LEADERBOARD) + "  images  failed"]
+    for row in rows:
+        lines.append(f"{row['method']:<{width}}  " + "  ".join(f"{_fmt(row['totals'][m]):>6}" for m in LEADERBOARD)
+                     + f"  {row['done']:>6}  {row['failed']:>6}")
+    return page, "\n".join(lines)

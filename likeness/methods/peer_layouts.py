@@ -1,0 +1,185 @@
+"""Random weights in the peers' published key layouts, for tests and benchmarks (no download here).
+
+Same key names as the published files, sizes given by the caller (scaled down in tests, real size in
+``benchmarks/peers.py``), saved in the published container (safetensors, or a torch file like the
+published ``.bin``). They load through exactly the code a user's download goes through. Written from
+the layouts diffusers' converters read, independently of the checks in :mod:`likeness.methods.ip_adapter`,
+so a mistake in either shows up as a refused file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from likeness.methods.peers import attention_layout
+
+
+def _rand(generator, *shape, std: float = 0.02) -> torch.Tensor:
+    return torch.randn(*shape, generator=generator) * std
+
+
+def _resampler(g, prefix: str, *, width: int, embed: int, depth: int, heads: int, out: int | None) -> dict:
+    inner = 64 * heads
+    state = {f"{prefix}proj_in.weight": _rand(g, width, embed), f"{prefix}proj_in.bias": _rand(g, width)}
+    for i in range(depth):
+        layer = f"{prefix}layers.{i}."
+        for norm in ("norm1", "norm2"):
+            state[f"{layer}0.{norm}.weight"] = torch.ones(width) + _rand(g, width)
+            state[f"{layer}0.{norm}.bias"] = _rand(g, width)
+        state[f"{layer}0.to_q.weight"] = _rand(g, inner, width)
+        state[f"{layer}0.to_kv.weight"] = _rand(g, 2 * inner, width)
+        state[f"{layer}0.to_out.weight"] = _rand(g, width, inner)
+        state[f"{layer}1.0.weight"] = torch.ones(width) + _rand(g, width)
+        state[f"{layer}1.0.bias"] = _rand(g, width)
+        state[f"{layer}1.1.weight"] = _rand(g, 4 * width, width)
+        state[f"{layer}1.3.weight"] = _rand(g, width, 4 * width)
+    if out is not None:
+        state[f"{prefix}proj_out.weight"] = _rand(g, out, width)
+        state[f"{prefix}proj_out.bias"] = _rand(g, out)
+        state[f"{prefix}norm_out.weight"] = torch.ones(out) + _rand(g, out)
+        state[f"{prefix}norm_out.bias"] = _rand(g, out)
+    return state
+
+
+def ip_adapter_state(unet, kind: str, *, embed: int, seed: int = 0, depth: int = 4, heads: int = 1,
+                     queries: int = 4, width: int | None = None, face_dim: int = 512, lora_rank: int = 0,
+                     std: float = 0.2) -> dict[str, torch.Tensor]:
+    """A flat published-layout IP-Adapter state dict for ``unet``.
+
+    ``kind``: ``plain`` (``embed`` = CLIP projection dim), ``resampler`` (Plus / Plus-Face / InstantID;
+    ``embed`` = CLIP hidden size or face-embedding size), ``faceid``, ``faceid-plus`` (``embed`` = CLIP
+    hidden size, ``face_dim`` = ArcFace size). ``lora_rank`` > 0 adds FaceID's LoRA to every attention layer.
+    ``std`` is large enough that the adapter visibly changes a tiny model's images.
+    """
+    g = torch.Generator().manual_seed(seed)
+    cross = unet.config.cross_attention_dim
+    proj: dict[str, torch.Tensor] = {}
+    if kind == "plain":
+        proj = {"proj.weight": _rand(g, 4 * cross, embed, std=std), "proj.bias": _rand(g, 4 * cross, std=std),
+                "norm.weight": torch.ones(cross), "norm.bias": torch.zeros(cross)}
+    elif kind == "resampler":
+        width = width or cross
+        proj = _resampler(g, "", width=width, embed=embed, depth=depth, heads=heads, out=cross)
+        proj["latents"] = torch.randn(1, queries, width, generator=g) / width**0.5
+    elif kind == "faceid":
+        proj = {"proj.0.weight": _rand(g, 2 * face_dim, face_dim, std=std), "proj.0.bias": _rand(g, 2 * face_dim),
+                "proj.2.weight": _rand(g, 4 * cross, 2 * face_dim, std=std), "proj.2.bias": _rand(g, 4 * cross),
+                "norm.weight": torch.ones(cross), "norm.bias": torch.zeros(cross)}
+    elif kind == "faceid-plus":
+        proj = _resampler(g, "perceiver_resampler.", width=cross, embed=embed, depth=depth, heads=heads, out=cross)
+        proj.update({"proj.0.weight": _rand(g, 2 * face_dim, face_dim, std=std), "proj.0.bias": _rand(g, 2 * face_dim),
+                     "proj.2.weight": _rand(g, 4 * cross, 2 * face_dim, std=std), "proj.2.bias": _rand(g, 4 * cross),
+                     "norm.weight": torch.ones(cross), "norm.bias": torch.zeros(cross)})
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    state = {f"image_proj.{k}": v for k, v in proj.items()}
+    layout = attention_layout(unet)
+    key_id = 1
+    for name, hidden, layer_cross in layout:
+        if layer_cross is not None:
+            state[f"ip_adapter.{key_id}.to_k_ip.weight"] = _rand(g, hidden, layer_cross, std=std)
+            state[f"ip_adapter.{key_id}.to_v_ip.weight"] = _rand(g, hidden, layer_cross, std=std)
+            key_id += 2
+    if lora_rank:
+        for index, (name, hidden, layer_cross) in enumerate(layout):
+            kv_in = layer_cross or hidden
+            for proj_name, in_dim in (("to_q", hidden), ("to_k", kv_in), ("to_v", kv_in), ("to_out", hidden)):
+                state[f"ip_adapter.{index}.{proj_name}_lora.down.weight"] = _rand(g, lora_rank, in_dim, std=std)
+                state[f"ip_adapter.{index}.{proj_name}_lora.up.weight"] = _rand(g, hidden, lora_rank, std=std)
+    return state
+
+
+def save_published(state: dict[str, torch.Tensor], path: str | Path) -> Path:
+    """Save like the published files: flat safetensors, or a torch file nested by top-level prefix (``.bin``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        nested: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in state.items():
+            head, _, rest = key.partition(".")
+            nested.setdefault(head, {})[rest] = value
+        torch.save(nested, str(path))
+    return path
+
+
+def clip_vision_encoder(folder: str | Path, *, hidden: int = 32, projection: int = 32, layers: int = 2, heads: int = 4,
+                        image_size: int = 32, patch: int = 8, seed: int = 0, intermediate: int | None = None) -> Path:
+    """A CLIP vision tower with projection (the ``image_encoder/`` folder of the published repositories),
+    saved with ``save_pretrained``."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(hidden_size=hidden, intermediate_size=intermediate or hidden * 4, num_hidden_layers=layers,
+                              num_attention_heads=heads, image_size=image_size, patch_size=patch, projection_dim=projection)
+    model = CLIPVisionModelWithProjection(config)
+    model.save_pretrained(str(folder))
+    return Path(folder)
+
+
+def identitynet(base_model: str, folder: str | Path, *, conditioning_channels: tuple[int, ...] | None = None,
+                seed: int = 0, std: float = 0.05) -> Path:
+    """An IdentityNet folder (``config.json`` + ``diffusion_pytorch_model.safetensors``) shaped like the
+    base model's UNet, with random weights. A ControlNet made from a UNet starts with zero output
+    convolutions (no effect at all), so those are randomised too. ``conditioning_channels``: the
+    keypoint-image encoder's widths; its number of stride-2 steps must equal the VAE's downsampling
+    (3 for real SDXL, the default; 1 for the tiny models, whose VAE halves)."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from likeness.models.loading import resolve_model_path
+
+    config = UNet2DConditionModel.load_config(resolve_model_path(base_model), subfolder="unet")
+    unet = UNet2DConditionModel.from_config(config)
+    torch.manual_seed(seed)
+    kwargs = {"conditioning_embedding_out_channels": conditioning_channels} if conditioning_channels else {}
+    controlnet = ControlNetModel.from_unet(unet, **kwargs)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in controlnet.named_parameters():
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
+                param.copy_(torch.randn(param.shape, generator=g) * std)
+    controlnet.save_pretrained(str(folder))
+    return Path(folder)
+
+
+def photomaker_state(base_model: str, *, hidden: int = 64, layers: int = 2, patch: int = 8, image_size: int = 32,
+                     lora_rank: int = 4, seed: int = 0, std: float = 0.05, version: str = "v1",
+                     face_dim: int = 512) -> dict[str, torch.Tensor]:
+    """A published-layout PhotoMaker v1 (or v2) state dict (``id_encoder.*`` + ``lora_weights.*``) for ``base_model``
+    (SDXL-shaped): the ID halves are as wide as the two text encoders, the LoRA (legacy diffusers names,
+    ``unet.<layer>.lora.down/up.weight``) covers every attention projection of the UNet."""
+    import json
+
+    from transformers import CLIPVisionConfig
+
+    from likeness.methods.peers import empty_unet
+    from likeness.methods.photomaker import V2_HEAD_WIDTH, IDEncoder, IDEncoderV2
+    from likeness.models.loading import resolve_model_path
+
+    folder = resolve_model_path(base_model)
+    widths = [json.loads((folder / sub / "config.json").read_text())["hidden_size"] for sub in ("text_encoder", "text_encoder_2")]
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                              num_attention_heads=max(1, hidden // 64), image_size=image_size, patch_size=patch,
+                              projection_dim=widths[0])
+    if version == "v2":  # v2 adds the face perceiver (heads 128 wide, as published)
+        encoder = IDEncoderV2(config, widths[1], face_dim, max(1, sum(widths) // V2_HEAD_WIDTH))
+    else:
+        encoder = IDEncoder(config, widths[1])
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in encoder.fuse_module.named_parameters():
+            if name.endswith("weight") and param.ndim == 2:
+                param.copy_(torch.randn(param.shape, generator=g) * (1.0 / param.shape[1] ** 0.5))
+    state = {f"id_encoder.{k}": v.contiguous() for k, v in encoder.state_dict_published().items()}
+    unet = empty_unet(base_model)
+    for name, module in unet.named_modules():
+        if name.endswith(("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+                          "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")):
+            state[f"lora_weights.unet.{name}.lora.down.weight"] = torch.randn(lora_rank, module.in_features, generator=g) * std
+            state[f"lora_weights.unet.{name}.lora.up.weight"] = torch.randn(module.out_features, lora_rank, generator=g) * std
+    return state

@@ -1,0 +1,355 @@
+"""What the tuning-free peer methods share: published weights by hub id / folder / file, their checks,
+and an artifact that stores the photo's embeddings instead of trained weights.
+
+IP-Adapter(-FaceID), InstantID and PhotoMaker do not train per person: ``personalize`` only encodes
+the photo (CLIP image features, an ArcFace embedding, 5 face keypoints) and writes
+
+- ``embeddings.safetensors``: per person ``<name>.<tensor>`` (what generation feeds the adapter);
+- ``<name>-crop.png``: the exact crop that was encoded (to reproduce the embedding with plain diffusers);
+- ``likeness.json`` whose ``config.weights`` records each published file's path and sha256, so an
+  artifact never silently runs on other weights (a changed file is refused at load time).
+
+Generation then costs what the adapter costs, and ``generate`` / ``bench`` / ``report`` / ``--resume``
+treat these artifacts like any other. Every check on the published files (variant, base model,
+missing / unexpected keys, shapes) runs before any generation and names the file and the keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import ClassVar, Iterable
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from likeness.methods.base import (
+    ArtifactError,
+    IdentityEntry,
+    Manifest,
+    Method,
+    Personalized,
+    as_identities,
+    start_artifact,
+)
+from likeness.models.loading import base_model_info, load_pipeline, resolve_model_path
+
+EMBEDDINGS_FILE = "embeddings.safetensors"
+SHOWN_KEYS = 5  # how many offending key names an error message lists
+
+
+class CheckpointError(ValueError):
+    """A published weights file does not fit: another base model or variant, missing or unexpected keys,
+    wrong shapes. The message names the file and the first offending keys."""
+
+
+class MissingFaceModelError(FileNotFoundError):
+    """A method needs the ArcFace model folder (InsightFace-style ONNX files) and none was given or found."""
+
+
+# -- finding and reading published files ---------------------------------------------------------------
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def resolve_file(spec: str | Path, default_name: str, subfolders: Iterable[str] = ("",), what: str = "weights") -> Path:
+    """A published file given as a file path, a folder holding ``default_name`` (also in ``subfolders``),
+    or a hub id (``owner/name``, fetched by ``huggingface_hub``; from the local cache when offline)."""
+    subfolders = list(subfolders)
+    path = Path(str(spec)).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for sub in subfolders:
+            candidate = path / sub / default_name
+            if candidate.is_file():
+                return candidate
+        looked = ", ".join(str(Path(sub) / default_name) for sub in subfolders)
+        raise FileNotFoundError(f"{path}: folder has no {what} file (looked for {looked}); pass the file itself")
+    text = str(spec)
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{what} {text!r}: no such file or folder, and not a hub id of the form owner/name")
+    from huggingface_hub import hf_hub_download
+
+    problems = []
+    for sub in subfolders:
+        try:
+            return Path(hf_hub_download(text, default_name, subfolder=sub or None, local_files_only=_offline()))
+        except Exception as exc:  # hub errors come as several unrelated types
+            problems.append(f"{sub + '/' if sub else ''}{default_name}: {type(exc).__name__}")
+    raise FileNotFoundError(f"{what} {text!r}: hub repository did not provide {'; '.join(problems)}"
+                            + (" (HF_HUB_OFFLINE is set: download it once on a connected machine)" if _offline() else ""))
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A flat ``{dotted key: tensor}`` from a safetensors file or a torch file (``weights_only=True``).
+
+    Published torch files nest one level (``{"image_proj": {...}, "ip_adapter": {...}}``); safetensors
+    files are flat with the same dotted prefixes. Both come out the same.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            return dict(load_file(str(path)))
+        raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read as a weights file ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: holds a {type(raw).__name__}, not a dictionary of tensors")
+    flat: dict[str, torch.Tensor] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, torch.Tensor):
+            flat[prefix] = value
+        elif isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            raise CheckpointError(f"{path}: entry {prefix!r} is a {type(value).__name__}, not a tensor")
+
+    walk("", raw)
+    return flat
+
+
+def split_prefixes(state: dict[str, torch.Tensor], prefixes: Iterable[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """``{"a.x": t}`` -> ``{"a": {"x": t}}`` for the given top-level prefixes (diffusers' nested layout)."""
+    out: dict[str, dict[str, torch.Tensor]] = {p: {} for p in prefixes}
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        if head in out:
+            out[head][rest] = value
+    return out
+
+
+def _few(keys: list[str]) -> str:
+    shown = ", ".join(keys[:SHOWN_KEYS])
+    return shown + (f" (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else "")
+
+
+def check_layout(path: str | Path, state: dict[str, torch.Tensor], expected: dict[str, tuple | None], what: str) -> None:
+    """Refuse a file whose keys or shapes differ from ``expected`` (shape ``None``: any shape), naming the
+    first offending keys. Checked before anything is loaded into a model."""
+    missing = sorted(k for k in expected if k not in state)
+    unexpected = sorted(k for k in state if k not in expected)
+    wrong = [f"{k} is {tuple(state[k].shape)}, expected {tuple(shape)}" for k, shape in sorted(expected.items())
+             if k in state and shape is not None and tuple(state[k].shape) != tuple(shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_few(unexpected)}")
+    if wrong:
+        problems.append(f"wrong shapes: {_few(wrong)}")
+    if problems:
+        raise CheckpointError(f"{path}: not a valid {what} checkpoint for this base model; " + "; ".join(problems))
+
+
+def empty_unet(base_model: str):
+    """The base model's UNet built from its config on the meta device: attention layout and sizes, no weights."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    config = UNet2DConditionModel.load_config(resolve_model_path(base_model), subfolder="unet")
+    with init_empty_weights():
+        return UNet2DConditionModel.from_config(config)
+
+
+def attention_layout(unet) -> list[tuple[str, int, int | None]]:
+    """``(processor name, hidden size, cross-attention dim or None)`` in the order published IP-Adapter files
+    number their layers (diffusers' ``attn_processors`` order)."""
+    layout = []
+    blocks = list(unet.config.block_out_channels)
+    for name in unet.attn_processors:
+        if name.startswith("mid_block"):
+            hidden = blocks[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(blocks))[int(name[len("up_blocks.")])]
+        else:
+            hidden = blocks[int(name[len("down_blocks.")])]
+        cross = None if name.endswith("attn1.processor") else unet.config.cross_attention_dim
+        layout.append((name, hidden, cross))
+    return layout
+
+
+def weights_record(path: Path, role: str, spec) -> dict:
+    return {"role": role, "given": str(spec), "path": str(Path(path).resolve()), "sha256": sha256_file(path)}
+
+
+def verify_weights(artifact: Path, record: dict) -> Path:
+    """The recorded file, unchanged since the artifact was made (else a clear error)."""
+    path = Path(record["path"])
+    if not path.is_file():
+        raise ArtifactError(f"{artifact}: needs the {record['role']} file {path}, which no longer exists; put it back "
+                            f"(it was given as {record['given']!r}) or personalize again with the new location")
+    digest = sha256_file(path)
+    if digest != record["sha256"]:
+        raise ArtifactError(f"{artifact}: the {record['role']} file {path} changed since the artifact was made "
+                            f"(sha256 {digest[:12]}..., recorded {record['sha256'][:12]}...); personalize again")
+    return path
+
+
+# -- faces ---------------------------------------------------------------------------------------------
+
+
+def face_backend(options: dict):
+    """The face stack named by ``face_backend`` (``arcface`` needs ``face_model_dir``: an InsightFace-style folder)."""
+    from likeness.faces import get_backend
+
+    name = options.get("face_backend") or "dlib"
+    if name == "arcface":
+        folder = options.get("face_model_dir")
+        if not folder:
+            raise MissingFaceModelError("this method needs an ArcFace model folder (InsightFace-style ONNX files, e.g. an "
+                                        "unpacked buffalo_l or antelopev2 pack): pass face_model_dir=FOLDER")
+        if not Path(folder).is_dir():
+            raise MissingFaceModelError(f"{folder}: ArcFace model folder does not exist (face_model_dir)")
+        return get_backend("arcface", model_dir=str(Path(folder).resolve()))
+    return get_backend(name)
+
+
+def largest_face(path: Path, backend):
+    """(RGB photo, the largest face with landmarks and embedding); a photo without a face is an error naming it."""
+    from likeness.data.images import image_to_array, load_image
+    from likeness.methods.preparation import NoFaceError
+
+    image = load_image(path)
+    array = image_to_array(image)
+    faces = backend.detect(array)
+    if not faces:
+        raise NoFaceError(path)
+    face = backend.embed(array, [max(faces, key=lambda f: f.area)])[0]
+    return image, face
+
+
+# -- artifacts -------------------------------------------------------------------------------------------
+
+
+class PeerPersonalized(Personalized):
+    """A pipeline with a peer's adapter loaded and the artifact's embeddings; each call feeds the person's
+    embeddings (repeated over the batch, negative half first as diffusers' classifier-free guidance expects)."""
+
+    def __init__(self, pipe, manifest: Manifest, artifact: Path, method: "TuningFreeMethod", tensors: dict):
+        super().__init__(pipe, manifest, artifact)
+        self.method = method
+        self.tensors = tensors
+
+    def identity_name(self, identity: str | None) -> str:
+        self.subject(identity)  # validates, with the shared messages
+        return identity if identity is not None else self.identities[0]
+
+    def person(self, identity: str | None) -> dict[str, torch.Tensor]:
+        name = self.identity_name(identity)
+        prefix = name + "."
+        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+    def call_pipe(self, prompts, *, identity=None, **kwargs):
+        return self.method.call(self, prompts, self.person(identity), **kwargs)
+
+
+class TuningFreeMethod(Method):
+    """A method whose ``personalize`` encodes photos with published encoders (no training).
+
+    Subclasses implement :meth:`prepare` (check the published files against the base model, return what
+    encoding needs plus the manifest records), :meth:`encode` (one person's tensors), :meth:`apply` and
+    :meth:`call` (one pipeline call with a person's tensors).
+    """
+
+    subject_text: ClassVar[str] = "a person"
+    default_sampling = {
+        "sd1": {"num_inference_steps": 50, "guidance_scale": 7.5},
+        "sd2": {"num_inference_steps": 50, "guidance_scale": 7.5},
+        "sdxl": {"num_inference_steps": 30, "guidance_scale": 5.0},
+    }
+
+    def prepare(self, base_model: str, info, options: dict) -> tuple[dict, list[dict]]:
+        raise NotImplementedError
+
+    def encode(self, name: str, photos: list[Path], context: dict, options: dict, out_dir: Path) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def subject_for(self, name: str, options: dict) -> str:
+        return options.get("subject") or self.subject_text
+
+    def call(self, personalized: PeerPersonalized, prompts: list[str], tensors: dict, **kwargs):
+        raise NotImplementedError
+
+    def personalize(self, identities, out_dir, base_model, **config):
+        """Encode each person's photos with the published encoders and write the artifact (no training).
+
+        Every check (options, weights vs base model, faces, face model) runs before the artifact folder
+        holds anything final; a failure leaves no ``likeness.json``.
+        """
+        config.pop("progress", None)
+        # A bench passes the shared training options (max_steps, ...); a tuning-free method has nothing to train.
+        for key in ("max_steps", "learning_rate", "seed", "gradient_accumulation_steps", "batch_size", "resolution",
+                    "checkpoint_every", "mixed_precision", "gradient_checkpointing", "masked_loss"):
+            config.pop(key, None)
+        options = {**{"device": None, "overwrite": False}, **self.defaults}
+        unknown = sorted(k for k in config if k not in options)
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(unknown)} for {self.name}; allowed: {', '.join(sorted(options))}")
+        options.update({k: v for k, v in config.items() if v is not None})
+        people = as_identities(identities)
+        info = base_model_info(base_model)
+        context, records = self.prepare(base_model, info, options)
+        out_dir = start_artifact(out_dir, options["overwrite"])
+        tensors: dict[str, torch.Tensor] = {}
+        entries = {}
+        for name, photos in people:
+            for key, value in self.encode(name, photos, context, options, out_dir).items():
+                tensors[f"{name}.{key}"] = value.detach().float().cpu().contiguous()
+            entries[name] = IdentityEntry(subject=self.subject_for(name, options), tokens=[], photos=[str(p) for p in photos])
+        save_file(tensors, str(Path(out_dir) / EMBEDDINGS_FILE))
+        recorded = {k: v for k, v in options.items() if k not in ("device", "overwrite")}
+        sampling = dict(self.default_sampling.get(info.family, self.default_sampling))
+        Manifest(method=self.name, base_model=info, identities=entries,
+                 config={"options": json.loads(json.dumps(recorded, default=str)), "weights": records, "tuning_free": True},
+                 sampling=sampling).save(out_dir)
+        return Path(out_dir)
+
+    def load(self, artifact, *, base_model=None, device=None, dtype=None) -> PeerPersonalized:
+        artifact = Path(artifact)
+        manifest = Manifest.load(artifact)
+        if manifest.method != self.name:
+            raise ArtifactError(f"{artifact}: made by method {manifest.method!r}, not {self.name!r}")
+        embeddings = artifact / EMBEDDINGS_FILE
+        if not embeddings.is_file():
+            raise ArtifactError(f"{embeddings}: embeddings missing from the artifact")
+        for record in manifest.config.get("weights", []):
+            if record.get("needed_at_generation", True):  # encoders only made the stored embeddings
+                verify_weights(artifact, record)
+        pipe = load_pipeline(base_model or manifest.base_model.model_id, device=device, dtype=dtype,
+                             expect_family=manifest.family)
+        pipe = self.apply(pipe, artifact, manifest) or pipe
+        tensors = {k: v.to(pipe.device) for k, v in load_file(str(embeddings)).items()}
+        return PeerPersonalized(pipe, manifest, artifact, self, tensors)
+
+
+def cfg_pair(negative: torch.Tensor, positive: torch.Tensor, batch: int, guidance: bool, dtype, device) -> torch.Tensor:
+    """``[negative] * batch + [positive] * batch`` along dim 0 (diffusers' layout for precomputed embeddings)."""
+    parts = ([negative] * batch if guidance else []) + [positive] * batch
+    return torch.cat(parts).to(device=device, dtype=dtype)
+
+
+def save_crop(image: Image.Image, out_dir: Path, name: str, suffix: str = "crop") -> Path:
+    path = Path(out_dir) / f"{name}-{suffix}.png"
+    image.save(path)
+    return path
+
+
+def normalise_points(points: np.ndarray, origin: np.ndarray, side: float) -> np.ndarray:
+    return ((np.asarray(points, dtype=np.float64) - origin) / side).astype(np.float32)

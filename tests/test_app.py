@@ -1,0 +1,206 @@
+"""The demo (issue 14): upload checks, prompts, two methods side by side through the real web API
+(gradio_client against a server on 127.0.0.1), two visitors at once, cancel without orphans."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+gradio_client = pytest.importorskip("gradio_client")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from likeness.app import Demo, RunRequest  # noqa: E402
+from likeness.app.workspace import UploadError, Workspace, check_photo  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, astronaut_path):
+    """The astronaut (one clear face), a group of two equal faces, a blank, a corrupt file, a huge one."""
+    folder = tmp_path_factory.mktemp("uploads")
+    astro = Image.open(astronaut_path).convert("RGB")
+    face = astro.crop((150, 50, 290, 190))
+    group = Image.new("RGB", (420, 220), (200, 200, 200))
+    group.paste(face, (20, 40))
+    group.paste(face, (260, 40))
+    paths = {"astronaut": folder / "astronaut.jpg", "group": folder / "group.png", "blank": folder / "blank.png",
+             "corrupt": folder / "corrupt.jpg", "huge": folder / "huge.png"}
+    astro.save(paths["astronaut"], quality=95)
+    group.save(paths["group"])
+    Image.new("RGB", (256, 256), (128, 128, 128)).save(paths["blank"])
+    paths["corrupt"].write_bytes(b"this is not an image, whatever its name says" * 10)
+    Image.new("L", (8000, 6000), 0).save(paths["huge"])  # 48 MP: over the demo's 40 MP limit
+    return paths
+
+
+def test_upload_checks_name_the_problem(photos, dlib_backend):
+    image, note = check_photo(photos["astronaut"], dlib_backend)
+    assert image is not None and note.startswith("ok")
+    expected = {"group": "faces of similar size", "blank": "no face found", "corrupt": "not a recognised image format",
+                "huge": "too large"}
+    for key, words in expected.items():
+        image, problem = check_photo(photos[key], dlib_backend)
+        assert image is None and words in problem, (key, problem)
+
+
+def test_workspace_keeps_only_usable_photos_and_checks_prompts(tmp_path, photos, dlib_backend):
+    ws = Workspace(tmp_path, "visitor1")
+    checks = ws.save_photos([photos["astronaut"], photos["blank"]], "José García", dlib_backend)
+    assert [c.ok for c in checks] == [True, False]
+    assert len(ws.photos()) == 1 and ws.photos()[0].suffix == ".png"
+    with pytest.raises(UploadError, match="has no \\{\\} where the person goes"):
+        ws.write_prompts("a cat on a couch")
+    with pytest.raises(UploadError, match="type a prompt"):
+        ws.write_prompts("  \n ")
+    path = ws.write_prompts("{} on a couch\n{} playing chess", category="animals", from_open_set=2)
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    assert [e["prompt_id"] for e in entries[:2]] == ["d00", "d01"] and len(entries) == 4
+    assert all("animals" in e["categories"] for e in entries[2:])
+    with pytest.raises(UploadError, match="invalid visitor"):
+        Workspace(tmp_path, "../escape")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models, tmp_path_factory):
+    from likeness.app.ui import launch
+
+    root = tmp_path_factory.mktemp("demo-root")
+    app, url = launch(str(root), port=None, max_concurrent=1, block=False)
+    yield url, root, app
+    app.close()
+
+
+def _run_args(photo, name, methods, prompts="{} riding a bicycle"):
+    from gradio_client import handle_file
+
+    # photos, name, methods, base_model, prompts, category, from_open_set, seed, images/prompt, steps, train steps
+    return ([handle_file(str(photo))], name, methods, "likeness/tiny-sd", prompts, "", 0, 3, 1, 2, 2)
+
+
+def test_two_visitors_two_methods_through_the_web_api(server, photos):
+    from gradio_client import Client, handle_file
+
+    url, root, _ = server
+    alice, bob = Client(url, verbose=False), Client(url, verbose=False)
+    refused = alice.predict([handle_file(str(photos["corrupt"]))], "Alice", api_name="/check_photos")
+    assert "not a recognised image format" in refused
+    # Alice keeps her files after leaving (the Chromium test below renders them); Bob's are deleted.
+    assert "your files stay in" in alice.predict(True, api_name="/keep_files")
+
+    results = {}
+
+    def visit(client, key, *args):
+        results[key] = client.predict(*args, api_name="/run")
+
+    threads = [threading.Thread(target=visit, args=(alice, "alice", *_run_args(
+                   photos["astronaut"], "Alice", ["textual-inversion", "dreambooth-lora"]))),
+               threading.Thread(target=visit, args=(bob, "bob", *_run_args(
+                   photos["astronaut"], "Bob", ["textual-inversion"], "{} playing chess")))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    status, grid, scores, downloads = results["alice"]
+    assert "textual-inversion**: done" in status and "dreambooth-lora**: done" in status, status
+    assert {row["method"] for row in scores} == {"textual-inversion", "dreambooth-lora"}
+    assert {row["metric"] for row in scores} == {"IPS", "SIS", "APS"}
+    assert all(row["prompt"] == "{} riding a bicycle" for row in scores)
+    assert grid.count("<img") == 3 and "dreambooth-lora" in grid and "protocols behind the scores" in grid
+    zips = {Path(d).name: Path(d) for d in downloads}
+    with zipfile.ZipFile(zips["artifacts.zip"]) as z:
+        names = z.namelist()
+    assert any(n.startswith("textual-inversion/") and n.endswith(".safetensors") for n in names)
+    assert any(n.startswith("dreambooth-lora/") and n.endswith("pytorch_lora_weights.safetensors") for n in names)
+    with zipfile.ZipFile(zips["results.zip"]) as z:
+        assert z.read("scores.csv").decode().startswith("method,item_id")
+
+    status_b, _, scores_b, _ = results["bob"]
+    assert "textual-inversion**: done" in status_b and {r["prompt"] for r in scores_b} == {"{} playing chess"}
+    # Each visitor has a folder of their own: photos and run folders never mix.
+    folders = [p for p in root.iterdir() if p.is_dir() and (p / "identities").is_dir()]
+    assert len(folders) == 2
+    people = sorted(p.name for f in folders for p in (f / "identities").iterdir())
+    from likeness.data.names import name_key
+
+    assert people == sorted([name_key("Alice"), name_key("Bob")])
+    # The runs are ordinary bench run folders: `likeness report` works on them.
+    from likeness.bench.report import build_report
+
+    alice_folder = next(f for f in folders if (f / "identities" / name_key("Alice")).exists())
+    page, _ = build_report(alice_folder / "runs" / "dreambooth-lora")
+    assert page.exists()
+
+
+def test_bad_base_model_and_prompt_are_messages_not_crashes(server, photos):
+    from gradio_client import Client
+
+    client = Client(server[0], verbose=False)
+    args = list(_run_args(photos["astronaut"], "Ana", ["textual-inversion"]))
+    args[3] = str(Path("/nonexistent") / "model")
+    status, grid, scores, _ = client.predict(*args, api_name="/run")
+    assert "is not available" in status and not grid and not scores
+    args[3], args[4] = "likeness/tiny-sd", "no placeholder here"
+    status, *_ = client.predict(*args, api_name="/run")
+    assert "has no {} where the person goes" in status
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_cancel_and_leaving_stop_every_process(tiny_models, tmp_path, photos):
+    demo = Demo(tmp_path, max_concurrent=1)
+    request = RunRequest(methods=["textual-inversion", "dreambooth-lora"], train_steps=100_000, steps=2)
+    states = []
+    runner = threading.Thread(target=lambda: states.extend(demo.run("v1", request, [photos["astronaut"]], "Ada")))
+    runner.start()
+    deadline = time.monotonic() + 120
+    while not demo.jobs.pids("v1") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (pid,) = demo.jobs.pids("v1")
+    assert _alive(pid)
+    assert "1 running process stopped" in demo.cancel("v1")
+    runner.join(timeout=60)
+    assert not runner.is_alive() and not _alive(pid)
+    assert "textual-inversion**: cancelled" in states[-1].status
+    assert "dreambooth-lora**: cancelled" in states[-1].status  # the next method never started
+    assert not (tmp_path / "v1" / "runs" / "dreambooth-lora").exists()
+    demo.leave("v1")
+    assert not (tmp_path / "v1").exists()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless chromium not installed")
+def test_page_and_results_grid_render_in_chromium(server, tmp_path):
+    url, root, _ = server
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    dom = subprocess.run([str(CHROMIUM), *flags, "--virtual-time-budget=15000", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "likeness: put a person in any scene" in dom and "Run" in dom
+    # The results grid the page shows, as a standalone page (the visitors' runs of the test above).
+    kept = [p.name for p in root.iterdir() if (p / "runs" / "dreambooth-lora").exists()]
+    assert kept, "needs the kept run of test_two_visitors_two_methods_through_the_web_api (same module)"
+    visitor = kept[0]
+    demo = Demo(root)
+    grid = demo.results(visitor, ["textual-inversion", "dreambooth-lora"]).grid
+    page = tmp_path / "grid.html"
+    page.write_text(f"<html><body>{grid}</body></html>", encoding="utf-8")
+    shot = tmp_path / "grid.png"
+    subprocess.run([str(CHROMIUM), *flags, f"--screenshot={shot}", "--window-size=800,600", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.std() > 10  # images and text drawn, not a blank page

@@ -1,0 +1,109 @@
+"""Custom Diffusion on a composed dataset: the loss goes down, only K/V and new tokens move, the
+artifact loads in plain diffusers, and review rejections are honoured."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from likeness.compose import ComposedDataset, compose_dataset
+from likeness.compose.train import train_on_dataset, training_examples
+from likeness.methods import get_method, load_artifact
+from likeness.methods.custom_diffusion import WEIGHTS, captioned_batches, load_pixels
+from likeness.methods.training import TrainingConfig, diffusion_loss, step_generator, train
+from likeness.models import load_pipeline
+from test_compose_pipeline import make_concepts
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def dataset(tmp_path, tiny_models):
+    concepts = make_concepts(tmp_path / "concepts", {"mochi": ("dog", (50, 36)), "kettle": ("teapot", (30, 40))})
+    compose_dataset(concepts, tmp_path / "ds", 4, canvas=(64, 64), seed=3, progress=False)
+    return ComposedDataset(tmp_path / "ds")
+
+
+def _fixed_loss(pipe, make_batch, n=6):
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    with torch.no_grad():
+        return float(np.mean([diffusion_loss(pipe, scheduler, make_batch(0, 0, np.random.default_rng(i)),
+                                             step_generator(99, i, 0, 0)).item() for i in range(n)]))
+
+
+def test_training_reduces_loss_and_moves_only_kv_and_new_tokens(dataset, tmp_path):
+    method = get_method("custom-diffusion")
+    pipe = load_pipeline("likeness/tiny-sd")
+    base_unet = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    setup = method.setup(pipe, ["mochi", "kettle"], {**method.defaults, "class_nouns": {"mochi": "dog", "kettle": "teapot"},
+                                                      "global_token": "<gen4gen>"})
+    examples = training_examples(dataset)
+    make_batch = captioned_batches(load_pixels([p for p, _ in examples], 64), [c for _, c in examples], 1)
+    table = pipe.text_encoder.get_input_embeddings().weight
+    before_table = table.detach().clone()
+    before = _fixed_loss(pipe, make_batch)
+    train(pipe, setup.trainable, make_batch, TrainingConfig(max_steps=20, learning_rate=3e-2, progress=False),
+          tmp_path / "run", modules=setup.modules, after_step=setup.after_step)
+    after_loss = _fixed_loss(pipe, make_batch)
+    assert after_loss < before - 0.005
+    unet_names = [n for n in setup.trainable if n.startswith("unet.")]
+    assert unet_names and all("attn2.processor.to_" in n and "_custom_diffusion" in n for n in unet_names)
+    assert not any("to_q_custom" in n or "to_out_custom" in n for n in unet_names)
+    after = pipe.unet.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in base_unet.items())  # original weights untouched
+    new_ids = pipe.tokenizer.convert_tokens_to_ids(["<mochi>", "<kettle>", "<gen4gen>"])
+    changed = (table.detach() != before_table).any(dim=1).nonzero().flatten().tolist()
+    assert sorted(changed) == sorted(new_ids)
+
+
+def test_artifact_loads_in_plain_diffusers(dataset, tmp_path, tiny_models):
+    from diffusers import StableDiffusionPipeline
+
+    dataset.reject(["c000001"], reason="test")
+    art = train_on_dataset(dataset, tmp_path / "art", "likeness/tiny-sd", max_steps=4, learning_rate=1e-2,
+                           batch_size=1, progress=False)
+    manifest = load_artifact(art).manifest
+    assert manifest.method == "custom-diffusion" and manifest.config["examples"] == 3  # the rejection was honoured
+    assert manifest.identities["mochi"].subject == "<mochi> dog"
+    assert manifest.config["options"]["global_token"] == "<gen4gen>"
+
+    prompt = "<gen4gen> a photo of <mochi> dog and <kettle> teapot, in the background a garden"
+    plain = StableDiffusionPipeline.from_pretrained(tiny_models["likeness/tiny-sd"], safety_checker=None,
+                                                    requires_safety_checker=False)
+    plain.set_progress_bar_config(disable=True)
+    plain.unet.load_attn_procs(str(art), weight_name=WEIGHTS, _pipeline=plain)  # see the module docstring
+    for token in ("<mochi>", "<kettle>", "<gen4gen>"):
+        plain.load_textual_inversion(str(art / f"{token.strip('<>')}.safetensors"), token=token)
+    processors = plain.unet.attn_processors
+    cross = [p for n, p in processors.items() if "attn2" in n]
+    assert cross and all(type(p).__name__ == "CustomDiffusionAttnProcessor" for p in cross)
+    kwargs = dict(num_inference_steps=2, guidance_scale=6.0, height=64, width=64, output_type="np")
+    ours = load_artifact(art).pipe(prompt, generator=torch.Generator("cpu").manual_seed(0), **kwargs).images[0]
+    theirs = plain(prompt, generator=torch.Generator("cpu").manual_seed(0), **kwargs).images[0]
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    base = load_pipeline("likeness/tiny-sd")
+    untrained = base(prompt.replace("<mochi>", "").replace("<kettle>", "").replace("<gen4gen>", ""),
+                     generator=torch.Generator("cpu").manual_seed(0), **kwargs).images[0]
+    assert np.abs(theirs - untrained).max() > 1e-3  # the trained weights and tokens change the image
+
+
+def test_every_composition_rejected_is_a_clear_error(dataset, tmp_path):
+    dataset.reject([e.id for e in dataset.entries()])
+    with pytest.raises(ValueError, match="no training examples"):
+        train_on_dataset(dataset, tmp_path / "art", "likeness/tiny-sd", max_steps=1, progress=False)
+
+
+def test_sdxl_artifact_trains_and_loads(dataset, tmp_path):
+    art = train_on_dataset(dataset, tmp_path / "xl", "likeness/tiny-sdxl", max_steps=1, batch_size=1, progress=False)
+    loaded = load_artifact(art)
+    assert loaded.manifest.family == "sdxl"
+    assert all(type(p).__name__ == "CustomDiffusionAttnProcessor" for n, p in loaded.pipe.unet.attn_processors.items()
+               if "attn2" in n)
+    tokens = loaded.pipe.tokenizer_2.convert_tokens_to_ids(["<mochi>", "<kettle>"])
+    assert all(t != loaded.pipe.tokenizer_2.unk_token_id for t in tokens)  # tokens in both text encoders
+    image = loaded.pipe("<gen4gen> a photo of <mochi> dog", num_inference_steps=1, height=64, width=64,
+                        generator=torch.Generator("cpu").manual_seed(0)).images[0]
+    assert image.size == (64, 64)
