@@ -403,11 +403,19 @@ class Method:
 
 
 def mask_record(segmenter, prepared: dict) -> dict:
-    """Which masks an artifact was trained with: the segmenter's description and each photo's mask source."""
+    """Which masks an artifact was trained with: the segmenter's description and each photo's mask source
+    (keyed by file name)."""
     from likeness.segmentation import get_segmenter
 
-    return {**get_segmenter(segmenter).describe(),
-            "sources": {str(p.source): p.mask_source for photos in prepared.values() for p in photos}}
+    # Photos by file name, like the manifest's identities (no local paths: artifacts get shared); a file
+    # name two people share is prefixed with the identity's key.
+    names = [Path(p.source).name for photos in prepared.values() for p in photos]
+    sources = {}
+    for key, photos in prepared.items():
+        for p in photos:
+            name = Path(p.source).name
+            sources[name if names.count(name) == 1 else f"{key}/{name}"] = p.mask_source
+    return {**get_segmenter(segmenter).describe(), "sources": sources}
 
 
 def named_identities(identities) -> list[tuple[str, str, list[Path]]]:
