@@ -193,7 +193,7 @@ def load_portraits(root: str | Path, *, layout: str = "auto", exclude=None, requ
     """
     from PIL import Image, UnidentifiedImageError
 
-    from likeness.segmentation.celebamask import has_masks
+    from likeness.data.mask_files import has_masks
 
     root = Path(root)
     if not root.is_dir():

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from likeness.data.mask_files import ANNO_FOLDER, has_masks, mask_file_for, part_files  # noqa: F401 (re-exported)
 from likeness.segmentation.base import Masks, MaskError, MaskMissingError, Segmenter
 
 LABELS = ("background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear", "mouth",
@@ -36,7 +37,6 @@ FACE_LABELS = ("skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "m
 COLOUR_TOLERANCE = 40
 # More than this fraction of pixels far from every palette colour: not a CelebAMask-HQ colour mask.
 MAX_OFF_PALETTE = 0.02
-ANNO_FOLDER = "CelebAMask-HQ-mask-anno"
 
 
 def _open(path: Path) -> Image.Image:
@@ -99,18 +99,6 @@ def label_masks(labels: np.ndarray, size: tuple[int, int], path: Path, source: s
     return masks if (w, h) == tuple(size) else masks.warp(size)
 
 
-def part_files(photo: Path) -> list[Path]:
-    """The CelebAMask-HQ-mask-anno part files of ``CelebA-HQ-img/<idx>.jpg`` (empty when there are none)."""
-    if not photo.stem.isdigit():
-        return []
-    idx = int(photo.stem)
-    for root in (photo.parent.parent, photo.parent):
-        folder = root / ANNO_FOLDER / str(idx // 2000)
-        if folder.is_dir():
-            return sorted(folder.glob(f"{idx:05d}_*.png"))
-    return []
-
-
 def part_labels(files: list[Path]) -> np.ndarray:
     """A label map from per-part binary files (later labels in ``LABELS`` order paint over earlier ones)."""
     labels, shape = None, None
@@ -133,20 +121,6 @@ def part_labels(files: list[Path]) -> np.ndarray:
 
 def _part_name(file: Path) -> str:
     return file.stem.split("_", 1)[1] if "_" in file.stem else ""
-
-
-def mask_file_for(photo: Path) -> Path | None:
-    """The colour-palette label map beside ``photo`` (``<stem>_bg.png``, or ``<stem>_mask.png``), if any."""
-    for suffix in ("_bg.png", "_mask.png"):
-        candidate = photo.with_name(photo.stem + suffix)
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def has_masks(photo: str | Path) -> bool:
-    photo = Path(photo)
-    return mask_file_for(photo) is not None or bool(part_files(photo))
 
 
 class CelebAMaskSegmenter(Segmenter):
