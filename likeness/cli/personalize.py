@@ -33,10 +33,12 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("personalize", help="train a method on photos of people; write an artifact folder",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", required=True,
-                   help="method name, e.g. textual-inversion, dreambooth-lora, celeb-basis, or a tuning-free peer: "
-                        "ip-adapter, ip-adapter-faceid, instantid, photomaker (these only encode the photos)")
-    p.add_argument("--base-model", default="likeness/tiny-sd",
-                   help="hub id, local diffusers folder, or likeness/tiny-sd | likeness/tiny-sdxl (default: %(default)s)")
+                   help="method name, e.g. textual-inversion, dreambooth-lora, celeb-basis, or a tuning-free one: "
+                        "photoverse, stellarnet (need --weights), ip-adapter, ip-adapter-faceid, instantid, photomaker "
+                        "(these only encode the photos)")
+    p.add_argument("--base-model",
+                   help="hub id, local diffusers folder, or likeness/tiny-sd | likeness/tiny-sdxl (default: the one "
+                        "--weights were trained on, else likeness/tiny-sd)")
     p.add_argument("--identity", action="append", required=True, metavar="PHOTO_OR_FOLDER",
                    help="photos of one person (repeat for several people)")
     p.add_argument("--name", action="append", help="name for each --identity, in order (default: folder name or photo stem)")
@@ -53,8 +55,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true", default=None, dest="gradient_checkpointing")
     p.add_argument("--masked-loss", choices=["person", "face"], dest="masked_loss", help="loss only inside this mask")
     p.add_argument("--device", help="cuda, mps or cpu (default: best available)")
-    p.add_argument("--weights", help="trained encoder folder, for tuning-free methods (photoverse: made by "
-                   "`likeness train-encoder`); the photo is only encoded, nothing trains")
+    p.add_argument("--weights", type=Path,
+                   help="trained encoder folder of a tuning-free method (photoverse, stellarnet: made by "
+                        "`likeness train-encoder`); the photo is only encoded, nothing trains")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other method option, value parsed as JSON when possible (e.g. rank=8, train_text_encoder=true)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace a finished artifact in --out")
@@ -73,7 +76,10 @@ def run(args) -> int:
         return 2
     config = {k: getattr(args, k) for k in ("max_steps", "learning_rate", "batch_size", "gradient_accumulation_steps",
                                             "resolution", "checkpoint_every", "seed", "mixed_precision",
-                                            "gradient_checkpointing", "masked_loss", "device", "overwrite", "weights")}
+                                            "gradient_checkpointing", "masked_loss", "device", "overwrite")}
+    if args.weights is not None:
+        config["weights"] = str(args.weights)
+    base_model = args.base_model or (None if args.weights is not None else "likeness/tiny-sd")
     for item in args.option:
         key, sep, value = item.partition("=")
         if not sep:
@@ -89,7 +95,7 @@ def run(args) -> int:
             path = Path(path)
             name = args.name[i] if args.name else (path.name if path.is_dir() else path.stem)
             identities[name] = identity_photos(path)
-        out = method.personalize(identities, args.out, args.base_model, **config)
+        out = method.personalize(identities, args.out, base_model, **config)
     except (ImageError, NoFaceError, ModelNotFoundError, ArtifactError, UnknownMethodError, ResumeMismatchError,
             FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -241,6 +241,7 @@ COMMON_OPTIONS = {
     "color_jitter": 0.0,
     "scale_range": None,
     "face_backend": "dlib",
+    "segmenter": "auto",  # person/face masks: see likeness.segmentation (auto, heuristic, celebamask, transformers:<model>)
     "overwrite": False,
     # Face-identity loss on the decoded predicted image (likeness.faces.identity_loss); 0 = off.
     "id_loss_weight": 0.0,
@@ -337,7 +338,7 @@ class Method:
         pipe = load_pipeline(base_model, device=options["device"], dtype=torch.float32)
         training.resolution = training.resolution or native_resolution(pipe)
         prepared, notes = prepare_identities(people, size=training.resolution, framing=options["framing"],
-                                             backend=get_backend(options["face_backend"]))
+                                             backend=get_backend(options["face_backend"]), segmenter=options["segmenter"])
         notes = [_without_paths(note, [p for _, photos in people for p in photos]) for note in notes]
         setup = self.setup(pipe, [name for name, _ in people], {**options, "out_dir": out_dir})
         for key, display, _ in named:
@@ -373,6 +374,7 @@ class Method:
             # file names and content hashes only: the artifact folder can be shared as it is
             identities={n: replace(e, photos=[Path(p).name for p in e.photos]) for n, e in setup.identities.items()},
             config={"training": asdict(training), "options": recorded, "notes": notes,
+                    "masks": mask_record(options["segmenter"], prepared),
                     "final_loss": result.losses[-1] if result.losses else None, "resumed_from": result.resumed_from},
             sampling=dict(self.default_sampling.get(pipe.likeness_info.family, self.default_sampling)),
         ).save(out_dir)  # written last: its presence means the artifact is complete
@@ -398,6 +400,22 @@ class Method:
         """Convenience: :meth:`load` then :meth:`Personalized.generate`."""
         loading = {k: kwargs.pop(k) for k in ("base_model", "device", "dtype") if k in kwargs}
         return self.load(artifact, **loading).generate(prompts, seeds, **kwargs)
+
+
+def mask_record(segmenter, prepared: dict) -> dict:
+    """Which masks an artifact was trained with: the segmenter's description and each photo's mask source
+    (keyed by file name)."""
+    from likeness.segmentation import get_segmenter
+
+    # Photos by file name, like the manifest's identities (no local paths: artifacts get shared); a file
+    # name two people share is prefixed with the identity's key.
+    names = [Path(p.source).name for photos in prepared.values() for p in photos]
+    sources = {}
+    for key, photos in prepared.items():
+        for p in photos:
+            name = Path(p.source).name
+            sources[name if names.count(name) == 1 else f"{key}/{name}"] = p.mask_source
+    return {**get_segmenter(segmenter).describe(), "sources": sources}
 
 
 def named_identities(identities) -> list[tuple[str, str, list[Path]]]:

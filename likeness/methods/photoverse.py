@@ -484,7 +484,7 @@ class PhotoVerse(Method):
         return out_dir
 
     # ---------------------------------------------------------------- personalization: encode only
-    def personalize(self, identities, out_dir, base_model, **config) -> Path:
+    def personalize(self, identities, out_dir, base_model=None, **config) -> Path:
         """Encode each person's photos (no training) and write an artifact folder; returns its path.
 
         Training options other methods take (``max_steps`` ...) are accepted and have no effect.
@@ -505,6 +505,8 @@ class PhotoVerse(Method):
                              "`likeness train-encoder --method photoverse`")
         people = as_identities(identities)
         weights = EncoderWeights(options["weights"])
+        if base_model is None:  # default: the base model the encoder was trained on
+            base_model = weights.config["base_model"]["model_id"]
         info = base_model_info(base_model)
         weights.check_base_model(info, base_model)
         device = pick_device(options["device"])

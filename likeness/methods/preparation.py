@@ -9,11 +9,10 @@ which pixels count, so methods must not each invent their own cropping. The step
    half the crop, as in Textual Inversion / Celeb Basis training crops) or ``"upper_body"`` (head and
    shoulders). It also builds two masks in crop coordinates:
 
-   - **face mask**: an ellipse fitted to the detected face box, stretched upwards to cover forehead
-     and hair line (the detector box stops at the brows);
-   - **person mask**: a heuristic, not a segmentation: the head ellipse enlarged plus a shoulder
-     ellipse below the chin, 3.2 face widths wide. It is the right shape for masked losses on
-     portrait crops (it excludes background corners) without pulling in a segmentation model.
+   - **person mask** and **face mask** from a :mod:`likeness.segmentation` backend, computed on the
+     whole photo and warped with the crop: the dataset's own masks (CelebAMask-HQ) when present, a
+     segmentation model when one is named, else the heuristic ellipses around the face box
+     (:mod:`likeness.segmentation.heuristic`). ``PreparedPhoto.mask_source`` says which.
 
 2. :func:`augment` draws one training view from a prepared photo: horizontal flip, colour jitter
    and scale-and-paste (the whole crop shrunk to a random fraction and pasted at a random spot on
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance
+from PIL import Image, ImageEnhance
 
 from likeness.data.images import image_to_array, load_image
 from likeness.faces.base import Face, FaceBackend
@@ -77,6 +76,7 @@ class PreparedPhoto:
     n_faces: int
     notes: list[str] = field(default_factory=list)
     landmarks: np.ndarray | None = None  # (5, 2) the face's 5 points in crop pixels (for identity losses)
+    mask_source: str = "heuristic"  # which segmentation backend made the masks (see likeness.segmentation)
 
 
 def _default_backend() -> FaceBackend:
@@ -85,22 +85,18 @@ def _default_backend() -> FaceBackend:
     return get_backend()
 
 
-def _ellipse_mask(size: int, box: tuple[float, float, float, float]) -> np.ndarray:
-    mask = Image.new("L", (size, size), 0)
-    ImageDraw.Draw(mask).ellipse(box, fill=255)
-    return (np.asarray(mask) > 127).astype(np.float32)
-
-
 def prepare_photo(
     path: str | Path,
     *,
     backend: FaceBackend | None = None,
     size: int = 512,
     framing: str = "face",
+    segmenter=None,
 ) -> PreparedPhoto:
     """Detect, choose the largest face, crop + level the eyes, and build face/person masks.
 
-    Raises ``ImageError`` (unreadable file) or :class:`NoFaceError`, both naming the file.
+    ``segmenter``: a :class:`likeness.segmentation.Segmenter` or its name (default ``auto``).
+    Raises ``ImageError`` (unreadable file), :class:`NoFaceError` or a ``MaskError``, naming the file.
     """
     if framing not in FRAMINGS:
         raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, not {framing!r}")
@@ -131,13 +127,10 @@ def prepare_photo(
     coeffs = (cos, -sin, centre[0] - cos * du + sin * dv, sin, cos, centre[1] - sin * du - cos * dv)
     crop = image.transform((size, size), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BICUBIC)
 
-    # Face geometry in output pixels.
-    half_w, half_h = face_w / scale / 2, face_h / scale / 2
-    cu, cv = du, dv
-    face_mask = _ellipse_mask(size, (cu - half_w, cv - half_h * 1.35, cu + half_w, cv + half_h))
-    head = _ellipse_mask(size, (cu - half_w * 1.4, cv - half_h * 2.0, cu + half_w * 1.4, cv + half_h * 1.25))
-    shoulders = _ellipse_mask(size, (cu - half_w * 3.2, cv + half_h * 0.8, cu + half_w * 3.2, cv + half_h * 6.0))
-    person_mask = np.maximum(head, shoulders)
+    # Masks in the photo's pixels, warped exactly like the crop.
+    from likeness.segmentation import get_segmenter
+
+    masks = get_segmenter(segmenter).segment(image, face=face, path=path).warp(size, coeffs)
     landmarks = None
     if face.landmarks is not None:
         # PIL samples with pixel centres at +0.5, the detectors' points have them at integers.
@@ -145,13 +138,15 @@ def prepare_photo(
         shift = np.array([coeffs[2], coeffs[5]])
         source = np.asarray(face.landmarks, dtype=np.float64) + 0.5
         landmarks = ((source - shift) @ np.linalg.inv(linear).T - 0.5).astype(np.float32)
-    return PreparedPhoto(path, crop, face_mask, person_mask, face, len(faces), notes, landmarks)
+    return PreparedPhoto(path, crop, masks.face, masks.person, face, len(faces), notes, landmarks=landmarks,
+                         mask_source=masks.source)
 
 
-def prepare_photos(paths, *, backend: FaceBackend | None = None, size: int = 512, framing: str = "face") -> list[PreparedPhoto]:
+def prepare_photos(paths, *, backend: FaceBackend | None = None, size: int = 512, framing: str = "face",
+                   segmenter=None) -> list[PreparedPhoto]:
     """Prepare several photos with one backend instance."""
     backend = backend or _default_backend()
-    return [prepare_photo(p, backend=backend, size=size, framing=framing) for p in paths]
+    return [prepare_photo(p, backend=backend, size=size, framing=framing, segmenter=segmenter) for p in paths]
 
 
 @dataclass(frozen=True)
@@ -220,13 +215,14 @@ def identity_photos(path: str | Path) -> list[Path]:
     raise FileNotFoundError(f"{path}: identity photo or folder does not exist")
 
 
-def prepare_identities(identities, *, size: int, framing: str, backend: FaceBackend | None = None):
+def prepare_identities(identities, *, size: int, framing: str, backend: FaceBackend | None = None, segmenter=None):
     """``{name: [PreparedPhoto]}`` for ``[(name, photos)]``, plus notes on skipped photos.
 
     A photo without a face (or unreadable) is skipped with a note when the person has other usable
     photos; if none is usable the error for the first bad photo is raised, naming the file.
     """
     from likeness.data.images import ImageError
+    from likeness.segmentation import MaskError, NoPersonError
 
     backend = backend or _default_backend()
     prepared, notes = {}, []
@@ -234,8 +230,8 @@ def prepare_identities(identities, *, size: int, framing: str, backend: FaceBack
         good, errors = [], []
         for path in photos:
             try:
-                photo = prepare_photo(path, backend=backend, size=size, framing=framing)
-            except (ImageError, NoFaceError) as exc:
+                photo = prepare_photo(path, backend=backend, size=size, framing=framing, segmenter=segmenter)
+            except (ImageError, NoFaceError, MaskError, NoPersonError) as exc:
                 errors.append(exc)
                 continue
             good.append(photo)

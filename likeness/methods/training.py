@@ -147,6 +147,16 @@ def encode_captions(pipe, captions: list[str], device) -> tuple[torch.Tensor, to
     return torch.cat(embeds, dim=-1), pooled
 
 
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample mean squared error over the pixels inside ``mask`` (B x 1 x H x W, any resolution:
+    area-resized to the latent grid, so a latent cell half inside counts half). No mask: the plain mean."""
+    error = (pred - target) ** 2
+    if mask is None:
+        return error.mean(dim=(1, 2, 3))
+    mask = F.interpolate(mask.to(error.device).float(), size=error.shape[-2:], mode="area")
+    return (error * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * error.shape[1]).clamp(min=1.0)
+
+
 def build_identity_term(prepared: dict, weight: float, embedder: str = "dlib", weights=None, device=None) -> IdentityTerm:
     """The identity term for ``prepared`` photos (``{name: [PreparedPhoto]}``): each person's reference is the
     normalised mean embedding of their prepared (un-augmented) crops, taken the same way as in training."""
@@ -229,12 +239,7 @@ def diffusion_loss(pipe, noise_scheduler, batch: Batch, generator: torch.Generat
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
-    error = (pred - target) ** 2
-    if batch.mask is not None:
-        mask = F.interpolate(batch.mask.to(device).float(), size=error.shape[-2:], mode="area")
-        per_sample = (error * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * error.shape[1]).clamp(min=1.0)
-    else:
-        per_sample = error.mean(dim=(1, 2, 3))
+    per_sample = masked_mse(pred, target, batch.mask)
     extra = 0.0
     if identity is not None and identity.weight:
         term = identity_loss_term(pipe, identity, batch, predicted_x0(noise_scheduler, noisy.float(), pred, timesteps))
@@ -299,6 +304,7 @@ def train(
     after_step: Callable[[], None] | None = None,
     prior_loss_weight: float = 1.0,
     fingerprint_extra: dict | None = None,
+    extra_loss: Callable[[], torch.Tensor] | None = None,
     identity: IdentityTerm | None = None,
     loss_fn: Callable | None = None,
 ) -> TrainingResult:
@@ -307,6 +313,7 @@ def train(
     ``make_batch(step, micro, rng)`` must depend only on its arguments. Resumes from the latest
     checkpoint under ``out_dir/checkpoints`` when one exists with the same configuration.
     ``loss_fn`` replaces :func:`diffusion_loss` (same signature) for methods with their own objective.
+    ``extra_loss()``, called right after each diffusion loss, adds a method's own term (a regulariser).
     """
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
@@ -403,6 +410,8 @@ def train(
                 with accelerator.autocast():
                     loss = (loss_fn or diffusion_loss)(pipe, noise_scheduler, batch, step_generator(rank_seed, step, micro, 1),
                                                        prior_loss_weight=prior_loss_weight, identity=identity)
+                    if extra_loss is not None:
+                        loss = loss + extra_loss()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     if accelerator.num_processes > 1:
