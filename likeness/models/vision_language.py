@@ -345,7 +345,7 @@ def load_vqa(role: str, model_id: str, device=None, batch_size: int = 16) -> Yes
 
 # The LAION "improved aesthetic predictor" MLP: the Linear layers sit at these indices of its nn.Sequential
 # (Dropouts in between), so its state dict has keys layers.{0,2,4,6,7}.{weight,bias}.
-AESTHETIC_LINEAR_KEYS = (0, 2, 4, 6, 7)
+from likeness.models.tiny_vision import AESTHETIC_LINEAR_KEYS  # noqa: E402  (the published layer layout)
 
 
 class AestheticHead(torch.nn.Module):

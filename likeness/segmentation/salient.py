@@ -173,13 +173,14 @@ class TransformersBackend(SalientBackend):
 
     Semantic-segmentation heads (``logits`` B x C x h x w): one channel is a saliency logit; with
     several channels, ``foreground_label`` (default 1) is the object class after a softmax. Models whose
-    forward returns a list of maps (BiRefNet, remote code) use the last, finest map.
+    forward returns a list of maps (BiRefNet-style exports) use the last, finest map. Models that need their
+    own remote code are refused (likeness never sets ``trust_remote_code``; docs/security.md).
     """
 
     name = "transformers"
 
     def __init__(self, model_id: str | Path, *, foreground_label: int = 1, size: int | None = None,
-                 trust_remote_code: bool = False, device: str | None = None):
+                 device: str | None = None):
         import torch
         from transformers import AutoModelForImageSegmentation, AutoModelForSemanticSegmentation
 
@@ -190,7 +191,7 @@ class TransformersBackend(SalientBackend):
         self.model = None
         for auto in (AutoModelForSemanticSegmentation, AutoModelForImageSegmentation):
             try:
-                self.model = auto.from_pretrained(self.model_id, trust_remote_code=trust_remote_code)
+                self.model = auto.from_pretrained(self.model_id, trust_remote_code=False)  # never run a model's own code
                 break
             except (ValueError, OSError, KeyError) as exc:
                 errors.append(f"{auto.__name__}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
