@@ -53,6 +53,7 @@ from likeness.methods.base import (
     split_config,
     start_artifact,
 )
+from likeness.methods.textual_inversion import FrozenRows
 
 WEIGHTS = "pytorch_custom_diffusion_weights.bin"
 
@@ -114,7 +115,7 @@ class CustomDiffusion(Method):
         pipe.vae.requires_grad_(False)
         pipe.unet.requires_grad_(False)
         trainable = add_custom_diffusion_processors(pipe.unet)
-        modules, restorers = [pipe.unet], []
+        modules, frozen_rows = [pipe.unet], FrozenRows()
         for tokenizer, encoder, key in _encoders(pipe):
             clashes = [t for t in inits if t in tokenizer.get_vocab()]
             if clashes:
@@ -133,16 +134,9 @@ class CustomDiffusion(Method):
             weight.requires_grad_(True)
             trainable[f"{key}.token_embedding"] = weight
             modules.append(encoder)
-            frozen = torch.ones(weight.shape[0], dtype=torch.bool)
-            frozen[new_ids] = False
-            restorers.append((weight, frozen, weight.detach().clone()))
+            frozen_rows.keep(weight, new_ids)
 
-        def restore_frozen_rows():
-            with torch.no_grad():
-                for weight, frozen, original in restorers:
-                    weight[frozen] = original[frozen].to(weight.dtype)
-
-        return TrainingSetup(identities=identities, trainable=trainable, modules=modules, after_step=restore_frozen_rows)
+        return TrainingSetup(identities=identities, trainable=trainable, modules=modules, after_step=frozen_rows.restore)
 
     def save_weights(self, pipe, setup, out_dir, options):
         pipe.unet.save_attn_procs(str(out_dir), weight_name=WEIGHTS, safe_serialization=False)

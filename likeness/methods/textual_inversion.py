@@ -38,6 +38,24 @@ def placeholder_tokens(name: str, num_vectors: int) -> list[str]:
     return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
 
 
+class FrozenRows:
+    """Only the new tokens' rows of an embedding table train: the optimiser updates the whole table
+    (weight decay included), so after every step the other rows are put back exactly as they were."""
+
+    def __init__(self):
+        self._tables: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def keep(self, weight: torch.Tensor, trainable_ids: list[int]) -> None:
+        frozen = torch.ones(weight.shape[0], dtype=torch.bool)
+        frozen[trainable_ids] = False
+        self._tables.append((weight, frozen, weight.detach().clone()))
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for weight, frozen, original in self._tables:
+                weight[frozen] = original[frozen].to(weight.dtype)
+
+
 @METHODS.register("textual-inversion")
 class TextualInversion(Method):
     name = "textual-inversion"
@@ -57,7 +75,7 @@ class TextualInversion(Method):
         identities = {name: IdentityEntry(subject=f"<{name}>", tokens=placeholder_tokens(name, options["num_vectors"]), photos=[])
                       for name in names}
         new_tokens = [t for entry in identities.values() for t in entry.tokens]
-        trainable, modules, restorers = {}, [], []
+        trainable, modules, frozen_rows = {}, [], FrozenRows()
         for tokenizer, encoder, key in _encoders(pipe):
             init_ids = tokenizer.encode(options["initializer_token"], add_special_tokens=False)
             if len(init_ids) != 1:
@@ -77,16 +95,9 @@ class TextualInversion(Method):
             weight.requires_grad_(True)
             trainable[f"{key}.token_embedding"] = weight
             modules.append(encoder)
-            frozen = torch.ones(weight.shape[0], dtype=torch.bool)
-            frozen[new_ids] = False
-            restorers.append((weight, frozen, weight.detach().clone()))
+            frozen_rows.keep(weight, new_ids)
 
-        def restore_frozen_rows():
-            with torch.no_grad():
-                for weight, frozen, original in restorers:
-                    weight[frozen] = original[frozen].to(weight.dtype)
-
-        return TrainingSetup(identities=identities, trainable=trainable, modules=modules, after_step=restore_frozen_rows)
+        return TrainingSetup(identities=identities, trainable=trainable, modules=modules, after_step=frozen_rows.restore)
 
     def save_weights(self, pipe, setup, out_dir, options):
         sdxl = getattr(pipe, "text_encoder_2", None) is not None
