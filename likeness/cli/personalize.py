@@ -29,6 +29,16 @@ def _value(text: str):
         return text
 
 
+def add_options(config: dict, items: list[str]) -> str:
+    """Put each ``--option KEY=VALUE`` (JSON value, else text) into ``config``; the error text, or ""."""
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            return f"error: --option {item!r} is not KEY=VALUE"
+        config[key.strip()] = _value(value)
+    return ""
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("personalize", help="train a method on photos of people; write an artifact folder",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,12 +90,10 @@ def run(args) -> int:
     if args.weights is not None:
         config["weights"] = str(args.weights)
     base_model = args.base_model or (None if args.weights is not None else "likeness/tiny-sd")
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"error: --option {item!r} is not KEY=VALUE", file=sys.stderr)
-            return 2
-        config[key.strip()] = _value(value)
+    problem = add_options(config, args.option)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     if args.quiet:
         config["progress"] = False  # the training bar
     try:

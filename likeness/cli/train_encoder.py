@@ -73,7 +73,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from likeness.cli.personalize import _value
+    from likeness.cli.personalize import add_options
     from likeness.data.identities import DatasetError
     from likeness.data.images import ImageError
     from likeness.methods.base import UnknownMethodError, get_method
@@ -89,12 +89,10 @@ def run(args) -> int:
         config["exclude"] = list(args.exclude)
     if args.identity_loss is not None:
         config["identity_loss"] = None if args.identity_loss.lower() in ("none", "") else args.identity_loss
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"error: --option {item!r} is not KEY=VALUE", file=sys.stderr)
-            return 2
-        config[key.strip()] = _value(value)
+    problem = add_options(config, args.option)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     try:
         method = get_method(args.method)
         hook = getattr(method, "train_encoder", None)
