@@ -215,11 +215,13 @@ def identity_photos(path: str | Path) -> list[Path]:
     raise FileNotFoundError(f"{path}: identity photo or folder does not exist")
 
 
-def prepare_identities(identities, *, size: int, framing: str, backend: FaceBackend | None = None, segmenter=None):
+def prepare_identities(identities, *, size: int, framing: str, backend: FaceBackend | None = None, segmenter=None,
+                       accept=None):
     """``{name: [PreparedPhoto]}`` for ``[(name, photos)]``, plus notes on skipped photos.
 
     A photo without a face (or unreadable) is skipped with a note when the person has other usable
     photos; if none is usable the error for the first bad photo is raised, naming the file.
+    ``accept(photo)``, when given, may refuse a prepared photo the same way, by raising one of those errors.
     """
     from likeness.data.images import ImageError
     from likeness.segmentation import MaskError, NoPersonError
@@ -231,6 +233,8 @@ def prepare_identities(identities, *, size: int, framing: str, backend: FaceBack
         for path in photos:
             try:
                 photo = prepare_photo(path, backend=backend, size=size, framing=framing, segmenter=segmenter)
+                if accept is not None:
+                    accept(photo)
             except (ImageError, NoFaceError, MaskError, NoPersonError) as exc:
                 errors.append(exc)
                 continue

@@ -472,11 +472,10 @@ class StellarNet(Method):
         ``base_model`` defaults to the one the weights were trained on; another one is refused unless
         its token tables are the same. All photos are encoded before anything is written.
         """
-        from likeness.data.images import ImageError
         from likeness.faces import get_backend
         from likeness.methods.base import mask_record, start_artifact
-        from likeness.methods.preparation import NoFaceError, prepare_photo
-        from likeness.segmentation import MIN_PERSON_FRACTION, MaskError, NoPersonError, get_segmenter
+        from likeness.methods.preparation import prepare_identities
+        from likeness.segmentation import MIN_PERSON_FRACTION, NoPersonError, get_segmenter
 
         training, options = split_config(config, self.defaults)
         ignored = {k: v for k, v in config.items() if v is not None and k in asdict(training) and k not in ("progress",)}
@@ -508,24 +507,14 @@ class StellarNet(Method):
         backend = get_backend(options["face_backend"])
         load_seconds = time.perf_counter() - tic
 
-        words, entries, notes, prepared = {}, {}, [], {}
-        for name, photos in people:
-            good, errors = [], []
-            for path in photos:
-                try:
-                    photo = prepare_photo(path, backend=backend, size=int(record["resolution"]),
-                                          framing=options["framing"], segmenter=segmenter)
-                    if photo.person_mask.mean() < MIN_PERSON_FRACTION:
-                        raise NoPersonError(path, f"{photo.mask_source} person mask is empty")
-                except (ImageError, NoFaceError, MaskError, NoPersonError) as exc:
-                    errors.append(exc)
-                    continue
-                good.append(photo)
-                notes.extend(photo.notes)
-            if not good:
-                raise errors[0]
-            notes.extend(f"skipped {exc}" for exc in errors)
-            prepared[name] = good
+        def has_person(photo) -> None:
+            if photo.person_mask.mean() < MIN_PERSON_FRACTION:
+                raise NoPersonError(photo.source, f"{photo.mask_source} person mask is empty")
+
+        prepared, notes = prepare_identities(people, size=int(record["resolution"]), framing=options["framing"],
+                                             backend=backend, segmenter=segmenter, accept=has_person)
+        words, entries = {}, {}
+        for name, good in prepared.items():
             features = image_encoder(torch.stack([_masked_photo(p.image, p.person_mask) for p in good]))
             with torch.no_grad():
                 per_encoder = [w.mean(0) for w in encoder(features)]  # several photos: their mean pseudo-words
