@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
@@ -92,6 +93,33 @@ def test_huge_image_is_downscaled_for_detection_and_boxes_map_back(dlib_backend,
     # the same face, in full-resolution coordinates (to within a couple of HOG cells of the copy)
     assert abs(x0 - 4000 - reference.box[0]) < 40 and abs(y0 - 32 - reference.box[1]) < 40
     assert abs((x1 - x0) - (reference.box[2] - reference.box[0])) < 60
+
+
+def test_one_backend_shared_by_threads_gives_the_single_thread_answer(dlib_backend, astronaut_path):
+    """The demo checks two visitors' uploads at once with one backend; unserialised dlib calls segfaulted
+    (dlib's detector resizes shared scratch buffers per image size, hence several sizes)."""
+    photo = Image.open(astronaut_path)
+    images = [np.asarray(photo.resize((side, side))) for side in (320, 256, 384, 288)]
+    expected = [dlib_backend.embed(image, dlib_backend.detect(image)) for image in images]
+    results, errors = {}, []
+
+    def analyse(worker):
+        try:
+            for round_ in range(3):
+                for k, image in enumerate(images):
+                    results[worker, round_, k] = dlib_backend.embed(image, dlib_backend.detect(image))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=analyse, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(results) == 4 * 3 * len(images)
+    for (_, _, k), faces in results.items():
+        assert [f.box for f in faces] == [f.box for f in expected[k]]
+        np.testing.assert_array_equal(faces[0].embedding, expected[k][0].embedding)
 
 
 def test_largest_face_crop_aligns_to_the_template(dlib_backend, astronaut_path):

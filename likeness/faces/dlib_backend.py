@@ -15,7 +15,9 @@ our real test photos (0.816, 23 pairs of 4 people). The raw cosine is always kep
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,18 @@ DETECT_MAX_PIXELS = 2_000_000
 UPSAMPLE_BELOW_PIXELS = 500_000
 # MTCNN runs on a copy of at most 1 MP (a 1024x1024 generated image is seen at full size).
 MTCNN_MAX_PIXELS = 1024 * 1024
+
+
+def _serialised(method):
+    """Run ``method`` under the backend's lock: dlib's detector, shape predictor and ResNet keep scratch
+    buffers, so two threads in one backend (two demo visitors) crash the process (segfault / abort)."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 def _arcface_points(parts: np.ndarray) -> np.ndarray:
@@ -60,6 +74,7 @@ class DlibBackend(FaceBackend):
         if detector not in ("hog", "cnn", "mtcnn"):
             raise ValueError(f"dlib detector must be 'hog', 'mmod' (alias 'cnn') or 'mtcnn', not {detector!r}")
         self._dlib = dlib
+        self._lock = threading.RLock()
         models = Path(model_dir) if model_dir else dlib_model_dir()
         self.detector_kind = detector
         self.upsample = upsample
@@ -94,6 +109,7 @@ class DlibBackend(FaceBackend):
     def calibrate(self, cosine):
         return (np.asarray(cosine, dtype=np.float64) - STRANGER_COSINE) / (1.0 - STRANGER_COSINE)
 
+    @_serialised
     def detect(self, image: np.ndarray) -> list[Face]:
         if self.detector_kind == "mtcnn":
             return self._detect_mtcnn(image)
@@ -142,6 +158,7 @@ class DlibBackend(FaceBackend):
         faces.sort(key=lambda f: f.area, reverse=True)
         return faces
 
+    @_serialised
     def chips(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
         """(N, 150, 150, 3) uint8 dlib face chips: dlib's own extraction from its 5 shape points (HOG / MMOD), or
         the MTCNN points mapped onto the same chip geometry."""
@@ -163,6 +180,7 @@ class DlibBackend(FaceBackend):
         shape = self._shapes(image, self._rect(face))
         return np.array([[shape.part(i).x, shape.part(i).y] for i in range(5)], dtype=np.float64)
 
+    @_serialised
     def embed(self, image: np.ndarray, faces: list[Face]) -> list[Face]:
         if not faces:
             return faces
