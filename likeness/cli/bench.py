@@ -87,6 +87,10 @@ def add_parser(subparsers) -> None:
                         "(default: 1 on CPU, 4 on a GPU)")
     parser.add_argument("--parquet", metavar="FILE", help="also export per-image rows to Parquet (same columns as CSV)")
     parser.add_argument("--csv", metavar="FILE", help="also export per-image rows to CSV")
+    parser.add_argument("--compose-dataset", metavar="DIR",
+                        help="benchmark custom-diffusion on a composed dataset (`likeness compose run`): trains on its kept "
+                             "compositions, prompts name all its concepts in held-out backgrounds, metrics default to "
+                             "cp-clip,ti-clip (replaces --identities and --prompts; inputs go to OUT/compose/)")
     from likeness.cli.evaluate import add_model_flags
 
     add_model_flags(parser)
@@ -169,6 +173,12 @@ def run(args) -> int:
     from likeness.models.vision_language import VisionModels
 
     models = VisionModels(model_overrides(args))
+    if args.compose_dataset and not args.resume:
+        try:
+            compose_inputs(args)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"likeness bench: {exc}", file=sys.stderr)
+            return 2
     if not args.resume and args.metrics is None:
         args.metrics, skipped = default_metrics(models)
         if skipped and not args.quiet:
@@ -209,6 +219,21 @@ def run(args) -> int:
         print(text)
         print(f"report: {page}")
     return 0
+
+
+def compose_inputs(args) -> None:
+    """``--compose-dataset``: the identity, prompts and training set from the dataset (likeness.compose.bench)."""
+    from likeness.compose.bench import bench_inputs
+
+    methods = _csv(args.method)
+    if "custom-diffusion" not in methods:
+        raise ValueError(f"--compose-dataset trains custom-diffusion; --method {args.method} does not include it")
+    inputs = bench_inputs(args.compose_dataset, Path(args.out) / "compose")
+    args.identities, args.prompts = str(inputs.identities), str(inputs.prompts)
+    prefix = "custom-diffusion:" if len(methods) > 1 else ""
+    args.method_option = list(args.method_option) + [(prefix + k, v) for k, v in inputs.options.items()]
+    if args.metrics is None:
+        args.metrics = ["cp-clip", "ti-clip"]
 
 
 def run_several(args) -> int:

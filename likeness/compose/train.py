@@ -17,13 +17,11 @@ def train_on_dataset(dataset: str | Path | ComposedDataset, out_dir: str | Path,
     plus the dataset's global composition token when its captions use one."""
     from likeness.methods import get_method
 
+    from likeness.compose.bench import training_set
+
     data = dataset if isinstance(dataset, ComposedDataset) else ComposedDataset(dataset)
-    examples = training_examples(data)
-    used = {n for e in data.entries() for n in e.record["concepts"]}
-    concepts = {n: {"class_noun": c["class_noun"], "photos": [p["path"] for p in c["photos"] if p["status"] == "ok"]}
-                for n, c in data.concepts.items() if n in used}
-    token = data.global_token
-    if token and any(token in c for _, c in examples):
-        config.setdefault("global_token", token)
-    return get_method("custom-diffusion").personalize_captioned(examples, concepts, out_dir, base_model,
-                                                                source=str(data.root), **config)
+    captioned = training_set(data)
+    if captioned["global_token"]:
+        config.setdefault("global_token", captioned["global_token"])
+    return get_method("custom-diffusion").personalize_captioned(captioned["examples"], captioned["concepts"], out_dir,
+                                                                base_model, source=captioned["source"], **config)

@@ -38,6 +38,10 @@ class Prompt:
     categories: tuple[str, ...] = ()
     relations: tuple[tuple[str, str, str], ...] = ()
     source: str = OPEN_SET_NAME
+    # Gen4Gen metrics: the background alone (TI-CLIP) and the concepts to find, as (name, class label,
+    # reference images) (CP-CLIP); both optional and written to the sidecar only when given.
+    background: str = ""
+    concepts: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
 
     @property
     def template(self) -> str:
@@ -54,13 +58,18 @@ class Prompt:
         return fields
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "prompt_id": self.prompt_id,
             "prompts": self.prompts,
             "detectables": list(self.detectables),
             "categories": list(self.categories),
             "relations": [list(r) for r in self.relations],
         }
+        if self.background:
+            out["background"] = self.background
+        if self.concepts:
+            out["concepts"] = [{"name": n, "label": label, "images": list(images)} for n, label, images in self.concepts]
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,6 +318,9 @@ def parse_entry(entry, index: int, path: Path | str, prefix: str = "t", source: 
     if not isinstance(prompt_id, (str, int)) or not _PROMPT_ID.match(str(prompt_id)):
         # ids become part of file names: letters, digits and "_" only (no "/", "..", "-")
         raise PromptError(f"{where}: prompt_id {prompt_id!r} must be 1-64 letters, digits or '_'")
+    background = entry.get("background") or ""
+    if not isinstance(background, str):
+        raise PromptError(f"{where}: 'background' must be a string, got {background!r}"[:300])
     return Prompt(
         prompt_id=str(prompt_id),
         prompts=text,
@@ -316,7 +328,26 @@ def parse_entry(entry, index: int, path: Path | str, prefix: str = "t", source: 
         categories=_strings(entry.get("categories"), "categories", where),
         relations=tuple(relations),
         source=source or str(path),
+        background=background.strip(),
+        concepts=_concepts(entry.get("concepts"), where),
     )
+
+
+def _concepts(value, where: str) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """``[{"name", "label", "images"}]`` (CP-CLIP's concepts; label: what the detector is asked for)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise PromptError(f"{where}: 'concepts' must be a list of {{name, label, images}} objects")
+    out = []
+    for c in value:
+        if not (isinstance(c, dict) and isinstance(c.get("name"), str) and c["name"].strip()):
+            raise PromptError(f"{where}: concept {c!r} needs a 'name' string"[:300])
+        label = c.get("label") or c["name"]
+        if not isinstance(label, str):
+            raise PromptError(f"{where}: concept {c['name']!r}: 'label' must be a string")
+        out.append((c["name"], label, _strings(c.get("images"), f"concepts[{c['name']}].images", where)))
+    return tuple(out)
 
 
 def load_prompts(path: str | Path = "open", *, source: str = "") -> list[Prompt]:

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from likeness.data.names import name_key
 from likeness.methods.base import (
     COMMON_OPTIONS,
     METHODS,
@@ -103,6 +104,11 @@ class CustomDiffusion(Method):
         "batch_size": 2,
         "adam_weight_decay": 1e-2,
         "framing": "upper_body",
+        # A captioned multi-concept training set (``likeness.compose.bench.training_set``): {"examples":
+        # [[image, caption]], "concepts": {name: {"class_noun", "photos"}}, "global_token", "source"}.
+        # Given, ``personalize`` trains on it (not on the photos) and the identity it was asked for
+        # becomes the group of all concepts: ``bench --compose-dataset`` goes through here.
+        "captioned": None,
     }
 
     def setup(self, pipe, names, options):
@@ -158,7 +164,7 @@ class CustomDiffusion(Method):
         pipe.unet.load_attn_procs(str(artifact), weight_name=WEIGHTS, _pipeline=pipe)
         if not any("CustomDiffusion" in type(p).__name__ for p in pipe.unet.attn_processors.values()):
             raise RuntimeError(f"{weights}: diffusers did not install the Custom Diffusion processors")
-        tokens = [e.tokens[0] for e in manifest.identities.values()]
+        tokens = list(dict.fromkeys(e.tokens[0] for e in manifest.identities.values()))  # a group repeats its concepts'
         if manifest.config.get("options", {}).get("global_token"):
             tokens.append(manifest.config["options"]["global_token"])
         for token in tokens:
@@ -172,10 +178,27 @@ class CustomDiffusion(Method):
             for tokenizer, encoder, key in _encoders(pipe):
                 pipe.load_textual_inversion(state[key], token=token, text_encoder=encoder, tokenizer=tokenizer)
 
+    def personalize(self, identities, out_dir, base_model: str, **config) -> Path:
+        """Photos of people (the shared loop), or, with the ``captioned`` option, a captioned multi-concept
+        set; then the one identity asked for names the group of all its concepts (its subject:
+        ``<a> dog and <b> teapot``), so bench prompts ``{}`` address the whole composition."""
+        captioned = config.pop("captioned", None)
+        if not captioned:
+            return super().personalize(identities, out_dir, base_model, **config)
+        names = list(identities) if isinstance(identities, dict) else [
+            getattr(i, "name", None) or (i[0] if isinstance(i, (tuple, list)) else str(i)) for i in identities]
+        if len(names) != 1:
+            raise ValueError(f"a captioned training set makes one group identity; got {len(names)} ({', '.join(names)})")
+        if captioned.get("global_token"):
+            config.setdefault("global_token", captioned["global_token"])
+        return self.personalize_captioned(captioned.get("examples") or [], captioned.get("concepts") or {}, out_dir,
+                                          base_model, source=captioned.get("source", ""), group=names[0], **config)
+
     def personalize_captioned(self, examples, concepts: dict[str, dict], out_dir, base_model: str, *,
-                              source: str = "", **config) -> Path:
+                              source: str = "", group: str | None = None, **config) -> Path:
         """Train on ``examples`` = ``[(image path, caption)]`` whose captions already contain the
-        concepts' tokens ``<name>``; ``concepts`` = ``{name: {"class_noun", "photos"}}``."""
+        concepts' tokens ``<name>``; ``concepts`` = ``{name: {"class_noun", "photos"}}``. ``group``: also
+        record an identity of that name whose subject names every concept (see :meth:`personalize`)."""
         from likeness.methods.training import native_resolution, remove_checkpoints, train
         from likeness.models.loading import load_pipeline
 
@@ -207,8 +230,11 @@ class CustomDiffusion(Method):
             return out_dir
         self.save_weights(pipe, setup, out_dir, options)
         recorded = {k: v for k, v in options.items() if k not in ("device", "overwrite")}
+        identities = dict(setup.identities)
+        if group is not None:
+            identities[name_key(group)] = group_entry(group, setup.identities)
         Manifest(
-            method=self.name, base_model=pipe.likeness_info, identities=setup.identities,
+            method=self.name, base_model=pipe.likeness_info, identities=identities,
             config={"training": asdict(training), "options": recorded, "dataset": str(source),
                     "examples": len(examples), "final_loss": result.losses[-1] if result.losses else None,
                     "resumed_from": result.resumed_from},
@@ -216,6 +242,13 @@ class CustomDiffusion(Method):
         ).save(out_dir)
         remove_checkpoints(out_dir)
         return out_dir
+
+
+def group_entry(name: str, concepts: dict[str, IdentityEntry]) -> IdentityEntry:
+    """The identity of a whole composition: ``{}`` becomes ``<a> dog, <b> cat and <c> teapot``."""
+    subjects = [e.subject for e in concepts.values()]
+    subject = subjects[0] if len(subjects) == 1 else ", ".join(subjects[:-1]) + " and " + subjects[-1]
+    return IdentityEntry(subject=subject, tokens=[t for e in concepts.values() for t in e.tokens], photos=[], display=name)
 
 
 def load_pixels(paths, size: int) -> list[torch.Tensor]:
