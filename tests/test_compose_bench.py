@@ -96,3 +96,28 @@ def test_compose_bench_refuses_other_methods(dataset, tmp_path, capsys):
     assert main(["bench", "--method", "textual-inversion", "--compose-dataset", str(dataset.root),
                  "--out", str(tmp_path / "r")]) == 2
     assert "trains custom-diffusion" in capsys.readouterr().err
+
+
+def test_open_prompts_carry_their_scene_for_ti_clip(tmp_path, astronaut_path):
+    from likeness.data.prompts import PromptError, load_prompts, open_prompts
+    from likeness.metrics import METRICS, Sample
+    from likeness.models.vision_language import VisionModels
+
+    by_id = {p.prompt_id: p for p in open_prompts()}
+    assert by_id["t0000"].background == "a castle" and by_id["t0002"].background == "the moon"
+    assert by_id["t0007"].background == ""  # "feeding an orange to a turtle": no place, no TI-CLIP
+    models = VisionModels({"gen4gen-clip": "likeness/tiny-clip"})
+    samples = [Sample(i, astronaut_path, None, None, by_id[i].sidecar_fields()) for i in ("t0000", "t0007")]
+    ti, none = METRICS.get("ti-clip")(models=models).update(samples)
+    clip = models.get("gen4gen-clip")
+    img = clip.encode_images([Image.open(astronaut_path).convert("RGB")])[0]
+    assert ti.status == "ok" and ti.value == pytest.approx(float(img @ clip.encode_texts(["a castle"])[0][0]), abs=1e-5)
+    assert none.status == "no_background" and none.value is None
+
+    bad = tmp_path / "bad.json"
+    for entry, problem in [({"prompts": "{} x", "background": 3}, "'background' must be a string"),
+                           ({"prompts": "{} x", "concepts": [{"label": "dog"}]}, "needs a 'name'"),
+                           ({"prompts": "{} x", "concepts": {"name": "a"}}, "'concepts' must be a list")]:
+        bad.write_text(json.dumps([entry]))
+        with pytest.raises(PromptError, match=f"bad.json: entry 0: .*{problem}"):
+            load_prompts(bad)

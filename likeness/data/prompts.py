@@ -180,7 +180,16 @@ class Template:
 
         text = self.text.replace("{a}", a[0]).replace("{b}", b[0])
         relations = [tuple(term(t) for t in triple) for triple in self.relations]
-        return text, [a[1], b[1]], list(self.categories), relations
+        return text, [a[1], b[1]], list(self.categories), relations, background(a, b)
+
+
+def background(*slots) -> str:
+    """The scene alone, for TI-CLIP: the first place slot's phrase without its preposition ("a library",
+    "the moon"); "" when the prompt names no place (a role's slot carries no preposition)."""
+    for slot in slots:
+        if len(slot) == 3 and slot[2]:
+            return slot[0][len(slot[2]):].strip()
+    return ""
 
 
 LOC, SPC, NAT, ROLE = _places(LOCATIONS), _places(SPACE), _places(NATURE), _roles(ROLES)
@@ -223,7 +232,7 @@ def build_open_prompts(per_template: int = PER_TEMPLATE) -> list[Prompt]:
         for column in columns:
             if row >= len(column):
                 continue
-            text, detectables, categories, relations = column[row]
+            text, detectables, categories, relations, scene = column[row]
             if text in seen:
                 continue
             seen.add(text)
@@ -234,6 +243,7 @@ def build_open_prompts(per_template: int = PER_TEMPLATE) -> list[Prompt]:
                     detectables=tuple(detectables),
                     categories=tuple(categories),
                     relations=tuple(tuple(r) for r in relations),
+                    background=scene,
                 )
             )
     return prompts
@@ -250,7 +260,7 @@ def write_open_prompts(path: str | Path = OPEN_SET_FILE) -> Path:
     data = {
         "name": OPEN_SET_NAME,
         "version": OPEN_SET_VERSION,
-        "schema": "Stellar-T entries (prompts, detectables, categories) + prompt_id + relations",
+        "schema": "Stellar-T entries (prompts, detectables, categories) + prompt_id + relations + background (TI-CLIP)",
         "prompts": [p.to_dict() for p in build_open_prompts()],
     }
     path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
