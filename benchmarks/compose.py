@@ -102,8 +102,7 @@ def part_stages(args) -> dict:
     import numpy as np
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_salient import saliency_onnx
+    from likeness.segmentation.tiny_salient import saliency_onnx
 
     from likeness.compose import LLMPlanner, OfflinePlanner, Repainter, TemplateCaptioner, compose_dataset, composite, repaint_mask
     from likeness.compose.dataset import append_line, mask_to_image, save_image_atomic

@@ -15,30 +15,7 @@ from likeness.segmentation.salient import (
     get_salient_backend,
     mask_quality,
 )
-
-
-def saliency_onnx(path, size=32):
-    """A real (if simple) IS-Net-shaped saliency model: with IS-Net normalisation (x - 0.5), white
-    background pixels sum to 1.5 over RGB; the map is sigmoid(-20 (sum - 1.2)): 1 on dark objects."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    nodes = [
-        helper.make_node("ReduceSum", ["input", "axes"], ["s"], keepdims=1),
-        helper.make_node("Sub", ["s", "thr"], ["d"]),
-        helper.make_node("Mul", ["d", "gain"], ["logit"]),
-        helper.make_node("Sigmoid", ["logit"], ["mask"]),
-    ]
-    inits = [helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
-             helper.make_tensor("thr", TensorProto.FLOAT, [], [1.2]),
-             helper.make_tensor("gain", TensorProto.FLOAT, [], [-20.0])]
-    graph = helper.make_graph(nodes, "saliency", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
-                              [helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, size, size])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
+from likeness.segmentation.tiny_salient import saliency_onnx
 
 
 def object_photo(path, box=(20, 30, 68, 54), size=(96, 96)):
