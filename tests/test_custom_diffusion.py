@@ -10,7 +10,7 @@ import torch
 from likeness.compose import ComposedDataset, compose_dataset
 from likeness.compose.train import train_on_dataset, training_examples
 from likeness.methods import get_method, load_artifact
-from likeness.methods.custom_diffusion import WEIGHTS, captioned_batches, load_pixels
+from likeness.methods.custom_diffusion import LEGACY_WEIGHTS, WEIGHTS, captioned_batches, load_pixels
 from likeness.methods.training import TrainingConfig, diffusion_loss, step_generator, train
 from likeness.models import load_pipeline
 from test_compose_pipeline import make_concepts
@@ -88,6 +88,36 @@ def test_artifact_loads_in_plain_diffusers(dataset, tmp_path, tiny_models):
     untrained = base(prompt.replace("<mochi>", "").replace("<kettle>", "").replace("<gen4gen>", ""),
                      generator=torch.Generator("cpu").manual_seed(0), **kwargs).images[0]
     assert np.abs(theirs - untrained).max() > 1e-3  # the trained weights and tokens change the image
+
+
+def test_weights_are_safetensors_in_diffusers_layout_and_old_bin_artifacts_still_load(dataset, tmp_path):
+    """safetensors holds the self-attention entries as empty tensors; every key and tensor is what
+    diffusers' own ``save_attn_procs(.bin)`` writes, and a .bin-only artifact loads to the same pixels."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    art = train_on_dataset(dataset, tmp_path / "art", "likeness/tiny-sd", max_steps=2, learning_rate=1e-2,
+                           batch_size=1, progress=False)
+    assert WEIGHTS.endswith(".safetensors") and not (art / LEGACY_WEIGHTS).exists()
+    ours = load_file(art / WEIGHTS)
+    loaded = load_artifact(art)
+    loaded.pipe.unet.save_attn_procs(str(tmp_path / "bin"), weight_name=LEGACY_WEIGHTS, safe_serialization=False)
+    theirs = torch.load(tmp_path / "bin" / LEGACY_WEIGHTS, weights_only=True)
+    assert set(ours) == set(theirs)
+    empty = [k for k, v in theirs.items() if isinstance(v, dict)]
+    assert empty and all(k.endswith("attn1.processor") and ours[k].numel() == 0 for k in empty)
+    assert all(torch.equal(ours[k], v) for k, v in theirs.items() if not isinstance(v, dict))
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(art, legacy)
+    (legacy / WEIGHTS).unlink()
+    shutil.copy(tmp_path / "bin" / LEGACY_WEIGHTS, legacy / LEGACY_WEIGHTS)
+    prompt = "<gen4gen> a photo of <mochi> dog and <kettle> teapot"
+    kwargs = dict(num_inference_steps=2, height=64, width=64, output_type="np")
+    a = loaded.pipe(prompt, generator=torch.Generator("cpu").manual_seed(1), **kwargs).images[0]
+    b = load_artifact(legacy).pipe(prompt, generator=torch.Generator("cpu").manual_seed(1), **kwargs).images[0]
+    np.testing.assert_array_equal(a, b)
 
 
 def test_every_composition_rejected_is_a_clear_error(dataset, tmp_path):

@@ -18,16 +18,17 @@ Two ways in: :meth:`CustomDiffusion.personalize` (photos of people, like every m
 
 Artifact files, all read by plain diffusers::
 
-    pipe.unet.load_attn_procs(artifact, weight_name="pytorch_custom_diffusion_weights.bin", _pipeline=pipe)
+    pipe.unet.load_attn_procs(artifact, weight_name="pytorch_custom_diffusion_weights.safetensors", _pipeline=pipe)
     pipe.load_textual_inversion(f"{artifact}/<name>.safetensors", token="<name>")   # per concept
 
 ``_pipeline=pipe`` is needed with diffusers 0.42.1: its ``load_attn_procs`` calls
 ``set_attn_processor`` only inside ``if _pipeline is not None``, so without it the weights are read
 and silently not installed (the test checks the processors really are in place).
 
-The K/V weights are the ``.bin`` ``save_attn_procs`` writes (a dict of tensors; ``load_attn_procs``
-needs the empty entries of the self-attention layers, which safetensors cannot store, and reads it
-with ``torch.load(weights_only=True)``). Token files follow Textual Inversion's format (SDXL:
+The K/V weights are safetensors in the key layout of ``save_attn_procs`` (see
+:func:`custom_diffusion_state_dict`: the weightless self-attention processors are stored as empty
+tensors, which ``load_attn_procs`` reads exactly like the ``{}`` of diffusers' own ``.bin``; artifacts
+with the older ``.bin`` still load). Token files follow Textual Inversion's format (SDXL:
 ``{"clip_l", "clip_g"}``). Defaults follow diffusers' Custom Diffusion example: lr 1e-5 scaled by the
 batch size, batch 2, 500 steps for several concepts.
 """
@@ -56,7 +57,25 @@ from likeness.methods.base import (
 )
 from likeness.methods.textual_inversion import FrozenRows
 
-WEIGHTS = "pytorch_custom_diffusion_weights.bin"
+WEIGHTS = "pytorch_custom_diffusion_weights.safetensors"  # diffusers' CUSTOM_DIFFUSION_WEIGHT_NAME_SAFE
+LEGACY_WEIGHTS = "pytorch_custom_diffusion_weights.bin"  # what artifacts before this change hold; still read
+
+
+def custom_diffusion_state_dict(unet) -> dict[str, torch.Tensor]:
+    """The state dict ``load_attn_procs`` expects, every value a tensor so safetensors can hold it:
+    ``<processor>.to_k_custom_diffusion.weight`` ... for cross-attention, and for each weightless
+    (self-attention) processor its name with an *empty* tensor. diffusers' own ``save_attn_procs``
+    stores ``{}`` there, which safetensors cannot, so it drops those keys and the file no longer
+    loads (``set_attn_processor`` needs every layer); its reader tests ``len(value) == 0``, which an
+    empty tensor passes exactly as ``{}`` does."""
+    out = {}
+    for name, proc in unet.attn_processors.items():
+        weights = proc.state_dict()
+        if not weights:
+            out[name] = torch.zeros(0)
+        for key, value in weights.items():
+            out[f"{name}.{key}"] = value.detach().cpu().contiguous()
+    return out
 
 
 def _encoders(pipe):
@@ -145,7 +164,7 @@ class CustomDiffusion(Method):
         return TrainingSetup(identities=identities, trainable=trainable, modules=modules, after_step=frozen_rows.restore)
 
     def save_weights(self, pipe, setup, out_dir, options):
-        pipe.unet.save_attn_procs(str(out_dir), weight_name=WEIGHTS, safe_serialization=False)
+        save_file(custom_diffusion_state_dict(pipe.unet), Path(out_dir) / WEIGHTS, metadata={"format": "pt"})
         sdxl = getattr(pipe, "text_encoder_2", None) is not None
         tokens = [e.tokens[0] for e in setup.identities.values()]
         if options.get("global_token"):
@@ -159,9 +178,11 @@ class CustomDiffusion(Method):
 
     def apply(self, pipe, artifact, manifest: Manifest):
         weights = Path(artifact) / WEIGHTS
+        if not weights.is_file() and (Path(artifact) / LEGACY_WEIGHTS).is_file():
+            weights = Path(artifact) / LEGACY_WEIGHTS
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: Custom Diffusion weights missing from the artifact")
-        pipe.unet.load_attn_procs(str(artifact), weight_name=WEIGHTS, _pipeline=pipe)
+        pipe.unet.load_attn_procs(str(artifact), weight_name=weights.name, _pipeline=pipe)
         if not any("CustomDiffusion" in type(p).__name__ for p in pipe.unet.attn_processors.values()):
             raise RuntimeError(f"{weights}: diffusers did not install the Custom Diffusion processors")
         tokens = list(dict.fromkeys(e.tokens[0] for e in manifest.identities.values()))  # a group repeats its concepts'
