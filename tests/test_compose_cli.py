@@ -30,6 +30,12 @@ def test_compose_cli_end_to_end(tmp_path, tiny_models, capsys):
     assert main(["compose", "train", str(ds), "--out", str(tmp_path / "art"), "--steps", "2", "--batch-size", "1"]) == 0
     manifest = json.loads((tmp_path / "art" / "likeness.json").read_text())
     assert manifest["method"] == "custom-diffusion" and manifest["config"]["examples"] == 2
+    assert main(["compose", "train", str(ds), "--out", str(tmp_path / "prior"), "--steps", "1", "--batch-size", "1",
+                 "--prior", "--class-images", "1", "--class-dir", f"dog={tmp_path / 'c' / 'mochi'}", "--prior-weight", "0.5"]) == 0
+    options = json.loads((tmp_path / "prior" / "likeness.json").read_text())["config"]["options"]
+    assert options["with_prior_preservation"] is True and options["prior_loss_weight"] == 0.5
+    assert options["class_data_dir"] == {"dog": str(tmp_path / "c" / "mochi")}
+    assert sorted(q.name for q in (tmp_path / "prior" / "class_images").iterdir()) == ["teapot"]  # dog: the real ones
     assert main(["compose", "train", str(tmp_path / "missing"), "--out", str(tmp_path / "a2")]) == 2
     assert "not a composed dataset" in capsys.readouterr().err
 

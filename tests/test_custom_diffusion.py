@@ -3,6 +3,8 @@ artifact loads in plain diffusers, and review rejections are honoured."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -118,6 +120,66 @@ def test_weights_are_safetensors_in_diffusers_layout_and_old_bin_artifacts_still
     a = loaded.pipe(prompt, generator=torch.Generator("cpu").manual_seed(1), **kwargs).images[0]
     b = load_artifact(legacy).pipe(prompt, generator=torch.Generator("cpu").manual_seed(1), **kwargs).images[0]
     np.testing.assert_array_equal(a, b)
+
+
+def test_prior_preservation_adds_class_images_and_their_weighted_loss(dataset, tmp_path, monkeypatch):
+    """Class images per class noun (generated once), one per instance image in every batch, and the loss
+    is instance + prior_loss_weight x prior, checked against the unweighted batch mean by hand."""
+    from dataclasses import replace
+
+    from diffusers import DDPMScheduler
+
+    from likeness.methods import training
+
+    method = get_method("custom-diffusion")
+    pipe = load_pipeline("likeness/tiny-sd")
+    options = {**method.defaults, "class_nouns": {"mochi": "dog", "kettle": "teapot"}, "with_prior_preservation": True,
+               "num_class_images": 2, "class_inference_steps": 1, "out_dir": tmp_path / "art"}
+    setup = method.setup(pipe, ["mochi", "kettle"], options)
+    assert [sorted(q.name for q in (tmp_path / "art" / "class_images" / noun).iterdir()) for noun in ("dog", "teapot")] \
+        == [["class-0000.png", "class-0001.png"]] * 2
+    examples = training_examples(dataset)
+    make = setup.wrap_batches(captioned_batches(load_pixels([p for p, _ in examples], 64), [c for _, c in examples], 1))
+    batch = make(0, 0, np.random.default_rng(0))
+    assert batch.pixels.shape[0] == 2 and batch.prior.tolist() == [False, True]
+    assert batch.captions[0] in [c for _, c in examples] and batch.captions[1] in ("a photo of a dog", "a photo of a teapot")
+
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+
+    def loss(b, w=1.0):
+        with torch.no_grad():
+            return training.diffusion_loss(pipe, scheduler, b, step_generator(5, 0, 0, 1), prior_loss_weight=w).item()
+
+    mean_of_two = loss(replace(batch, prior=None))  # (instance + prior) / 2
+    instance = loss(batch, 0.0)
+    assert loss(batch, 1.0) == pytest.approx(2 * mean_of_two, rel=1e-5)
+    assert loss(batch, 0.5) == pytest.approx(instance + 0.5 * (2 * mean_of_two - instance), rel=1e-5)
+    assert abs(2 * mean_of_two - 2 * instance) > 1e-4  # the prior term is not nothing
+
+    seen = []
+    real = training.diffusion_loss
+
+    def spy(pipe, scheduler, batch, generator, **kw):
+        seen.append((batch.prior.tolist(), kw["prior_loss_weight"]))
+        return real(pipe, scheduler, batch, generator, **kw)
+
+    monkeypatch.setattr(training, "diffusion_loss", spy)
+    art = train_on_dataset(dataset, tmp_path / "trained", "likeness/tiny-sd", max_steps=2, batch_size=1, progress=False,
+                           with_prior_preservation=True, num_class_images=1, class_inference_steps=1, prior_loss_weight=0.7)
+    assert seen == [([False, True], 0.7)] * 2  # the training loop itself gets the class images and the weight
+    assert load_artifact(art).manifest.config["options"]["with_prior_preservation"] is True
+
+    from likeness.methods.custom_diffusion import prior_images
+
+    real_dogs = [q for q, _ in examples][:2]  # any real images: the paper retrieves them
+    folder = tmp_path / "dogs"
+    folder.mkdir()
+    for k, q in enumerate(real_dogs):
+        (folder / f"{k}.png").write_bytes(Path(q).read_bytes())
+    given = {"class_data_dir": {"dog": str(folder)}, "num_class_images": 5, "out_dir": tmp_path / "x"}
+    assert prior_images(pipe, ["dog"], given) == [(folder / "0.png", "a photo of a dog"), (folder / "1.png", "a photo of a dog")]
+    with pytest.raises(FileNotFoundError, match="nowhere: no class images for 'dog'"):
+        prior_images(pipe, ["dog"], {**given, "class_data_dir": {"dog": str(tmp_path / "nowhere")}})
 
 
 def test_every_composition_rejected_is_a_clear_error(dataset, tmp_path):
