@@ -96,6 +96,13 @@ def test_compose_bench_refuses_other_methods(dataset, tmp_path, capsys):
     assert main(["bench", "--method", "textual-inversion", "--compose-dataset", str(dataset.root),
                  "--out", str(tmp_path / "r")]) == 2
     assert "trains custom-diffusion" in capsys.readouterr().err
+    assert main(["bench", "--method", "custom-diffusion", "--compose-dataset", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "not a composed dataset" in capsys.readouterr().err
+    dataset.reject([e.id for e in dataset.entries()])
+    assert main(["bench", "--method", "custom-diffusion", "--compose-dataset", str(dataset.root),
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "no kept composition" in capsys.readouterr().err
 
 
 def test_open_prompts_carry_their_scene_for_ti_clip(tmp_path, astronaut_path):
