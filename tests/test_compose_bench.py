@@ -59,6 +59,8 @@ def test_compose_bench_reports_cp_clip_and_ti_clip(dataset, tmp_path, capsys):
     manifest = json.loads(next((run / "artifacts").glob("*/likeness.json")).read_text())
     assert manifest["identities"]["trio"]["subject"] == "<mochi> dog and <kettle> teapot"
     assert manifest["config"]["examples"] == 3
+    assert manifest["identities"]["mochi"]["photos"] == ["0.png", "1.png"]  # names only, never local paths
+    assert len(manifest["identities"]["mochi"]["photo_sha256"]) == 2
 
     results = read_results(run)
     images = sorted((run / "images" / "trio").glob("*.png"))

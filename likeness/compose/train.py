@@ -15,9 +15,8 @@ def training_examples(dataset: ComposedDataset) -> list[tuple[Path, str]]:
 def train_on_dataset(dataset: str | Path | ComposedDataset, out_dir: str | Path, base_model: str, **config) -> Path:
     """Custom Diffusion on the dataset's kept compositions: one token per concept that appears in them,
     plus the dataset's global composition token when its captions use one."""
-    from likeness.methods import get_method
-
     from likeness.compose.bench import training_set
+    from likeness.methods import get_method
 
     data = dataset if isinstance(dataset, ComposedDataset) else ComposedDataset(dataset)
     captioned = training_set(data)

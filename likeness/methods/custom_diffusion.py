@@ -56,6 +56,7 @@ from likeness.methods.base import (
     Method,
     TrainingSetup,
     safe_name,
+    sha256_file,
     split_config,
     start_artifact,
 )
@@ -256,8 +257,10 @@ class CustomDiffusion(Method):
         pixels = load_pixels([p for p, _ in examples], size)
         captions = [c for _, c in examples]
         setup = self.setup(pipe, list(concepts), {**options, "out_dir": out_dir})
-        for name, entry in setup.identities.items():
-            entry.photos = [str(p) for p in concepts[name].get("photos", [])]
+        for name, entry in setup.identities.items():  # file names and hashes only: an artifact never holds local paths
+            photos = [Path(p) for p in concepts[name].get("photos", [])]
+            entry.photos = [p.name for p in photos]
+            entry.photo_sha256 = [sha256_file(p) for p in photos if p.is_file()]
 
         make_batch = captioned_batches(pixels, captions, training.batch_size, options["flip"])
         if setup.wrap_batches is not None:
