@@ -94,6 +94,25 @@ def test_compose_bench_reports_cp_clip_and_ti_clip(dataset, tmp_path, capsys):
     assert main(args) == 0 and "2/2 items done" in capsys.readouterr().out
 
 
+def test_compose_bench_with_several_methods_fills_the_leaderboard_columns(dataset, tmp_path, capsys):
+    """custom-diffusion trains on the compositions; a photo method in the same list personalizes from the
+    group's reference photo like any identity (a teapot has no face: its items fail with the reason)."""
+    from likeness.bench.report import read_results
+
+    run = tmp_path / "run"
+    assert main(["bench", "--method", "custom-diffusion,textual-inversion", "--compose-dataset", str(dataset.root),
+                 "--out", str(run), "--limit", "1", "--train-steps", "1", "--quiet", *MODELS]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("method "))
+    assert header.split() == ["method", "IPS", "APS", "SIS", "GOA", "RFS", "CP-CLIP", "TI-CLIP", "images", "failed"]
+    totals = read_results(run / "custom-diffusion").totals
+    row = next(line for line in lines if line.startswith("custom-diffusion ")).split()
+    assert row[6:] == [f"{totals['CP-CLIP']:.3f}", f"{totals['TI-CLIP']:.3f}", "1", "0"]
+    ti = next(line for line in lines if line.startswith("textual-inversion ")).split()
+    assert ti[6:] == ["—", "—", "0", "1"] and "NoFaceError" in "\n".join(lines)
+    assert "<th>CP-CLIP</th><th>TI-CLIP</th>" in (run / "leaderboard.html").read_text()
+
+
 def test_compose_bench_refuses_other_methods(dataset, tmp_path, capsys):
     assert main(["bench", "--method", "textual-inversion", "--compose-dataset", str(dataset.root),
                  "--out", str(tmp_path / "r")]) == 2

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from likeness.bench.plan import RunConfig
-from likeness.bench.report import DASH, LEADERBOARD, _fmt, build_report, read_results
+from likeness.bench.report import DASH, LEADERBOARD, TEXT_COLUMNS, _fmt, build_report, read_results
 from likeness.bench.runstore import DONE, FAILED
 
 PAGE = "leaderboard.html"
@@ -27,7 +27,7 @@ def method_folder(root: Path, method: str) -> Path:
 
 
 def run_methods(config: RunConfig, methods: dict[str, dict], root: str | Path, *, progress: bool = True,
-                retry_failed: bool = False, report: bool = True):
+                retry_failed: bool = False, report: bool = True, models=None):
     """Run ``config`` once per method (``{method name: its options}``, merged over ``config.method_options``)."""
     from likeness.bench.runner import run_bench
 
@@ -36,7 +36,7 @@ def run_methods(config: RunConfig, methods: dict[str, dict], root: str | Path, *
     for method, options in methods.items():
         folder = method_folder(root, method)
         run = replace(config, method=method, method_options={**config.method_options, **(options or {})}, inputs={})
-        summaries.append(run_bench(run, folder, progress=progress, retry_failed=retry_failed))
+        summaries.append(run_bench(run, folder, progress=progress, retry_failed=retry_failed, models=models))
         if report:
             build_report(folder)
     return summaries
@@ -66,18 +66,20 @@ def build_leaderboard(run_dirs: list[str | Path], out_dir: str | Path) -> tuple[
     out_dir.mkdir(parents=True, exist_ok=True)
     esc = html.escape
     head = rows[0]["config"] if rows else {}
+    # Stellar's columns always; a text-image one (CP-CLIP, TI-CLIP, ...) when some method has it.
+    columns = LEADERBOARD + tuple(m for m in TEXT_COLUMNS if any(r["totals"].get(m) is not None for r in rows))
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>likeness leaderboard</title>",
              "<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td.l,th.l{text-align:left}</style></head><body>",
              f"<h1>likeness leaderboard on <code>{esc(str(head.get('base_model', '')))}</code></h1>",
-             "<table id='leaderboard'><tr><th class='l'>Method</th>" + "".join(f"<th>{m}</th>" for m in LEADERBOARD)
+             "<table id='leaderboard'><tr><th class='l'>Method</th>" + "".join(f"<th>{m}</th>" for m in columns)
              + "<th>images</th><th>failed</th><th>s / image</th><th class='l'>report</th></tr>"]
     for row in rows:
         report = Path(row["run_dir"]) / "report" / "index.html"
         link = f"<a href='{esc(str(report.relative_to(out_dir)) if report.is_relative_to(out_dir) else str(report))}'>report</a>"
         failure = f" title='{esc(row['first_failure'])}'" if row["first_failure"] else ""
         seconds = DASH if row["seconds_per_image"] is None else f"{row['seconds_per_image']:.2f}"
-        parts.append(f"<tr><td class='l'>{esc(row['method'])}</td>" + "".join(f"<td>{_fmt(row['totals'][m])}</td>" for m in LEADERBOARD)
+        parts.append(f"<tr><td class='l'>{esc(row['method'])}</td>" + "".join(f"<td>{_fmt(row['totals'][m])}</td>" for m in columns)
                      + f"<td>{row['done']}</td><td{failure}>{row['failed']}</td><td>{seconds}</td><td class='l'>{link}</td></tr>")
     parts.append("</table><p>— : metric not computed (never counted as 0). Every row: same identities, prompts, seeds and "
                  f"metrics; {head.get('steps')} steps, guidance {head.get('guidance')}, {head.get('resolution') or 'model default'} px.</p>")
@@ -90,8 +92,8 @@ def build_leaderboard(run_dirs: list[str | Path], out_dir: str | Path) -> tuple[
     page = out_dir / PAGE
     page.write_text("\n".join(parts), encoding="utf-8")
     width = max([len(r["method"]) for r in rows] + [6])
-    lines = [f"{'method':<{width}}  " + "  ".join(f"{m:>6}" for m in LEADERBOARD) + "  images  failed"]
+    lines = [f"{'method':<{width}}  " + "  ".join(f"{m:>{max(6, len(m))}}" for m in columns) + "  images  failed"]
     for row in rows:
-        lines.append(f"{row['method']:<{width}}  " + "  ".join(f"{_fmt(row['totals'][m]):>6}" for m in LEADERBOARD)
+        lines.append(f"{row['method']:<{width}}  " + "  ".join(f"{_fmt(row['totals'][m]):>{max(6, len(m))}}" for m in columns)
                      + f"  {row['done']:>6}  {row['failed']:>6}")
     return page, "\n".join(lines)

@@ -499,6 +499,7 @@ def default_batch_size() -> int:
 
 
 def run_bench(config: RunConfig, run_dir: str | Path, *, progress: bool = True, retry_failed: bool = False,
-              batch_size: int | None = None) -> RunSummary:
-    """Run (or continue) a benchmark in ``run_dir``. Call it on every rank under ``accelerate launch``."""
-    return Runner(config, run_dir, progress=progress, retry_failed=retry_failed, batch_size=batch_size).run()
+              batch_size: int | None = None, models=None) -> RunSummary:
+    """Run (or continue) a benchmark in ``run_dir``. Call it on every rank under ``accelerate launch``.
+    ``models``: the text-image metrics' VisionModels (None: environment variables / defaults)."""
+    return Runner(config, run_dir, progress=progress, retry_failed=retry_failed, batch_size=batch_size, models=models).run()

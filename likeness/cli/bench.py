@@ -184,7 +184,7 @@ def run(args) -> int:
         if skipped and not args.quiet:
             print("metrics left out (give their models with the --*-model flags): " + "; ".join(skipped), file=sys.stderr)
     if "," in args.method:
-        return run_several(args)
+        return run_several(args, models)
     try:
         config = load_run_config(args.out) if args.resume else config_from_args(args)
         set_threads(args.threads, config.base_model)
@@ -236,7 +236,7 @@ def compose_inputs(args) -> None:
         args.metrics = ["cp-clip", "ti-clip"]
 
 
-def run_several(args) -> int:
+def run_several(args, models=None) -> int:
     """``--method a,b,c``: one run folder per method under --out, one leaderboard over them."""
     from likeness.bench.leaderboard import build_leaderboard, method_folder, run_methods
     from likeness.bench.plan import RunConfigError
@@ -260,7 +260,7 @@ def run_several(args) -> int:
         config = config_from_args(args)
         set_threads(args.threads, config.base_model)
         summaries = run_methods(config, per_method, args.out, progress=not args.quiet, retry_failed=args.retry_failed,
-                                report=not args.no_report)
+                                report=not args.no_report, models=models)
     except (RunConfigError, DatasetError, PromptError, UnknownMethodError, FileNotFoundError, ValueError) as exc:
         print(f"likeness bench: {exc}", file=sys.stderr)
         return 2
