@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar, Iterable
 
@@ -221,6 +222,31 @@ def face_backend(options: dict):
     return get_backend(name)
 
 
+def arcface_for(method: str, options: dict):
+    """The ArcFace backend a method needs, checked before anything heavy (a missing face model is the commonest mistake)."""
+    if options["face_backend"] != "arcface":
+        raise ValueError(f"{method} needs the ArcFace embedding: pass face_backend=arcface and face_model_dir=FOLDER "
+                         f"(not face_backend={options['face_backend']!r})")
+    return face_backend(options)
+
+
+def check_face_dim(path, backend, face_dim: int, options: dict) -> None:
+    if backend.embedding_dim != face_dim:
+        raise CheckpointError(f"{path}: expects a {face_dim}-d face embedding, but the ArcFace model in "
+                              f"{options['face_model_dir']} gives {backend.embedding_dim}-d")
+
+
+@contextmanager
+def diffusers_loading(path, what: str = "it"):
+    """Turn what diffusers raises while loading an already checked file (sizes only it checks) into a
+    :class:`CheckpointError` naming the file."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: diffusers could not load {what} ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:400]})") from None
+
+
 def largest_face(path: Path, backend):
     """(RGB photo, the largest face with landmarks and embedding); a photo without a face is an error naming it."""
     from likeness.data.images import image_to_array, load_image
@@ -233,6 +259,14 @@ def largest_face(path: Path, backend):
         raise NoFaceError(path)
     face = backend.embed(array, [max(faces, key=lambda f: f.area)])[0]
     return image, face
+
+
+def raw_embedding(face, path) -> np.ndarray:
+    """The recogniser's un-normalised output: what InstantID and PhotoMaker v2 were trained on (their published
+    code passes InsightFace's ``embedding``, not ``normed_embedding`` as IP-Adapter-FaceID does)."""
+    if face.raw_embedding is None:
+        raise ValueError(f"{path}: this face backend gives no raw (un-normalised) embedding; use face_backend=arcface")
+    return np.asarray(face.raw_embedding, dtype=np.float32)
 
 
 # -- artifacts -------------------------------------------------------------------------------------------
