@@ -330,6 +330,13 @@ def test_instantid_bad_input(tiny_models, instantid_weights, arcface_dir, face_p
     save_published(state, broken / "diffusion_pytorch_model.safetensors")
     _refused(tmp_path, "missing keys: controlnet_mid_block.weight", photo=face_photos["ann"], face_model_dir=str(arcface_dir),
              controlnet=str(broken), **common)
+    state["controlnet_mid_block.weight"] = torch.zeros(3, 3, 1, 1)  # shapes come from the safetensors header alone
+    save_published(state, broken / "diffusion_pytorch_model.safetensors")
+    _refused(tmp_path, r"wrong shapes: controlnet_mid_block\.weight is \(3, 3, 1, 1\), expected \(64, 64, 1, 1\)",
+             photo=face_photos["ann"], face_model_dir=str(arcface_dir), controlnet=str(broken), **common)
+    (broken / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
+    _refused(tmp_path, "diffusion_pytorch_model.safetensors: cannot read as a weights file", photo=face_photos["ann"],
+             face_model_dir=str(arcface_dir), controlnet=str(broken), **common)
 
 
 # -- bench: peers and a trained method in one leaderboard --------------------------------------------------

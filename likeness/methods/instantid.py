@@ -35,7 +35,7 @@ from likeness.methods.peers import (
     empty_unet,
     largest_face,
     raw_embedding,
-    read_state_dict,
+    read_shapes,
     resolve_file,
     weights_record,
 )
@@ -122,7 +122,7 @@ def check_identitynet(folder: Path, base_model: str) -> None:
     with init_empty_weights():
         model = ControlNetModel.from_config(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    check_layout(files[0], read_state_dict(files[0]), expected, "IdentityNet (ControlNet)")
+    check_layout(files[0], read_shapes(files[0]), expected, "IdentityNet (ControlNet)")
 
 
 def _norm(value):

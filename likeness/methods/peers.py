@@ -126,6 +126,21 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return flat
 
 
+def read_shapes(path: str | Path) -> dict[str, tuple]:
+    """``{key: shape}`` of a weights file; a safetensors file is read from its header only (an SDXL-sized
+    IdentityNet is 5 GB in fp32, and checking it should not load it)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read as a weights file ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
 def split_prefixes(state: dict[str, torch.Tensor], prefixes: Iterable[str]) -> dict[str, dict[str, torch.Tensor]]:
     """``{"a.x": t}`` -> ``{"a": {"x": t}}`` for the given top-level prefixes (diffusers' nested layout)."""
     out: dict[str, dict[str, torch.Tensor]] = {p: {} for p in prefixes}
@@ -141,13 +156,17 @@ def _few(keys: list[str]) -> str:
     return shown + (f" (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else "")
 
 
-def check_layout(path: str | Path, state: dict[str, torch.Tensor], expected: dict[str, tuple | None], what: str) -> None:
+def _shape(value) -> tuple:
+    return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
+
+
+def check_layout(path: str | Path, state: dict, expected: dict[str, tuple | None], what: str) -> None:
     """Refuse a file whose keys or shapes differ from ``expected`` (shape ``None``: any shape), naming the
-    first offending keys. Checked before anything is loaded into a model."""
+    first offending keys. ``state`` maps keys to tensors or to shapes. Checked before anything is loaded into a model."""
     missing = sorted(k for k in expected if k not in state)
     unexpected = sorted(k for k in state if k not in expected)
-    wrong = [f"{k} is {tuple(state[k].shape)}, expected {tuple(shape)}" for k, shape in sorted(expected.items())
-             if k in state and shape is not None and tuple(state[k].shape) != tuple(shape)]
+    wrong = [f"{k} is {_shape(state[k])}, expected {tuple(shape)}" for k, shape in sorted(expected.items())
+             if k in state and shape is not None and _shape(state[k]) != tuple(shape)]
     problems = []
     if missing:
         problems.append(f"missing keys: {_few(missing)}")
