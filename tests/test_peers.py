@@ -239,6 +239,21 @@ def test_changed_weights_file_is_refused_at_load(weights, astronaut_path, tmp_pa
         load_artifact(art)
 
 
+def _recogniser_output(arcface_dir, photo) -> np.ndarray:
+    """By hand: the ArcFace-aligned 112 px crop of the largest face, normalised, through the recogniser's ONNX session."""
+    from likeness.data.images import image_to_array, load_image
+    from likeness.faces import get_backend
+    from likeness.faces.align import similarity_transform, template, warp
+
+    backend = get_backend("arcface", model_dir=str(Path(arcface_dir).resolve()))
+    array = image_to_array(load_image(photo))
+    face = max(backend.detect(array), key=lambda f: f.area)
+    crop = np.asarray(warp(array, similarity_transform(face.landmarks, template(112)), 112), dtype=np.float32)
+    blob = ((crop - 127.5) / 127.5).transpose(2, 0, 1)[None].astype(np.float32)
+    session = backend.recogniser
+    return session.run(None, {session.get_inputs()[0].name: blob})[0][0]
+
+
 # -- InstantID ----------------------------------------------------------------------------------------
 
 
@@ -272,6 +287,11 @@ def test_instantid_identitynet_sees_the_identity_and_reproduces(tiny_models, ins
     art = personalize("instantid", people, tmp_path / "a", "likeness/tiny-sdxl", **common)
     roles = [r["role"] for r in json.loads((art / "likeness.json").read_text())["config"]["weights"]]
     assert roles == ["instantid ip-adapter weights", "instantid IdentityNet weights"]
+    # The published recipe feeds InsightFace's raw ``embedding`` (not ``normed_embedding``): the recogniser's output as is.
+    raw = _recogniser_output(arcface_dir, face_photos["ann"])
+    stored = load_file(str(art / "embeddings.safetensors"))["ann.image_embeds"].flatten()
+    np.testing.assert_allclose(stored.numpy(), raw, rtol=1e-5, atol=1e-6)
+    assert abs(float(np.linalg.norm(raw)) - 1.0) > 0.1  # not the unit vector the identity metrics use
     ours = load_artifact(art)
     ann = _pixels(ours.generate([PROMPT], [4], identity="ann", num_inference_steps=STEPS)[0])
     np.testing.assert_array_equal(ann, _pixels(load_artifact(art).generate([PROMPT], [4], identity="ann", num_inference_steps=STEPS)[0]))
@@ -310,6 +330,13 @@ def test_instantid_bad_input(tiny_models, instantid_weights, arcface_dir, face_p
     save_published(state, broken / "diffusion_pytorch_model.safetensors")
     _refused(tmp_path, "missing keys: controlnet_mid_block.weight", photo=face_photos["ann"], face_model_dir=str(arcface_dir),
              controlnet=str(broken), **common)
+    state["controlnet_mid_block.weight"] = torch.zeros(3, 3, 1, 1)  # shapes come from the safetensors header alone
+    save_published(state, broken / "diffusion_pytorch_model.safetensors")
+    _refused(tmp_path, r"wrong shapes: controlnet_mid_block\.weight is \(3, 3, 1, 1\), expected \(64, 64, 1, 1\)",
+             photo=face_photos["ann"], face_model_dir=str(arcface_dir), controlnet=str(broken), **common)
+    (broken / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
+    _refused(tmp_path, "diffusion_pytorch_model.safetensors: cannot read as a weights file", photo=face_photos["ann"],
+             face_model_dir=str(arcface_dir), controlnet=str(broken), **common)
 
 
 # -- bench: peers and a trained method in one leaderboard --------------------------------------------------
@@ -396,17 +423,62 @@ def test_photomaker_merges_the_stacked_id_into_the_class_word(tiny_models, photo
     with pytest.raises(ValueError, match="needs exactly one trigger word 'img'"):
         ours.method.merged_embeddings(pipe, "a photo of a person", ids, "img")
 
-    # Delayed merge: with style_strength 1 the ID never enters (= the text-only prompt on the same pipeline);
-    # at 0.5 the first half of the steps is text-only, so the image is neither of the two.
+    # Delayed merge, as published: steps 0..int(style_strength * steps) inclusive are text-only, the rest merged.
+    # With style_strength 1 the ID never enters (= the text-only prompt on the same pipeline), nor in a 1-step run
+    # at style_strength 0 (step 0 is always text-only).
     options = ours.manifest.config["options"]
     options["style_strength"] = 1.0
     text_only = _pixels(ours.generate([PROMPT], [2], num_inference_steps=4)[0])
     np.testing.assert_array_equal(text_only, _run_steps(pipe, "a photo of a person", 2, 4))
-    options["style_strength"] = 0.5
-    half = _pixels(ours.generate([PROMPT], [2], num_inference_steps=4)[0])
     options["style_strength"] = 0.0
-    full = _pixels(ours.generate([PROMPT], [2], num_inference_steps=4)[0])
-    assert np.abs(half - text_only).max() > 0 and np.abs(half - full).max() > 0
+    np.testing.assert_array_equal(_pixels(ours.generate([PROMPT], [2], num_inference_steps=1)[0]),
+                                  _run_steps(pipe, "a photo of a person", 2, 1))
+    assert np.abs(_pixels(ours.generate([PROMPT], [2], num_inference_steps=4)[0]) - text_only).max() > 0
+    # Which prompt the UNet sees at each step (the conditional half of the batch): merged or not, step by step.
+    merged_rows = merged[0][rows]
+    seen = []
+    hook = pipe.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(bool(torch.equal(kwargs["encoder_hidden_states"][-1][rows], merged_rows))),
+        with_kwargs=True)
+    try:
+        schedule = {}
+        for strength in (0.0, 0.25, 0.5, 0.75):
+            options["style_strength"] = strength
+            seen.clear()
+            ours.generate([PROMPT], [2], num_inference_steps=4)
+            schedule[strength] = list(seen)
+    finally:
+        hook.remove()
+    assert schedule == {0.0: [False, True, True, True], 0.25: [False, False, True, True],
+                        0.5: [False, False, False, True], 0.75: [False, False, False, False]}
+
+
+def test_photomaker_lora_in_the_attention_processor_format_loads_the_same(tiny_models, photomaker_file, astronaut_path,
+                                                                          tmp_path):
+    """The same LoRA under diffusers' older attention-processor names (``...attn1.processor.to_q_lora.down.weight``)
+    passes the checks and fuses to the same UNet, so both ways the published file may name it give one image."""
+    from likeness.methods.peer_layouts import photomaker_state
+    from likeness.methods.photomaker import lora_module
+
+    assert lora_module("unet.mid_block.attentions.0.transformer_blocks.0.attn2.processor.to_out_lora.up.weight") == \
+        ("mid_block.attentions.0.transformer_blocks.0.attn2.to_out.0", "up")
+    assert lora_module("unet.up_blocks.0.attentions.1.transformer_blocks.0.attn1.to_k.lora.down.weight") == \
+        ("up_blocks.0.attentions.1.transformer_blocks.0.attn1.to_k", "down")
+    state = photomaker_state("likeness/tiny-sdxl", lora_format="processor")
+    assert any(k.endswith("attn1.processor.to_out_lora.down.weight") for k in state)
+    legacy = save_published(state, tmp_path / "photomaker-v1.bin")
+    images = []
+    for name, weights in (("new", photomaker_file), ("legacy", legacy)):
+        art = personalize("photomaker", {"astro": [astronaut_path]}, tmp_path / name, "likeness/tiny-sdxl",
+                          weights=str(weights), style_strength=0.0)
+        images.append(_pixels(load_artifact(art).generate([PROMPT], [5], num_inference_steps=STEPS)[0]))
+    np.testing.assert_array_equal(*images)
+    assert np.abs(images[0] - _run(_plain(tiny_models, "likeness/tiny-sdxl"), "a photo of a person", 5)).max() > 2
+    bad = dict(state)
+    key = next(k for k in bad if k.endswith("attn2.processor.to_k_lora.down.weight"))
+    bad[key] = torch.zeros(4, 7)
+    _refused(tmp_path, r"wrong shapes: " + key.replace(".", r"\.") + r" is \(4, 7\)", method="photomaker",
+             base="likeness/tiny-sdxl", photo=astronaut_path, weights=str(save_published(bad, tmp_path / "bad.bin")))
 
 
 def test_photomaker_bad_files_are_named(tiny_models, photomaker_file, astronaut_path, tmp_path):
@@ -428,8 +500,16 @@ def test_photomaker_bad_files_are_named(tiny_models, photomaker_file, astronaut_
              weights=str(save_published(lora, tmp_path / "lora.safetensors")), **common)
 
 
+def _photomaker_pixels(encoder, crop):
+    from transformers import CLIPImageProcessor
+
+    size = encoder.tower.config.image_size
+    return CLIPImageProcessor(size=size, crop_size=size)([Image.open(crop).convert("RGB")], return_tensors="pt").pixel_values
+
+
 def test_photomaker_v2_adds_two_arcface_tokens_per_photo(tiny_models, arcface_dir, face_photos, photomaker_file, tmp_path):
     from likeness.methods.peer_layouts import photomaker_state
+    from likeness.methods.photomaker import load_photomaker
 
     v2 = save_published(photomaker_state("likeness/tiny-sdxl", version="v2", face_dim=16, seed=1), tmp_path / "photomaker-v2.bin")
     common = dict(version="v2", weights=str(v2), face_backend="arcface", face_model_dir=str(arcface_dir), style_strength=0.0)
@@ -437,11 +517,17 @@ def test_photomaker_v2_adds_two_arcface_tokens_per_photo(tiny_models, arcface_di
                       "likeness/tiny-sdxl", **common)
     ours = load_artifact(art)
     assert ours.tensors["ann.id_embeds"].shape == (2, 64)  # one photo, two ID tokens
+    # The face perceiver got the raw recogniser output (the published v2 passes InsightFace's ``embedding``).
+    encoder, _ = load_photomaker(v2, "likeness/tiny-sdxl")
+    raw = torch.from_numpy(_recogniser_output(arcface_dir, face_photos["ann"]))[None]
+    with torch.no_grad():
+        tower = encoder.tower.vision_model(pixel_values=_photomaker_pixels(encoder, art / "ann-crop0.png")).last_hidden_state
+        torch.testing.assert_close(ours.tensors["ann.id_embeds"].cpu(), encoder.qformer_perceiver(raw, tower).flatten(0, 1))
     merged, _ = ours.method.merged_embeddings(ours.pipe, "a photo of a person img", ours.tensors["ann.id_embeds"], "img")
     assert merged.shape == (1, 77, 64)
-    ann, bob = (_pixels(ours.generate([PROMPT], [1], identity=n, num_inference_steps=STEPS)[0]) for n in ("ann", "bob"))
-    assert np.abs(ann - bob).max() > 0  # the ArcFace embedding reaches the image
-    np.testing.assert_array_equal(ann, _pixels(load_artifact(art).generate([PROMPT], [1], identity="ann", num_inference_steps=STEPS)[0]))
+    ann, bob = (_pixels(ours.generate([PROMPT], [1], identity=n, num_inference_steps=6)[0]) for n in ("ann", "bob"))
+    assert np.abs(ann - bob).max() > 0  # the ArcFace embedding reaches the image (steps 1..5 merged)
+    np.testing.assert_array_equal(ann, _pixels(load_artifact(art).generate([PROMPT], [1], identity="ann", num_inference_steps=6)[0]))
     _refused(tmp_path, "is a PhotoMaker v2 file, but version 'v1' was asked", method="photomaker", base="likeness/tiny-sdxl",
              photo=face_photos["ann"], weights=str(v2))
     _refused(tmp_path, "is a PhotoMaker v1 file, but version 'v2'", method="photomaker", base="likeness/tiny-sdxl",

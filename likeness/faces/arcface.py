@@ -149,4 +149,5 @@ class ArcFaceBackend(FaceBackend):
         vectors = vectors.reshape(len(faces), -1)
         for face, vector in zip(faces, vectors):
             face.embedding = (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)
+            face.raw_embedding = vector.astype(np.float32)
         return faces

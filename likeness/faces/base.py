@@ -46,6 +46,8 @@ class Face:
     score: float
     landmarks: np.ndarray | None = None  # (5, 2) x, y: eyes, nose, mouth corners (backend order documented)
     embedding: np.ndarray | None = field(default=None, repr=False)  # L2-normalised float32 vector
+    # The recogniser's output before normalising, where the backend has one (InstantID and PhotoMaker v2 feed it raw).
+    raw_embedding: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def area(self) -> float:

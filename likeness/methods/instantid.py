@@ -24,16 +24,18 @@ import torch
 from PIL import Image, ImageDraw
 
 from likeness.methods.base import METHODS
-from likeness.methods.ip_adapter import load_checked
+from likeness.methods.ip_adapter import load_checked, load_into
 from likeness.methods.peers import (
     CheckpointError,
     TuningFreeMethod,
+    arcface_for,
     cfg_pair,
+    check_face_dim,
     check_layout,
     empty_unet,
-    face_backend,
     largest_face,
-    read_state_dict,
+    raw_embedding,
+    read_shapes,
     resolve_file,
     weights_record,
 )
@@ -120,7 +122,7 @@ def check_identitynet(folder: Path, base_model: str) -> None:
     with init_empty_weights():
         model = ControlNetModel.from_config(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    check_layout(files[0], read_state_dict(files[0]), expected, "IdentityNet (ControlNet)")
+    check_layout(files[0], read_shapes(files[0]), expected, "IdentityNet (ControlNet)")
 
 
 def _norm(value):
@@ -145,18 +147,13 @@ class InstantID(TuningFreeMethod):
     def prepare(self, base_model, info, options):
         if info.family != "sdxl":
             raise ValueError(f"instantid is published for SDXL only; {base_model!r} is {info.family}")
-        if options["face_backend"] != "arcface":
-            raise ValueError(f"instantid needs the ArcFace embedding (face_backend=arcface), not {options['face_backend']!r}")
-        backend = face_backend(options)
+        backend = arcface_for(self.name, options)
         spec = options["weights"] or HUB
         adapter = resolve_file(spec, ADAPTER_FILE, what="InstantID ip-adapter")
         controlnet = self.controlnet_folder(options, adapter)
         check_identitynet(controlnet, base_model)
         state, kind = load_checked(adapter, empty_unet(base_model), "plus")
-        face_dim = state["image_proj"]["proj_in.weight"].shape[1]
-        if backend.embedding_dim != face_dim:
-            raise CheckpointError(f"{adapter}: expects a {face_dim}-d face embedding, but the ArcFace model in "
-                                  f"{options['face_model_dir']} gives {backend.embedding_dim}-d")
+        check_face_dim(adapter, backend, state["image_proj"]["proj_in.weight"].shape[1], options)
         weights_file = next(controlnet / n for n in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
                             if (controlnet / n).is_file())
         records = [weights_record(adapter, "instantid ip-adapter weights", spec),
@@ -184,7 +181,7 @@ class InstantID(TuningFreeMethod):
         image, face = largest_face(Path(photos[0]), context["backend"])
         points = frame_points(face)
         save_crop(draw_keypoints(points * 256, (256, 256)), out_dir, name, "keypoints")
-        embedding = torch.from_numpy(np.asarray(face.embedding, dtype=np.float32))[None, None, None]  # (1, 1, 1, D)
+        embedding = torch.from_numpy(raw_embedding(face, photos[0]))[None, None, None]  # (1, 1, 1, D), un-normalised as published
         return {"image_embeds": embedding, "negative_image_embeds": torch.zeros_like(embedding),
                 "keypoints": torch.from_numpy(points)}
 
@@ -201,12 +198,7 @@ class InstantID(TuningFreeMethod):
         identity_pipe = StableDiffusionXLControlNetPipeline(**components, controlnet=controlnet)
         identity_pipe.set_progress_bar_config(disable=True)
         identity_pipe.likeness_info = pipe.likeness_info
-        try:
-            identity_pipe.load_ip_adapter(state, subfolder=None, weight_name=None, image_encoder_folder=None,
-                                          low_cpu_mem_usage=False)
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{adapter}: diffusers could not load it ({type(exc).__name__}: {' '.join(str(exc).split())[:400]})") from None
-        identity_pipe.set_ip_adapter_scale(float(options["scale"]))
+        load_into(identity_pipe, state, adapter, float(options["scale"]))
         return identity_pipe
 
     def call(self, personalized, prompts, tensors, **kwargs):

@@ -31,9 +31,12 @@ from likeness.methods.base import METHODS
 from likeness.methods.peers import (
     CheckpointError,
     TuningFreeMethod,
+    arcface_for,
     attention_layout,
     cfg_pair,
+    check_face_dim,
     check_layout,
+    diffusers_loading,
     empty_unet,
     face_backend,
     largest_face,
@@ -198,6 +201,14 @@ def load_checked(path: Path, unet, variant: str, lora_file=None) -> tuple[dict, 
     return nested, kind
 
 
+def load_into(pipe, state: dict, path: Path, scale: float) -> None:
+    """A checked IP-Adapter state dict into ``pipe`` through diffusers' own ``load_ip_adapter`` (strict: a key
+    diffusers does not use is an error), at ``scale``."""
+    with diffusers_loading(path):
+        pipe.load_ip_adapter(state, subfolder=None, weight_name=None, image_encoder_folder=None, low_cpu_mem_usage=False)
+    pipe.set_ip_adapter_scale(scale)
+
+
 def resolve_encoder(spec, subfolder: str | None, weights_path: Path, hub_default: tuple[str, str] | None):
     """The CLIP image encoder folder: given (folder or hub id + subfolder), or ``image_encoder/`` beside the
     weights file or one level up (the published repository layout), or the hub default."""
@@ -287,12 +298,7 @@ class _IPAdapterBase(TuningFreeMethod):
         record = manifest.config["weights"][0]  # the adapter file comes first
         path = Path(record["path"])
         state, kind = load_checked(path, pipe.unet, options["variant"], options.get("lora"))
-        try:
-            pipe.load_ip_adapter(state, subfolder=None, weight_name=None, image_encoder_folder=None,
-                                  low_cpu_mem_usage=False)  # strict: a key diffusers does not use is an error
-        except (RuntimeError, ValueError, KeyError) as exc:  # shapes inside the projection that only diffusers checks
-            raise CheckpointError(f"{path}: diffusers could not load it ({type(exc).__name__}: {' '.join(str(exc).split())[:400]})") from None
-        pipe.set_ip_adapter_scale(float(options["scale"]))
+        load_into(pipe, state, path, float(options["scale"]))
         self.after_load(pipe, options, manifest.config["weights"])
         return pipe
 
@@ -377,15 +383,10 @@ class IPAdapterFaceID(_IPAdapterBase):
     }
 
     def prepare(self, base_model, info, options):
-        if options["face_backend"] != "arcface":
-            raise ValueError(f"{self.name} needs the ArcFace embedding (face_backend=arcface), not {options['face_backend']!r}")
-        backend = face_backend(options)  # before anything heavy: a missing face model is the commonest mistake
+        backend = arcface_for(self.name, options)
         context, records = super().prepare(base_model, info, options)
         state = read_state_dict(context["path"])
-        face_dim = state["image_proj.proj.0.weight"].shape[1]
-        if backend.embedding_dim != face_dim:
-            raise CheckpointError(f"{context['path']}: expects a {face_dim}-d face embedding, but the ArcFace model in "
-                                  f"{options['face_model_dir']} gives {backend.embedding_dim}-d")
+        check_face_dim(context["path"], backend, state["image_proj.proj.0.weight"].shape[1], options)
         context["backend"] = backend
         if context["kind"] == "faceid-plus":
             if options["image_encoder"] is None:
@@ -418,11 +419,8 @@ class IPAdapterFaceID(_IPAdapterBase):
     def after_load(self, pipe, options, records=()):
         separate = next((Path(r["path"]) for r in records if r["role"] == "faceid lora"), None)
         if separate is not None:
-            try:
+            with diffusers_loading(separate, "this LoRA"):
                 pipe.load_lora_weights(str(separate.parent), weight_name=separate.name, adapter_name="faceid_file")
-            except (RuntimeError, ValueError, KeyError) as exc:
-                raise CheckpointError(f"{separate}: diffusers could not load this LoRA ({type(exc).__name__}: "
-                                      f"{' '.join(str(exc).split())[:300]})") from None
         adapters = [a for a in getattr(pipe.unet, "peft_config", {}) if a.startswith("faceid_")]
         if adapters:
             pipe.fuse_lora(components=["unet"], lora_scale=float(options["lora_scale"]), adapter_names=adapters)

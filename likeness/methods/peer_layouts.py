@@ -124,19 +124,19 @@ def clip_vision_encoder(folder: str | Path, *, hidden: int = 32, projection: int
 def identitynet(base_model: str, folder: str | Path, *, conditioning_channels: tuple[int, ...] | None = None,
                 seed: int = 0, std: float = 0.05) -> Path:
     """An IdentityNet folder (``config.json`` + ``diffusion_pytorch_model.safetensors``) shaped like the
-    base model's UNet, with random weights. A ControlNet made from a UNet starts with zero output
-    convolutions (no effect at all), so those are randomised too. ``conditioning_channels``: the
-    keypoint-image encoder's widths; its number of stride-2 steps must equal the VAE's downsampling
-    (3 for real SDXL, the default; 1 for the tiny models, whose VAE halves)."""
+    base model's UNet, with random weights. Built from the UNet's config (the same layout as
+    ``ControlNetModel.from_unet``, without a UNet in memory: at SDXL size that is 10 GB saved). A
+    ControlNet starts with zero output convolutions (no effect at all), so those are randomised too.
+    ``conditioning_channels``: the keypoint-image encoder's widths; its number of stride-2 steps must
+    equal the VAE's downsampling (3 for real SDXL, the default; 1 for the tiny models, whose VAE halves)."""
     from diffusers import ControlNetModel, UNet2DConditionModel
 
     from likeness.models.loading import resolve_model_path
 
     config = UNet2DConditionModel.load_config(resolve_model_path(base_model), subfolder="unet")
-    unet = UNet2DConditionModel.from_config(config)
     torch.manual_seed(seed)
     kwargs = {"conditioning_embedding_out_channels": conditioning_channels} if conditioning_channels else {}
-    controlnet = ControlNetModel.from_unet(unet, **kwargs)
+    controlnet = ControlNetModel.from_config(config, **kwargs)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in controlnet.named_parameters():
@@ -148,10 +148,12 @@ def identitynet(base_model: str, folder: str | Path, *, conditioning_channels: t
 
 def photomaker_state(base_model: str, *, hidden: int = 64, layers: int = 2, patch: int = 8, image_size: int = 32,
                      lora_rank: int = 4, seed: int = 0, std: float = 0.05, version: str = "v1",
-                     face_dim: int = 512) -> dict[str, torch.Tensor]:
+                     face_dim: int = 512, lora_format: str = "diffusers") -> dict[str, torch.Tensor]:
     """A published-layout PhotoMaker v1 (or v2) state dict (``id_encoder.*`` + ``lora_weights.*``) for ``base_model``
-    (SDXL-shaped): the ID halves are as wide as the two text encoders, the LoRA (legacy diffusers names,
-    ``unet.<layer>.lora.down/up.weight``) covers every attention projection of the UNet."""
+    (SDXL-shaped): the ID halves are as wide as the two text encoders, the LoRA covers every attention
+    projection of the UNet. ``lora_format``: ``diffusers`` (``unet.<layer>.lora.down/up.weight``) or
+    ``processor`` (diffusers' older attention-processor names, ``unet.<attention>.processor.to_q_lora.down.weight``;
+    the published file's LoRA predates peft in diffusers, and ``load_lora_weights`` reads both)."""
     import json
 
     from transformers import CLIPVisionConfig
@@ -180,6 +182,14 @@ def photomaker_state(base_model: str, *, hidden: int = 64, layers: int = 2, patc
     for name, module in unet.named_modules():
         if name.endswith(("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
                           "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")):
-            state[f"lora_weights.unet.{name}.lora.down.weight"] = torch.randn(lora_rank, module.in_features, generator=g) * std
-            state[f"lora_weights.unet.{name}.lora.up.weight"] = torch.randn(module.out_features, lora_rank, generator=g) * std
+            down = torch.randn(lora_rank, module.in_features, generator=g) * std
+            up = torch.randn(module.out_features, lora_rank, generator=g) * std
+            if lora_format == "processor":
+                attention, _, projection = name.removesuffix(".0").rpartition(".")
+                prefix = f"lora_weights.unet.{attention}.processor.{projection}_lora"
+            elif lora_format == "diffusers":
+                prefix = f"lora_weights.unet.{name}.lora"
+            else:
+                raise ValueError(f"lora_format must be diffusers or processor, not {lora_format!r}")
+            state[f"{prefix}.down.weight"], state[f"{prefix}.up.weight"] = down, up
     return state

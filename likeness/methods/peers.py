@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar, Iterable
 
@@ -125,6 +126,21 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return flat
 
 
+def read_shapes(path: str | Path) -> dict[str, tuple]:
+    """``{key: shape}`` of a weights file; a safetensors file is read from its header only (an SDXL-sized
+    IdentityNet is 5 GB in fp32, and checking it should not load it)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read as a weights file ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
 def split_prefixes(state: dict[str, torch.Tensor], prefixes: Iterable[str]) -> dict[str, dict[str, torch.Tensor]]:
     """``{"a.x": t}`` -> ``{"a": {"x": t}}`` for the given top-level prefixes (diffusers' nested layout)."""
     out: dict[str, dict[str, torch.Tensor]] = {p: {} for p in prefixes}
@@ -140,13 +156,17 @@ def _few(keys: list[str]) -> str:
     return shown + (f" (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else "")
 
 
-def check_layout(path: str | Path, state: dict[str, torch.Tensor], expected: dict[str, tuple | None], what: str) -> None:
+def _shape(value) -> tuple:
+    return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
+
+
+def check_layout(path: str | Path, state: dict, expected: dict[str, tuple | None], what: str) -> None:
     """Refuse a file whose keys or shapes differ from ``expected`` (shape ``None``: any shape), naming the
-    first offending keys. Checked before anything is loaded into a model."""
+    first offending keys. ``state`` maps keys to tensors or to shapes. Checked before anything is loaded into a model."""
     missing = sorted(k for k in expected if k not in state)
     unexpected = sorted(k for k in state if k not in expected)
-    wrong = [f"{k} is {tuple(state[k].shape)}, expected {tuple(shape)}" for k, shape in sorted(expected.items())
-             if k in state and shape is not None and tuple(state[k].shape) != tuple(shape)]
+    wrong = [f"{k} is {_shape(state[k])}, expected {tuple(shape)}" for k, shape in sorted(expected.items())
+             if k in state and shape is not None and _shape(state[k]) != tuple(shape)]
     problems = []
     if missing:
         problems.append(f"missing keys: {_few(missing)}")
@@ -221,6 +241,31 @@ def face_backend(options: dict):
     return get_backend(name)
 
 
+def arcface_for(method: str, options: dict):
+    """The ArcFace backend a method needs, checked before anything heavy (a missing face model is the commonest mistake)."""
+    if options["face_backend"] != "arcface":
+        raise ValueError(f"{method} needs the ArcFace embedding: pass face_backend=arcface and face_model_dir=FOLDER "
+                         f"(not face_backend={options['face_backend']!r})")
+    return face_backend(options)
+
+
+def check_face_dim(path, backend, face_dim: int, options: dict) -> None:
+    if backend.embedding_dim != face_dim:
+        raise CheckpointError(f"{path}: expects a {face_dim}-d face embedding, but the ArcFace model in "
+                              f"{options['face_model_dir']} gives {backend.embedding_dim}-d")
+
+
+@contextmanager
+def diffusers_loading(path, what: str = "it"):
+    """Turn what diffusers raises while loading an already checked file (sizes only it checks) into a
+    :class:`CheckpointError` naming the file."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: diffusers could not load {what} ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:400]})") from None
+
+
 def largest_face(path: Path, backend):
     """(RGB photo, the largest face with landmarks and embedding); a photo without a face is an error naming it."""
     from likeness.data.images import image_to_array, load_image
@@ -233,6 +278,14 @@ def largest_face(path: Path, backend):
         raise NoFaceError(path)
     face = backend.embed(array, [max(faces, key=lambda f: f.area)])[0]
     return image, face
+
+
+def raw_embedding(face, path) -> np.ndarray:
+    """The recogniser's un-normalised output: what InstantID and PhotoMaker v2 were trained on (their published
+    code passes InsightFace's ``embedding``, not ``normed_embedding`` as IP-Adapter-FaceID does)."""
+    if face.raw_embedding is None:
+        raise ValueError(f"{path}: this face backend gives no raw (un-normalised) embedding; use face_backend=arcface")
+    return np.asarray(face.raw_embedding, dtype=np.float32)
 
 
 # -- artifacts -------------------------------------------------------------------------------------------

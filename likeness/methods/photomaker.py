@@ -6,8 +6,8 @@ text tokens (768 + 1280 = 2048). In the prompt, the class word is followed by th
 (``"a person img"``): the trigger is removed, the class word's token repeated once per ID photo, and each
 copy's text embedding fused with one photo's ID embedding by the fuse module (an MLP on the
 concatenation, added back, a residual MLP, a LayerNorm). A LoRA on the UNet, shipped in the same file, is
-fused at full strength. As published, the first ``style_strength`` share of the denoising steps use the
-prompt without the ID (better prompt following), the rest the merged one.
+fused at full strength. As published (``start_merge_step = int(style_strength * steps)``), steps 0 to
+``start_merge_step`` inclusive use the prompt without the ID (better prompt following), the rest the merged one.
 
 Published file (``photomaker-v1.bin``): ``id_encoder.*`` = the CLIP vision tower (``vision_model.*``,
 ``visual_projection.weight``) + ``visual_projection_2.weight`` + ``fuse_module.{mlp1,mlp2}.{layernorm,fc1,fc2}``
@@ -22,6 +22,7 @@ loaded from the published file at generation (its sha256 is checked).
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +33,14 @@ from likeness.methods.base import METHODS
 from likeness.methods.peers import (
     CheckpointError,
     TuningFreeMethod,
+    arcface_for,
+    check_face_dim,
     check_layout,
+    diffusers_loading,
     empty_unet,
     face_backend,
     largest_face,
+    raw_embedding,
     read_state_dict,
     resolve_file,
     save_crop,
@@ -50,6 +55,7 @@ V2_HEAD_WIDTH = 128  # the v2 face perceiver's heads (2048 / 16)
 V2_TOKENS = 2  # ID tokens per photo in v2
 LORA_SUFFIXES = (".lora.down.weight", ".lora.up.weight", ".lora_A.weight", ".lora_B.weight",
                  ".lora_down.weight", ".lora_up.weight", ".alpha")
+DOWN_SUFFIXES = (".lora.down.weight", ".lora_A.weight", ".lora_down.weight")
 
 
 class MLP(nn.Module):
@@ -204,21 +210,39 @@ def vision_config_from(path, state: dict):
                             projection_dim=projection)
 
 
+LEGACY_LORA = re.compile(r"^(.*?)(?:\.processor)?\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
+
+
+def lora_module(key: str) -> tuple[str | None, str | None]:
+    """(UNet module name, down/up/alpha) of one LoRA key, in any of the formats diffusers' ``load_lora_weights``
+    reads for a UNet: ``<layer>.lora.down.weight`` / ``lora_A`` / ``lora_down``, and the attention-processor
+    format of diffusers' LoRAAttnProcessor era, ``<attention>.processor.to_q_lora.down.weight``."""
+    legacy = LEGACY_LORA.match(key)
+    if legacy:
+        prefix, projection, kind = legacy.groups()
+        name = f"{prefix}.{projection}" + (".0" if projection == "to_out" else "")
+    else:
+        suffix = next((s for s in LORA_SUFFIXES if key.endswith(s)), None)
+        if suffix is None:
+            return None, None
+        name = key[: -len(suffix)].replace(".processor", "")
+        kind = "alpha" if suffix == ".alpha" else ("down" if suffix in DOWN_SUFFIXES else "up")
+    return (name[len("unet."):] if name.startswith("unet.") else name), kind
+
+
 def check_lora(path, lora: dict, unet) -> None:
     """Every LoRA key must name a UNet linear layer and fit its size (checked on the meta-device UNet)."""
     modules = dict(unet.named_modules())
     unknown, wrong = [], []
     for key, value in sorted(lora.items()):
-        suffix = next((s for s in LORA_SUFFIXES if key.endswith(s)), None)
-        module_name = key[: -len(suffix)] if suffix else key
-        module_name = module_name[len("unet."):] if module_name.startswith("unet.") else module_name
-        module = modules.get(module_name.replace(".processor", ""))
-        if suffix is None or not isinstance(module, nn.Linear):
+        module_name, kind = lora_module(key)
+        module = modules.get(module_name) if module_name else None
+        if not isinstance(module, nn.Linear):
             unknown.append(f"lora_weights.{key}")
             continue
-        if suffix in (".lora.down.weight", ".lora_A.weight", ".lora_down.weight") and value.shape[1] != module.in_features:
+        if kind == "down" and value.shape[1] != module.in_features:
             wrong.append(f"lora_weights.{key} is {tuple(value.shape)}, the layer takes {module.in_features}")
-        if suffix in (".lora.up.weight", ".lora_B.weight", ".lora_up.weight") and value.shape[0] != module.out_features:
+        if kind == "up" and value.shape[0] != module.out_features:
             wrong.append(f"lora_weights.{key} is {tuple(value.shape)}, the layer gives {module.out_features}")
     if unknown or wrong:
         parts = ([f"keys naming no UNet linear layer: {', '.join(unknown[:5])}"] if unknown else []) + \
@@ -324,17 +348,12 @@ class PhotoMaker(TuningFreeMethod):
             raise ValueError(f"photomaker: version must be v1 or v2, not {version!r}")
         context = {}
         if version == "v2":
-            if options["face_backend"] != "arcface":
-                raise ValueError("photomaker v2 needs the ArcFace embedding: pass face_backend=arcface and face_model_dir=FOLDER")
-            context["faces"] = face_backend(options)  # before anything heavy
+            context["faces"] = arcface_for("photomaker v2", options)
         spec = options["weights"] or (HUB if version == "v1" else HUB + "-V2")
         path = resolve_file(spec, options["weight_name"] or WEIGHT_NAMES[version], what="PhotoMaker weights")
         encoder, _ = load_photomaker(path, base_model, version=version)
         if version == "v2":
-            face_dim = encoder.qformer_perceiver.token_proj[0].in_features
-            if context["faces"].embedding_dim != face_dim:
-                raise CheckpointError(f"{path}: expects a {face_dim}-d face embedding, but the ArcFace model in "
-                                      f"{options['face_model_dir']} gives {context['faces'].embedding_dim}-d")
+            check_face_dim(path, context["faces"], encoder.qformer_perceiver.token_proj[0].in_features, options)
         # v1 frames the person with the dlib stack; v2 uses its ArcFace stack for both.
         context.update(encoder=encoder, backend=context.get("faces") or face_backend(options))
         return context, [weights_record(path, "photomaker weights", spec)]
@@ -353,7 +372,7 @@ class PhotoMaker(TuningFreeMethod):
             save_crop(prepared.image, out_dir, name, f"crop{k}")
             crops.append(prepared.image)
             if "faces" in context:
-                faces.append(largest_face(Path(photo), context["faces"])[1].embedding)
+                faces.append(raw_embedding(largest_face(Path(photo), context["faces"])[1], photo))  # un-normalised, as published
         pixels = processor(crops, return_tensors="pt").pixel_values
         if faces:  # v2: two ID tokens per photo from the ArcFace embedding and the tower's last hidden states
             return {"id_embeds": encoder.id_embeddings(pixels, torch.from_numpy(np.stack(faces)).float())}
@@ -367,11 +386,9 @@ class PhotoMaker(TuningFreeMethod):
         pipe.photomaker_fuse = encoder.fuse_module.to(pipe.device, pipe.unet.dtype)
         for tokenizer in (pipe.tokenizer, pipe.tokenizer_2):
             tokenizer.add_tokens([options["trigger_word"]], special_tokens=True)
-        try:
+        with diffusers_loading(path, "its LoRA"):
             pipe.load_lora_weights({f"unet.{k}" if not k.startswith("unet.") else k: v for k, v in lora.items()},
                                    adapter_name="photomaker")
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{path}: diffusers could not load its LoRA ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
         pipe.fuse_lora(components=["unet"], lora_scale=float(options["lora_scale"]), adapter_names=["photomaker"])
         pipe.unload_lora_weights()
         return pipe
@@ -406,16 +423,16 @@ class PhotoMaker(TuningFreeMethod):
             prompt=text_only, device=device, num_images_per_prompt=1, do_classifier_free_guidance=guidance,
             negative_prompt=negative)
         steps = int(kwargs.get("num_inference_steps") or 50)
-        start = int(float(options["style_strength"]) * steps)
+        start = int(float(options["style_strength"]) * steps)  # the published start_merge_step
 
         def switch(pipeline, step, timestep, tensors_in):
-            if step + 1 != start:
+            # As published, steps 0..start (inclusive) are text-only; the merged prompt takes over after step ``start``.
+            if step != start:
                 return {}
             both = torch.cat([negative_embeds, merged]) if guidance else merged
             both_pooled = torch.cat([negative_pooled, pooled]) if guidance else pooled
             return {"prompt_embeds": both, "add_text_embeds": both_pooled}
 
-        first, first_pooled = (plain, plain_pooled) if start > 0 else (merged, pooled)
-        return pipe(prompt_embeds=first, pooled_prompt_embeds=first_pooled, negative_prompt_embeds=negative_embeds,
-                    negative_pooled_prompt_embeds=negative_pooled, callback_on_step_end=switch if start > 0 else None,
+        return pipe(prompt_embeds=plain, pooled_prompt_embeds=plain_pooled, negative_prompt_embeds=negative_embeds,
+                    negative_pooled_prompt_embeds=negative_pooled, callback_on_step_end=switch,
                     callback_on_step_end_tensor_inputs=["prompt_embeds", "add_text_embeds"], **kwargs)
