@@ -201,6 +201,12 @@ def main() -> int:
     if args.part == "train-one":
         print(json.dumps(part_train(args.workdir / "sd15-random", args.photo, args.resolution, args.train_steps, args.weight)))
         return 0
+    if args.part == "engine":  # the evaluator vs engine comparison alone (a few minutes less than --part faces)
+        e = evaluator_comparison(photo_list(), __import__("likeness.faces").faces.get_backend("dlib"), args.images)
+        print(f"IPS+SIS over {e['images']} generated crops: evaluator {e['evaluator_best_images_per_s']:.2f} images/s, "
+              f"batched engine ({e['workers']} workers) {e['engine_best_images_per_s']:.2f} images/s -> {e['ratio']:.2f}x")
+        print(json.dumps(e))
+        return 0
     parts = ("faces", "train") if args.part is None else (args.part,)
     if "faces" in parts:
         r = part_faces(args)
