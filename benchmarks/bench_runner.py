@@ -117,11 +117,31 @@ def launched(mode: str, run_dir: Path, args: list[str]) -> dict:
         first, last, done = db.execute(
             "SELECT MIN(started_at), MAX(finished_at), COUNT(*) FROM items WHERE status='done'").fetchone()
         ranks = json.loads(db.execute("SELECT value FROM meta WHERE key='rank_stores'").fetchone()[0])
-    main = next(e for e in ranks.values() if e["rank"] == 0)
-    offset = main["started"] - started
-    timeline = {"start": offset, **{k: v + offset for k, v in main["timeline"].items()}}
+    timelines = {}
+    for entry in sorted(ranks.values(), key=lambda e: e["rank"]):
+        offset = entry["started"] - started
+        timelines[entry["rank"]] = {"start": offset, **{k: v + offset for k, v in entry["timeline"].items()}}
     return {"mode": mode, "wall": wall, "items_per_s": done / (last - first), "done": done, "cpu": cpu,
-            "timeline": timeline}
+            "timeline": timelines[0], "ranks": timelines}
+
+
+# Where each rank's time goes: (label, phase it ends at, phase it starts at); see Runner.timeline.
+SPANS = (("launch", "start", None), ("imports", "init", "start"), ("fork+preload", "forked", "init"),
+         ("join", "joined", "forked|init"), ("prepare", "prepared", "method"), ("personalize/wait", "personalized", "prepared"),
+         ("generate", "generated", "personalized"), ("evaluate", "evaluated", "generated"), ("merge", "merged", "evaluated|generated"))
+
+
+def spans(timeline: dict, wall: float) -> list[str]:
+    out = []
+    for label, end, begin in SPANS:
+        if end not in timeline:
+            out.append(f"{label} -")
+            continue
+        first = next((timeline[b] for b in (begin or "").split("|") if b in timeline), 0.0)
+        out.append(f"{label} {timeline[end] - first:.1f}")
+    last = max(v for k, v in timeline.items())
+    out.append(f"exit {wall - last:.1f}")
+    return out
 
 
 def scaling(label: str, cli_args: list[str], repeats: int, tmp: Path) -> dict:
@@ -137,6 +157,10 @@ def scaling(label: str, cli_args: list[str], repeats: int, tmp: Path) -> dict:
     for mode, r in best.items():
         phases = " | ".join(f"{r['timeline'].get(k, float('nan')):.1f}" for k, _ in PHASES)
         print(f"  {MODES[mode]:13} {r['wall']:7.1f} {r['items_per_s']:8.2f} {r['cpu']:7.1f} | {phases}")
+    print("  seconds per span, each rank (launch = launch to rank start; exit = its last mark to the end of the run):")
+    for mode, r in best.items():
+        for rank, timeline in r["ranks"].items():
+            print(f"    {MODES[mode]:13} rank {rank}: " + " | ".join(spans(timeline, r["wall"])))
     one = best["1p"]
     print("  ratios vs 1 process: " + "; ".join(
         f"{MODES[m]} wall {one['wall'] / best[m]['wall']:.2f}x faster, items/s {best[m]['items_per_s'] / one['items_per_s']:.2f}x"

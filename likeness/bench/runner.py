@@ -26,7 +26,7 @@ import shutil
 import time
 import traceback
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -118,6 +118,17 @@ def _unit(item: WorkItem) -> str:
     return f"{name_key(item.identity)}-{name_key(item.reference.stem)}"
 
 
+def may_personalize(config: RunConfig, run_dir: Path, rank: int, world: int) -> bool:
+    """Whether ``rank`` can be given an artifact to train (units go round-robin in name order): with
+    fewer artifacts than ranks (the smoke run has one) the others need no personalization worker, whose
+    fork and preload would only take CPU from the rank that trains. Unsure (bad input): True."""
+    try:
+        plan = make_plan(replace(config), resolve_identities(config, run_dir))
+    except Exception:  # prepare() raises it on every rank alike
+        return True
+    return rank < len({_unit(item) for item in plan})
+
+
 class Runner:
     """One process's view of a run. Create it on every rank; :meth:`run` does the whole job."""
 
@@ -130,7 +141,8 @@ class Runner:
         self.config = config
         self.run_dir = Path(run_dir)
         self._worker = None
-        if state is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if state is None and world > 1 and may_personalize(config, self.run_dir, int(os.environ.get("RANK", "0")), world):
             self._worker = _start_worker(config)  # before the process group exists: see personalize_worker
             self._mark("forked")
         self.state = state if state is not None else PartialState(cpu=True)
@@ -282,6 +294,10 @@ class Runner:
         else:
             errors = {}
             if self.world > 1:
+                if self._worker is None:  # no worker was forked: generation's imports, while others train
+                    from likeness.bench.personalize_worker import preload
+
+                    preload()
                 self._prewarm()  # while other ranks train
         self._stop_worker()
         for unit, error in errors.items():

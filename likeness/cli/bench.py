@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -154,12 +155,25 @@ def set_threads(threads: int | None, base_model: str) -> None:
     smoke run ~10x slower (13 s with one thread vs 159 s with two, measured here under load)."""
     import torch
 
-    from likeness.models.tiny import is_tiny
-
-    if threads is None and is_tiny(base_model):
-        threads = 1
+    threads = default_threads(threads, base_model)
     if threads:
         torch.set_num_threads(threads)
+
+
+def default_threads(threads: int | None, base_model: str, env=None, cpus: int | None = None) -> int | None:
+    """--threads, else 1 on tiny models, else the machine's cores shared among the ranks launched on
+    it (accelerate sets LOCAL_WORLD_SIZE): N ranks x all cores each oversubscribe the CPU.
+    None: torch's own default (one process)."""
+    from likeness.models.tiny import is_tiny
+
+    if threads is not None:
+        return threads
+    if is_tiny(base_model):
+        return 1
+    local = int((os.environ if env is None else env).get("LOCAL_WORLD_SIZE", "1") or 1)
+    if local <= 1:
+        return None
+    return max(1, (cpus or os.cpu_count() or 1) // local)
 
 
 def run(args) -> int:
