@@ -78,9 +78,14 @@ def training_set(dataset: ComposedDataset) -> dict:
     examples = [[str(e.image_path.resolve()), e.caption] for e in dataset.entries()]
     concepts = {n: {"class_noun": dataset.concepts[n]["class_noun"], "photos": [str(p) for p in concept_photos(dataset, n)]}
                 for n in used_concepts(dataset)}
-    token = dataset.global_token
     return {"examples": examples, "concepts": concepts, "source": str(dataset.root.resolve()),
-            "global_token": token if token and any(token in c for _, c in examples) else None}
+            "global_token": used_global_token(dataset)}
+
+
+def used_global_token(dataset: ComposedDataset) -> str | None:
+    """The dataset's composition token when its kept captions use it (it then trains like a concept)."""
+    token = dataset.global_token
+    return token if token and any(token in e.caption for e in dataset.entries()) else None
 
 
 def bench_prompts(dataset: ComposedDataset, photos: dict[str, list[Path]], backgrounds=BACKGROUNDS) -> list[dict]:
@@ -88,7 +93,7 @@ def bench_prompts(dataset: ComposedDataset, photos: dict[str, list[Path]], backg
     and every concept with its class noun (the detector's query) and its photos."""
     meta = dataset.meta.get("config", {})
     strategy = meta.get("caption_strategy") if meta.get("caption_strategy") in ("gen4gen", "plain") else "gen4gen"
-    global_token = training_set(dataset)["global_token"]
+    global_token = used_global_token(dataset)
     captioner = TemplateCaptioner(strategy, global_token or "")
     names = used_concepts(dataset)
     seen = {e.record.get("background") for e in dataset.entries(include_rejected=True)}

@@ -155,7 +155,10 @@ class CustomDiffusion(Method):
         wrap = None
         if options.get("with_prior_preservation"):  # before any processor or token: the base model's idea of the class
             priors = prior_images(pipe, sorted(set(nouns.values())), options)
-            wrap = lambda make_batch: with_prior(make_batch, priors)  # noqa: E731
+            from likeness.methods.training import with_prior
+
+            paths, captions = [p for p, _ in priors], [c for _, c in priors]
+            wrap = lambda make_batch: with_prior(make_batch, lambda size: load_pixels(paths, size), captions)  # noqa: E731
         pipe.vae.requires_grad_(False)
         pipe.unet.requires_grad_(False)
         trainable = add_custom_diffusion_processors(pipe.unet)
@@ -320,31 +323,6 @@ def prior_images(pipe, nouns: list[str], options: dict) -> list[tuple[Path, str]
                                  native_resolution(pipe), int(options["class_inference_steps"]), seed=1000 * k)
         out += [(p, caption) for p in paths]
     return out
-
-
-def with_prior(make_batch, priors: list[tuple[Path, str]]):
-    """Append as many class images as instance images to every batch (random picks from ``rng``, read
-    at the batch's resolution once), flagged ``prior`` so the loss weighs them with ``prior_loss_weight``."""
-    from likeness.methods.training import Batch
-
-    cache: dict[int, list[torch.Tensor]] = {}
-
-    def make(step, micro, rng):
-        batch = make_batch(step, micro, rng)
-        n, size = batch.pixels.shape[0], batch.pixels.shape[-1]
-        if size not in cache:
-            cache[size] = load_pixels([p for p, _ in priors], size)
-        picks = [int(rng.integers(len(priors))) for _ in range(n)]
-        # Photo batches may carry a loss mask, face points and whose photo it is: class images get a
-        # full mask and no identity term.
-        mask = None if batch.mask is None else torch.cat([batch.mask, torch.ones_like(batch.mask)])
-        points = None if batch.points is None else torch.cat([batch.points, torch.zeros_like(batch.points)])
-        people = None if batch.identities is None else list(batch.identities) + [""] * n
-        return Batch(pixels=torch.cat([batch.pixels, torch.stack([cache[size][i] for i in picks])]),
-                     captions=list(batch.captions) + [priors[i][1] for i in picks], mask=mask,
-                     prior=torch.tensor([False] * n + [True] * n), points=points, identities=people)
-
-    return make
 
 
 def load_pixels(paths, size: int) -> list[torch.Tensor]:

@@ -84,7 +84,10 @@ class DreamBoothLoRA(Method):
                                  Path(options["out_dir"]) / "class_images", size, options["class_inference_steps"])
             pixels = [torch.from_numpy(np.asarray(load_image(p).resize((size, size)), dtype=np.float32) / 127.5 - 1.0)
                       .permute(2, 0, 1) for p in paths]
-            wrap = lambda make_batch: _with_prior(make_batch, pixels, options["class_prompt"])  # noqa: E731
+            from likeness.methods.training import with_prior
+
+            captions = [options["class_prompt"]] * len(pixels)
+            wrap = lambda make_batch: with_prior(make_batch, lambda _size: pixels, captions)  # noqa: E731
 
         pipe.unet.requires_grad_(False)
         pipe.vae.requires_grad_(False)
@@ -122,22 +125,3 @@ class DreamBoothLoRA(Method):
         # Fused and unloaded: the adapters' arithmetic disappears from every denoising step.
         pipe.fuse_lora()
         pipe.unload_lora_weights()
-
-
-def _with_prior(make_batch, class_pixels: list[torch.Tensor], class_prompt: str):
-    """Append as many class images as instance images to every batch, flagged as prior samples."""
-    from likeness.methods.training import Batch
-
-    def make(step, micro, rng):
-        batch = make_batch(step, micro, rng)
-        n = batch.pixels.shape[0]
-        picks = [class_pixels[int(rng.integers(len(class_pixels)))] for _ in range(n)]
-        mask = None
-        if batch.mask is not None:
-            mask = torch.cat([batch.mask, torch.ones_like(batch.mask)])
-        points = None if batch.points is None else torch.cat([batch.points, torch.zeros_like(batch.points)])
-        people = None if batch.identities is None else batch.identities + [""] * n  # class images: no identity term
-        return Batch(pixels=torch.cat([batch.pixels, torch.stack(picks)]), captions=batch.captions + [class_prompt] * n,
-                     mask=mask, prior=torch.tensor([False] * n + [True] * n), points=points, identities=people)
-
-    return make

@@ -105,6 +105,30 @@ class TrainingResult:
     notes: list[str] = field(default_factory=list)
 
 
+def with_prior(make_batch, class_pixels: Callable[[int], list[torch.Tensor]], class_captions: list[str]):
+    """Prior preservation: append as many class images as instance images to every batch (random picks
+    from the batch's ``rng``), flagged ``prior`` so :func:`diffusion_loss` weighs them with
+    ``prior_loss_weight``. ``class_pixels(size)`` gives the class images at the batch's resolution (read
+    once per size); ``class_captions[i]`` is image i's caption. Photo batches may carry a loss mask, face
+    points and whose photo it is: class images get a full mask and no identity term."""
+    cache: dict[int, list[torch.Tensor]] = {}
+
+    def make(step, micro, rng):
+        batch = make_batch(step, micro, rng)
+        n, size = batch.pixels.shape[0], batch.pixels.shape[-1]
+        if size not in cache:
+            cache[size] = class_pixels(size)
+        picks = [int(rng.integers(len(class_captions))) for _ in range(n)]
+        mask = None if batch.mask is None else torch.cat([batch.mask, torch.ones_like(batch.mask)])
+        points = None if batch.points is None else torch.cat([batch.points, torch.zeros_like(batch.points)])
+        people = None if batch.identities is None else list(batch.identities) + [""] * n
+        return Batch(pixels=torch.cat([batch.pixels, torch.stack([cache[size][i] for i in picks])]),
+                     captions=list(batch.captions) + [class_captions[i] for i in picks], mask=mask,
+                     prior=torch.tensor([False] * n + [True] * n), points=points, identities=people)
+
+    return make
+
+
 def native_resolution(pipe) -> int:
     return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
 
