@@ -311,6 +311,24 @@ def test_cli_bench_end_to_end_and_bad_input(tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
+def test_cli_bench_names_a_missing_text_model_in_its_summary(tmp_path, capsys, monkeypatch):
+    """Asked for CLIP-T with a CLIP that is not there offline: the items still finish, and the summary
+    says which model is missing and how to give it (not only a dash in the table)."""
+    from likeness.bench.store import ResultsStore
+    from likeness.cli import main as cli_main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run = tmp_path / "run"
+    args = ["bench", "--method", PLAIN, "--limit", "1", "--out", str(run), "--metrics", "clip-t",
+            "--clip-model", "someone/not-a-real-clip", "--quiet", "--no-report"]
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    assert "1/1 items done" in out and "models missing (1;" in out
+    assert "someone/not-a-real-clip" in out and "--clip-model" in out
+    with ResultsStore(run / STORE_FILE) as results:
+        assert {s.status for s in results.scores("clip-t")} == {"model_missing"}
+
+
 def test_personalization_child_leaves_the_process_group_and_keeps_its_rank_gpu():
     from likeness.bench.personalize_worker import child_environment
 

@@ -268,6 +268,14 @@ def _safe_update(metric: Metric, sample: Sample, features: dict) -> Score:
                      {"problem": f"{sample.image}: {type(exc).__name__}: {exc}"})
 
 
+def model_error_lines(model_errors: list[str]) -> list[str]:
+    """What ``evaluate`` and ``bench`` print about models that could not be loaded (one line each)."""
+    if not model_errors:
+        return []
+    return [f"models missing ({len(model_errors)}; their rows have status model_missing and are retried next run):"] + [
+        f"  {problem}" for problem in model_errors]
+
+
 def format_summary(report: EvaluationReport) -> str:
     """A plain-text table (with 95% bootstrap intervals of each mean over items), the penalty, exclusions,
     then the protocol of every metric (scores mean nothing without it)."""
@@ -304,9 +312,7 @@ def format_summary(report: EvaluationReport) -> str:
         lines += [f"  {w}" for w in report.warnings[:10]]
         if len(report.warnings) > 10:
             lines.append(f"  ... and {len(report.warnings) - 10} more")
-    if report.model_errors:
-        lines.append(f"models missing ({len(report.model_errors)}; their rows have status model_missing and are retried next run):")
-        lines += [f"  {problem}" for problem in report.model_errors]
+    lines += model_error_lines(report.model_errors)
     if report.dataset_problems:
         lines.append(f"dataset problems ({len(report.dataset_problems)}):")
         lines += [f"  {problem}" for problem in report.dataset_problems[:10]]

@@ -52,6 +52,7 @@ class RunSummary:
     seconds: dict[str, float] = field(default_factory=dict)  # wall + time inside each kind of work
     failures: list[dict] = field(default_factory=list)
     timeline: dict[str, float] = field(default_factory=dict)  # phase -> seconds since this process started
+    model_errors: list[str] = field(default_factory=list)  # text-image models that could not be loaded
 
     def describe(self) -> str:
         total = sum(self.counts.values())
@@ -60,7 +61,9 @@ class RunSummary:
             lines.append(f"  failed {f['item_id']}: {f['reason']}")
         if len(self.failures) > 10:
             lines.append(f"  ... and {len(self.failures) - 10} more (see `likeness report`)")
-        return "\n".join(lines)
+        from likeness.bench.evaluate import model_error_lines
+
+        return "\n".join(lines + model_error_lines(self.model_errors))
 
 
 def builtin_identities(run_dir: Path) -> list[Identity]:
@@ -157,6 +160,7 @@ class Runner:
         self.models = models  # VisionModels for the text-image metrics (None: env vars / defaults)
         self.seconds: dict[str, float] = defaultdict(float)
         self.failed_units: dict[str, str] = {}  # unit -> why its personalization failed (all ranks know all)
+        self.model_errors: list[str] = []  # this rank's evaluation: models that could not be loaded
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -415,9 +419,10 @@ class Runner:
         items = [read_canonical_item(self.rank_image_path(item) if item.item_id in made_now else self.image_path(item), by_name)
                  for item in mine]
         started = time.perf_counter()
-        score_items(items, self.identities, self.store, self.config.metrics, self.config.face_backend,
-                    cache=self._face_cache() if self._face_metrics() else None, progress=self.progress,
-                    models=self.models)
+        report = score_items(items, self.identities, self.store, self.config.metrics, self.config.face_backend,
+                             cache=self._face_cache() if self._face_metrics() else None, progress=self.progress,
+                             models=self.models)
+        self.model_errors = report.model_errors
         self.seconds["evaluate"] += time.perf_counter() - started
         self._mark("evaluated")
 
@@ -505,7 +510,7 @@ class Runner:
         self.evaluate()
         counts, failures = self.finish()
         self.seconds["wall"] = time.perf_counter() - started
-        return RunSummary(self.run_dir, counts, dict(self.seconds), failures, dict(self.timeline))
+        return RunSummary(self.run_dir, counts, dict(self.seconds), failures, dict(self.timeline), self.model_errors)
 
 
 def default_batch_size() -> int:
