@@ -61,6 +61,52 @@ def test_missing_model_offline_names_it_and_says_how_to_provide_it(tiny_models, 
     assert "someone/no-such-model" in message and "HF_HUB_OFFLINE" in message and "save_pretrained" in message
 
 
+def _hub_at(monkeypatch, port: int) -> None:
+    from huggingface_hub import constants
+
+    from likeness.models import loading
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(loading, "_REACHABLE", {})
+
+
+def test_unreachable_hub_counts_as_offline_and_says_so(tiny_models, monkeypatch):
+    """A machine without network gets the clear error at once, not after huggingface_hub's retries."""
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on: bound, then closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _hub_at(monkeypatch, port)
+    with pytest.raises(ModelNotFoundError) as err:
+        load_pipeline("someone/no-such-model")
+    message = str(err.value)
+    assert "the hub (127.0.0.1) cannot be reached" in message and "someone/no-such-model" in message
+
+
+def test_reachable_hub_is_not_offline_and_a_proxy_skips_the_probe(monkeypatch):
+    import socket
+
+    from likeness.models.loading import hub_reachable, offline
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        _hub_at(monkeypatch, server.getsockname()[1])
+        assert hub_reachable() and not offline()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _hub_at(monkeypatch, port)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert hub_reachable() and not offline()
+    monkeypatch.delenv("HTTPS_PROXY")
+    assert not hub_reachable() and offline()
+
+
 def test_folder_without_model_index_is_refused(tmp_path):
     with pytest.raises(ModelNotFoundError, match="no model_index.json"):
         load_pipeline(tmp_path)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar, Iterable
@@ -37,7 +36,7 @@ from likeness.methods.base import (
     as_identities,
     start_artifact,
 )
-from likeness.models.loading import base_model_info, load_pipeline, resolve_model_path
+from likeness.models.loading import base_model_info, load_pipeline, offline, offline_reason, resolve_model_path
 
 EMBEDDINGS_FILE = "embeddings.safetensors"
 SHOWN_KEYS = 5  # how many offending key names an error message lists
@@ -53,10 +52,6 @@ class MissingFaceModelError(FileNotFoundError):
 
 
 # -- finding and reading published files ---------------------------------------------------------------
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
 def resolve_file(spec: str | Path, default_name: str, subfolders: Iterable[str] = ("",), what: str = "weights") -> Path:
@@ -81,11 +76,11 @@ def resolve_file(spec: str | Path, default_name: str, subfolders: Iterable[str] 
     problems = []
     for sub in subfolders:
         try:
-            return Path(hf_hub_download(text, default_name, subfolder=sub or None, local_files_only=_offline()))
+            return Path(hf_hub_download(text, default_name, subfolder=sub or None, local_files_only=offline()))
         except Exception as exc:  # hub errors come as several unrelated types
             problems.append(f"{sub + '/' if sub else ''}{default_name}: {type(exc).__name__}")
     raise FileNotFoundError(f"{what} {text!r}: hub repository did not provide {'; '.join(problems)}"
-                            + (" (HF_HUB_OFFLINE is set: download it once on a connected machine)" if _offline() else ""))
+                            + (f" ({offline_reason()}: download it once on a connected machine)" if offline() else ""))
 
 
 def sha256_file(path: str | Path) -> str:

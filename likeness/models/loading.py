@@ -77,7 +77,51 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
 
 
 def offline() -> bool:
+    """Load from the local hub cache only: HF_HUB_OFFLINE is set, or the hub cannot be reached at all.
+
+    Without this, each hub file a machine without network asks for costs about 23 s of huggingface_hub's
+    retries before the clear "not available" error; one short connection attempt per process avoids that."""
+    return _offline_by_env() or not hub_reachable()
+
+
+def offline_reason() -> str:
+    """Why :func:`offline` is true, for error messages."""
+    if _offline_by_env():
+        return "HF_HUB_OFFLINE is set"
+    return f"the hub ({_hub_address()[0]}) cannot be reached from this machine"
+
+
+def _offline_by_env() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _hub_address() -> tuple[str, int]:
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    return url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+
+
+_REACHABLE: dict[tuple[str, int], bool] = {}
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """One TCP connection attempt to the hub endpoint per process (remembered). Behind a proxy the direct
+    attempt says nothing, so the hub counts as reachable and huggingface_hub goes through the proxy."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    address = _hub_address()
+    if address not in _REACHABLE:
+        import socket
+
+        try:
+            socket.create_connection(address, timeout=timeout_s).close()
+            _REACHABLE[address] = True
+        except OSError:
+            _REACHABLE[address] = False
+    return _REACHABLE[address]
 
 
 def resolve_model_path(model_id: str | Path, revision: str | None = None) -> Path:
@@ -100,7 +144,7 @@ def resolve_model_path(model_id: str | Path, revision: str | None = None) -> Pat
         return Path(DiffusionPipeline.download(model_id, revision=revision, local_files_only=offline()))
     except Exception as exc:  # hub errors come as several unrelated types (HTTP, OSError, ValueError)
         first_line = (str(exc).splitlines() or [""])[0]
-        where = "HF_HUB_OFFLINE is set and it is not in the local hub cache" if offline() else "the hub could not provide it"
+        where = f"{offline_reason()} and it is not in the local hub cache" if offline() else "the hub could not provide it"
         raise ModelNotFoundError(model_id, f"{where} ({type(exc).__name__}: {first_line})") from None
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from likeness.models.loading import offline, pick_device
+from likeness.models.loading import offline, offline_reason, pick_device
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def _load(role: str, model_id: str, loader):
         raise
     except Exception as exc:  # hub / file errors come as several unrelated types
         first_line = (str(exc).splitlines() or [""])[0][:300]
-        where = "HF_HUB_OFFLINE is set and it is not in the local hub cache" if offline() else "it could not be loaded"
+        where = f"{offline_reason()} and it is not in the local hub cache" if offline() else "it could not be loaded"
         raise VisionModelError(role, model_id, f"{where} ({type(exc).__name__}: {first_line})") from None
 
 
