@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from likeness.compose import ComposedDataset, compose_dataset
-from likeness.compose.train import train_on_dataset, training_examples
+from likeness.compose.bench import training_set
+from likeness.compose.train import train_on_dataset
 from likeness.methods import get_method, load_artifact
 from likeness.methods.custom_diffusion import LEGACY_WEIGHTS, WEIGHTS, captioned_batches, load_pixels
 from likeness.methods.training import TrainingConfig, diffusion_loss, step_generator, train
@@ -42,7 +43,7 @@ def test_training_reduces_loss_and_moves_only_kv_and_new_tokens(dataset, tmp_pat
     base_unet = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     setup = method.setup(pipe, ["mochi", "kettle"], {**method.defaults, "class_nouns": {"mochi": "dog", "kettle": "teapot"},
                                                       "global_token": "<gen4gen>"})
-    examples = training_examples(dataset)
+    examples = training_set(dataset)["examples"]
     make_batch = captioned_batches(load_pixels([p for p, _ in examples], 64), [c for _, c in examples], 1)
     table = pipe.text_encoder.get_input_embeddings().weight
     before_table = table.detach().clone()
@@ -138,7 +139,7 @@ def test_prior_preservation_adds_class_images_and_their_weighted_loss(dataset, t
     setup = method.setup(pipe, ["mochi", "kettle"], options)
     assert [sorted(q.name for q in (tmp_path / "art" / "class_images" / noun).iterdir()) for noun in ("dog", "teapot")] \
         == [["class-0000.png", "class-0001.png"]] * 2
-    examples = training_examples(dataset)
+    examples = training_set(dataset)["examples"]
     make = setup.wrap_batches(captioned_batches(load_pixels([p for p, _ in examples], 64), [c for _, c in examples], 1))
     batch = make(0, 0, np.random.default_rng(0))
     assert batch.pixels.shape[0] == 2 and batch.prior.tolist() == [False, True]

@@ -7,11 +7,6 @@ from pathlib import Path
 from likeness.compose.dataset import ComposedDataset
 
 
-def training_examples(dataset: ComposedDataset) -> list[tuple[Path, str]]:
-    """(image, caption) of every kept composition; rejections recorded in review are honoured."""
-    return [(e.image_path, e.caption) for e in dataset.entries()]
-
-
 def train_on_dataset(dataset: str | Path | ComposedDataset, out_dir: str | Path, base_model: str, **config) -> Path:
     """Custom Diffusion on the dataset's kept compositions: one token per concept that appears in them,
     plus the dataset's global composition token when its captions use one."""
