@@ -397,6 +397,9 @@ def test_bench_runs_pulid_with_a_status_per_item(tiny_models, pulid_files, arcfa
     Image.new("RGB", (200, 200), (90, 90, 90)).save(people / "ann" / "1.png")  # no face: its items fail, with the reason
     config = RunConfig(method="pulid", base_model=SDXL, identities=str(people), prompt_limit=2, references=2, steps=2,
                        resolution=32, metrics=["ips"], method_options={})
-    (summary,) = run_methods(config, {"pulid": _common(pulid_files, arcface_dir)}, tmp_path / "run", progress=False)
+    methods = {"pulid": _common(pulid_files, arcface_dir)}
+    (summary,) = run_methods(config, methods, tmp_path / "run", progress=False)
     assert summary.counts == {"done": 2, "failed": 2}, summary.describe()
     assert all("no face found" in f["reason"] and "1.png" in f["reason"] for f in summary.failures)
+    (again,) = run_methods(config, methods, tmp_path / "run", progress=False, report=False)  # resumes: nothing redone
+    assert again.counts == summary.counts
