@@ -10,7 +10,9 @@ The published files are written by :mod:`likeness.methods.peer_layouts` at their
 - PhotoMaker v1 (SDXL): CLIP ViT-L/14 ID tower (24 layers, 1024 wide, 224 px) + fuse module (2048 wide),
   UNet LoRA of rank 64 on every attention projection;
 - InstantID (SDXL): face resampler 1280 wide, 20 heads, 16 queries on the 512-d face embedding, and an
-  IdentityNet ControlNet of the SDXL UNet's shape (1.25 B parameters).
+  IdentityNet ControlNet of the SDXL UNet's shape (1.25 B parameters);
+- PuLID v1 (SDXL): EVA02-CLIP-L-14-336 vision tower (24 blocks, 1024 wide, 336 px, our own torch port), the
+  ``IDEncoder`` (1280 -> 10 tokens of 2048) and ``id_to_k`` / ``id_to_v`` on all 70 cross-attention layers.
 
 The ArcFace models are random-weight iresnet recognisers exported to ONNX at their published sizes (r50
 as in buffalo_l for FaceID, r100 as in antelopev2 for InstantID: 512-d), run by the ``arcface`` backend
@@ -29,6 +31,7 @@ Run (one heavy job at a time on a shared machine; SDXL separately if memory is s
 
     flock /tmp/likeness-heavy.lock python benchmarks/peers.py --images 2 --gen-steps 2 --threads 1
     flock /tmp/likeness-heavy.lock python benchmarks/peers.py --only photomaker,instantid --images 1 --gen-steps 2 --threads 1
+    flock /tmp/likeness-heavy.lock python benchmarks/peers.py --only pulid --images 1 --gen-steps 2 --threads 1
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from generation import benchmark_parser, peak_rss_gb  # noqa: E402
 
 TEMPLATE = "{} reading a book in a library"
-FAMILY = {"ip-adapter": "sd15", "ip-adapter-faceid": "sd15", "photomaker": "sdxl", "instantid": "sdxl"}
+FAMILY = {"ip-adapter": "sd15", "ip-adapter-faceid": "sd15", "photomaker": "sdxl", "instantid": "sdxl", "pulid": "sdxl"}
 GUIDANCE = {"sd15": 7.5, "sdxl": 5.0}
 PHOTOMAKER_LORA_RANK = 64
 
@@ -84,8 +87,23 @@ def build_weights(family: str, model: Path, work: Path) -> dict:
             save_published(ip_adapter_state(unet, "resampler", embed=512, width=1280, heads=20, queries=16), files["instantid"])
         if not (files["instantid"].parent / "ControlNetModel" / "config.json").exists():
             identitynet(str(model), files["instantid"].parent / "ControlNetModel")
+        files.update(pulid_files(unet, work))
         files["arcface"] = arcface_folder(work, "r100")
     return {k: str(v) for k, v in files.items()}
+
+
+def pulid_files(unet, work: Path) -> dict:
+    """PuLID v1 and the EVA02-CLIP checkpoint at their published sizes (random weights), written once."""
+    from likeness.methods.peer_layouts import eva_clip_state, pulid_state, save_flat
+
+    files = {"pulid": work / "pulid" / "pulid_v1.bin", "eva": work / "pulid" / "EVA02_CLIP_L_336_psz14_s6B.pt"}
+    if not files["pulid"].exists():
+        save_flat(pulid_state(unet, version="v1", face_dim=512, eva_width=1024, eva_embed=768, hidden=1024, std=0.02),
+                  files["pulid"])
+    if not files["eva"].exists():
+        save_flat(eva_clip_state(width=1024, layers=24, mlp_hidden=2730, patch=14, image_size=336, embed_dim=768),
+                  files["eva"])
+    return files
 
 
 def arcface_folder(work: Path, arch: str) -> Path:
@@ -140,7 +158,8 @@ def peer_options(method: str, files: dict) -> dict:
     return {"ip-adapter": {"weights": files.get("plus-face")},
             "ip-adapter-faceid": {"weights": files.get("faceid"), "face_model_dir": files.get("arcface")},
             "photomaker": {"weights": files.get("photomaker")},
-            "instantid": {"weights": files.get("instantid"), "face_model_dir": files.get("arcface")}}[method]
+            "instantid": {"weights": files.get("instantid"), "face_model_dir": files.get("arcface")},
+            "pulid": {"weights": files.get("pulid"), "eva_clip": files.get("eva"), "face_model_dir": files.get("arcface")}}[method]
 
 
 def encode_once(method: str, files: dict, photo: Path) -> tuple[float, float]:
@@ -149,6 +168,8 @@ def encode_once(method: str, files: dict, photo: Path) -> tuple[float, float]:
     from likeness.methods.peers import largest_face
     from likeness.methods.preparation import prepare_photo
 
+    if method == "pulid":  # ArcFace, then align + parse + EVA02-CLIP + the ID encoder
+        return encode_pulid(files, photo)
     if method in ("ip-adapter-faceid", "instantid"):  # the ArcFace stack is the whole encoder
         arcface = get_backend("arcface", model_dir=str(Path(files["arcface"]).resolve()))
         largest_face(photo, arcface)
@@ -181,6 +202,28 @@ def encode_once(method: str, files: dict, photo: Path) -> tuple[float, float]:
     tic = time.perf_counter()
     run()
     return face_s, time.perf_counter() - tic
+
+
+def encode_pulid(files: dict, photo: Path) -> tuple[float, float]:
+    """(ArcFace seconds, the rest of PuLID's encode: align, parse, EVA02-CLIP tower, ID encoder), models loaded."""
+    import tempfile
+
+    from likeness.methods import get_method
+    from likeness.methods.peers import largest_face
+    from likeness.models import base_model_info
+
+    method = get_method("pulid")
+    options = {**method.defaults, **peer_options("pulid", files)}
+    context, _ = method.prepare(files["model"], base_model_info(files["model"]), options)
+    with tempfile.TemporaryDirectory() as out:
+        method.encode("astro", [photo], context, options, Path(out))  # warm-up
+        tic = time.perf_counter()
+        largest_face(photo, context["backend"])
+        face_s = time.perf_counter() - tic
+        tic = time.perf_counter()
+        method.encode("astro", [photo], context, options, Path(out))
+        total = time.perf_counter() - tic
+    return face_s, total - face_s
 
 
 def part_encode(methods: list[str], model: Path, files: dict, work: Path) -> dict:
@@ -235,12 +278,15 @@ def part_generate(methods: list[str], model: Path, artifacts: dict, resolution: 
         folder = Path(artifacts[method])
         manifest = Manifest.load(folder)
         peer = get_method(method)
+        saved = dict(pipe.unet.attn_processors)  # PuLID replaces the cross-attention processors; put them back after
         peer_pipe = peer.apply(pipe, folder, manifest) or pipe  # InstantID: a ControlNet pipeline on the same parts
         tensors = {k: v.to(dtype=pipe.unet.dtype) for k, v in load_file(str(folder / EMBEDDINGS_FILE)).items()}
         person = PeerPersonalized(peer_pipe, manifest, folder, peer, tensors)
         timings[method] = timed(lambda seed: person.generate([TEMPLATE], [seed], **sampling), method)  # {} = the person
         if hasattr(peer_pipe.unet, "encoder_hid_proj") and peer_pipe.unet.encoder_hid_proj is not None:
             peer_pipe.unload_ip_adapter()
+        if method == "pulid":
+            pipe.unet.set_attn_processor(saved)
     timings["plain (again)"] = timed(plain, "plain (again)")  # same arithmetic as plain (a fused LoRA costs nothing)
     return {k: statistics.median(v) for k, v in timings.items()} | {
         "all": timings, "cpu": {k: statistics.median(v) for k, v in cpu.items()}, "peak_rss_gb": peak_rss_gb()}

@@ -44,7 +44,7 @@ def add_parser(subparsers) -> None:
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", required=True,
                    help="method name, e.g. textual-inversion, dreambooth-lora, celeb-basis, or a tuning-free one: "
-                        "photoverse, stellarnet (need --weights), ip-adapter, ip-adapter-faceid, instantid, photomaker "
+                        "photoverse, stellarnet (need --weights), ip-adapter, ip-adapter-faceid, instantid, photomaker, pulid "
                         "(these only encode the photos)")
     p.add_argument("--base-model",
                    help="hub id, local diffusers folder, or likeness/tiny-sd | likeness/tiny-sdxl (default: the one "

@@ -193,3 +193,74 @@ def photomaker_state(base_model: str, *, hidden: int = 64, layers: int = 2, patc
                 raise ValueError(f"lora_format must be diffusers or processor, not {lora_format!r}")
             state[f"{prefix}.down.weight"], state[f"{prefix}.up.weight"] = down, up
     return state
+
+
+def eva_clip_state(*, width: int = 32, layers: int = 21, mlp_hidden: int = 48, patch: int = 8, image_size: int = 32,
+                   embed_dim: int = 16, seed: int = 0, rope_tables_inside: bool = True) -> dict[str, torch.Tensor]:
+    """A published-layout EVA02-CLIP checkpoint (``EVA02_CLIP_L_336_psz14_s6B.pt``): the vision tower's tensors
+    under ``visual.*`` (heads 64 wide, as published; one head below 64), a few text-tower entries and
+    ``logit_scale`` (a full CLIP file; PuLID ignores them), and, as a trained tower carries them, the rotary
+    tables ``visual.rope.freqs_cos`` / ``freqs_sin``. Published size: width 1024, 24 layers, hidden 2730,
+    patch 14, 336 px, embedding 768."""
+    from likeness.models.eva_clip import HEAD_WIDTH, EVAVisionConfig, EVAVisionTower, rope_tables
+
+    config = EVAVisionConfig(width=width, layers=layers, heads=max(1, width // HEAD_WIDTH), mlp_hidden=mlp_hidden,
+                             patch=patch, image_size=image_size, embed_dim=embed_dim)
+    torch.manual_seed(seed)
+    tower = EVAVisionTower(config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in tower.named_parameters():
+            if name in ("cls_token", "pos_embed") or name.endswith(("q_bias", "v_bias")):
+                param.copy_(torch.randn(param.shape, generator=g) * 0.02)
+            elif name.endswith("bias") and ("norm" in name or "_ln" in name):
+                param.copy_(torch.randn(param.shape, generator=g) * 0.02)
+    state = {f"visual.{k}": v.contiguous() for k, v in tower.state_dict().items()}
+    if rope_tables_inside:
+        cos, sin = rope_tables(config)
+        state["visual.rope.freqs_cos"], state["visual.rope.freqs_sin"] = cos, sin
+    state["text.token_embedding.weight"] = torch.randn(8, embed_dim, generator=g)
+    state["logit_scale"] = torch.tensor(4.6052)
+    return state
+
+
+def pulid_state(unet, *, version: str = "v1", face_dim: int = 16, eva_width: int = 32, eva_embed: int = 16,
+                hidden: int = 32, tokens: int = 5, dim: int = 32, queries: int = 8, depth: int = 10, heads: int = 1,
+                seed: int = 0, std: float = 0.2) -> dict[str, torch.Tensor]:
+    """A published-layout PuLID state dict for ``unet`` (SDXL-shaped): ``id_adapter.*`` (v1 ``IDEncoder`` or v1.1
+    ``IDFormer``, fed [face ; EVA embedding] and EVA features ``eva_width`` wide; ``hidden`` = the MLPs' inner
+    width, 1024 published) + ``id_adapter_attn_layers.<n>.id_to_{k,v}.weight`` on every cross-attention layer.
+    Published sizes: v1 ``IDEncoder`` 1280 -> 1024 -> 1024 -> 5 x 2048 with mappings 1024 -> 2048; v1.1 ``IDFormer``
+    dim 1024, 10 layers, 16 heads, 32 queries."""
+    from likeness.methods.pulid import IDEncoder, IDFormer, attn_layer_shapes
+
+    cross = unet.config.cross_attention_dim
+    width = face_dim + eva_embed
+    torch.manual_seed(seed)
+    if version == "v1":
+        encoder = IDEncoder((width, hidden, hidden, tokens * cross), (eva_width, hidden, hidden, cross), cross)
+    elif version == "v1.1":
+        encoder = IDFormer(dim, queries, cross, depth, heads, 4 * dim, (width, hidden, hidden, dim * tokens),
+                           (eva_width, hidden, hidden, dim))
+        with torch.no_grad():
+            encoder.latents.copy_(torch.randn(encoder.latents.shape) * dim ** -0.5)
+            encoder.proj_out.copy_(torch.randn(encoder.proj_out.shape) * dim ** -0.5)
+    else:
+        raise ValueError(f"version must be v1 or v1.1, not {version!r}")
+    state = {f"id_adapter.{k}": v.contiguous() for k, v in encoder.state_dict().items()}
+    g = torch.Generator().manual_seed(seed)
+    for key, shape in attn_layer_shapes(unet).items():
+        state[key] = _rand(g, *shape, std=std)
+    return state
+
+
+def save_flat(state: dict[str, torch.Tensor], path: str | Path) -> Path:
+    """Save a flat state dict as the PuLID and EVA-CLIP files are published: safetensors, or ``torch.save`` of the flat
+    dict (``pulid_v1.bin``, ``EVA02_CLIP_L_336_psz14_s6B.pt``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, str(path))
+    return path
