@@ -38,7 +38,7 @@ def test_similarity_transform_never_mirrors():
 
 
 def test_unknown_backend_lists_known_ones():
-    with pytest.raises(KeyError, match="arcface, dlib"):
+    with pytest.raises(KeyError, match="arcface, arcface-torch, dlib"):
         get_backend("nope")
 
 
