@@ -26,6 +26,40 @@ from likeness.faces.arcface import ArcFaceBackend, aligned_crops
 from likeness.faces.base import Face, FaceProtocol
 
 
+class ArcFaceEmbedder:
+    """The torch recogniser alone: aligned 112 px ArcFace crops -> embeddings, in batches, on ``device``.
+
+    For callers that align faces themselves (Celeb Basis takes the preparation backend's 5 points)."""
+
+    def __init__(self, weights: str | Path, arch: str | None = None, batch_size: int = 32, device=None):
+        import torch
+
+        from likeness.faces.iresnet import load_iresnet
+
+        self.weights = Path(weights)
+        self.batch_size = max(1, int(batch_size))
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.net = load_iresnet(self.weights, arch=arch).to(self.device)
+        self.embedding_dim = int(getattr(self.net, "embedding_dim", 0) or self._probe_dim())
+
+    def _probe_dim(self) -> int:
+        import torch
+
+        with torch.no_grad():
+            return int(self.net(torch.zeros(1, 3, 112, 112, device=self.device)).shape[-1])
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        """(N, 112, 112, 3) crops in 0..255 -> (N, D) raw embeddings (float32 numpy)."""
+        import torch
+
+        out = []
+        for start in range(0, len(crops), self.batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(crops[start : start + self.batch_size], dtype=np.float32))
+            with torch.no_grad():
+                out.append(self.net(batch.to(self.device).permute(0, 3, 1, 2)).float().cpu().numpy())
+        return np.concatenate(out).reshape(len(crops), -1) if out else np.zeros((0, self.embedding_dim), np.float32)
+
+
 @BACKENDS.register("arcface-torch")
 class ArcFaceTorchBackend(ArcFaceBackend):
     """``model_dir``: the InsightFace-style folder (detector ONNX, and the recogniser ONNX unless ``weights``);
@@ -35,20 +69,15 @@ class ArcFaceTorchBackend(ArcFaceBackend):
     def __init__(self, model_dir: str | Path, weights: str | Path | None = None, arch: str | None = None,
                  batch_size: int = 32, device: str | None = None, det_size: int = 640, det_threshold: float = 0.5,
                  nms_threshold: float = 0.4):
-        import torch
-
-        from likeness.faces.iresnet import load_iresnet
-
         self._weights = Path(weights) if weights is not None else None
         if self._weights is not None and not self._weights.is_file():  # before the folder scan: name the file asked for
             raise FileNotFoundError(f"{self._weights}: ArcFace weights not found (an InsightFace recogniser .onnx "
                                     "or arcface_torch .pth)")
         super().__init__(model_dir, det_size=det_size, det_threshold=det_threshold, nms_threshold=nms_threshold)
         source = self._weights or self._rec_path
-        self.batch_size = max(1, int(batch_size))
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.net = load_iresnet(source, arch=arch).to(self.device)
-        self.embedding_dim = int(getattr(self.net, "embedding_dim", 0) or self._probe_dim())
+        self.embedder = ArcFaceEmbedder(source, arch=arch, batch_size=batch_size, device=device)
+        self.net, self.device, self.batch_size = self.embedder.net, self.embedder.device, self.embedder.batch_size
+        self.embedding_dim = self.embedder.embedding_dim
         engine = (f"likeness torch {'port of the ONNX graph' if source.suffix.lower() == '.onnx' else 'iresnet'} "
                   f"({source.name}; equal to onnxruntime within 1e-4 on the same ONNX) in batches of {self.batch_size} "
                   f"on {self.device.type}")
@@ -68,30 +97,11 @@ class ArcFaceTorchBackend(ArcFaceBackend):
     def _needs_onnx_recogniser(self) -> bool:
         return self._weights is None
 
-    def _probe_dim(self) -> int:
-        import torch
-
-        with torch.no_grad():
-            return int(self.net(torch.zeros(1, 3, 112, 112, device=self.device)).shape[-1])
-
-    # -- batched embedding ----------------------------------------------------------------------------
-
-    def embeddings(self, crops: np.ndarray) -> np.ndarray:
-        """(N, 112, 112, 3) float crops in 0..255 -> (N, D) raw embeddings, in batches."""
-        import torch
-
-        out = []
-        for start in range(0, len(crops), self.batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(crops[start : start + self.batch_size], dtype=np.float32))
-            with torch.no_grad():
-                out.append(self.net(batch.to(self.device).permute(0, 3, 1, 2)).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.embedding_dim), np.float32)
-
     def _fill(self, faces_per_image: list[list[Face]], crops_per_image: list[np.ndarray]) -> None:
         crops = [c for c in crops_per_image if c is not None and len(c)]
         if not crops:
             return
-        vectors = iter(self.embeddings(np.concatenate(crops)).reshape(sum(len(c) for c in crops), -1))
+        vectors = iter(self.embedder(np.concatenate(crops)))
         for faces in faces_per_image:
             for face in faces:
                 vector = next(vectors)

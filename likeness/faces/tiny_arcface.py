@@ -118,6 +118,6 @@ def export_iresnet_onnx(path: str | Path, net=None, **kwargs) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Normalised(), (torch.zeros(1, 3, 112, 112),), str(path), dynamo=False,
+        torch.onnx.export(Normalised().eval(), (torch.zeros(1, 3, 112, 112),), str(path), dynamo=False,
                           input_names=["data"], output_names=["fc1"], dynamic_axes={"data": {0: "n"}, "fc1": {0: "n"}})
     return path
