@@ -45,7 +45,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from generation import benchmark_parser, peak_rss_gb  # noqa: E402
 
@@ -107,18 +106,17 @@ def pulid_files(unet, work: Path) -> dict:
 
 
 def arcface_folder(work: Path, arch: str) -> Path:
-    """The tests' tiny SCRFD-signature detector + a random-weight iresnet recogniser (512-d) as ONNX."""
+    """The tiny SCRFD-signature detector (likeness.faces.tiny_arcface) + a random-weight iresnet recogniser (512-d) as ONNX."""
     import warnings
 
     import torch
-    from test_faces import _export_tiny_arcface
-
     from likeness.faces.iresnet import IResNet
+    from likeness.faces.tiny_arcface import export_tiny_arcface
 
     folder = work / f"arcface-{arch}"
     if (folder / f"{arch}_random.onnx").exists():
         return folder
-    tiny = _export_tiny_arcface(work / "arcface-tiny-export")
+    tiny = export_tiny_arcface(work / "arcface-tiny-export")
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(tiny / "det_tiny.onnx", folder / "det_tiny.onnx")
     layers = {"r50": (3, 4, 14, 3), "r100": (3, 13, 30, 3)}[arch]

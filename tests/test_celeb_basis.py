@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from likeness.methods import get_method
@@ -275,3 +276,41 @@ def test_resumed_run_continues_the_same_moving_average(tiny_models, astronaut_pa
     resumed = run(tmp_path / "interrupted", checkpoint_every=2)
     assert torch.allclose(resumed.ema, straight.ema, atol=1e-6)
     assert torch.allclose(resumed.linear.weight, straight.linear.weight, atol=1e-6)
+
+
+def test_arcface_torch_face_features_train_differ_from_the_default_and_reproduce(tiny_models, two_photos, tmp_path,
+                                                                                 one_thread):
+    """``face_encoder=arcface-torch`` (the paper's iresnet features, here a random tiny iresnet as InsightFace exports
+    it): the features are the iresnet's on the ArcFace-aligned crop, not dlib's; training runs and reproduces."""
+    from likeness.faces import get_backend, largest_face_crop
+    from likeness.faces.arcface_torch import ArcFaceEmbedder
+    from likeness.faces.tiny_arcface import export_iresnet_onnx, random_iresnet
+    from likeness.methods.celeb_basis import ENCODER_FILE, face_embedding
+
+    net = random_iresnet(embedding=128)
+    weights = export_iresnet_onnx(tmp_path / "w_ir.onnx", net)
+    dlib = get_backend("dlib")
+    default = face_embedding(two_photos["astro"], dlib)
+    ours = face_embedding(two_photos["astro"], dlib, ArcFaceEmbedder(weights, device="cpu"))
+    crop = largest_face_crop(np.asarray(Image.open(two_photos["astro"][0]).convert("RGB")), dlib)
+    with torch.no_grad():
+        by_hand = net(torch.from_numpy(np.asarray(crop.aligned, dtype=np.float32)).permute(2, 0, 1)[None].contiguous())[0]
+    assert ours.shape == default.shape == (128,) and float(ours @ default) < 0.9
+    assert torch.allclose(ours, torch.nn.functional.normalize(by_hand, dim=0), atol=1e-4)
+
+    method = get_method("celeb-basis")
+    runs = [method.personalize(two_photos, tmp_path / f"run{i}", "likeness/tiny-sd", max_steps=2, progress=False,
+                               face_encoder="arcface-torch", face_weights=str(weights)) for i in range(2)]
+    plain = method.personalize(two_photos, tmp_path / "plain", "likeness/tiny-sd", max_steps=2, progress=False)
+    first, second, default_run = (read_coefficients(r) for r in (*runs, plain))
+    for name in ("astro", "mirror"):
+        assert torch.equal(first[name], second[name]) and not torch.allclose(first[name], default_run[name], atol=1e-3)
+    with safe_open(str(runs[0] / ENCODER_FILE), "pt") as handle:
+        assert handle.metadata()["face_encoder"] == "arcface-torch:w_ir.onnx"
+    with safe_open(str(plain / ENCODER_FILE), "pt") as handle:
+        assert handle.metadata()["face_encoder"] == "dlib"
+    with pytest.raises(ValueError, match="needs face_weights"):
+        method.personalize(two_photos, tmp_path / "bad", "likeness/tiny-sd", max_steps=1, face_encoder="arcface-torch")
+    with pytest.raises(FileNotFoundError, match="absent.onnx"):
+        method.personalize(two_photos, tmp_path / "bad2", "likeness/tiny-sd", max_steps=1, face_encoder="arcface-torch",
+                           face_weights=str(tmp_path / "absent.onnx"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import warnings
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from PIL import Image
 from likeness.faces import BACKENDS, FaceCache, analyze_path, get_backend, largest_face_crop
 from likeness.faces.align import ARCFACE_TEMPLATE, apply_transform, similarity_transform, template
 from likeness.faces.base import FaceBackend
+from likeness.faces.tiny_arcface import POINT_OFFSETS, export_tiny_arcface, face_image
 
 PEOPLE = ("obama", "biden", "alex_lacamoire")
 
@@ -38,7 +38,7 @@ def test_similarity_transform_never_mirrors():
 
 
 def test_unknown_backend_lists_known_ones():
-    with pytest.raises(KeyError, match="arcface, dlib"):
+    with pytest.raises(KeyError, match="arcface, arcface-torch, dlib"):
         get_backend("nope")
 
 
@@ -187,65 +187,9 @@ def test_cache_keys_on_content_and_persists(dlib_backend, astronaut_path, tmp_pa
 
 # -- arcface on tiny ONNX models with the real signatures ------------------------------------------------
 
-STRIDES = (8, 16, 32)
-POINT_OFFSETS = np.array([[-0.3, -0.2], [0.3, -0.2], [0.0, 0.1], [-0.25, 0.4], [0.25, 0.4]], dtype=np.float32)
-
-
-def _export_tiny_arcface(folder, batch_dim: bool = False):
-    """A SCRFD-like detector (9 outputs, 2 anchors, strides 8/16/32) and an ArcFace-like recogniser.
-
-    The detector fires on 32x32 bright cells at stride 32 only, with box distances of one stride and
-    fixed 5-point offsets, so the expected detection is computable by hand.
-    """
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
-
-    class TinyDetector(nn.Module):
-        def forward(self, x):
-            brightness = x.mean(1, keepdim=True)
-            scores, boxes, points = [], [], []
-            for stride in STRIDES:
-                pooled = F.avg_pool2d(brightness, stride).reshape(-1, 1)
-                logit = 50 * (pooled - 0.9) if stride == 32 else pooled * 0 - 20
-                n = pooled.shape[0] * 2
-                scores.append(torch.sigmoid(logit).repeat(1, 2).reshape(n, 1))
-                boxes.append(torch.ones(n, 4))
-                points.append(torch.from_numpy(POINT_OFFSETS.reshape(1, 10)).repeat(n, 1))
-            outputs = (*scores, *boxes, *points)
-            return tuple(o[None] for o in outputs) if batch_dim else outputs  # both forms exist in the wild
-
-    class TinyRecogniser(nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.conv = nn.Conv2d(3, 8, 4, stride=4)
-            self.fc = nn.Linear(8 * 4 * 4, 16)
-
-        def forward(self, x):
-            return self.fc(F.avg_pool2d(torch.relu(self.conv(x)), 7).flatten(1))
-
-    folder.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # the TorchScript exporter (no onnxscript needed) warns it is legacy
-        warnings.simplefilter("ignore")
-        torch.onnx.export(TinyDetector(), (torch.zeros(1, 3, 640, 640),), str(folder / "det_tiny.onnx"), dynamo=False,
-                          input_names=["input.1"], output_names=[f"out{i}" for i in range(9)])
-        torch.onnx.export(TinyRecogniser(), (torch.zeros(1, 3, 112, 112),), str(folder / "w_tiny.onnx"), dynamo=False,
-                          input_names=["data"], output_names=["fc1"], dynamic_axes={"data": {0: "n"}, "fc1": {0: "n"}})
-    return folder
-
-
 @pytest.fixture(scope="module")
 def arcface_backend(tmp_path_factory):
-    return BACKENDS.create("arcface", model_dir=_export_tiny_arcface(tmp_path_factory.mktemp("arcface")))
-
-
-def _face_image(seed: int) -> np.ndarray:
-    """320x320: textured dark background, a 16x16 bright block at (160, 96) = one stride-32 cell at 640 px."""
-    rng = np.random.default_rng(seed)
-    image = rng.integers(0, 60, (320, 320, 3), dtype=np.uint8)
-    image[96:112, 160:176] = 255
-    return image
+    return BACKENDS.create("arcface", model_dir=export_tiny_arcface(tmp_path_factory.mktemp("arcface")))
 
 
 def test_arcface_finds_models_by_signature_and_describes_itself(arcface_backend):
@@ -258,9 +202,9 @@ def test_arcface_finds_models_by_signature_and_describes_itself(arcface_backend)
 def test_arcface_detection_matches_hand_decoding(arcface_backend, batched, tmp_path):
     backend = arcface_backend
     if batched:  # detector outputs with a leading batch dimension, as some SCRFD exports have
-        backend = BACKENDS.create("arcface", model_dir=_export_tiny_arcface(tmp_path / "batched", batch_dim=True))
+        backend = BACKENDS.create("arcface", model_dir=export_tiny_arcface(tmp_path / "batched", batch_dim=True))
         assert len(backend.detector.get_outputs()[0].shape) == 3
-    faces = backend.detect(_face_image(0))
+    faces = backend.detect(face_image(0))
     assert len(faces) == 1  # two anchors on one cell: NMS keeps one
     # canvas scale 2: anchor centre (320, 192) at 640 px -> (160, 96); box = centre -+ 32 px -> -+ 16 px
     np.testing.assert_allclose(faces[0].box, (144, 80, 176, 112), atol=1e-4)
@@ -274,7 +218,7 @@ def test_arcface_end_to_end_identity_score(arcface_backend, tmp_path):
     paths = []
     for seed in (0, 0, 1):
         paths.append(tmp_path / f"img{len(paths)}.png")
-        Image.fromarray(_face_image(seed)).save(paths[-1])
+        Image.fromarray(face_image(seed)).save(paths[-1])
     result = analyze_path(arcface_backend, paths[0])
     assert result.status == "ok" and np.isclose(np.linalg.norm(result.faces[0].embedding), 1.0, atol=1e-5)
     ips = METRICS.create("ips", backend=arcface_backend)

@@ -14,8 +14,9 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
-from test_faces import _export_tiny_arcface, _face_image
 
+from likeness.faces.tiny_arcface import export_tiny_arcface as _export_tiny_arcface
+from likeness.faces.tiny_arcface import face_image as _face_image
 from likeness.methods import ArtifactError, load_artifact, personalize
 from likeness.methods.peer_layouts import clip_vision_encoder, ip_adapter_state, save_published
 from likeness.methods.peers import CheckpointError, MissingFaceModelError, empty_unet

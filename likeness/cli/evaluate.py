@@ -59,9 +59,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("generated", help="folder of generated images (likeness or Stellar flat layout)")
     parser.add_argument("--store", default="likeness-results.sqlite", help="SQLite results file (default: %(default)s)")
     parser.add_argument("--metrics", default="ips,sis,aps", help="comma-separated metric names (default: %(default)s)")
-    parser.add_argument("--backend", default="dlib", help="face backend: dlib (offline default) or arcface")
+    parser.add_argument("--backend", default="dlib", help="face backend: dlib (offline default), dlib-torch, arcface or arcface-torch")
     parser.add_argument("--detector", choices=("hog", "cnn"), default="hog", help="dlib detector (default: %(default)s)")
     parser.add_argument("--model-dir", help="arcface: folder with the detector and recognition ONNX models")
+    parser.add_argument("--face-weights", help="arcface-torch: recogniser weights (.onnx or arcface_torch .pth) "
+                        "instead of the folder's recogniser")
     parser.add_argument("--split", choices=("all", "test", "val"), default="all", help="Stellar split (default: %(default)s)")
     parser.add_argument("--cache-dir", help="keep reference-photo faces here between runs")
     parser.add_argument("--csv", help="also export per-image rows to this CSV file")
@@ -78,11 +80,16 @@ def run(args) -> int:
     from likeness.data.identities import DatasetError
     from likeness.models.vision_language import VisionModels
 
-    if args.backend == "arcface":
+    if args.backend in ("arcface", "arcface-torch"):
         if not args.model_dir:
-            print("likeness evaluate: --backend arcface needs --model-dir", file=sys.stderr)
+            print(f"likeness evaluate: --backend {args.backend} needs --model-dir", file=sys.stderr)
             return 2
         options = {"model_dir": args.model_dir}
+        if args.face_weights:
+            if args.backend != "arcface-torch":
+                print("likeness evaluate: --face-weights needs --backend arcface-torch", file=sys.stderr)
+                return 2
+            options["weights"] = args.face_weights
     else:
         options = {"detector": args.detector}
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]

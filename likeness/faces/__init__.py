@@ -5,8 +5,8 @@
 >>> result = analyze_path(backend, "photo.jpg")   # FaceResult: status + faces (largest first)
 >>> crop = largest_face_crop(image, backend)      # FaceCrop: face, 5 landmarks, aligned crop
 
-Backends: ``dlib`` (HOG/MMOD + 5-point + ResNet, offline) and ``arcface`` (an InsightFace-style
-folder of ONNX models). Each carries a :class:`FaceProtocol` stored with every score.
+Backends: ``dlib`` (HOG/MMOD + 5-point + ResNet, offline), ``dlib-torch`` (the same, batched in torch),
+``arcface`` (an InsightFace-style folder of ONNX models) and ``arcface-torch`` (its recogniser in torch). Each carries a :class:`FaceProtocol` stored with every score.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def get_backend(name: str = DEFAULT_BACKEND, **kwargs) -> FaceBackend:
 
 
 # Imported after BACKENDS exists: these modules register themselves into it.
-from likeness.faces import arcface, dlib_backend, engine  # noqa: E402,F401
+from likeness.faces import arcface, arcface_torch, dlib_backend, engine  # noqa: E402,F401
 from likeness.faces.cache import FaceCache, FaceResult, analyze_path  # noqa: E402
 from likeness.faces.crop import FaceCrop, largest_face_crop  # noqa: E402
 

@@ -25,7 +25,10 @@ def _session(path: Path):
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own message does not always name the file
+        raise ValueError(f"{path}: unreadable ONNX model ({type(exc).__name__}: {exc})") from None
 
 
 def _is_recogniser(session) -> bool:
@@ -55,6 +58,12 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int
     return keep
 
 
+def aligned_crops(image: np.ndarray, faces: list[Face]) -> np.ndarray:
+    """(N, 112, 112, 3) float32 crops in 0..255, each face's 5 points moved onto the ArcFace template."""
+    target = template(112)
+    return np.stack([np.asarray(warp(image, similarity_transform(f.landmarks, target), 112), dtype=np.float32) for f in faces])
+
+
 @BACKENDS.register("arcface")
 class ArcFaceBackend(FaceBackend):
     def __init__(self, model_dir: str | Path, det_size: int = 640, det_threshold: float = 0.5, nms_threshold: float = 0.4):
@@ -68,7 +77,7 @@ class ArcFaceBackend(FaceBackend):
                 self.recogniser, rec_path = session, path
             elif self.detector is None and _is_detector(session):
                 self.detector, det_path = session, path
-        if self.detector is None or self.recogniser is None:
+        if self.detector is None or (self.recogniser is None and self._needs_onnx_recogniser()):
             missing = "detector (SCRFD-like, 6/9/10/15 outputs)" if self.detector is None else "recogniser (N x 3 x 112 x 112 -> N x D)"
             raise ValueError(f"{model_dir}: no {missing} ONNX model found")
         self.det_size = det_size
@@ -81,6 +90,9 @@ class ArcFaceBackend(FaceBackend):
         self._has_points = n_out in (9, 15)
         if not self._has_points:
             raise ValueError(f"{det_path}: detector has no 5-point outputs; alignment needs them")
+        self._det_path, self._rec_path = det_path, (rec_path if self.recogniser is not None else None)
+        if self.recogniser is None:  # a subclass brings its own recogniser
+            return
         self.embedding_dim = int(self.recogniser.get_outputs()[0].shape[-1])
         self.protocol = FaceProtocol(
             name=f"arcface-{det_path.stem}-{rec_path.stem}/v1",
@@ -89,6 +101,9 @@ class ArcFaceBackend(FaceBackend):
             embedder=f"{rec_path.name} ({self.embedding_dim}-d), L2-normalised",
             scale_note="plain cosine: strangers near 0",
         )
+
+    def _needs_onnx_recogniser(self) -> bool:
+        return True
 
     def calibrate(self, cosine):
         return np.asarray(cosine, dtype=np.float64)
@@ -137,9 +152,7 @@ class ArcFaceBackend(FaceBackend):
     def embed(self, image: np.ndarray, faces: list[Face]) -> list[Face]:
         if not faces:
             return faces
-        target = template(112)
-        crops = [np.asarray(warp(image, similarity_transform(f.landmarks, target), 112), dtype=np.float32) for f in faces]
-        blob = ((np.stack(crops) - 127.5) / 127.5).transpose(0, 3, 1, 2).astype(np.float32)
+        blob = ((aligned_crops(image, faces) - 127.5) / 127.5).transpose(0, 3, 1, 2).astype(np.float32)
         name = self.recogniser.get_inputs()[0].name
         batch_dim = self.recogniser.get_inputs()[0].shape[0]
         if isinstance(batch_dim, int):  # fixed batch size (often 1): run in chunks of it

@@ -91,7 +91,8 @@ class OnnxRecogniser(torch.nn.Module):
     """An ONNX recogniser's graph executed in torch with its initializers as (frozen) buffers."""
 
     SUPPORTED = {"Conv", "BatchNormalization", "PRelu", "Add", "Sub", "Mul", "Div", "Relu", "Flatten", "Reshape",
-                 "Gemm", "MatMul", "Identity", "Dropout", "Constant", "Shape", "Gather", "Unsqueeze", "Concat"}
+                 "Gemm", "MatMul", "Identity", "Dropout", "Constant", "Shape", "Gather", "Unsqueeze", "Concat",
+                 "AveragePool", "GlobalAveragePool"}
 
     def __init__(self, path: Path):
         super().__init__()
@@ -154,6 +155,17 @@ class OnnxRecogniser(torch.nn.Module):
             return {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}[op](args[0], args[1])
         if op == "Relu":
             return F.relu(args[0])
+        if op == "AveragePool":
+            x, pads = args[0], list(a.get("pads", [0, 0, 0, 0]))
+            include = bool(a.get("count_include_pad", 0))
+            if pads[:2] != pads[2:]:  # torch pads symmetrically; ONNX may not
+                if not include:
+                    raise ArcFaceWeightsError("AveragePool with uneven padding left out of the count is not supported")
+                x, pads = F.pad(x, (pads[1], pads[3], pads[0], pads[2])), [0, 0]
+            return F.avg_pool2d(x, tuple(a["kernel_shape"]), tuple(a.get("strides", [1, 1])), tuple(pads[:2]),
+                                ceil_mode=bool(a.get("ceil_mode", 0)), count_include_pad=include)
+        if op == "GlobalAveragePool":
+            return args[0].mean(dim=(2, 3), keepdim=True)
         if op == "Flatten":
             return args[0].flatten(int(a.get("axis", 1)))
         if op == "Reshape":

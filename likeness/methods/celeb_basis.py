@@ -110,11 +110,13 @@ class CelebBasisSetup(TrainingSetup):
     hooks: list | None = None
 
 
-def face_embedding(photos: list[str | Path], backend) -> torch.Tensor:
+def face_embedding(photos: list[str | Path], backend, encoder=None) -> torch.Tensor:
     """One face-recognition embedding per person: the normalised mean over their usable photos.
 
     Averaging descriptors is the usual face-recognition template; with one photo it is that photo's
-    embedding. The photos here already passed preparation, so each has a face.
+    embedding. The photos here already passed preparation, so each has a face. ``encoder``: an
+    :class:`~likeness.faces.arcface_torch.ArcFaceEmbedder` (the paper's iresnet) run on the ArcFace-aligned
+    crop from ``backend``'s 5 points, instead of ``backend``'s own embedding.
     """
     from likeness.data.images import image_to_array, load_image
     from likeness.faces import largest_face_crop
@@ -124,7 +126,11 @@ def face_embedding(photos: list[str | Path], backend) -> torch.Tensor:
         crop = largest_face_crop(image_to_array(load_image(path)), backend)
         if crop is None or crop.face.embedding is None:
             raise ValueError(f"{path}: no usable face for the face-recognition embedding")
-        vectors.append(np.asarray(crop.face.embedding, dtype=np.float32))
+        if encoder is not None:
+            raw = encoder(np.asarray(crop.aligned, dtype=np.float32)[None])[0]
+            vectors.append(raw / max(float(np.linalg.norm(raw)), 1e-12))
+        else:
+            vectors.append(np.asarray(crop.face.embedding, dtype=np.float32))
     return F.normalize(torch.from_numpy(np.mean(vectors, axis=0)), dim=0)
 
 
@@ -143,6 +149,11 @@ class CelebBasisMethod(Method):
         "flip": True,
         "color_jitter": 0.2,
         "scale_range": (0.1, 1.0),
+        # Face features: None = face_backend's embedding (dlib's 128-d by default); "arcface-torch" = an iresnet
+        # (the paper's ArcFace features) from face_weights (an InsightFace recogniser .onnx or arcface_torch .pth),
+        # on the ArcFace-aligned crop from face_backend's 5 points.
+        "face_encoder": None,
+        "face_weights": None,
     }
     # The paper samples SD 1.x with guidance 10; it has no SDXL setting, so SDXL keeps the pipeline's 5.
     default_sampling = {
@@ -178,9 +189,11 @@ class CelebBasisMethod(Method):
         basis = cached_basis([e for _, e, _ in pairs], [t for t, _, _ in pairs], rank=options["rank"],
                              names=options["names"])
         backend = get_backend(options["face_backend"])
+        face_encoder = _face_encoder(options, pipe.device)
+        face_dim = face_encoder.embedding_dim if face_encoder is not None else backend.embedding_dim
         with torch.random.fork_rng():  # the layer's initial weights do not depend on earlier randomness
             torch.manual_seed(0)
-            encoder = CoefficientEncoder(backend.embedding_dim, basis.rank, len(names)).to(pipe.device)
+            encoder = CoefficientEncoder(face_dim, basis.rank, len(names)).to(pipe.device)
         identities = {n: IdentityEntry(subject=f"<{n}>", tokens=placeholder_tokens(n), photos=[]) for n in names}
         setup = CelebBasisSetup(identities=identities, modules=[encoder], basis=basis, encoder=encoder,
                                 trainable={"linear.weight": encoder.linear.weight, "linear.bias": encoder.linear.bias,
@@ -194,7 +207,8 @@ class CelebBasisMethod(Method):
         def faces_ready(make_batch):
             # The shared loop fills each person's usable photos after setup; this is the first
             # point that sees them, so the frozen face embeddings are computed here.
-            setup.faces = torch.stack([face_embedding(identities[n].photos, backend) for n in names]).to(pipe.device)
+            setup.faces = torch.stack([face_embedding(identities[n].photos, backend, face_encoder)
+                                       for n in names]).to(pipe.device)
             with torch.no_grad():
                 encoder.ema.copy_(encoder(setup.faces))
             return make_batch
@@ -215,6 +229,7 @@ class CelebBasisMethod(Method):
         encoder_state = {k: v.detach().float().cpu().contiguous() for k, v in setup.encoder.linear.state_dict().items()}
         save_file(encoder_state, str(out_dir / ENCODER_FILE),
                   metadata={"face_backend": str(options["face_backend"]), "people": json.dumps(names),
+                            "face_encoder": _face_encoder_record(options),
                             "rank": str(setup.basis.rank)})
         embeddings = setup.basis.embed(coefficients)
         sdxl = len(embeddings) > 1
@@ -245,6 +260,29 @@ class CelebBasisMethod(Method):
             for (tokenizer, enc, _), embedding in zip(encoders(pipe), per_encoder):
                 pipe.load_textual_inversion(embedding.to(enc.dtype), token=entry.tokens[0], text_encoder=enc,
                                             tokenizer=tokenizer)
+
+
+def _face_encoder(options, device):
+    """The iresnet named by ``face_encoder`` / ``face_weights``, or None for the face backend's own embedding."""
+    name, weights = options.get("face_encoder"), options.get("face_weights")
+    if name in (None, "", "backend"):
+        if weights:
+            raise ValueError("face_weights is given but face_encoder is not: pass face_encoder=arcface-torch")
+        return None
+    if name != "arcface-torch":
+        raise ValueError(f"unknown face_encoder {name!r}; known: arcface-torch (or none: face_backend's embedding)")
+    if not weights:
+        raise ValueError("face_encoder=arcface-torch needs face_weights=<InsightFace recogniser .onnx or arcface_torch .pth>")
+    from likeness.faces.arcface_torch import ArcFaceEmbedder
+
+    return ArcFaceEmbedder(weights, device=device)
+
+
+def _face_encoder_record(options) -> str:
+    """What made the face features, file name only (the artifact is shared without local paths)."""
+    if options.get("face_encoder") in (None, "", "backend"):
+        return str(options["face_backend"])
+    return f"{options['face_encoder']}:{Path(options['face_weights']).name}"
 
 
 def add_placeholders(pipe, tokens: list[str], basis: CelebBasis) -> list[torch.Tensor]:
