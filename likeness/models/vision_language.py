@@ -436,8 +436,10 @@ LOADERS = {"clip": load_clip, "gen4gen-clip": load_clip, "pickscore": load_clip,
 
 
 def bundled_tokenizer(model_id: str) -> str | None:
-    """The folder of a tiny id or of a local checkpoint folder when it also holds a tokenizer, else None."""
-    folder = _tiny(model_id) or Path(model_id.partition(":")[0]).expanduser()
+    """A tiny id, or the local checkpoint folder when it also holds a tokenizer, else None."""
+    if _is_tiny_id(model_id):
+        return model_id  # its folder holds the tokenizer; the id keeps protocol names machine-independent
+    folder = Path(model_id.partition(":")[0]).expanduser()
     if folder.is_file():
         folder = folder.parent
     return str(folder) if (folder / "tokenizer_config.json").is_file() else None
