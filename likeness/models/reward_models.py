@@ -254,11 +254,18 @@ def _normalised(image: Image.Image, mean: np.ndarray, std: np.ndarray) -> torch.
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
-def load_hps(role: str, model_id: str, device=None, batch_size: int = 16, tokenizer=None) -> ClipModel:
-    """An HPSv2 checkpoint as a :class:`ClipModel` (so CLIP-style features and batching apply unchanged)."""
+def load_hps(role: str, model_id: str, tokenizer, device=None, batch_size: int = 16) -> ClipModel:
+    """An HPSv2 checkpoint as a :class:`ClipModel` (so CLIP-style features and batching apply unchanged).
+
+    ``tokenizer``: a callable giving the CLIP tokenizer, called once the checkpoint is read."""
     path = checkpoint_file(role, model_id, HPS_FILES)
     try:
-        model = openclip_to_clip(read_state(path), tokenizer)
+        state = read_state(path)
+    except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
+        raise VisionModelError(role, model_id, f"{path}: {exc}") from None
+    tokenizer = tokenizer()
+    try:
+        model = openclip_to_clip(state, tokenizer)
     except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
         raise VisionModelError(role, model_id, f"{path}: {exc}") from None
     size = model.config.vision_config.image_size
@@ -319,6 +326,10 @@ def imagereward_to_blip(state: dict):
     plan = [(key, t + key, None) for key in text.state_dict() if not key.endswith("position_ids")]  # BLIP's names, unchanged
     text = _assign(text, plan, state, IMAGEREWARD, strict_prefixes=(t,), ignore=("position_ids", "pooler.dense.weight", "pooler.dense.bias"))
 
+    from likeness.models.vision_language import AESTHETIC_LINEAR_KEYS
+
+    for k in AESTHETIC_LINEAR_KEYS:
+        _need(state, f"mlp.layers.{k}.weight", IMAGEREWARD), _need(state, f"mlp.layers.{k}.bias", IMAGEREWARD)
     head_state = {k.removeprefix("mlp."): v.float() for k, v in state.items() if k.startswith("mlp.")}
     try:
         head = AestheticHead.from_state_dict(head_state)  # the same Sequential indices (Linear at 0, 2, 4, 6, 7)
@@ -396,13 +407,14 @@ def blip_tokenizer(tokenizer):
     return tokenizer
 
 
-def load_imagereward(role: str, model_id: str, device=None, batch_size: int = 16, tokenizer=None) -> ImageRewardModel:
+def load_imagereward(role: str, model_id: str, tokenizer, device=None, batch_size: int = 16) -> ImageRewardModel:
+    """``tokenizer``: a callable giving bert-base-uncased, called once the checkpoint is read."""
     path = checkpoint_file(role, model_id, IMAGEREWARD_FILES)
     try:
         vision, text, head = imagereward_to_blip(read_state(path))
     except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
         raise VisionModelError(role, model_id, f"{path}: {exc}") from None
-    tokenizer = blip_tokenizer(tokenizer)
+    tokenizer = blip_tokenizer(tokenizer())
     if len(tokenizer) > text.config.vocab_size:
         raise VisionModelError(role, model_id, f"its tokenizer has {len(tokenizer)} tokens, the checkpoint's embedding "
                                                f"only {text.config.vocab_size}")

@@ -68,9 +68,11 @@ class VisionModelError(FileNotFoundError):
     def __init__(self, role: str, model_id: str, reason: str):
         self.role, self.model_id, self.reason = role, model_id, reason
         r = ROLES.get(role)
+        local = model_id.startswith((".", "/", "~")) or model_id.count("/") != 1
+        download = "" if local else (f", or download it once on a connected machine (`hf download "
+                                     f"{' '.join(model_id.split(':', 1))}`) and keep HF_HOME pointing at that cache")
         how = (f"Provide it with {r.flag} PATH (a folder written by save_pretrained, or a hub id) or the environment "
-               f"variable {r.env}=PATH, or download it once on a connected machine (`hf download "
-               f"{' '.join(model_id.split(':', 1))}`) and keep HF_HOME pointing at that cache.") if r else ""
+               f"variable {r.env}=PATH{download}.") if r else ""
         need = f" ({r.used_for})" if r else ""
         super().__init__(f"model {model_id!r} for {role}{need} is not available: {reason}. {how}".strip())
 
@@ -477,8 +479,8 @@ class VisionModels:
         model_id = self.model_id(role)
         kwargs = {} if role == "aesthetic" else {"batch_size": self.batch_size}
         try:
-            if role in TOKENIZER_ROLES:
-                kwargs["tokenizer"] = self.get(TOKENIZER_ROLES[role])
+            if role in TOKENIZER_ROLES:  # called by the loader once the checkpoint is found, so its error comes first
+                kwargs["tokenizer"] = lambda: self.get(TOKENIZER_ROLES[role])
             model = LOADERS[role](role, model_id, device=self.device, **kwargs)
         except VisionModelError as exc:
             self._errors[role] = exc
