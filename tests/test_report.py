@@ -61,9 +61,10 @@ def scored_run(tmp_path_factory):
         # Text-image metrics on the tiny vision-language models, chosen through the environment variables.
         for env, model in [("LIKENESS_CLIP_MODEL", "likeness/tiny-clip"), ("LIKENESS_OWLVIT_MODEL", "likeness/tiny-owlvit"),
                            ("LIKENESS_VLM_MODEL", "likeness/tiny-blip-vqa"), ("LIKENESS_AESTHETIC_CLIP_MODEL", "likeness/tiny-clip"),
-                           ("LIKENESS_AESTHETIC_MODEL", "likeness/tiny-aesthetic"), ("HF_HUB_OFFLINE", "1")]:
+                           ("LIKENESS_AESTHETIC_MODEL", "likeness/tiny-aesthetic"), ("LIKENESS_HPS_MODEL", "likeness/tiny-hps"),
+                           ("LIKENESS_IMAGEREWARD_MODEL", "likeness/tiny-imagereward"), ("HF_HUB_OFFLINE", "1")]:
             mp.setenv(env, model)
-        metrics = ["ips", "sis", "aps", "clip-t", "clip-i", "clip-n", "goa", "rfs", "aesthetic"]
+        metrics = ["ips", "sis", "aps", "clip-t", "clip-i", "clip-n", "goa", "rfs", "aesthetic", "hpsv2", "imagereward"]
         run_bench(small_config(prompt_limit=4, metrics=metrics), run, progress=False)
     torch.set_num_threads(threads)
     return run
@@ -85,11 +86,15 @@ def test_report_shows_leaderboard_protocol_plots_and_grids(scored_run):
     parsed = _Collect()
     parsed.feed(html)
     row = parsed.tables["leaderboard"]
-    header = ["Method", "IPS", "APS", "SIS", "GOA", "RFS", "CLIP-T", "CLIP-I", "CP-CLIP", "TI-CLIP", "PickScore", "Aesthetic", "images"]
-    assert row[:13] == header
-    values = dict(zip(header, row[13:]))
+    header = ["Method", "IPS", "APS", "SIS", "GOA", "RFS", "CLIP-T", "CLIP-I", "CP-CLIP", "TI-CLIP", "PickScore", "Aesthetic",
+              "HPSv2", "ImageReward", "images"]
+    assert row[:len(header)] == header
+    values = dict(zip(header, row[len(header):]))
     assert values["IPS"] == f"{results.totals['IPS']:.3f}" and values["GOA"] == f"{results.totals['GOA']:.3f}"
     assert values["CLIP-T"] == f"{results.totals['CLIP-T']:.3f}" and values["CP-CLIP"] == values["PickScore"] == "—"
+    # HPSv2 and ImageReward from the tiny checkpoints in their published layouts: columns filled.
+    assert values["HPSv2"] == f"{results.totals['HPSV2']:.3f}" and values["ImageReward"] == f"{results.totals['IMAGEREWARD']:.3f}"
+    assert "hpsv2/v1+likeness/tiny-hps" in page.read_text() and "imagereward/v1+likeness/tiny-imagereward" in page.read_text()
     # Confidence intervals and the exploitation penalty, with how many images were zeroed.
     intervals = parsed.tables["intervals"]
     assert "95% CI (bootstrap over items)" in intervals and "GOA" in intervals and "CLIP-T" in intervals

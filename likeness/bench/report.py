@@ -27,8 +27,9 @@ from likeness.data.names import name_key
 # Stellar's leaderboard columns, in the paper's order.
 LEADERBOARD = ("IPS", "APS", "SIS", "GOA", "RFS")
 # Then the text-image baselines and Gen4Gen's scores, and the preference scores.
-TEXT_COLUMNS = ("CLIP-T", "CLIP-I", "CP-CLIP", "TI-CLIP", "PICKSCORE", "AESTHETIC")
+TEXT_COLUMNS = ("CLIP-T", "CLIP-I", "CP-CLIP", "TI-CLIP", "PICKSCORE", "AESTHETIC", "HPSV2", "IMAGEREWARD")
 COLUMNS = LEADERBOARD + TEXT_COLUMNS
+PREFERENCE = ("PICKSCORE", "AESTHETIC", "HPSV2", "IMAGEREWARD")
 DASH = "—"
 THUMB = 160
 
@@ -119,8 +120,9 @@ def category_table(results: RunResults) -> dict[str, dict[str, float | None]]:
 
 def plot_categories(table: dict, path: Path) -> Path | None:
     """Grouped bars: one group per category, one bar per metric. None when there is nothing to plot."""
-    # Preference scores live on other scales (PickScore ~20, aesthetic ~5): in the table, not on this [0, 1] plot.
-    metrics = sorted({m for row in table.values() for m, v in row.items() if v is not None and m not in ("PICKSCORE", "AESTHETIC")},
+    # Preference scores live on other scales (PickScore ~20, aesthetic ~5, ImageReward ~N(0, 1)): in the table,
+    # not on this [0, 1] plot.
+    metrics = sorted({m for row in table.values() for m, v in row.items() if v is not None and m not in PREFERENCE},
                      key=COLUMNS.index)
     if not table or not metrics:
         return None
@@ -300,7 +302,7 @@ def write_leaderboard_csv(results: RunResults, path: Path) -> Path:
 
 
 def _label(metric: str) -> str:
-    return {"PICKSCORE": "PickScore", "AESTHETIC": "Aesthetic"}.get(metric, metric)
+    return {"PICKSCORE": "PickScore", "AESTHETIC": "Aesthetic", "HPSV2": "HPSv2", "IMAGEREWARD": "ImageReward"}.get(metric, metric)
 
 
 def _finite(value) -> float | None:

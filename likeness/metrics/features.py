@@ -77,6 +77,11 @@ def relations(role: str = "vlm") -> Feature:
     return Feature("relations", role)
 
 
+def reward(role: str = "imagereward") -> Feature:
+    """A reward model's raw output for (image, prompt) (ImageReward: its head, before normalisation)."""
+    return Feature("reward", role)
+
+
 @dataclass
 class FeatureError:
     status: str
@@ -112,6 +117,14 @@ class ConceptFeature:
     boxes: list[list[float]] = field(default_factory=list)
     crops: np.ndarray | None = None
     missing_references: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RewardFeature:
+    text: str
+    raw: float
+    truncated: bool
+    tokens: int
 
 
 @dataclass
@@ -344,6 +357,31 @@ class FeatureExtractor:
             except ImageError as exc:
                 self._references[key] = FeatureError(f"ref_{exc.status}", str(exc))
         return self._references[key]
+
+    def _reward(self, feature, samples, images):
+        """One batched reward pass over the samples whose image and prompt are usable."""
+        texts = [prompt_text(s.meta) for s in samples]
+        values: list = [None] * len(samples)
+        todo = []
+        for i, text in enumerate(texts):
+            if isinstance(images[i], FeatureError):
+                values[i] = images[i]
+            elif text is None:
+                values[i] = FeatureError("no_prompt", "the image's metadata has no prompt")
+            elif not text.strip():
+                values[i] = FeatureError("empty_prompt", "the prompt is empty")
+            else:
+                todo.append(i)
+        if todo:
+            model, error = self._model(feature.role)
+            if error:
+                for i in todo:
+                    values[i] = error
+                return values
+            raw, truncated = model.raw_scores([images[i] for i in todo], [texts[i] for i in todo])
+            for k, i in enumerate(todo):
+                values[i] = RewardFeature(texts[i], float(raw[k]), truncated[k], model.token_count(texts[i]))
+        return values
 
     def _relations(self, feature, samples, images):
         values: list = [None] * len(samples)

@@ -46,7 +46,18 @@ ROLES: dict[str, ModelRole] = {r.role: r for r in (
               "LAION aesthetic score (its CLIP ViT-L/14)"),
     ModelRole("aesthetic", "trl-lib/ddpo-aesthetic-predictor:aesthetic-model.pth", "--aesthetic-model",
               "LIKENESS_AESTHETIC_MODEL", "LAION aesthetic score (its MLP head: a .pth/.safetensors file or repo:file)"),
+    ModelRole("hps", "xswu/HPSv2:HPS_v2.1_compressed.pt", "--hps-model", "LIKENESS_HPS_MODEL",
+              "HPSv2 (its checkpoint: HPS_v2.1_compressed.pt / HPS_v2_compressed.pt, a file, folder or repo:file)"),
+    ModelRole("hps-tokenizer", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "--hps-tokenizer", "LIKENESS_HPS_TOKENIZER",
+              "HPSv2's CLIP tokenizer (a folder or hub id with it)"),
+    ModelRole("imagereward", "THUDM/ImageReward:ImageReward.pt", "--imagereward-model", "LIKENESS_IMAGEREWARD_MODEL",
+              "ImageReward (its checkpoint ImageReward.pt: a file, folder or repo:file)"),
+    ModelRole("imagereward-tokenizer", "google-bert/bert-base-uncased", "--imagereward-tokenizer",
+              "LIKENESS_IMAGEREWARD_TOKENIZER", "ImageReward's tokenizer (bert-base-uncased: a folder or hub id)"),
 )}
+# A checkpoint-only model and the role of its tokenizer. A tiny id or a local folder holding a tokenizer
+# (tokenizer_config.json) also serves as the tokenizer unless one is given.
+TOKENIZER_ROLES = {"hps": "hps-tokenizer", "imagereward": "imagereward-tokenizer"}
 # PickScore's hub repo holds the model only; its processor is the one of the CLIP it was fine-tuned from.
 PICKSCORE_PROCESSOR = ("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "LIKENESS_PICKSCORE_PROCESSOR")
 
@@ -57,9 +68,11 @@ class VisionModelError(FileNotFoundError):
     def __init__(self, role: str, model_id: str, reason: str):
         self.role, self.model_id, self.reason = role, model_id, reason
         r = ROLES.get(role)
+        local = model_id.startswith((".", "/", "~")) or model_id.count("/") != 1
+        download = "" if local else (f", or download it once on a connected machine (`hf download "
+                                     f"{' '.join(model_id.split(':', 1))}`) and keep HF_HOME pointing at that cache")
         how = (f"Provide it with {r.flag} PATH (a folder written by save_pretrained, or a hub id) or the environment "
-               f"variable {r.env}=PATH, or download it once on a connected machine (`hf download "
-               f"{model_id.split(':')[0]}`) and keep HF_HOME pointing at that cache.") if r else ""
+               f"variable {r.env}=PATH{download}.") if r else ""
         need = f" ({r.used_for})" if r else ""
         super().__init__(f"model {model_id!r} for {role}{need} is not available: {reason}. {how}".strip())
 
@@ -409,8 +422,29 @@ def load_aesthetic_head(role: str, model_id: str, device=None) -> AestheticHead:
 # The shared set of models of one run
 # --------------------------------------------------------------------------------------------------------
 
+def _reward_loader(name: str):
+    """HPSv2 / ImageReward / tokenizer loaders live in ``reward_models`` (which builds on this module)."""
+    def load(*args, **kwargs):
+        from likeness.models import reward_models
+
+        return getattr(reward_models, name)(*args, **kwargs)
+    return load
+
+
 LOADERS = {"clip": load_clip, "gen4gen-clip": load_clip, "pickscore": load_clip, "aesthetic-clip": load_clip,
-           "owlvit": load_detector, "gen4gen-owlvit": load_detector, "vlm": load_vqa, "aesthetic": load_aesthetic_head}
+           "owlvit": load_detector, "gen4gen-owlvit": load_detector, "vlm": load_vqa, "aesthetic": load_aesthetic_head,
+           "hps": _reward_loader("load_hps"), "imagereward": _reward_loader("load_imagereward"),
+           "hps-tokenizer": _reward_loader("load_tokenizer"), "imagereward-tokenizer": _reward_loader("load_tokenizer")}
+
+
+def bundled_tokenizer(model_id: str) -> str | None:
+    """A tiny id, or the local checkpoint folder when it also holds a tokenizer, else None."""
+    if _is_tiny_id(model_id):
+        return model_id  # its folder holds the tokenizer; the id keeps protocol names machine-independent
+    folder = Path(model_id.partition(":")[0]).expanduser()
+    if folder.is_file():
+        folder = folder.parent
+    return str(folder) if (folder / "tokenizer_config.json").is_file() else None
 
 
 class VisionModels:
@@ -426,6 +460,11 @@ class VisionModels:
         self.loads: Counter = Counter()
 
     def model_id(self, role: str) -> str:
+        paired = next((m for m, t in TOKENIZER_ROLES.items() if t == role), None)
+        if paired and not self.overrides.get(role) and not os.environ.get(ROLES[role].env):
+            bundled = bundled_tokenizer(self.model_id(paired))
+            if bundled:
+                return bundled
         return model_id_for(role, self.overrides)
 
     def available(self, role: str) -> bool:
@@ -440,6 +479,8 @@ class VisionModels:
         model_id = self.model_id(role)
         kwargs = {} if role == "aesthetic" else {"batch_size": self.batch_size}
         try:
+            if role in TOKENIZER_ROLES:  # called by the loader once the checkpoint is found, so its error comes first
+                kwargs["tokenizer"] = lambda: self.get(TOKENIZER_ROLES[role])
             model = LOADERS[role](role, model_id, device=self.device, **kwargs)
         except VisionModelError as exc:
             self._errors[role] = exc
