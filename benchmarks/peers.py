@@ -107,11 +107,7 @@ def pulid_files(unet, work: Path) -> dict:
 
 def arcface_folder(work: Path, arch: str) -> Path:
     """The tiny SCRFD-signature detector (likeness.faces.tiny_arcface) + a random-weight iresnet recogniser (512-d) as ONNX."""
-    import warnings
-
-    import torch
-    from likeness.faces.iresnet import IResNet
-    from likeness.faces.tiny_arcface import export_tiny_arcface
+    from likeness.faces.tiny_arcface import export_iresnet_onnx, export_tiny_arcface, random_iresnet
 
     folder = work / f"arcface-{arch}"
     if (folder / f"{arch}_random.onnx").exists():
@@ -120,22 +116,7 @@ def arcface_folder(work: Path, arch: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(tiny / "det_tiny.onnx", folder / "det_tiny.onnx")
     layers = {"r50": (3, 4, 14, 3), "r100": (3, 13, 30, 3)}[arch]
-
-    class Recogniser(torch.nn.Module):
-        """InsightFace's ONNX recognisers take the already normalised crop; IResNet normalises itself."""
-
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.net = IResNet(layers).eval()
-
-        def forward(self, x):
-            return self.net(x * 127.5 + 127.5)
-
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Recogniser(), (torch.zeros(1, 3, 112, 112),), str(folder / f"{arch}_random.onnx"), dynamo=False,
-                          input_names=["data"], output_names=["fc1"], dynamic_axes={"data": {0: "n"}, "fc1": {0: "n"}})
+    export_iresnet_onnx(folder / f"{arch}_random.onnx", random_iresnet(layers, embedding=512, widths=(64, 128, 256, 512)))
     return folder
 
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
-from test_faces import _export_tiny_arcface, _face_image
 
+from likeness.faces.tiny_arcface import export_tiny_arcface, face_image
 from likeness.methods import load_artifact, personalize
 from likeness.methods.peer_layouts import eva_clip_state, pulid_state, save_flat
 from likeness.methods.peers import CheckpointError, MissingFaceModelError, empty_unet
@@ -107,7 +107,7 @@ def test_eva_tower_forward_matches_a_hand_computation():
 
 @pytest.fixture(scope="module")
 def arcface_dir(tmp_path_factory):
-    return _export_tiny_arcface(tmp_path_factory.mktemp("arcface"))
+    return export_tiny_arcface(tmp_path_factory.mktemp("arcface"))
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def face_photos(tmp_path_factory):
     paths = {}
     for name, seed in (("ann", 0), ("bob", 1)):
         paths[name] = folder / f"{name}.png"
-        Image.fromarray(_face_image(seed)).save(paths[name])
+        Image.fromarray(face_image(seed)).save(paths[name])
     paths["wall"] = folder / "wall.png"
     Image.new("RGB", (320, 320), (40, 40, 40)).save(paths["wall"])
     return paths
@@ -393,7 +393,7 @@ def test_bench_runs_pulid_with_a_status_per_item(tiny_models, pulid_files, arcfa
 
     people = tmp_path / "people"
     (people / "ann").mkdir(parents=True)
-    Image.fromarray(_face_image(0)).save(people / "ann" / "0.png")
+    Image.fromarray(face_image(0)).save(people / "ann" / "0.png")
     Image.new("RGB", (200, 200), (90, 90, 90)).save(people / "ann" / "1.png")  # no face: its items fail, with the reason
     config = RunConfig(method="pulid", base_model=SDXL, identities=str(people), prompt_limit=2, references=2, steps=2,
                        resolution=32, metrics=["ips"], method_options={})

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from likeness.models.loading import offline, pick_device
+from likeness.models.loading import offline, offline_reason, pick_device
 from likeness.models.vision_language import ClipModel, VisionModelError, _batches, _tiny
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -68,7 +68,7 @@ def checkpoint_file(role: str, model_id: str, names: tuple[str, ...]) -> Path:
         try:
             return Path(hf_hub_download(repo, filename or names[0], local_files_only=offline()))
         except Exception as exc:  # hub errors come as several unrelated types
-            where = "HF_HUB_OFFLINE is set and it is not in the local hub cache" if offline() else "it could not be downloaded"
+            where = f"{offline_reason()} and it is not in the local hub cache" if offline() else "it could not be downloaded"
             raise VisionModelError(role, model_id, f"{where} ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]})") from None
     if path.is_dir():
         for name in ((filename,) if filename else names):
@@ -435,5 +435,5 @@ def load_tokenizer(role: str, model_id: str, device=None, batch_size: int | None
     try:
         return AutoTokenizer.from_pretrained(source, local_files_only=offline())
     except Exception as exc:
-        where = "HF_HUB_OFFLINE is set and it is not in the local hub cache" if offline() else "it could not be loaded"
+        where = f"{offline_reason()} and it is not in the local hub cache" if offline() else "it could not be loaded"
         raise VisionModelError(role, model_id, f"{where} ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]})") from None
