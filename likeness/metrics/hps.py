@@ -12,6 +12,7 @@ from likeness.metrics import METRICS
 from likeness.metrics.base import Sample, Score, VisionLanguageMetric
 from likeness.metrics.clip_t import text_row
 from likeness.metrics.features import clip_image, clip_prompt
+from likeness.models import reward_models  # noqa: F401  (registers the HPSv2 loader)
 
 
 @METRICS.register("hpsv2")

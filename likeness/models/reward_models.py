@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from likeness.models.loading import offline, offline_reason, pick_device
-from likeness.models.vision_language import ClipModel, VisionModelError, _batches, _tiny
+from likeness.models.vision_language import LOADERS, ClipModel, VisionModelError, _batches, _tiny
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -437,3 +437,7 @@ def load_tokenizer(role: str, model_id: str, device=None, batch_size: int | None
     except Exception as exc:
         where = f"{offline_reason()} and it is not in the local hub cache" if offline() else "it could not be loaded"
         raise VisionModelError(role, model_id, f"{where} ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]})") from None
+
+
+LOADERS.update({"hps": load_hps, "imagereward": load_imagereward,
+                "hps-tokenizer": load_tokenizer, "imagereward-tokenizer": load_tokenizer})

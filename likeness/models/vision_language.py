@@ -422,19 +422,9 @@ def load_aesthetic_head(role: str, model_id: str, device=None) -> AestheticHead:
 # The shared set of models of one run
 # --------------------------------------------------------------------------------------------------------
 
-def _reward_loader(name: str):
-    """HPSv2 / ImageReward / tokenizer loaders live in ``reward_models`` (which builds on this module)."""
-    def load(*args, **kwargs):
-        from likeness.models import reward_models
-
-        return getattr(reward_models, name)(*args, **kwargs)
-    return load
-
-
 LOADERS = {"clip": load_clip, "gen4gen-clip": load_clip, "pickscore": load_clip, "aesthetic-clip": load_clip,
-           "owlvit": load_detector, "gen4gen-owlvit": load_detector, "vlm": load_vqa, "aesthetic": load_aesthetic_head,
-           "hps": _reward_loader("load_hps"), "imagereward": _reward_loader("load_imagereward"),
-           "hps-tokenizer": _reward_loader("load_tokenizer"), "imagereward-tokenizer": _reward_loader("load_tokenizer")}
+           "owlvit": load_detector, "gen4gen-owlvit": load_detector, "vlm": load_vqa, "aesthetic": load_aesthetic_head}
+# HPSv2 / ImageReward add theirs when likeness.models.reward_models is imported (it builds on this module).
 
 
 def bundled_tokenizer(model_id: str) -> str | None:
@@ -481,6 +471,8 @@ class VisionModels:
         try:
             if role in TOKENIZER_ROLES:  # called by the loader once the checkpoint is found, so its error comes first
                 kwargs["tokenizer"] = lambda: self.get(TOKENIZER_ROLES[role])
+            if role not in LOADERS:
+                raise VisionModelError(role, model_id, "its loader is not registered (import likeness.models.reward_models)")
             model = LOADERS[role](role, model_id, device=self.device, **kwargs)
         except VisionModelError as exc:
             self._errors[role] = exc
