@@ -6,8 +6,8 @@ Measured side by side in one invocation, on the built-in tiny model (CPU):
    once as a bare loop (personalize, load, generate, evaluate: no ledger, no resume, no sharding)
    and once by ``likeness bench``'s Runner. Ratio = runner wall time / bare-loop wall time
    (target <= 1.05). Also the runner's own wall / (sum of its timed work).
-2. scaling: ``likeness bench`` launched with 1 process, with 2 (``accelerate launch --multi_gpu
-   --num_processes 2``, gloo on CPU) and as 2 simulated nodes (two launches, ``--num_machines 2
+2. scaling: ``likeness bench`` launched with 1 process, with 2 forked by ``--processes 2`` (no
+   launcher), with 2 (``accelerate launch --multi_gpu --num_processes 2``, gloo on CPU) and as 2 simulated nodes (two launches, ``--num_machines 2
    --machine_rank 0/1 --main_process_ip 127.0.0.1``); end-to-end wall time, items/second over the
    generation phase (items ledger timestamps), CPU seconds of all processes, and where the main
    rank's time went (its timeline: start, imports, group join, ... merge), for the default smoke
@@ -78,7 +78,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-MODES = {"1p": "1 process", "2p": "2 processes", "2n": "2 nodes"}
+MODES = {"1p": "1 process", "2f": "--processes 2", "2p": "2 processes", "2n": "2 nodes"}
 # Phases of the main rank's timeline (seconds since launch), in order; see Runner.timeline.
 PHASES = (("start", "rank started"), ("method", "imports"), ("joined", "joined group"), ("prepared", "prepared"),
           ("personalized", "personalized"), ("generated", "generated"), ("evaluated", "evaluated"),
@@ -95,6 +95,8 @@ def launched(mode: str, run_dir: Path, args: list[str]) -> dict:
               "--mixed_precision", "no", "--dynamo_backend", "no"]
     if mode == "1p":
         commands = [[sys.executable, *tail]]
+    elif mode == "2f":  # likeness bench forks its second rank after the imports: no launcher
+        commands = [[sys.executable, *tail, "--processes", "2"]]
     else:
         env["OMP_NUM_THREADS"] = "1"
         port = str(_free_port())
@@ -164,7 +166,7 @@ def scaling(label: str, cli_args: list[str], repeats: int, tmp: Path) -> dict:
     one = best["1p"]
     print("  ratios vs 1 process: " + "; ".join(
         f"{MODES[m]} wall {one['wall'] / best[m]['wall']:.2f}x faster, items/s {best[m]['items_per_s'] / one['items_per_s']:.2f}x"
-        for m in ("2p", "2n")))
+        for m in ("2f", "2p", "2n")))
     return {m: {k: v for k, v in r.items()} for m, r in best.items()}
 
 

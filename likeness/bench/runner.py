@@ -116,6 +116,16 @@ def _start_worker(config: RunConfig):
     return ForkedWorker()
 
 
+def use_local_gpu() -> None:
+    """With several ranks on a machine, "cuda" means this rank's GPU (the LOCAL_RANK-th), as for its
+    personalization child, instead of every rank generating on GPU 0."""
+    import torch
+
+    local = os.environ.get("LOCAL_RANK", "")
+    if local.isdigit() and torch.cuda.is_available():
+        torch.cuda.set_device(int(local) % torch.cuda.device_count())
+
+
 def _unit(item: WorkItem) -> str:
     """The artifact an item needs: one per (identity, reference photo), as Stellar personalizes from one photo."""
     return f"{name_key(item.identity)}-{name_key(item.reference.stem)}"
@@ -150,6 +160,8 @@ class Runner:
             self._mark("forked")
         self.state = state if state is not None else PartialState(cpu=True)
         self.rank, self.world = self.state.process_index, self.state.num_processes
+        if self.world > 1:
+            use_local_gpu()
         self.rank_dir = rank_folder(self.run_dir, self.rank)
         self._mark("joined")
         self.progress = progress

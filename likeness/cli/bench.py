@@ -25,8 +25,9 @@ Outputs (all in the run folder, --out)
   images/<identity>/<item_id>.png + .json   canonical layout, item_id = identity-photo-prompt-s<seed>
   report/index.html              leaderboard (IPS APS SIS GOA RFS), protocol, plots, image grids
 
-Re-running the same command continues where a killed run stopped. Shard over processes or machines
-with accelerate: `accelerate launch --multi_gpu --num_processes 2 -m likeness bench ...` (on CPU too:
+Re-running the same command continues where a killed run stopped. Shard over processes on this
+machine with --processes N (forked after the imports: no launcher, imports paid once), or with
+accelerate: `accelerate launch --multi_gpu --num_processes 2 -m likeness bench ...` (on CPU too:
 ranks join a gloo group); several machines: add --num_machines, --machine_rank, --main_process_ip,
 --main_process_port, with the run folder on a filesystem all of them see (docs/bench.md). Each rank
 takes every N-th item and writes only its own store and images (ranks/<host>-<rank>/); they are
@@ -81,6 +82,10 @@ def add_parser(subparsers) -> None:
                         "whose models are available locally: see the --*-model flags)")
     parser.add_argument("--face-backend", default="dlib", help="face backend for the metrics (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on tiny models, else torch's default)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="ranks on this machine, forked after the imports (no launcher, imports paid once); "
+                             "same items, seeds and pixels as any launch; several machines: accelerate launch "
+                             "(default: %(default)s)")
     parser.add_argument("--stellar-flat", metavar="DIR", help="also copy the images into Stellar's flat layout here")
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (training's included)")
@@ -199,19 +204,29 @@ def run(args) -> int:
             print("metrics left out (give their models with the --*-model flags): " + "; ".join(skipped), file=sys.stderr)
     if "," in args.method:
         return run_several(args, models)
+    from likeness.bench import local_ranks
+
+    ranks = local_ranks.LocalRanks(0, 1)
     try:
         config = load_run_config(args.out) if args.resume else config_from_args(args)
-        set_threads(args.threads, config.base_model)
         if args.batch_size is not None and args.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+        ranks = local_ranks.start(args.processes, config.method)  # from here on, in every rank
+        set_threads(args.threads, config.base_model)  # after the fork: the cores are shared among the ranks
         runner = Runner(config, args.out, progress=not args.quiet, retry_failed=args.retry_failed,
                         batch_size=args.batch_size, models=models)
         summary = runner.run()
-    except (RunConfigError, DatasetError, PromptError, UnknownMethodError, FileNotFoundError, ValueError) as exc:
-        print(f"likeness bench: {exc}", file=sys.stderr)
-        return 2
-    if not runner.state.is_main_process:
-        return 0
+    except (RunConfigError, DatasetError, PromptError, UnknownMethodError, FileNotFoundError, ValueError,
+            local_ranks.LaunchError) as exc:
+        if ranks.rank == 0:  # every rank fails alike on bad input: say it once
+            print(f"likeness bench: {exc}", file=sys.stderr)
+        return ranks.finish(2)
+    except BaseException:
+        ranks.finish(1, crashed=True)  # a forked rank prints its traceback and exits here
+        raise
+    code = ranks.finish(0)
+    if code or not runner.state.is_main_process:
+        return code
     print(summary.describe())
     if args.csv or args.parquet:
         from likeness.bench.runner import STORE_FILE
@@ -267,17 +282,30 @@ def run_several(args, models=None) -> int:
                 print(f"likeness bench: --method-option {key}: {method!r} is not one of --method {args.method}", file=sys.stderr)
                 return 2
             per_method[method][option] = value
+    from likeness.bench import local_ranks
+
+    ranks = local_ranks.LocalRanks(0, 1)
     try:
         for method in methods:
             get_method(method)  # an unknown name fails before any work
         args.method = methods[0]
         config = config_from_args(args)
+        ranks = local_ranks.start(args.processes, config.method)
         set_threads(args.threads, config.base_model)
+        main = int(os.environ.get("RANK", "0") or 0) == 0  # forked or launched by accelerate
         summaries = run_methods(config, per_method, args.out, progress=not args.quiet, retry_failed=args.retry_failed,
-                                report=not args.no_report, models=models)
-    except (RunConfigError, DatasetError, PromptError, UnknownMethodError, FileNotFoundError, ValueError) as exc:
-        print(f"likeness bench: {exc}", file=sys.stderr)
-        return 2
+                                report=not args.no_report and main, models=models)
+    except (RunConfigError, DatasetError, PromptError, UnknownMethodError, FileNotFoundError, ValueError,
+            local_ranks.LaunchError) as exc:
+        if ranks.rank == 0:
+            print(f"likeness bench: {exc}", file=sys.stderr)
+        return ranks.finish(2)
+    except BaseException:
+        ranks.finish(1, crashed=True)
+        raise
+    code = ranks.finish(0)
+    if code or not main:
+        return code
     for summary in summaries:
         print(summary.describe())
     page, text = build_leaderboard([method_folder(Path(args.out), m) for m in methods], args.out)
