@@ -3,9 +3,11 @@ worker on a rank that can never be given an artifact, and ranks forked by ``--pr
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from PIL import Image
 
 from bench_helpers import small_config
 from likeness.bench.local_ranks import LAUNCH_ENV, LaunchError, start
-from likeness.bench.rankstore import MERGED_META
+from likeness.bench.rankstore import MERGED_META, rank_folder
 from likeness.bench.runner import STORE_FILE, builtin_identities, may_personalize
 from likeness.cli.bench import default_threads
 
@@ -89,3 +91,35 @@ def test_processes_bad_input_is_said_once_and_launchers_do_not_mix(tmp_path):
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("WORLD_SIZE", "2")
             start(2, "textual-inversion")
+
+
+def test_a_forked_rank_killed_mid_run_is_named_and_resume_completes_every_item_once(tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "likeness", "bench", "--quiet", "--no-report", "--out", str(run), "--limit", "24",
+               "--metrics", ""]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    for name in LAUNCH_ENV:
+        env.pop(name, None)
+    proc = subprocess.Popen([*command, "--processes", "2"], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    rank1 = rank_folder(run, 1)
+    try:
+        deadline = time.monotonic() + 240
+        while not list((rank1 / "images").glob("*/*.png")):  # rank 1 has made an image: kill it
+            assert proc.poll() is None and time.monotonic() < deadline, "rank 1 never generated"
+            time.sleep(0.1)
+        with sqlite3.connect(rank1 / STORE_FILE, timeout=30) as db:
+            pid = json.loads(db.execute("SELECT value FROM meta WHERE key='rank'").fetchone()[0])["pid"]
+        os.kill(pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and f"rank 1 (pid {pid}) was killed by signal 9" in err and "--resume" in err
+    resumed = subprocess.run([*command, "--resume", "--processes", "2"], env=env, cwd=REPO, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    with sqlite3.connect(run / STORE_FILE) as db:
+        rows = db.execute("SELECT item_id, status FROM items").fetchall()
+    assert len(rows) == 24 and {s for _, s in rows} == {"done"}
+    assert len(list((run / "images").glob("*/*.png"))) == 24

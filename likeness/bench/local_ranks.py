@@ -42,7 +42,18 @@ class LocalRanks:
 
     rank: int
     world: int
-    children: list[int] = field(default_factory=list)
+    children: list[int] = field(default_factory=list)  # rank k's pid at index k - 1 (rank 0 only)
+    codes: dict[int, int] = field(default_factory=dict)  # pid -> exit code, once reaped
+
+    def lost(self) -> str:
+        """Which forked ranks have already ended badly (killed, crashed), in words; "" when none."""
+        for pid in self.children:
+            if pid not in self.codes:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    self.codes[pid] = os.waitstatus_to_exitcode(status)
+        return "; ".join(f"rank {k} (pid {pid}) " + (f"was killed by signal {-code}" if code < 0 else f"exited with code {code}")
+                         for k, pid in enumerate(self.children, 1) if (code := self.codes.get(pid, 0)) != 0)
 
     def finish(self, code: int, crashed: bool = False) -> int:
         """A forked rank exits here with ``code`` (its traceback first when it ``crashed``); rank 0 waits
@@ -55,20 +66,22 @@ class LocalRanks:
             sys.stderr.flush()
             os._exit(code)
         deadline = time.monotonic() + 10 if code else None
-        return max([code] + [_wait(pid, deadline) for pid in self.children])
+        for pid in self.children:
+            if pid not in self.codes:
+                self.codes[pid] = _wait(pid, deadline)
+        return max([code] + [1 if c < 0 else c for c in self.codes.values()])
 
 
 def _wait(pid: int, deadline: float | None) -> int:
-    """The child's exit code (1 when a signal ended it), terminating it after ``deadline``."""
+    """The child's exit code (negative: the signal that ended it), terminating it after ``deadline``."""
     while True:
         done, status = os.waitpid(pid, 0 if deadline is None else os.WNOHANG)
         if done:
-            code = os.waitstatus_to_exitcode(status)
-            return code if code >= 0 else 1
+            return os.waitstatus_to_exitcode(status)
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGTERM)
             os.waitpid(pid, 0)
-            return 1
+            return -signal.SIGTERM
         time.sleep(0.05)
 
 

@@ -222,6 +222,10 @@ def run(args) -> int:
             print(f"likeness bench: {exc}", file=sys.stderr)
         return ranks.finish(2)
     except BaseException:
+        if ranks.rank == 0 and (lost := ranks.lost()):  # rank 0's collective failed because a rank died
+            print(f"likeness bench: {lost}; the finished items of every rank are kept in {args.out}: "
+                  "rerun with --resume to complete the rest", file=sys.stderr)
+            return ranks.finish(1)
         ranks.finish(1, crashed=True)  # a forked rank prints its traceback and exits here
         raise
     code = ranks.finish(0)
@@ -301,6 +305,10 @@ def run_several(args, models=None) -> int:
             print(f"likeness bench: {exc}", file=sys.stderr)
         return ranks.finish(2)
     except BaseException:
+        if ranks.rank == 0 and (lost := ranks.lost()):
+            print(f"likeness bench: {lost}; finished items are kept in {args.out}: rerun the same command to "
+                  "complete the rest", file=sys.stderr)
+            return ranks.finish(1)
         ranks.finish(1, crashed=True)
         raise
     code = ranks.finish(0)
