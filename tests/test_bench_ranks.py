@@ -115,7 +115,7 @@ def test_a_forked_rank_killed_mid_run_is_named_and_resume_completes_every_item_o
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 1 and f"rank 1 (pid {pid}) was killed by signal 9" in err and "--resume" in err
+    assert proc.returncode == 1 and f"rank 1 (pid {pid}) was killed by signal 9" in err and "rerun the same command" in err
     resumed = subprocess.run([*command, "--resume", "--processes", "2"], env=env, cwd=REPO, capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

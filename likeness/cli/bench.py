@@ -181,12 +181,40 @@ def default_threads(threads: int | None, base_model: str, env=None, cpus: int | 
     return max(1, (cpus or os.cpu_count() or 1) // local)
 
 
-def run(args) -> int:
-    from likeness.bench.plan import RunConfigError, load_run_config
-    from likeness.bench.runner import Runner
+def on_ranks(args, prepare, work) -> tuple[int, object]:
+    """``prepare()`` -> the run's config (bad input raises here, before any fork); then the ``--processes``
+    ranks are forked and each runs ``work(config)``. Returns (exit code, its result) on rank 0, where the
+    code is the worst of all ranks'; a forked rank exits in here. Bad input is printed once."""
+    from likeness.bench import local_ranks
+    from likeness.bench.plan import RunConfigError
     from likeness.data.identities import DatasetError
     from likeness.data.prompts import PromptError
     from likeness.methods.base import UnknownMethodError
+
+    ranks = local_ranks.LocalRanks(0, 1)
+    try:
+        config = prepare()
+        ranks = local_ranks.start(args.processes, config.method)  # from here on, in every rank
+        set_threads(args.threads, config.base_model)  # after the fork: the cores are shared among the ranks
+        result = work(config)
+    except (RunConfigError, DatasetError, PromptError, UnknownMethodError, FileNotFoundError, ValueError,
+            local_ranks.LaunchError) as exc:
+        if ranks.rank == 0:  # every rank fails alike on bad input: say it once
+            print(f"likeness bench: {exc}", file=sys.stderr)
+        return ranks.finish(2), None
+    except BaseException:
+        if ranks.rank == 0 and (lost := ranks.lost()):  # rank 0's collective failed because a rank died
+            print(f"likeness bench: {lost}; the finished items of every rank are kept in {args.out}: rerun the "
+                  "same command (or --resume) to complete the rest", file=sys.stderr)
+            return ranks.finish(1), None
+        ranks.finish(1, crashed=True)  # a forked rank prints its traceback and exits here
+        raise
+    return ranks.finish(0), result
+
+
+def run(args) -> int:
+    from likeness.bench.plan import load_run_config
+    from likeness.bench.runner import Runner
 
     from likeness.cli.evaluate import model_overrides
     from likeness.models.vision_language import VisionModels
@@ -204,33 +232,20 @@ def run(args) -> int:
             print("metrics left out (give their models with the --*-model flags): " + "; ".join(skipped), file=sys.stderr)
     if "," in args.method:
         return run_several(args, models)
-    from likeness.bench import local_ranks
-
-    ranks = local_ranks.LocalRanks(0, 1)
-    try:
-        config = load_run_config(args.out) if args.resume else config_from_args(args)
+    def prepare():
         if args.batch_size is not None and args.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-        ranks = local_ranks.start(args.processes, config.method)  # from here on, in every rank
-        set_threads(args.threads, config.base_model)  # after the fork: the cores are shared among the ranks
+        return load_run_config(args.out) if args.resume else config_from_args(args)
+
+    def work(config):
         runner = Runner(config, args.out, progress=not args.quiet, retry_failed=args.retry_failed,
                         batch_size=args.batch_size, models=models)
-        summary = runner.run()
-    except (RunConfigError, DatasetError, PromptError, UnknownMethodError, FileNotFoundError, ValueError,
-            local_ranks.LaunchError) as exc:
-        if ranks.rank == 0:  # every rank fails alike on bad input: say it once
-            print(f"likeness bench: {exc}", file=sys.stderr)
-        return ranks.finish(2)
-    except BaseException:
-        if ranks.rank == 0 and (lost := ranks.lost()):  # rank 0's collective failed because a rank died
-            print(f"likeness bench: {lost}; the finished items of every rank are kept in {args.out}: "
-                  "rerun with --resume to complete the rest", file=sys.stderr)
-            return ranks.finish(1)
-        ranks.finish(1, crashed=True)  # a forked rank prints its traceback and exits here
-        raise
-    code = ranks.finish(0)
-    if code or not runner.state.is_main_process:
+        return runner, runner.run()
+
+    code, result = on_ranks(args, prepare, work)
+    if code or not result[0].state.is_main_process:
         return code
+    runner, summary = result
     print(summary.describe())
     if args.csv or args.parquet:
         from likeness.bench.runner import STORE_FILE
@@ -272,10 +287,7 @@ def compose_inputs(args) -> None:
 def run_several(args, models=None) -> int:
     """``--method a,b,c``: one run folder per method under --out, one leaderboard over them."""
     from likeness.bench.leaderboard import build_leaderboard, method_folder, run_methods
-    from likeness.bench.plan import RunConfigError
-    from likeness.data.identities import DatasetError
-    from likeness.data.prompts import PromptError
-    from likeness.methods.base import UnknownMethodError, get_method
+    from likeness.methods.base import get_method
 
     methods = _csv(args.method)
     per_method: dict[str, dict] = {m: {} for m in methods}
@@ -286,34 +298,21 @@ def run_several(args, models=None) -> int:
                 print(f"likeness bench: --method-option {key}: {method!r} is not one of --method {args.method}", file=sys.stderr)
                 return 2
             per_method[method][option] = value
-    from likeness.bench import local_ranks
-
-    ranks = local_ranks.LocalRanks(0, 1)
-    try:
+    def prepare():
         for method in methods:
             get_method(method)  # an unknown name fails before any work
         args.method = methods[0]
-        config = config_from_args(args)
-        ranks = local_ranks.start(args.processes, config.method)
-        set_threads(args.threads, config.base_model)
+        return config_from_args(args)
+
+    def work(config):
         main = int(os.environ.get("RANK", "0") or 0) == 0  # forked or launched by accelerate
-        summaries = run_methods(config, per_method, args.out, progress=not args.quiet, retry_failed=args.retry_failed,
-                                report=not args.no_report and main, models=models)
-    except (RunConfigError, DatasetError, PromptError, UnknownMethodError, FileNotFoundError, ValueError,
-            local_ranks.LaunchError) as exc:
-        if ranks.rank == 0:
-            print(f"likeness bench: {exc}", file=sys.stderr)
-        return ranks.finish(2)
-    except BaseException:
-        if ranks.rank == 0 and (lost := ranks.lost()):
-            print(f"likeness bench: {lost}; finished items are kept in {args.out}: rerun the same command to "
-                  "complete the rest", file=sys.stderr)
-            return ranks.finish(1)
-        ranks.finish(1, crashed=True)
-        raise
-    code = ranks.finish(0)
-    if code or not main:
+        return main, run_methods(config, per_method, args.out, progress=not args.quiet, retry_failed=args.retry_failed,
+                                 report=not args.no_report and main, models=models)
+
+    code, result = on_ranks(args, prepare, work)
+    if code or not result[0]:
         return code
+    summaries = result[1]
     for summary in summaries:
         print(summary.describe())
     page, text = build_leaderboard([method_folder(Path(args.out), m) for m in methods], args.out)
