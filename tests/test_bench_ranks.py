@@ -123,3 +123,15 @@ def test_a_forked_rank_killed_mid_run_is_named_and_resume_completes_every_item_o
         rows = db.execute("SELECT item_id, status FROM items").fetchall()
     assert len(rows) == 24 and {s for _, s in rows} == {"done"}
     assert len(list((run / "images").glob("*/*.png"))) == 24
+
+
+def test_processes_with_several_methods_finish_every_method(tmp_path):
+    """The second method's run starts after the group exists: its personalization child must not be forked
+    then (it would inherit the group and wait on the other rank forever); it is spawned instead."""
+    out = tmp_path / "run"
+    result = _cli("--method", "textual-inversion,dreambooth-lora", "--processes", "2", "--limit", "2", "--train-steps", "2",
+                  "--metrics", "", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for method in ("textual-inversion", "dreambooth-lora"):
+        assert f"run {out / method}: 2/2 items done" in result.stdout
+    assert result.stdout.count("leaderboard:") == 1 and (out / "leaderboard.html").is_file()

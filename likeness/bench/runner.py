@@ -105,11 +105,15 @@ def process_start() -> float:
 
 
 def _start_worker(config: RunConfig):
-    """Fork the personalization worker of a sharded run (None where fork is unavailable)."""
+    """Fork the personalization worker of a sharded run; None (spawn one when needed) where fork is
+    unavailable, or once this process has joined the group (a later run of ``--method a,b``): a child
+    forked then would inherit the group's state, and its training loop would wait on the other ranks."""
+    import torch.distributed
+
     from likeness.bench.personalize_worker import ForkedWorker, preload
     from likeness.methods import get_method
 
-    if not ForkedWorker.available() or os.environ.get("LIKENESS_SPAWN_WORKER"):
+    if not ForkedWorker.available() or os.environ.get("LIKENESS_SPAWN_WORKER") or torch.distributed.is_initialized():
         return None
     get_method(config.method)  # its module too: the child inherits everything imported so far
     preload()
