@@ -102,6 +102,8 @@ def start(processes: int, method: str) -> LocalRanks:
     get_method(method)  # its module too: the ranks inherit everything imported here
     preload()
     port = _free_port()
+    sys.stdout.flush()  # else text still buffered here would be printed once by every rank
+    sys.stderr.flush()
     children: list[int] = []
     rank = 0
     for k in range(1, processes):
