@@ -6,26 +6,18 @@ the authors' ``hpsv2.score`` computes it. Loaded from the published checkpoint b
 
 from __future__ import annotations
 
-import numpy as np
-
 from likeness.metrics import METRICS
-from likeness.metrics.base import Sample, Score, VisionLanguageMetric
-from likeness.metrics.clip_t import text_row
+from likeness.metrics.clip_t import ClipT
 from likeness.metrics.features import clip_image, clip_prompt
 from likeness.models import reward_models  # noqa: F401  (registers the HPSv2 loader)
 
 
 @METRICS.register("hpsv2")
-class HPSv2(VisionLanguageMetric):
+class HPSv2(ClipT):
+    """CLIP-T's score (image . prompt cosine) on HPSv2's towers."""
+
     name = "hpsv2"
     roles = ("hps", "hps-tokenizer")
     features = (clip_image("hps"), clip_prompt("hps"))
     definition = ("HPSv2: cosine(HPS image embedding, HPS text embedding of the prompt with {} -> 'a person', 77 tokens); "
                   "images resized to 224 on the longer side and padded black to a square; fp32.")
-
-    def score_features(self, sample: Sample, features: dict) -> Score:
-        problem = self.problem(sample, features, self.features)
-        if problem is not None:
-            return problem
-        image, text = features[self.features[0]], features[self.features[1]]
-        return text_row(self, sample, float(np.dot(image, text.embedding)), text)
