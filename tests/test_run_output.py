@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench_helpers import PLAIN, one_torch_thread  # noqa: F401 (autouse fixture)
+from bench_helpers import PLAIN, assert_pixels_close, one_torch_thread  # noqa: F401 (autouse fixture)
 from likeness.cli import main
 
 BAR_MARKS = ("it/s]", "s/it]", "%|")
@@ -65,7 +65,8 @@ def test_batch_size_changes_nothing_in_the_pixels(tmp_path, tiny_models):
     assert main([*base, "--out", str(tmp_path / "three"), "--batch-size", "3"]) == 0  # batches of 3 + 2
     one, three = _pixels(tmp_path / "one"), _pixels(tmp_path / "three")
     assert len(one) == 5 and one.keys() == three.keys()
-    assert all(np.array_equal(one[k], three[k]) for k in one)
+    for k in one:  # batches of 3 and 1 round differently on some CPUs (AVX-512/AMX): a bound, not equality
+        assert_pixels_close(one[k], three[k])
     os.environ.pop("TQDM_DISABLE", None)
 
 
