@@ -222,8 +222,10 @@ def test_pulid_encoding_feeds_raw_arcface_and_normalised_eva(tiny_models, pulid_
     from likeness.faces import get_backend
     from likeness.methods.pulid import TAPS, eva_pixels, load_eva, load_pulid
 
+    # Antialiased resize here: the 8-bit crop's rounding passes through it smoothed (a plain 16x bicubic
+    # down-sampling, the default, picks single pixels, so the recomputation below would need a loose bound).
     art = personalize("pulid", {"ann": [face_photos["ann"], face_photos["bob"]]}, tmp_path / "a", SDXL,
-                      **_common(pulid_files, arcface_dir))
+                      **_common(pulid_files, arcface_dir, resize_antialias=True))
     stored = load_file(str(art / "embeddings.safetensors"))
     assert stored["ann.id_embedding"].shape == (1, 15, 64) == stored["ann.uncond_id_embedding"].shape
     encoder, _ = load_pulid(pulid_files["v1"], empty_unet(SDXL))
@@ -238,7 +240,7 @@ def test_pulid_encoding_feeds_raw_arcface_and_normalised_eva(tiny_models, pulid_
         assert np.array_equal(crop[..., 0], crop[..., 1]) and np.array_equal(crop[..., 1], crop[..., 2])  # greyscale
         assert (crop == 1.0).mean() > 0.3  # background whitened
         with torch.no_grad():
-            embedding, hidden = tower(eva_pixels(torch.from_numpy(crop).permute(2, 0, 1)[None], 32), taps=TAPS)
+            embedding, hidden = tower(eva_pixels(torch.from_numpy(crop).permute(2, 0, 1)[None], 32, True), taps=TAPS)
             out = encoder(torch.cat([raw, embedding / embedding.norm()], dim=-1), hidden)
         tokens.append(out if k == 0 else out[:, :5])
     torch.testing.assert_close(stored["ann.id_embedding"], torch.cat(tokens, dim=1), rtol=0, atol=2e-3)  # crop PNG rounding
@@ -357,6 +359,41 @@ def test_pulid_bad_eva_checkpoints_are_named(tiny_models, pulid_files, arcface_d
     art = personalize("pulid", {"p": [photo]}, tmp_path / "bare", SDXL, **with_eva(bare, "bare.pt"))
     full = personalize("pulid", {"p": [photo]}, tmp_path / "full", SDXL, **common)
     torch.testing.assert_close(load_file(str(art / "embeddings.safetensors")), load_file(str(full / "embeddings.safetensors")))
+
+
+def test_eva_checkpoint_saved_in_half_precision_loads(pulid_files, tmp_path):
+    """A published EVA file in fp16 carries its rotary tables rounded (up to 2.4e-4): it loads, with the weights
+    the file holds; a table that is really another one is still refused at that precision."""
+    from likeness.methods.peers import read_state_dict
+    from likeness.methods.pulid import load_eva
+
+    half = {k: v.half() for k, v in read_state_dict(pulid_files["eva"]).items()}
+    tower = load_eva(save_flat(half, tmp_path / "half.pt"))
+    weight = "blocks.3.attn.qkv.weight" if "visual.blocks.3.attn.qkv.weight" in half else "blocks.3.mlp.w3.weight"
+    assert torch.equal(tower.state_dict()[weight], half[f"visual.{weight}"].float())
+    cos, _ = rope_tables(tower.config)
+    assert (half["visual.rope.freqs_cos"].float() - cos).abs().max() > 1e-4  # the rounding the old check refused
+    half["visual.rope.freqs_cos"] = half["visual.rope.freqs_cos"].flip(0)
+    with pytest.raises(CheckpointError, match=r"visual\.rope\.freqs_cos differs from the rotary table"):
+        load_eva(save_flat(half, tmp_path / "flipped.pt"))
+
+
+def test_published_zero_tokens_and_eva_resize():
+    """v1's "extremely style" mode (ortho v1) appends 16 zero tokens in the published demo, fidelity 8, v1.1 20;
+    the EVA input is resized as PuLID's pinned torchvision 0.15.2 resizes a tensor: bicubic without antialias."""
+    from likeness.methods.pulid import IMAGE_MEAN, IMAGE_STD, default_num_zero, eva_pixels, num_zero
+
+    assert [default_num_zero("v1", o) for o in ("v2", "v1", "off")] == [8, 16, 8]
+    assert {default_num_zero("v1.1", o) for o in ("v2", "v1", "off")} == {20}
+    assert num_zero({"version": "v1", "ortho": "v1", "num_zero": 3}) == 3
+    assert num_zero({"version": "v1", "ortho": "v1", "num_zero": None}) == 16
+    picture = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    mean, std = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    for antialias in (False, True):
+        resized = F.interpolate(picture, size=(24, 24), mode="bicubic", align_corners=False, antialias=antialias)
+        torch.testing.assert_close(eva_pixels(picture, 24, antialias), (resized - mean) / std, rtol=0, atol=1e-6)
+    assert torch.equal(eva_pixels(picture, 24), eva_pixels(picture, 24, False))
+    assert (eva_pixels(picture, 24) - eva_pixels(picture, 24, True)).abs().max() > 0.05
 
 
 def test_pulid_no_face_and_missing_face_model(tiny_models, pulid_files, arcface_dir, face_photos, tmp_path):

@@ -71,7 +71,18 @@ TAPS = (4, 8, 12, 16, 20)  # EVA blocks whose inputs PuLID takes (0 < i <= 20, i
 LEVELS = len(TAPS)
 HEAD_WIDTH = 64  # IDFormer's attention heads (16 of 64)
 ORTHO_TOKENS = 5  # v2 weighs the text-parallel part by the attention on the first 5 ID tokens, as published
-DEFAULT_NUM_ZERO = {"v1": 8, "v1.1": 20}  # the published demos' defaults (fidelity mode / v1.1 slider)
+def default_num_zero(version: str, ortho: str) -> int:
+    """The published demos' zero tokens: v1 8 in its "fidelity" mode (ortho v2) and 16 in "extremely style"
+    (ortho v1); v1.1 20 (its slider's default) in every mode."""
+    if version == "v1.1":
+        return 20
+    return 16 if ortho == "v1" else 8
+
+
+def num_zero(options: dict) -> int:
+    """The artifact's ``num_zero`` option, or the published default for its version and ortho mode."""
+    chosen = options.get("num_zero")
+    return int(default_num_zero(options["version"], options["ortho"]) if chosen is None else chosen)
 ORTHO_MODES = ("v2", "v1", "off")
 # facexlib's FFHQ template for a 512 px aligned face (eyes, nose, mouth corners) and its border colour.
 FFHQ_TEMPLATE = np.array([[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935],
@@ -288,7 +299,10 @@ def load_eva(path: Path) -> EVAVisionTower:
     for key in [k for k in visual if k.endswith(("rope.freqs_cos", "rope.freqs_sin"))]:
         table = visual.pop(key)
         ours = cos if key.endswith("cos") else sin
-        if tuple(table.shape) != tuple(ours.shape) or not torch.allclose(table.float(), ours, atol=1e-4):
+        # A file saved in half precision carries the tables rounded to it (fp16: up to 2.4e-4 off): compare at
+        # that precision, one unit in the last place of 1.0 (the tables are cosines and sines).
+        atol = torch.finfo(table.dtype).eps if table.dtype in (torch.float16, torch.bfloat16) else 1e-4
+        if tuple(table.shape) != tuple(ours.shape) or not torch.allclose(table.float(), ours, atol=atol, rtol=0):
             raise CheckpointError(f"{path}: visual.{key} differs from the rotary table of this tower "
                                   f"(shape {tuple(table.shape)}, expected {tuple(ours.shape)})")
     with init_empty_weights():
@@ -353,9 +367,11 @@ def face_features_image(crop: Image.Image, background: np.ndarray) -> torch.Tens
     return torch.where(torch.from_numpy(background)[None, None], torch.ones_like(grey), grey)
 
 
-def eva_pixels(picture: torch.Tensor, size: int) -> torch.Tensor:
-    """Resized to the tower's input (bicubic, antialiased as torchvision's tensor resize is) and CLIP-normalised."""
-    resized = F.interpolate(picture, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+def eva_pixels(picture: torch.Tensor, size: int, antialias: bool = False) -> torch.Tensor:
+    """Resized to the tower's input (bicubic) and CLIP-normalised. PuLID pins torchvision 0.15.2, whose tensor
+    ``resize`` does not antialias (the default; the published code's ID tokens); ``antialias=True`` is what the
+    same call gives under torchvision >= 0.17 (ID tokens 0.4-0.7% apart)."""
+    resized = F.interpolate(picture, size=(size, size), mode="bicubic", align_corners=False, antialias=antialias)
     mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
     return (resized - mean) / std
@@ -462,7 +478,8 @@ class PuLID(TuningFreeMethod):
         "weights": None,  # the PuLID file: file, folder or hub id (default guozinan/PuLID)
         "eva_clip": None,  # EVA02_CLIP_L_336_psz14_s6B.pt: file, folder or hub id (default QuanSun/EVA-CLIP)
         "id_scale": 0.8,  # the published demos' ID scale
-        "num_zero": None,  # zero tokens appended to the ID tokens (default: v1 8, v1.1 20, as published)
+        "num_zero": None,  # zero tokens appended to the ID tokens (default as published: v1 8, or 16 with ortho v1; v1.1 20)
+        "resize_antialias": False,  # EVA input resize: False as PuLID's pinned torchvision 0.15.2, True as torchvision >= 0.17
         "ortho": "v2",  # v2 (fidelity, default), v1 ("extremely style"), off (plain sum)
         "face_backend": "arcface",
         "face_model_dir": None,  # InsightFace-style ONNX folder (antelopev2 in the published recipe)
@@ -495,7 +512,8 @@ class PuLID(TuningFreeMethod):
                                   f"{options['face_model_dir']} gives {backend.embedding_dim}-d")
         eva_record = weights_record(eva_path, "EVA02-CLIP checkpoint", eva_spec)
         eva_record["needed_at_generation"] = False  # it only made the stored embeddings
-        context = {"backend": backend, "encoder": encoder, "tower": tower, "parser": FaceParser(options["parsing_model"])}
+        context = {"backend": backend, "encoder": encoder, "tower": tower, "parser": FaceParser(options["parsing_model"]),
+                   "antialias": bool(options["resize_antialias"])}
         return context, [weights_record(path, "pulid weights", spec), eva_record]
 
     @torch.no_grad()
@@ -508,7 +526,7 @@ class PuLID(TuningFreeMethod):
         save_crop(Image.fromarray((picture[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)), out_dir, name,
                   f"crop{k}")
         tower = context["tower"]
-        embedding, hidden = tower(eva_pixels(picture, tower.config.image_size), taps=TAPS)
+        embedding, hidden = tower(eva_pixels(picture, tower.config.image_size, context["antialias"]), taps=TAPS)
         embedding = embedding / embedding.norm(dim=1, keepdim=True)
         return torch.cat([identity, embedding], dim=-1), hidden
 
@@ -532,9 +550,7 @@ class PuLID(TuningFreeMethod):
         options = manifest.config["options"]
         record = next(r for r in manifest.config["weights"] if r["role"] == "pulid weights")
         _, attn = load_pulid(Path(record["path"]), pipe.unet, options["version"])
-        num_zero = options.get("num_zero")
-        state = IDState(float(options["id_scale"]), int(DEFAULT_NUM_ZERO[options["version"]] if num_zero is None else num_zero),
-                        options["ortho"])
+        state = IDState(float(options["id_scale"]), num_zero(options), options["ortho"])
         install_processors(pipe.unet, attn, state)
         pipe.pulid_state = state
         return pipe
@@ -543,9 +559,8 @@ class PuLID(TuningFreeMethod):
         pipe = personalized.pipe
         options = personalized.manifest.config["options"]
         state = pipe.pulid_state
-        num_zero = options.get("num_zero")
         state.scale = float(options["id_scale"])  # read per call, so a changed manifest option takes effect
-        state.num_zero = int(DEFAULT_NUM_ZERO[options["version"]] if num_zero is None else num_zero)
+        state.num_zero = num_zero(options)
         state.ortho = options["ortho"]
         guidance = kwargs.get("guidance_scale", 5.0) > 1.0
         state.embedding = cfg_pair(tensors["uncond_id_embedding"], tensors["id_embedding"], len(prompts), guidance,
