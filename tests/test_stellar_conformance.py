@@ -31,7 +31,7 @@ GOLDEN = Path(__file__).parent / "golden" / "stellar_official"
 INPUTS = GOLDEN / "inputs"
 # Same weights, same inputs; the two sides differ in transformers release (5 here, 4.57 there), in padding
 # (likeness pads prompts to 77 tokens, the official code to the longest of its batch) and in the CPU that ran
-# them (AVX2 / AVX-512 / AMX round the matrix products differently): measured 2.4e-7 at most.
+# them (AVX2 / AVX-512 / AMX round the matrix products differently): measured 1.5e-7 at most here.
 TOL = 1e-4
 METRICS = ("clip-t", "clip-i", "clip-n", "goa")
 OFFICIAL_KEYS = {"clip-t": "clip_t", "clip-i": "clip_i", "clip-n": "clip_n", "goa": "goa"}
@@ -188,3 +188,74 @@ def test_a_rerun_over_a_store_of_the_old_protocol_never_mixes_old_and_new(evalua
 def _read_csv(path: Path) -> list[dict]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def test_a_resumed_benchmark_rescores_rows_of_an_old_protocol(tmp_path):
+    """``likeness bench`` on a run folder whose rows an older likeness scored: the items count as unscored
+    under the current protocol, are rescored, and the summary holds only current rows."""
+    from bench_helpers import small_config
+
+    from likeness.bench.report import read_results
+    from likeness.bench.runner import STORE_FILE, run_bench
+    from likeness.bench.runstore import RunStore
+
+    models = VisionModels({"clip": "likeness/tiny-clip"}, device="cpu")
+    run = tmp_path / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_bench(small_config(prompt_limit=2, metrics=["clip-t"]), run, progress=False, models=models)
+        with sqlite3.connect(run / STORE_FILE) as db:  # one item as an older protocol stored it
+            (item, protocol), *_ = db.execute("SELECT item_id, protocol FROM results WHERE metric = 'clip-t'").fetchall()
+            protocol = json.loads(protocol)
+            current = protocol["name"]
+            protocol["name"] = current.replace("clip-t/v1", "clip-t/v0")
+            db.execute("UPDATE results SET value = 5.0, protocol = ? WHERE item_id = ? AND metric = 'clip-t'",
+                       (json.dumps(protocol, sort_keys=True), item))
+        run_bench(small_config(prompt_limit=2, metrics=["clip-t"]), run, progress=False, models=models)
+    finally:
+        torch.set_num_threads(threads)
+    with RunStore(run / STORE_FILE) as store:
+        rows = store.scores("clip-t")
+    assert len(rows) == 2 and {r.protocol["name"] for r in rows} == {current}
+    assert all(abs(r.value) <= 1 for r in rows)  # the stale 5.0 was rescored
+    results = read_results(run)
+    assert results.summaries["CLIP-T"]["count"] == 2
+    assert results.totals["CLIP-T"] == pytest.approx(np.mean([r.value for r in rows]))
+
+
+def test_evaluator_reports_aps_with_and_without_the_official_flip(models, tmp_path):
+    """CLIP-T + CLIP-N + the APS probe in one run: ``aps`` and ``aps-penalised`` (predictions of the images that
+    fail the penalty negated), each under its own protocol name, the summary saying how many were flipped."""
+    from test_sis_scale import CalibratedColour
+
+    from likeness.bench.evaluate import format_summary, score_items
+    from likeness.data.identities import load_identities
+    from likeness.data.layout import read_generated
+    from likeness.faces import FaceCache
+
+    identities = load_identities(INPUTS / "stellar")
+    items = read_generated(INPUTS / "syn", identities)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = score_items(items, identities, tmp_path / "r.sqlite", ["clip-t", "clip-n", "aps"], progress=False,
+                             models=models, cache=FaceCache(CalibratedColour()))
+    finally:
+        torch.set_num_threads(threads)
+    summaries = {s["metric"]: s for s in report.summaries}
+    with ResultsStore(tmp_path / "r.sqlite") as results:
+        raw, penalised = results.scores("aps"), results.scores("aps-penalised")
+        clip_t = {s.item_id: s.value for s in results.scores("clip-t")}
+        clip_n = {s.item_id: s.value for s in results.scores("clip-n")}
+    follows, std = follows_prompt(clip_t, clip_n)
+    assert raw[0].protocol["name"].startswith("aps/probe-v2+") and penalised[0].protocol["name"].startswith("aps-penalised/v2+")
+    assert summaries["aps"]["value"] == pytest.approx(set_value(raw))
+    assert summaries["aps-penalised"]["value"] == pytest.approx(set_value(flipped_aps_rows(raw, follows, std, "x")))
+    assert summaries["aps-penalised"]["flipped"] == sum(not v for v in follows.values()) > 0
+    assert summaries["aps-penalised"]["raw_value"] == pytest.approx(summaries["aps"]["value"])
+    for row in penalised:
+        original = next(r for r in raw if r.item_id == row.item_id)
+        sign = 1 if follows[row.item_id] else -1
+        assert row.detail["pred"] == {a: sign * v for a, v in original.detail["pred"].items()}
+    assert "exploitation penalty on APS" in format_summary(report)

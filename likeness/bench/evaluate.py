@@ -67,6 +67,15 @@ def build_metrics(names, backend, cache, identities, models=None) -> list[Metric
     return built
 
 
+def protocol_names(names, backend=None, cache=None, identities=None, models=None) -> dict[str, str]:
+    """Each metric's current protocol name: a stored row counts as done only under it (a row of an older
+    protocol, e.g. ``goa/v1``, is stale and recomputed, never summarised with the new ones). Loads no model."""
+    from likeness.models.vision_language import VisionModels
+
+    built = build_metrics(names, backend, cache, identities, models if models is not None else VisionModels())
+    return {m.name: m.protocol["name"] for m in built}
+
+
 def evaluate(
     dataset: str | Path,
     generated: str | Path,

@@ -109,7 +109,8 @@ def write_inputs() -> None:
         (syn / f"{save_name}.json").write_text(json.dumps(record, indent=1))
 
     # Penalty: CLIP-N values and CLIP-T values placed around CLIP-N + 2 std, where the sample std (ddof 1, the
-    # official one) and the population std (ddof 0) disagree for some images.
+    # official one) and the population std (ddof 0) disagree for some images: CLIP-T = CLIP-N + 2 std0 +
+    # f (std1 - std0) follows under ddof 1 only when f > 2, under ddof 0 when f > 0.
     n = [0.20, 0.24, 0.30, 0.22, 0.26, 0.28, 0.21, 0.25, 0.27, 0.23]
     std1, std0 = float(np.std(n, ddof=1)), float(np.std(n, ddof=0))
     t = [v + 2 * std0 + (std1 - std0) * f for v, f in zip(n, [2.5, 1.5, 0.5, 4.0, -0.5, 3.0, 0.3, -2.0, 1.9, 2.2])]
