@@ -4,13 +4,14 @@ against its outputs in ``tests/test_stellar_conformance.py``).
 
 Queries are the prompt's detectables minus Stellar's 24 role words that name the person itself (clown, astronaut,
 doctor, ...; ``likeness.metrics.features.ROLE_WORDS``, matched exactly as the official code does). Every predicted
-box is assigned to the query with its highest logit (``goa/v1`` compared float32 sigmoids, which tie at 1.0); an object's score is the best score among the boxes assigned to
-it (0 when none is); GOA = mean over objects, in [0, 1]. Two deliberate differences from the official code
+box is assigned to the query with its highest logit; an object's score is the best score among the boxes assigned
+to it (0 when none is); GOA = mean over objects, in [0, 1]. Two deliberate differences from the official code
 (docs/text-metrics.md, "Protocol: likeness vs the official code"): each image is scored on its own queries only
 (the official code pads every image's queries with " " up to the longest list of its batch, and the padding takes
 part in the best-query choice, so its GOA depends on the batch), and prompts with no detectable left are excluded
 and counted (status ``no_detectables``), not scored 0 (the official code, which also crashes on a batch of them).
-``goa/v1`` (likeness' own 65 role words) rows are never mixed with ``goa/v2`` ones: the protocol name differs.
+``goa/v1`` (likeness' own 65 role words; best query on float32 sigmoids, which tie at 1.0 for large logits) rows
+are never mixed with ``goa/v2`` ones: the protocol name differs.
 """
 
 from __future__ import annotations
