@@ -10,7 +10,7 @@ to it (0 when none is); GOA = mean over objects, in [0, 1]. Two deliberate diffe
 (the official code pads every image's queries with " " up to the longest list of its batch, and the padding takes
 part in the best-query choice, so its GOA depends on the batch), and prompts with no detectable left are excluded
 and counted (status ``no_detectables``), not scored 0 (the official code, which also crashes on a batch of them).
-``goa/v1`` (likeness' own 65 role words; best query on float32 sigmoids, which tie at 1.0 for large logits) rows
+``goa/v1`` (likeness' own 69 role words; best query on float32 sigmoids, which tie at 1.0 for large logits) rows
 are never mixed with ``goa/v2`` ones: the protocol name differs.
 """
 
