@@ -228,9 +228,16 @@ class Runner:
 
                 done = {r["item_id"] for r in rows if r["status"] == DONE}
                 # Scored under the metric's current protocol: rows of an older one are rescored, not kept.
-                cache = self._face_cache() if self._face_metrics() else None
-                protocols = protocol_names(self.config.metrics, cache.backend if cache else None, cache, self.identities,
-                                           self.models)
+                try:
+                    cache = self._face_cache() if self._face_metrics() else None
+                    protocols = protocol_names(self.config.metrics, cache.backend if cache else None, cache,
+                                               self.identities, self.models)
+                except Exception as exc:  # e.g. face models missing: evaluation records that per item later
+                    import logging
+
+                    logging.getLogger(__name__).warning("cannot name the metrics' protocols (%s); stored rows count "
+                                                        "as scored", exc)
+                    protocols = {}
                 scored = set.intersection(*(store.done_items(m, protocols.get(m)) for m in self.config.metrics))
                 unscored = done - scored
         finally:
