@@ -87,7 +87,7 @@ def test_evaluate_end_to_end_then_resume(stellar_case, capsys):
             "--csv", str(csv_path), "--split", "test", "--quiet"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "ips/v1+dlib-hog-r128-cal/v1" in out and "aps/probe-v1+dlib-hog-r128-cal/v1" in out
+    assert "ips/v1+dlib-hog-r128-cal/v1" in out and "aps/probe-v2+dlib-hog-r128-cal/v1" in out
     assert "face protocol dlib-hog-r128-cal/v1" in out and "9 images: 9 scored now" in out
     assert "dataset problems (1):" in out and "001/1.jpg: photo missing (1_attributes.json is there)" in out
 

@@ -154,8 +154,10 @@ def test_goa_role_words_exclusion_and_hand_computation(models, folders, case):
     from transformers import OwlViTForObjectDetection, OwlViTProcessor
 
     _, _, samples = case
-    assert is_role_word("clown") and is_role_word("an astronaut") and is_role_word("police officer")
-    assert not is_role_word("space suit") and not is_role_word("guitar")
+    # Stellar's official 24 words, matched exactly as the official code does (case-sensitive, no article stripping).
+    assert is_role_word("clown") and is_role_word("astronaut") and is_role_word("Pope") and is_role_word("sumo fighter")
+    assert not is_role_word("space suit") and not is_role_word("guitar") and not is_role_word("chef")
+    assert not is_role_word("man") and not is_role_word("pope") and not is_role_word("an astronaut")
     scores, _ = _scores(["goa"], models, samples)
     goa = scores["goa"]
     assert goa["i1"].detail["dropped_role_words"] == ["clown"] and list(goa["i1"].detail["objects"]) == ["space suit"]
@@ -255,7 +257,7 @@ def test_penalty_zeroes_exactly_the_images_that_do_not_follow_the_prompt():
     clip_n = {"a": 0.20, "b": 0.30, "c": 0.25, "d": 0.25}
     clip_t = {"a": 0.40, "b": 0.31, "c": 0.30, "d": None}
     follows, std = follows_prompt(clip_t, clip_n)
-    assert std == pytest.approx(np.std([0.20, 0.30, 0.25, 0.25]))
+    assert std == pytest.approx(np.std([0.20, 0.30, 0.25, 0.25], ddof=1))  # sample std, as the official code
     assert follows == {"a": 0.40 > 0.20 + 2 * std, "b": False, "c": 0.30 > 0.25 + 2 * std}
     assert follows["a"] and not follows["c"]
     raw = [Score(i, "ips", v, "ok" if v else "no_face", 1, {"name": "ips/v1"}, {}) for i, v in
@@ -283,7 +285,7 @@ def test_evaluator_penalty_statuses_and_store(models, case, tmp_path, face_cache
     assert {m for (i, m) in rows if i == "i0"} == {"clip-t", "clip-n", "ips", "goa", "ips-penalised"}
     t = {i: rows[(i, "clip-t")].value for i in ("i0", "i1", "i2", "i4")}
     n = {i: rows[(i, "clip-n")].value for i in ("i0", "i1", "i2", "i4")}
-    std = np.std(list(n.values()))
+    std = np.std(list(n.values()), ddof=1)
     for i in t:
         pen = rows[(i, "ips-penalised")]
         follows = t[i] > n[i] + 2 * std
@@ -356,7 +358,7 @@ def test_cli_evaluate_text_metrics_and_missing_model(folders, case, tmp_path, ca
             "--metrics", "clip-t,clip-i,goa", "--clip-model", str(folders["clip"]), "--owlvit-model", str(folders["owlvit"]), "--quiet"]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "clip-t/v1+" in text and "goa/v1+" in text and "95% CI" in text
+    assert "clip-t/v1+" in text and "goa/v2+" in text and "95% CI" in text
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(args[:5] + ["--metrics", "rfs", "--vlm-model", "nobody/no-vqa", "--quiet"]) == 1
     captured = capsys.readouterr()

@@ -67,6 +67,15 @@ def build_metrics(names, backend, cache, identities, models=None) -> list[Metric
     return built
 
 
+def protocol_names(names, backend=None, cache=None, identities=None, models=None) -> dict[str, str]:
+    """Each metric's current protocol name: a stored row counts as done only under it (a row of an older
+    protocol, e.g. ``goa/v1``, is stale and recomputed, never summarised with the new ones). Loads no model."""
+    from likeness.models.vision_language import VisionModels
+
+    built = build_metrics(names, backend, cache, identities, models if models is not None else VisionModels())
+    return {m.name: m.protocol["name"] for m in built}
+
+
 def evaluate(
     dataset: str | Path,
     generated: str | Path,
@@ -220,8 +229,9 @@ def protocol_notes(scorers, identities) -> list[str]:
 
 
 def _penalise(results: ResultsStore, scorers: list[Metric], report: EvaluationReport) -> list[dict]:
-    """Stellar's exploitation penalty, when CLIP-T and CLIP-N were computed with IPS and/or SIS: derived
-    ``ips-penalised`` / ``sis-penalised`` rows (rewritten, the threshold depends on the whole set) + summaries."""
+    """Stellar's exploitation penalty, when CLIP-T and CLIP-N were computed with IPS, SIS and/or the APS probe:
+    derived ``ips-penalised`` / ``sis-penalised`` / ``aps-penalised`` rows (rewritten, the threshold depends on
+    the whole set) + summaries."""
     from likeness.metrics.penalty import PENALISED, PenalisedSummary, follows_prompt, penalised_rows
 
     by_name = {m.name: m for m in scorers}
@@ -240,6 +250,19 @@ def _penalise(results: ResultsStore, scorers: list[Metric], report: EvaluationRe
         summary = PenalisedSummary(name).summarize(rows)
         summaries.append(summary)
         report.definitions[summary["protocol"]] = PenalisedSummary.definition
+    aps = by_name.get("aps")
+    if aps is not None and aps.version.startswith("probe"):
+        from likeness.metrics.aps import set_summary, set_value
+        from likeness.metrics.penalty import APS_PENALISED, flipped_aps_rows
+
+        raw = results.scores("aps", aps.protocol["name"])
+        rows = flipped_aps_rows(raw, follows, std, by_name["clip-t"].protocol["name"])
+        results.put(rows)
+        summary = set_summary(PenalisedSummary(APS_PENALISED).summarize(rows), rows)
+        summary["flipped"] = sum(r.status == "flipped" for r in rows)
+        summary["raw_value"] = set_value(raw)
+        summaries.append(summary)
+        report.definitions[summary["protocol"]] = rows[0].protocol["definition"] if rows else ""
     return summaries
 
 
@@ -294,7 +317,11 @@ def format_summary(report: EvaluationReport) -> str:
         if other:
             lines.append(" " * (width + 1) + "statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(other.items())))
     for s in report.summaries:
-        if "zeroed" in s:
+        if "flipped" in s:
+            lines.append(f"exploitation penalty on APS (as the official code intends): raw {_num(s['raw_value']).strip()} -> "
+                         f"penalised {_num(s['value']).strip()}; predictions of {s['flipped']} of {s['count']} images "
+                         f"negated, {s['unjudged']} unjudged")
+        elif "zeroed" in s:
             lines.append(f"exploitation penalty on {s['metric'].split('-')[0].upper()}: raw {_num(s['raw_value']).strip()} -> "
                          f"penalised {_num(s['value']).strip()}; {s['zeroed']} of {s['count']} images zeroed "
                          f"(CLIP-T <= CLIP-N + 2 std(CLIP-N), std {_num(s['clip_n_std']).strip()}), {s['unjudged']} unjudged")

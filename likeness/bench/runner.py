@@ -224,8 +224,21 @@ class Runner:
             rows = store.items()
             unscored: set[str] = set()
             if self.config.metrics:
+                from likeness.bench.evaluate import protocol_names
+
                 done = {r["item_id"] for r in rows if r["status"] == DONE}
-                scored = set.intersection(*(store.done_items(m) for m in self.config.metrics))
+                # Scored under the metric's current protocol: rows of an older one are rescored, not kept.
+                try:
+                    cache = self._face_cache() if self._face_metrics() else None
+                    protocols = protocol_names(self.config.metrics, cache.backend if cache else None, cache,
+                                               self.identities, self.models)
+                except Exception as exc:  # e.g. face models missing: evaluation records that per item later
+                    import logging
+
+                    logging.getLogger(__name__).warning("cannot name the metrics' protocols (%s); stored rows count "
+                                                        "as scored", exc)
+                    protocols = {}
+                scored = set.intersection(*(store.done_items(m, protocols.get(m)) for m in self.config.metrics))
                 unscored = done - scored
         finally:
             store.close()

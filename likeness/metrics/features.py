@@ -12,7 +12,6 @@ turns it into a row with that status, and the run goes on.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,20 +20,18 @@ import numpy as np
 from likeness.data.images import ImageError, load_image
 
 PERSON_TEXT = "a person"  # what "{}" becomes in text given to CLIP (Stellar's convention)
-# Words that name the person itself (roles, people): querying the detector with them would find the
-# person, so GOA drops them (Stellar's official code does the same with its own list).
-ROLE_WORDS = frozenset("""
-person man woman boy girl child kid people lady gentleman guy baby human he she
-clown astronaut doctor chef firefighter fireman pirate police policeman policewoman officer police_officer
-construction_worker knight cowboy cowgirl wizard witch pilot nurse soldier sailor scientist teacher student
-farmer painter artist musician singer dancer king queen prince princess superhero vampire zombie ninja samurai
-detective judge waiter waitress surgeon dentist mechanic builder athlete boxer surfer skier climber magician
-""".split())
+# Detectables that name the person itself: querying the detector with them would find the person, so GOA drops
+# them. Stellar's official list (stellar-metrics, object_faithfulness.py), compared as the official code does:
+# exact, case-sensitive string membership ("Pope" is dropped, "pope" and "a clown" are not).
+ROLE_WORDS = frozenset((
+    "clown", "businessman", "doctor", "nurse", "cop", "policeman", "firefighter", "fireman", "soldier", "captain",
+    "admiral", "scientist", "knight", "DJ", "egyptian pharaoh", "king", "emperor", "astronaut", "cowboy", "wizard",
+    "pilot", "Pope", "President", "sumo fighter",
+))
 
 
 def is_role_word(detectable: str) -> bool:
-    words = re.sub(r"^(an?|the)\s+", "", str(detectable).strip().lower())
-    return words in ROLE_WORDS or words.replace(" ", "_") in ROLE_WORDS
+    return str(detectable) in ROLE_WORDS
 
 
 @dataclass(frozen=True)
@@ -102,6 +99,7 @@ class DetectableFeature:
     dropped: list[str]  # role words dropped
     scores: np.ndarray  # boxes x queries
     boxes: np.ndarray
+    logits: np.ndarray | None = None  # boxes x queries, before the sigmoid (picks each box's best query)
 
 
 @dataclass
@@ -287,7 +285,7 @@ class FeatureExtractor:
                 return values
             found = model.detect([images[i] for i in todo], [queries[i][0] for i in todo])
             for i, det in zip(todo, found):
-                values[i] = DetectableFeature(det.queries, queries[i][1], det.scores, det.boxes)
+                values[i] = DetectableFeature(det.queries, queries[i][1], det.scores, det.boxes, det.logits)
         return values
 
     def _concepts(self, feature, samples, images):

@@ -234,11 +234,13 @@ def load_clip(role: str, model_id: str, device=None, batch_size: int = 16) -> Cl
 @dataclass
 class Detections:
     """Every predicted box of one image against its queries: ``scores`` (boxes x queries, sigmoid of the
-    logits) and ``boxes`` (x0, y0, x1, y1 in the original image's pixels)."""
+    logits), ``boxes`` (x0, y0, x1, y1 in the original image's pixels) and the ``logits`` themselves (a box's
+    best query is chosen on them: in float32 the sigmoid of large logits rounds to a tie at 1.0)."""
 
     queries: list[str]
     scores: np.ndarray
     boxes: np.ndarray
+    logits: np.ndarray | None = None
 
 
 class OwlDetector:
@@ -259,7 +261,8 @@ class OwlDetector:
             inputs = self.processor(text=texts, images=[im for im, _ in chunk], return_tensors="pt", truncation=True)
             inputs = {k: v.to(self.device) for k, v in inputs.items()}
             out = self.model(**inputs)
-            scores = torch.sigmoid(out.logits.float()).cpu().numpy()
+            logits = out.logits.float()
+            scores, logits = torch.sigmoid(logits).cpu().numpy(), logits.cpu().numpy()
             boxes = out.pred_boxes.float().cpu().numpy()  # (cx, cy, w, h), normalised
             for k, (image, q) in enumerate(chunk):
                 w, h = image.size
@@ -267,7 +270,7 @@ class OwlDetector:
                 cx, cy, bw, bh = boxes[k].T
                 xyxy = np.stack([(cx - bw / 2) * sx, (cy - bh / 2) * sy, (cx + bw / 2) * sx, (cy + bh / 2) * sy], axis=1)
                 xyxy = np.clip(xyxy, 0, [w, h, w, h])
-                results.append(Detections(list(q), scores[k][:, :len(q)], xyxy))
+                results.append(Detections(list(q), scores[k][:, :len(q)], xyxy, logits[k][:, :len(q)]))
         return results
 
 
