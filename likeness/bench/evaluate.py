@@ -21,12 +21,12 @@ from likeness.bench.store import ResultsStore
 from likeness.data.identities import Identity, load_identities
 from likeness.data.layout import GeneratedItem, read_canonical_item, read_generated
 from likeness.data.names import index_by_name
-from likeness.faces import FaceCache, get_backend
+from likeness.faces import FaceCache, get_backend, metric_backend_options
 from likeness.metrics import METRICS, Metric, Sample, Score
 from likeness.metrics.base import VisionLanguageMetric
 from likeness.metrics.features import FACES, FeatureError, FeatureExtractor
 
-DEFAULT_METRICS = ("ips", "sis", "aps")
+DEFAULT_METRICS = ("ips", "sis", "aps", "copy-gap")
 log = logging.getLogger(__name__)
 
 
@@ -137,7 +137,7 @@ def score_items(
     if cache is not None:
         face_backend = cache.backend
     elif any(not is_vision_language(name) for name in metrics):
-        face_backend = get_backend(backend, **(backend_options or {}))
+        face_backend = get_backend(backend, **metric_backend_options(backend, backend_options))
         cache = FaceCache(face_backend, cache_dir)
     models = models if models is not None else VisionModels()
     scorers = build_metrics(metrics, face_backend, cache, identities, models)
