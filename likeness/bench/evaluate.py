@@ -294,8 +294,8 @@ def format_summary(report: EvaluationReport) -> str:
             lines.append(" " * (width + 1) + f"similarity to the reference {_num(s['reference_similarity']).strip()}, "
                          f"to the other photos {_num(s['other_similarity']).strip()}")
         if "confusion_rate" in s:  # multi-id
-            lines.append(" " * (width + 1) + f"identity confusion: {s['confused']} face(s) closer to another named person, rate "
-                         f"{_num(s['confusion_rate']).strip()}")
+            lines.append(" " * (width + 1) + f"identity confusion: {s['confused']} face(s) closer to another named "
+                         f"person, rate {_num(s['confusion_rate']).strip()}")
         other = {k: v for k, v in (s.get("statuses") or {}).items() if k != "ok"}
         if other:
             lines.append(" " * (width + 1) + "statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(other.items())))
