@@ -86,7 +86,7 @@ def test_report_shows_leaderboard_protocol_plots_and_grids(scored_run):
     parsed = _Collect()
     parsed.feed(html)
     row = parsed.tables["leaderboard"]
-    header = ["Method", "IPS", "APS", "SIS", "GOA", "RFS", "CLIP-T", "CLIP-I", "CP-CLIP", "TI-CLIP", "PickScore", "Aesthetic",
+    header = ["Method", "IPS", "APS", "SIS", "GOA", "RFS", "COPY-GAP", "MULTI-ID", "CLIP-T", "CLIP-I", "CP-CLIP", "TI-CLIP", "PickScore", "Aesthetic",
               "HPSv2", "ImageReward", "images"]
     assert row[:len(header)] == header
     values = dict(zip(header, row[len(header):]))
