@@ -20,7 +20,6 @@ DEFAULT_BACKEND = "dlib"
 # generated images: painted, tilted, small, stylised; docs/identity-evaluation.md has the numbers). Photo preparation
 # for training keeps the backend's own default (HOG).
 METRIC_DETECTOR = "mtcnn"
-DETECTORS = ("mtcnn", "hog", "cnn")
 
 
 def metric_backend_options(name: str = DEFAULT_BACKEND, options: dict | None = None) -> dict:
@@ -48,7 +47,7 @@ from likeness.faces.cache import FaceCache, FaceResult, analyze_path  # noqa: E4
 from likeness.faces.crop import FaceCrop, largest_face_crop  # noqa: E402
 
 __all__ = [
-    "BACKENDS", "DEFAULT_BACKEND", "DETECTORS", "METRIC_DETECTOR", "Face", "FaceBackend", "FaceCache", "FaceCrop",
+    "BACKENDS", "DEFAULT_BACKEND", "METRIC_DETECTOR", "Face", "FaceBackend", "FaceCache", "FaceCrop",
     "FaceProtocol", "FaceResult", "metric_backend_options",
     "analyze_path", "get_backend", "largest_face_crop",
 ]
