@@ -12,7 +12,12 @@ reference). Per image::
 
 on the face backend's (calibrated) scale, each sim the best (generated face, photo face) pair, as IPS.
 
+An other photo the image *is* (raw cosine >= 0.995: the same pixels; two photos of one person reach about 0.97)
+says nothing about the person's variation, so it is left out (named in ``detail.skipped``): the ``real-photos``
+row returns the identity's other photos, and without this rule its gap would compare each photo with itself.
+
 Statuses, none scored 0 (a 0 gap would read as "no copying"): ``single_photo`` (the identity has no other photo),
+``copy_of_other_photo`` (the only other photos are the image itself),
 ``no_face`` / ``face_too_small`` (no face in the generated image), ``ref_no_face`` / ``ref_<status>`` (the
 reference photo has no usable face), ``others_no_face`` (no other photo has a usable face). A missing or
 faceless other photo is left out and named in ``detail.skipped``.
@@ -25,6 +30,8 @@ import numpy as np
 from likeness.faces import FaceResult
 from likeness.metrics import METRICS
 from likeness.metrics.base import FaceMetric, Sample, Score, face_similarity
+
+SAME_IMAGE_COSINE = 0.995  # raw dlib cosine of the same pixels (1.0) vs two photos of one person (<= ~0.97)
 
 
 @METRICS.register("copy-gap")
@@ -50,16 +57,23 @@ class CopyPasteGap(FaceMetric):
             return self._score(sample, None, f"ref_{reference.status}", generated, side="reference",
                                problem=reference.problem)
         to_reference = face_similarity(self.backend, generated, reference)
-        per_photo, skipped = {}, {}
+        per_photo, skipped, copies = {}, {}, 0
         for photo in others:
             faces = self.cache.get(photo)
-            if faces.ok:
-                per_photo[str(photo)] = face_similarity(self.backend, generated, faces)["value"]
-            else:
+            if not faces.ok:
                 skipped[str(photo)] = faces.problem
+                continue
+            match = face_similarity(self.backend, generated, faces)
+            if match["raw_cosine"] >= SAME_IMAGE_COSINE:
+                skipped[str(photo)] = f"the image is this photo (raw cosine {match['raw_cosine']:.4f})"
+                copies += 1
+            else:
+                per_photo[str(photo)] = match["value"]
         if not per_photo:
-            return self._score(sample, None, "others_no_face", generated, skipped=skipped,
-                               problem="no other photo of the identity has a usable face")
+            status = "copy_of_other_photo" if copies else "others_no_face"
+            return self._score(sample, None, status, generated, skipped=skipped, problem=(
+                "the identity's only other photo(s) are the image itself" if copies
+                else "no other photo of the identity has a usable face"))
         other = float(np.mean(list(per_photo.values())))
         return self._score(sample, to_reference["value"] - other, "ok", generated, reference=str(sample.reference),
                            reference_similarity=to_reference["value"], other_similarity=other, per_photo=per_photo,
