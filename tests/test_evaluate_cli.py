@@ -77,14 +77,15 @@ def test_help_explains_inputs_and_outputs(capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
     text = capsys.readouterr().out
-    for words in ("DATASET", "GENERATED", "SQLite", "no_face", "Stellar", "--store", "--csv"):
+    for words in ("DATASET", "GENERATED", "SQLite", "no_face", "Stellar", "--store", "--csv", "copy-gap", "multi-id"):
         assert words in text
+    assert "{mtcnn,hog,cnn}" in text and "(default: mtcnn)" in " ".join(text.split())
 
 
 def test_evaluate_end_to_end_then_resume(stellar_case, capsys):
     store_path, csv_path = stellar_case / "results.sqlite", stellar_case / "rows.csv"
     args = ["evaluate", str(stellar_case / "data"), str(stellar_case / "generated"), "--store", str(store_path),
-            "--csv", str(csv_path), "--split", "test", "--quiet"]
+            "--csv", str(csv_path), "--split", "test", "--quiet", "--detector", "hog"]  # MTCNN (the default): test_identity_rows
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "ips/v1+dlib-hog-r128-cal/v1" in out and "aps/probe-v2+dlib-hog-r128-cal/v1" in out
@@ -94,9 +95,12 @@ def test_evaluate_end_to_end_then_resume(stellar_case, capsys):
     with ResultsStore(store_path) as store:
         rows = store.scores()
         assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert len(rows) == 9 * 3
+    assert len(rows) == 9 * 4  # ips, sis, aps, copy-gap
+    # copy-gap: 000-1-05 (made from 1.jpg) is a resized copy of 0.jpg, the identity's only other photo.
+    copies = {("copy-gap", "000-1-05"): "copy_of_other_photo"}
     for row in rows:
-        assert row.status == EXPECTED[row.item_id] or (row.metric == "sis" and row.status == "ref_partial"), row
+        assert row.status == copies.get((row.metric, row.item_id), EXPECTED[row.item_id]) or (
+            row.metric == "sis" and row.status == "ref_partial"), row
         assert row.protocol["face"]["name"] == "dlib-hog-r128-cal/v1"
     by_key = {(r.item_id, r.metric): r for r in rows}
     assert by_key["000-0-00", "ips"].value > 0.9 and by_key["000-0-00", "ips"].n_faces >= 1
@@ -105,12 +109,12 @@ def test_evaluate_end_to_end_then_resume(stellar_case, capsys):
     assert "malformed JSON" in by_key["000-0-02", "ips"].detail["problem"]
     assert "001-0-00.png" in by_key["001-0-00", "sis"].detail["problem"]
     with open(csv_path, newline="") as handle:
-        assert len(list(csv.DictReader(handle))) == 27
+        assert len(list(csv.DictReader(handle))) == 36
 
     assert main(args) == 0  # a second run finds everything done
     assert "0 scored now, 9 already" in capsys.readouterr().out
     with ResultsStore(store_path) as store:
-        assert len(store.scores()) == 27
+        assert len(store.scores()) == 36
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path, capsys):

@@ -88,7 +88,9 @@ def test_formats_decode_to_upright_rgb(case):
 
 
 def test_evaluate_scores_what_it_can_and_counts_the_rest(case, tmp_path):
-    report = evaluate(case / "people", case / "gen", tmp_path / "r.sqlite", metrics=["ips"], progress=False)
+    hog = {"detector": "hog"}  # about input accounting, not detectors: the faster one (MTCNN: test_identity_rows)
+    report = evaluate(case / "people", case / "gen", tmp_path / "r.sqlite", metrics=["ips"], progress=False,
+                      backend_options=hog)
     assert report.n_items == 12 and sum(report.status_counts.values()) == 12
     assert report.status_counts["sidecar_missing"] == 1 and report.status_counts["duplicate_id"] == 1
     assert report.status_counts["unsupported_format"] == 1 and report.status_counts["image_missing"] == 1
@@ -97,7 +99,8 @@ def test_evaluate_scores_what_it_can_and_counts_the_rest(case, tmp_path):
     assert "inputs by status: ok" in text and "duplicate_id 1" in text and "unsupported_format 1" in text
     assert "warnings (1):" in text and "something-else" in text
     # A second run reports the same statuses from the store.
-    again = evaluate(case / "people", case / "gen", tmp_path / "r.sqlite", metrics=["ips"], progress=False)
+    again = evaluate(case / "people", case / "gen", tmp_path / "r.sqlite", metrics=["ips"], progress=False,
+                     backend_options=hog)
     assert again.n_skipped == 12 and again.status_counts == report.status_counts
 
 
@@ -114,7 +117,8 @@ def test_flat_sidecars_sharing_a_save_name_stay_two_rows(tmp_path, astronaut_pat
     items = read_generated(flat, load_identities(tmp_path / "data"))
     assert [i.item_id for i in items] == ["000-0-00", "000-0-01"] and [i.status for i in items] == ["ok", "ok"]
     assert not items[0].warnings and "save_name '000-0-00'" in items[1].warnings[0]
-    report = evaluate(tmp_path / "data", flat, tmp_path / "r.sqlite", metrics=["aps"], progress=False)
+    report = evaluate(tmp_path / "data", flat, tmp_path / "r.sqlite", metrics=["aps"], progress=False,
+                      backend_options={"detector": "hog"})
     assert report.summaries[0]["protocol"].startswith("aps/agegender")  # label-free fallback, not no_labels
     assert report.summaries[0]["count"] == 2
     text = format_summary(report)

@@ -156,7 +156,7 @@ def test_mtcnn_finds_every_hog_face_in_the_same_place(faces_dir, dlib_backend, m
 
 
 def test_mtcnn_protocol_and_descriptor(faces_dir, dlib_backend, mtcnn_backend):
-    assert mtcnn_backend.protocol.name == "dlib-mtcnn-r128-cal/v1" and "MTCNN" in mtcnn_backend.protocol.detector
+    assert mtcnn_backend.protocol.name == "dlib-mtcnn-r128-cal/v2" and "MTCNN" in mtcnn_backend.protocol.detector
     image = np.asarray(Image.open(faces_dir / "obama/1.jpg").convert("RGB"))
     ours = mtcnn_backend.analyze([image])[0][0]
     hog = dlib_backend.analyze([image])[0][0]

@@ -86,7 +86,7 @@ def test_report_shows_leaderboard_protocol_plots_and_grids(scored_run):
     parsed = _Collect()
     parsed.feed(html)
     row = parsed.tables["leaderboard"]
-    header = ["Method", "IPS", "APS", "SIS", "GOA", "RFS", "CLIP-T", "CLIP-I", "CP-CLIP", "TI-CLIP", "PickScore", "Aesthetic",
+    header = ["Method", "IPS", "APS", "SIS", "GOA", "RFS", "COPY-GAP", "MULTI-ID", "CLIP-T", "CLIP-I", "CP-CLIP", "TI-CLIP", "PickScore", "Aesthetic",
               "HPSv2", "ImageReward", "images"]
     assert row[:len(header)] == header
     values = dict(zip(header, row[len(header):]))
@@ -115,7 +115,7 @@ def test_report_shows_leaderboard_protocol_plots_and_grids(scored_run):
     assert all((page.parent / src).resolve().is_file() for src in parsed.images)
     assert re.search(r"t0001: \{\} juggling[^<]*<br><b>IPS 0\.\d{3} · APS", html)  # per-image scores below
     lines = text.splitlines()
-    assert lines[1].split() == header[1:-1] and lines[2].split()[8:10] == ["—", "—"]  # CP-CLIP, TI-CLIP
+    assert lines[1].split() == header[1:-1] and lines[2].split()[10:12] == ["—", "—"]  # CP-CLIP, TI-CLIP
     assert any(line.startswith("IPS with the exploitation penalty:") and "images zeroed" in line for line in lines)
     assert "IPS: ips/v1+dlib" in text and any(line.startswith("faces: dlib-") for line in lines)  # protocol printed
 

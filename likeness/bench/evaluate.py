@@ -21,12 +21,12 @@ from likeness.bench.store import ResultsStore
 from likeness.data.identities import Identity, load_identities
 from likeness.data.layout import GeneratedItem, read_canonical_item, read_generated
 from likeness.data.names import index_by_name
-from likeness.faces import FaceCache, get_backend
+from likeness.faces import FaceCache, get_backend, metric_backend_options
 from likeness.metrics import METRICS, Metric, Sample, Score
 from likeness.metrics.base import VisionLanguageMetric
 from likeness.metrics.features import FACES, FeatureError, FeatureExtractor
 
-DEFAULT_METRICS = ("ips", "sis", "aps")
+DEFAULT_METRICS = ("ips", "sis", "aps", "copy-gap")
 log = logging.getLogger(__name__)
 
 
@@ -146,7 +146,7 @@ def score_items(
     if cache is not None:
         face_backend = cache.backend
     elif any(not is_vision_language(name) for name in metrics):
-        face_backend = get_backend(backend, **(backend_options or {}))
+        face_backend = get_backend(backend, **metric_backend_options(backend, backend_options))
         cache = FaceCache(face_backend, cache_dir)
     models = models if models is not None else VisionModels()
     scorers = build_metrics(metrics, face_backend, cache, identities, models)
@@ -313,6 +313,12 @@ def format_summary(report: EvaluationReport) -> str:
                      f"{s['no_face']:>8} {s['unscored']:>9}  {s['protocol']}")
         if s.get("per_attribute"):
             lines.append("       per attribute: " + ", ".join(f"{a} {v:.3f}" for a, v in s["per_attribute"].items()))
+        if "other_similarity" in s:  # copy-gap
+            lines.append(" " * (width + 1) + f"similarity to the reference {_num(s['reference_similarity']).strip()}, "
+                         f"to the other photos {_num(s['other_similarity']).strip()}")
+        if "confusion_rate" in s:  # multi-id
+            lines.append(" " * (width + 1) + f"identity confusion: {s['confused']} face(s) closer to another named "
+                         f"person, rate {_num(s['confusion_rate']).strip()}")
         other = {k: v for k, v in (s.get("statuses") or {}).items() if k != "ok"}
         if other:
             lines.append(" " * (width + 1) + "statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(other.items())))

@@ -70,6 +70,10 @@ class WorkItem:
         }
 
 
+# The face detector of run folders recorded before RunConfig.face_detector existed (dlib's default then).
+LEGACY_DETECTOR = "hog"
+
+
 @dataclass
 class RunConfig:
     """Everything that decides a run's images and scores. ``digest()`` identifies it."""
@@ -89,6 +93,7 @@ class RunConfig:
     resolution: int = 64
     metrics: list[str] = field(default_factory=lambda: ["ips", "sis", "aps"])
     face_backend: str = "dlib"
+    face_detector: str = "mtcnn"  # dlib / dlib-torch backends: mtcnn, hog or cnn (runs before it existed used hog)
     method_options: dict = field(default_factory=dict)
     # How the method names the person in prompts; the method may refine it (e.g. its placeholder token).
     subject: str = "a person"
@@ -99,12 +104,20 @@ class RunConfig:
         return asdict(self)
 
     def digest(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        data = self.to_dict()
+        if data["face_detector"] == LEGACY_DETECTOR:  # what run folders made before the field existed used
+            del data["face_detector"]
+        blob = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def face_options(self) -> dict:
+        """Options of the metrics' face backend: the detector, for the dlib backends."""
+        return {"detector": self.face_detector} if self.face_backend in ("dlib", "dlib-torch") else {}
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
         known = set(cls.__dataclass_fields__)
+        data = {"face_detector": LEGACY_DETECTOR, **data}  # an older run folder keeps the detector it was scored with
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

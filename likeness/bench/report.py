@@ -28,7 +28,10 @@ from likeness.data.names import name_key
 LEADERBOARD = ("IPS", "APS", "SIS", "GOA", "RFS")
 # Then the text-image baselines and Gen4Gen's scores, and the preference scores.
 TEXT_COLUMNS = ("CLIP-T", "CLIP-I", "CP-CLIP", "TI-CLIP", "PICKSCORE", "AESTHETIC", "HPSV2", "IMAGEREWARD")
-COLUMNS = LEADERBOARD + TEXT_COLUMNS
+# Identity scores beyond Stellar's: the copy-paste gap (small = the person, large = a copy of the reference) and
+# the several-people score (likeness.metrics.copy_gap, likeness.metrics.multi_id).
+IDENTITY_COLUMNS = ("COPY-GAP", "MULTI-ID")
+COLUMNS = LEADERBOARD + IDENTITY_COLUMNS + TEXT_COLUMNS
 PREFERENCE = ("PICKSCORE", "AESTHETIC", "HPSV2", "IMAGEREWARD")
 DASH = "—"
 THUMB = 160

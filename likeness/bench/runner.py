@@ -486,7 +486,7 @@ class Runner:
         if getattr(self, "_cache", None) is None:
             from likeness.faces import FaceCache, get_backend
 
-            self._cache = FaceCache(get_backend(self.config.face_backend), None)
+            self._cache = FaceCache(get_backend(self.config.face_backend, **self.config.face_options()), None)
         return self._cache
 
     def finish(self) -> tuple[dict[str, int], list[dict]]:

@@ -78,9 +78,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--method-option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                         help="extra method option, JSON value (repeatable), e.g. learning_rate=1e-3; "
                              "METHOD:KEY=VALUE applies to that method only (e.g. ip-adapter:scale=0.6)")
-    parser.add_argument("--metrics", type=_csv, help="comma-separated (default: ips,sis,aps + every text-image metric "
+    parser.add_argument("--metrics", type=_csv, help="comma-separated (default: ips,sis,aps,copy-gap + every text-image metric "
                         "whose models are available locally: see the --*-model flags)")
     parser.add_argument("--face-backend", default="dlib", help="face backend for the metrics (default: %(default)s)")
+    parser.add_argument("--face-detector", choices=("mtcnn", "hog", "cnn"), default="mtcnn",
+                        help="face detector of the dlib face backends, as `likeness evaluate --detector` "
+                             "(default: %(default)s)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on tiny models, else torch's default)")
     parser.add_argument("--processes", type=int, default=1,
                         help="ranks on this machine, forked after the imports (no launcher, imports paid once); "
@@ -103,7 +106,7 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-IDENTITY_METRICS = ["ips", "sis", "aps"]
+IDENTITY_METRICS = ["ips", "sis", "aps", "copy-gap"]
 
 
 def default_metrics(models) -> tuple[list[str], list[str]]:
@@ -151,6 +154,7 @@ def config_from_args(args):
         resolution=args.resolution or (64 if tiny else None),
         metrics=args.metrics if args.metrics is not None else list(IDENTITY_METRICS),
         face_backend=args.face_backend,
+        face_detector=args.face_detector,
         method_options=options,
     )
 

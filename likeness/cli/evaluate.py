@@ -25,8 +25,12 @@ Outputs
              the count of input files per status: every file in GENERATED is one row.
 
 Metrics: ips (identity preservation), sis (min over the identity's photos), aps (Stellar attribute
-probe when CelebA labels exist, otherwise an age/gender agreement under a different protocol name).
-With the default dlib backend, scores are calibrated so strangers sit near 0 (raw cosine kept).
+probe when CelebA labels exist, otherwise an age/gender agreement under a different protocol name),
+copy-gap (similarity to the reference minus similarity to the identity's other photos: large = a copy
+of the reference; status single_photo for a person with one photo), multi-id (several people in one
+image: faces matched one-to-one to the people of the sidecar's "identities" list, identity confusion).
+With the default dlib backend, faces are found by MTCNN (--detector) and scores are calibrated so
+strangers sit near 0 (raw cosine kept).
 Text-image metrics: clip-t, clip-i, clip-n (with clip-t and ips/sis: the exploitation penalty, rows
 ips-penalised / sis-penalised), goa, rfs (likeness' open VQA definition), cp-clip, ti-clip, pickscore,
 aesthetic. Their models load by hub id or local folder (flags below, or the LIKENESS_*_MODEL environment
@@ -58,9 +62,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("dataset", help="folder of identities (Stellar layout or <name>/*.jpg)")
     parser.add_argument("generated", help="folder of generated images (likeness or Stellar flat layout)")
     parser.add_argument("--store", default="likeness-results.sqlite", help="SQLite results file (default: %(default)s)")
-    parser.add_argument("--metrics", default="ips,sis,aps", help="comma-separated metric names (default: %(default)s)")
+    parser.add_argument("--metrics", default="ips,sis,aps,copy-gap", help="comma-separated metric names (default: %(default)s)")
     parser.add_argument("--backend", default="dlib", help="face backend: dlib (offline default), dlib-torch, arcface or arcface-torch")
-    parser.add_argument("--detector", choices=("hog", "cnn"), default="hog", help="dlib detector (default: %(default)s)")
+    parser.add_argument("--detector", choices=("mtcnn", "hog", "cnn"), default="mtcnn",
+                        help="face detector of the dlib backends: mtcnn (the official Stellar detector, in torch; finds "
+                             "faces in generated images that HOG misses), hog or cnn (dlib's MMOD); the protocol names it "
+                             "(default: %(default)s)")
     parser.add_argument("--model-dir", help="arcface: folder with the detector and recognition ONNX models")
     parser.add_argument("--face-weights", help="arcface-torch: recogniser weights (.onnx or arcface_torch .pth) "
                         "instead of the folder's recogniser")

