@@ -24,7 +24,7 @@ from likeness.data.stellar import APS_ATTRIBUTES
 from likeness.faces import FaceBackend, FaceCache, FaceResult
 from likeness.faces.cache import file_digest
 from likeness.metrics import METRICS
-from likeness.metrics.base import FaceMetric, Metric, Sample, Score, reference_faces
+from likeness.metrics.base import NO_FACE_STATUSES, FaceMetric, Metric, Sample, Score, reference_faces
 
 AGE_TOLERANCE_YEARS = 20.0
 
@@ -141,9 +141,9 @@ class ProbeAPS(FaceMetric):
         truth = {a: v for a, v in (truth or {}).items() if a in APS_ATTRIBUTES}
         if not truth:
             return self._score(sample, None, "no_labels", generated, problem=f"{sample.reference}: no attribute labels")
-        if generated.status == "no_face":
+        if generated.status in NO_FACE_STATUSES:  # a face too small to find counts as no face, as in Stellar
             wrong = {a: -v for a, v in truth.items()}
-            return self._score(sample, 0.0, "no_face", generated, true=truth, pred=wrong)
+            return self._score(sample, 0.0, generated.status, generated, true=truth, pred=wrong)
         if not generated.ok:
             return self._score(sample, None, generated.status, generated, problem=generated.problem)
         probe = self.probe or self.fit()

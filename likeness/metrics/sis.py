@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from likeness.faces import FaceResult
 from likeness.metrics import METRICS
-from likeness.metrics.base import FaceMetric, Sample, Score, face_similarity
+from likeness.metrics.base import NO_FACE_STATUSES, FaceMetric, Sample, Score, face_similarity
 
 
 @METRICS.register("sis")
@@ -42,7 +42,7 @@ class IdentityStability(FaceMetric):
                 match = face_similarity(self.backend, generated, reference)
                 unfloored[str(photo)], raw[str(photo)] = match["value"], match["raw_cosine"]
                 per_photo[str(photo)] = max(0.0, match["value"])
-            elif reference.status == "no_face":
+            elif reference.status in NO_FACE_STATUSES:
                 per_photo[str(photo)], raw[str(photo)] = 0.0, None
             else:
                 skipped[str(photo)] = reference.problem
