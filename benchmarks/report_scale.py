@@ -8,6 +8,10 @@ of all pages together, the thumbnails' total size, and what a browser fetches to
 one image page. Images are small (``--side``, default 64 px) to keep the build fast; a thumbnail is at
 most 160 px whatever the image size, so the pages a browser loads do not grow with it.
 
+Also the statistics every summary computes at that scale: peak memory (tracemalloc) and time of a 95%
+bootstrap interval (2,000 resamples) and a paired test (10,000 sign flips) over 4,000 and 20,000 values,
+drawn in blocks (likeness.metrics.stats), against what one (samples, n) block would hold.
+
 Run:  flock /tmp/likeness-heavy.lock python benchmarks/report_scale.py [--people 400 --prompts 50 --side 64]
 """
 
@@ -96,6 +100,27 @@ def _first_view(page: Path) -> int:
     return len(text.encode()) + _size(p for p in images if p.is_file())
 
 
+def statistics_memory(sizes=(4_000, 20_000)) -> None:
+    import tracemalloc
+
+    from likeness.metrics.stats import BOOTSTRAP_SAMPLES, bootstrap_ci, paired_test
+
+    rng = np.random.default_rng(0)
+    for n in sizes:
+        a, b = rng.random(n), rng.random(n)
+        tracemalloc.start()
+        started = time.perf_counter()
+        bootstrap_ci(a)
+        paired_test(a, b)
+        seconds = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        # one block: int64 indices + gathered float64 values (interval), float64 signs + products (paired test)
+        one_block = max(BOOTSTRAP_SAMPLES * n * 16, 10_000 * n * 16)
+        print(f"statistics over {n} values: bootstrap CI + paired test {seconds:.1f} s, peak {peak / 2**20:.1f} MiB "
+              f"(as one block: {one_block / 2**20:.0f} MiB)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--people", type=int, default=400)
@@ -104,6 +129,7 @@ def main() -> None:
     args = parser.parse_args()
     from likeness.bench.report import build_report
 
+    statistics_memory()
     with tempfile.TemporaryDirectory(prefix="likeness-report-scale-") as tmp:
         run = Path(tmp) / "run"
         started = time.perf_counter()
