@@ -83,7 +83,9 @@ def build_app(demo: Demo):
     def leave(request: gr.Request):
         demo.leave(_visitor(request))
 
-    with gr.Blocks(title="likeness demo") as app:
+    # Backstop for files no visitor's leave() claims (an API client that uploads and never calls an event):
+    # gradio deletes the cache files it made once a day old (checked hourly), and all of them at shutdown.
+    with gr.Blocks(title="likeness demo", delete_cache=(3600, 24 * 3600)) as app:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         with gr.Row():
             with gr.Column(scale=1):
