@@ -94,7 +94,7 @@ class Demo:
                  metrics: list[str] | None = None):
         from likeness.faces import get_backend
 
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # (gradio compares resolved paths with its cache folder)
         self.root.mkdir(parents=True, exist_ok=True)
         self.backend = get_backend(face_backend)
         self.jobs = JobRegistry(max_concurrent)
