@@ -161,14 +161,22 @@ def test_two_visitors_two_methods_through_the_web_api(server, photos):
     assert left == alices and len(demo._uploads[alice.session_hash]) == 2  # her photo and the corrupt file
 
 
-def test_uploads_over_the_limit_are_refused_before_they_are_stored(server, photos, tmp_path):
+def test_uploads_the_page_refuses_are_not_kept(server, photos, tmp_path):
     import httpx
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
 
     url, root, _ = server
     before = {p for p in (root / ".cache").rglob("*") if p.is_file()}
-    with open(photos["oversized"], "rb") as handle:
+    with open(photos["oversized"], "rb") as handle:  # over 20 MiB: refused while it streams in, never stored
         response = httpx.post(url.rstrip("/") + "/gradio_api/upload", files={"files": ("big.jpg", handle, "image/jpeg")})
     assert response.status_code == 413 and "maximum allowed size" in response.text
+    notes = tmp_path / "notes.txt"  # not an image type: refused before any handler sees it, and deleted
+    notes.write_text("not a photo")
+    client = Client(url, verbose=False)
+    with pytest.raises(AppError, match="notes.txt: not an image file"):
+        client.predict([handle_file(str(notes))], "Ana", api_name="/check_photos")
+    client.close()
     assert {p for p in (root / ".cache").rglob("*") if p.is_file()} == before
 
 

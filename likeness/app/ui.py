@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import gradio as gr  # at module level: gradio resolves the `gr.Request` annotations below against it
 
@@ -28,6 +29,30 @@ Each method personalizes on your photo (trained methods show training progress),
 scored for identity (IPS, SIS, APS) under the protocol shown below the grid. The built-in base model
 `likeness/tiny-sd` has random weights and makes noise: point *base model* at a real Stable Diffusion
 checkpoint (hub id or local folder) for pictures."""
+
+
+class PhotoFiles(gr.File):
+    """``gr.File`` that hands the handler each upload's path as it is. gradio 6's File also makes an empty
+    temporary file in its cache for every file of every event and keeps only its name: one leftover per
+    upload and click, which would outlive the visitor (the demo deletes what it can attribute to them)."""
+
+    def get_block_name(self) -> str:
+        return "file"  # the page draws it with gradio's own File widget
+
+    def _process_single_file(self, f):
+        from gradio.utils import NamedString
+        from gradio_client.utils import is_valid_file
+
+        if self.file_types and not is_valid_file(f.path, self.file_types):
+            refused = Path(f.path)
+            if refused.resolve().is_relative_to(Path(self.GRADIO_CACHE).resolve()):  # no handler sees it: forget it now
+                refused.unlink(missing_ok=True)
+                try:
+                    refused.parent.rmdir()
+                except OSError:
+                    pass
+            raise gr.Error(f"{refused.name}: not an image file; upload a photo (JPEG, PNG, ...)")
+        return NamedString(f.path)
 
 
 def _visitor(request) -> str:
@@ -89,7 +114,7 @@ def build_app(demo: Demo):
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         with gr.Row():
             with gr.Column(scale=1):
-                photos = gr.File(label=f"photos of one person (at most {mebibytes(MAX_UPLOAD_BYTES)} each)",
+                photos = PhotoFiles(label=f"photos of one person (at most {mebibytes(MAX_UPLOAD_BYTES)} each)",
                                  file_count="multiple", file_types=["image"])
                 name = gr.Textbox(label="name", value="me")
                 photo_status = gr.Markdown()
