@@ -14,6 +14,7 @@ queued, so a refusal never waits behind other visitors' runs.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -31,28 +32,25 @@ scored for identity (IPS, SIS, APS) under the protocol shown below the grid. The
 checkpoint (hub id or local folder) for pictures."""
 
 
-class PhotoFiles(gr.File):
-    """``gr.File`` that hands the handler each upload's path as it is. gradio 6's File also makes an empty
-    temporary file in its cache for every file of every event and keeps only its name: one leftover per
-    upload and click, which would outlive the visitor (the demo deletes what it can attribute to them)."""
+def _photo_path(component, f):
+    """How the photo upload hands each file to a handler: its path in gradio's cache, as it is. (gradio 6's File
+    also makes an empty temporary file in its cache for every file of every event and keeps only its name: one
+    leftover per upload and click that would outlive the visitor.) A file that is not an image type reaches no
+    handler, so it is deleted here. Set on the one component, not by subclassing: gradio writes a ``.pyi``
+    file next to the module of every Component subclass."""
+    from gradio.utils import NamedString
+    from gradio_client.utils import is_valid_file
 
-    def get_block_name(self) -> str:
-        return "file"  # the page draws it with gradio's own File widget
-
-    def _process_single_file(self, f):
-        from gradio.utils import NamedString
-        from gradio_client.utils import is_valid_file
-
-        if self.file_types and not is_valid_file(f.path, self.file_types):
-            refused = Path(f.path)
-            if refused.resolve().is_relative_to(Path(self.GRADIO_CACHE).resolve()):  # no handler sees it: forget it now
-                refused.unlink(missing_ok=True)
-                try:
-                    refused.parent.rmdir()
-                except OSError:
-                    pass
-            raise gr.Error(f"{refused.name}: not an image file; upload a photo (JPEG, PNG, ...)")
-        return NamedString(f.path)
+    if component.file_types and not is_valid_file(f.path, component.file_types):
+        refused = Path(f.path)
+        if refused.resolve().is_relative_to(Path(component.GRADIO_CACHE).resolve()):
+            refused.unlink(missing_ok=True)
+            try:
+                refused.parent.rmdir()
+            except OSError:
+                pass
+        raise gr.Error(f"{refused.name}: not an image file; upload a photo (JPEG, PNG, ...)")
+    return NamedString(f.path)
 
 
 def _visitor(request) -> str:
@@ -114,8 +112,9 @@ def build_app(demo: Demo):
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         with gr.Row():
             with gr.Column(scale=1):
-                photos = PhotoFiles(label=f"photos of one person (at most {mebibytes(MAX_UPLOAD_BYTES)} each)",
+                photos = gr.File(label=f"photos of one person (at most {mebibytes(MAX_UPLOAD_BYTES)} each)",
                                  file_count="multiple", file_types=["image"])
+                photos._process_single_file = functools.partial(_photo_path, photos)
                 name = gr.Textbox(label="name", value="me")
                 photo_status = gr.Markdown()
                 methods = gr.CheckboxGroup(choices=METHODS.names(), value=["textual-inversion"], label="methods")
