@@ -18,6 +18,7 @@ from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("GRADIO_HEARTBEAT_INTERVAL", "0.5")  # a closed client counts as gone after 0.5 s, not 15
 
 from likeness.app import Demo, RunRequest  # noqa: E402
 from likeness.app.workspace import UploadError, Workspace, check_photo  # noqa: E402
@@ -41,6 +42,9 @@ def photos(tmp_path_factory, astronaut_path):
     Image.new("RGB", (256, 256), (128, 128, 128)).save(paths["blank"])
     paths["corrupt"].write_bytes(b"this is not an image, whatever its name says" * 10)
     Image.new("L", (8000, 6000), 0).save(paths["huge"])  # 48 MP: over the demo's 40 MP limit
+    paths["oversized"] = folder / "oversized.jpg"
+    with open(paths["oversized"], "wb") as handle:  # 21 MiB on paper, sparse on disk
+        handle.truncate(21 * 2**20)
     return paths
 
 
@@ -48,7 +52,7 @@ def test_upload_checks_name_the_problem(photos, dlib_backend):
     image, note = check_photo(photos["astronaut"], dlib_backend)
     assert image is not None and note.startswith("ok")
     expected = {"group": "faces of similar size", "blank": "no face found", "corrupt": "not a recognised image format",
-                "huge": "too large"}
+                "huge": "too large", "oversized": "(21 MiB, limit 20 MiB)"}  # the unit it is set in, not "21 MB"
     for key, words in expected.items():
         image, problem = check_photo(photos[key], dlib_backend)
         assert image is None and words in problem, (key, problem)
@@ -127,6 +131,10 @@ def test_two_visitors_two_methods_through_the_web_api(server, photos):
 
     status_b, _, scores_b, _ = results["bob"]
     assert "textual-inversion**: done" in status_b and {r["prompt"] for r in scores_b} == {"{} playing chess"}
+    # The page's upload cache is the demo's own (<root>/.cache): uploads and downloads are there, nowhere else.
+    demo = server[2].likeness_demo
+    cache = root / ".cache"
+    assert (cache / bob.session_hash / "results.zip").is_file() and demo._uploads[bob.session_hash]
     # Each visitor has a folder of their own: photos and run folders never mix.
     folders = [p for p in root.iterdir() if p.is_dir() and (p / "identities").is_dir()]
     assert len(folders) == 2
@@ -140,6 +148,71 @@ def test_two_visitors_two_methods_through_the_web_api(server, photos):
     alice_folder = next(f for f in folders if (f / "identities" / name_key("Alice")).exists())
     page, _ = build_report(alice_folder / "runs" / "dreambooth-lora")
     assert page.exists()
+
+    # Bob leaves (closes the page): his folder, his downloads and his uploads go from the cache; what is left
+    # there is Alice's (she kept her files), including the photo both uploaded (one file: named by content).
+    bob.close()
+    deadline = time.monotonic() + 30
+    while (root / bob.session_hash).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not (root / bob.session_hash).exists() and not (cache / bob.session_hash).exists()
+    left = {p for p in cache.rglob("*") if p.is_file()}
+    alices = {p for p in left if p.is_relative_to(cache / alice.session_hash)} | demo._uploads[alice.session_hash]
+    assert left == alices and len(demo._uploads[alice.session_hash]) == 2  # her photo and the corrupt file
+
+
+def test_uploads_the_page_refuses_are_not_kept(server, photos, tmp_path):
+    import httpx
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    url, root, _ = server
+    before = {p for p in (root / ".cache").rglob("*") if p.is_file()}
+    with open(photos["oversized"], "rb") as handle:  # over 20 MiB: refused while it streams in, never stored
+        response = httpx.post(url.rstrip("/") + "/gradio_api/upload", files={"files": ("big.jpg", handle, "image/jpeg")})
+    assert response.status_code == 413 and "maximum allowed size" in response.text
+    notes = tmp_path / "notes.txt"  # not an image type: refused before any handler sees it, and deleted
+    notes.write_text("not a photo")
+    client = Client(url, verbose=False)
+    with pytest.raises(AppError, match="notes.txt: not an image file"):
+        client.predict([handle_file(str(notes))], "Ana", api_name="/check_photos")
+    client.close()
+    assert {p for p in (root / ".cache").rglob("*") if p.is_file()} == before
+
+
+def test_a_refused_photo_is_answered_while_runs_wait_for_workers(server, photos):
+    """Every worker a run may take is busy (four runs waiting for the only slot, which the test holds): the
+    check before a run still answers at once, while a fifth run would wait in the queue."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    url, root, app = server
+    demo = app.likeness_demo
+    clients = [Client(url, verbose=False) for _ in range(5)]
+    demo.jobs.slots.acquire()
+    try:
+        jobs = [c.submit(*_run_args(photos["astronaut"], "Ada", ["textual-inversion"]), api_name="/run") for c in clients[:4]]
+        deadline = time.monotonic() + 60
+        while not all(job.outputs() for job in jobs) and time.monotonic() < deadline:  # each says "queued"
+            time.sleep(0.2)
+        assert all(job.outputs() for job in jobs)
+        time.sleep(0.5)  # (each handler goes from its "queued" message to the slot it waits for)
+        started = time.monotonic()
+        with pytest.raises(AppError, match="no face found"):
+            clients[4].predict(*_run_args(photos["blank"], "Ada", ["textual-inversion"]), api_name="/check_run")
+        assert time.monotonic() - started < 15
+        queued = clients[4].submit(*_run_args(photos["blank"], "Ada", ["textual-inversion"]), api_name="/run")
+        time.sleep(2)
+        assert not queued.outputs()  # no worker free for a run: it waits
+    finally:
+        for client in clients:
+            demo.cancel(client.session_hash)
+        demo.jobs.slots.release()
+    for job in jobs:
+        assert "cancelled" in job.result(timeout=60)[0]
+    assert "no face found" in queued.result(timeout=60)[0]
+    for client in clients:
+        client.close()
 
 
 def test_bad_base_model_and_prompt_are_messages_not_crashes(server, photos):

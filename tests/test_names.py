@@ -76,7 +76,8 @@ def test_bench_over_real_names_completes_every_item_then_resumes_and_reports(peo
     assert len(flat) == 12 and all(p.stem.count("-") == 2 for p in flat)
     assert {(i.status, i.identity in NAMES) for i in read_generated(tmp_path / "flat", dataset)} == {("ok", True)}
     page, _ = build_report(run)
-    html = page.read_text(encoding="utf-8")
+    # the first page and the image pages, one per person (named by key, titled by name)
+    html = "".join(p.read_text(encoding="utf-8") for p in [page, *sorted((page.parent / "pages").glob("*.html"))])
     assert "José García" in html and "o&#x27;brien" in html and "李雷" in html
     assert html.count("class='gen' title=") == 12  # every image linked, none missing
     assert html.count("{}") == 12  # every sidecar found: each image shows its prompt template

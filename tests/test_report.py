@@ -86,12 +86,12 @@ def test_report_shows_leaderboard_protocol_plots_and_grids(scored_run):
     parsed = _Collect()
     parsed.feed(html)
     row = parsed.tables["leaderboard"]
-    header = ["Method", "IPS", "APS", "SIS", "GOA", "RFS", "COPY-GAP", "MULTI-ID", "CLIP-T", "CLIP-I", "CP-CLIP", "TI-CLIP", "PickScore", "Aesthetic",
-              "HPSv2", "ImageReward", "images"]
+    # The metrics the run asked for, in Stellar's order; none it did not ask for (no CP-CLIP, TI-CLIP, PickScore).
+    header = ["Method", "IPS", "APS", "SIS", "GOA", "RFS", "CLIP-T", "CLIP-I", "Aesthetic", "HPSv2", "ImageReward", "images"]
     assert row[:len(header)] == header
     values = dict(zip(header, row[len(header):]))
     assert values["IPS"] == f"{results.totals['IPS']:.3f}" and values["GOA"] == f"{results.totals['GOA']:.3f}"
-    assert values["CLIP-T"] == f"{results.totals['CLIP-T']:.3f}" and values["CP-CLIP"] == values["PickScore"] == "—"
+    assert values["CLIP-T"] == f"{results.totals['CLIP-T']:.3f}" and "—" not in values.values()
     # HPSv2 and ImageReward from the tiny checkpoints in their published layouts: columns filled.
     assert values["HPSv2"] == f"{results.totals['HPSV2']:.3f}" and values["ImageReward"] == f"{results.totals['IMAGEREWARD']:.3f}"
     assert "hpsv2/v1+likeness/tiny-hps" in page.read_text() and "imagereward/v1+likeness/tiny-imagereward" in page.read_text()
@@ -101,7 +101,7 @@ def test_report_shows_leaderboard_protocol_plots_and_grids(scored_run):
     penalty = parsed.tables["penalty"]
     assert penalty[:6] == ["metric", "raw", "penalised", "zeroed", "unjudged", "std(CLIP-N)"] and penalty[6] == "IPS"
     assert re.fullmatch(r"\d of 4", penalty[9])
-    assert "goa/v2+likeness/tiny-owlvit" in html and "rfs/open-vqa-v1+likeness/tiny-blip-vqa" in html
+    assert "goa/v1+likeness/tiny-owlvit" in html and "rfs/open-vqa-v1+likeness/tiny-blip-vqa" in html
     import csv
 
     exported = {r["metric"]: r for r in csv.DictReader(open(page.parent / "leaderboard.csv"))}
@@ -110,12 +110,16 @@ def test_report_shows_leaderboard_protocol_plots_and_grids(scored_run):
     assert exported["IPS-PENALISED"]["zeroed"] != ""
     assert "ips/v1+dlib" in html and "face protocol" in html  # the protocol is printed
     assert (page.parent / "categories.png").stat().st_size > 1000 and "categories" in parsed.tables
-    # Every image the page shows exists: 1 plot + 1 reference thumbnail + 4 generated images.
-    assert len(parsed.images) == 6
-    assert all((page.parent / src).resolve().is_file() for src in parsed.images)
-    assert re.search(r"t0001: \{\} juggling[^<]*<br><b>IPS 0\.\d{3} · APS", html)  # per-image scores below
+    # The first page shows the plot and links to the identity's image page: 1 reference + 4 generated thumbnails.
+    assert parsed.images == ["categories.png"] and "pages" in parsed.tables
+    grid = page.parent / "pages" / "astronaut.html"
+    assert "href='pages/astronaut.html'" in html
+    parsed = _Collect()
+    parsed.feed(grid.read_text())
+    assert len(parsed.images) == 5 and all((grid.parent / src).resolve().is_file() for src in parsed.images)
+    assert re.search(r"t0001: \{\} juggling[^<]*<br><b>IPS 0\.\d{3} · APS", grid.read_text())  # per-image scores below
     lines = text.splitlines()
-    assert lines[1].split() == header[1:-1] and lines[2].split()[10:12] == ["—", "—"]  # CP-CLIP, TI-CLIP
+    assert lines[1].split() == header[1:-1] and "—" not in lines[2].split()
     assert any(line.startswith("IPS with the exploitation penalty:") and "images zeroed" in line for line in lines)
     assert "IPS: ips/v1+dlib" in text and any(line.startswith("faces: dlib-") for line in lines)  # protocol printed
 
@@ -125,31 +129,119 @@ def test_report_cli_and_bad_run_folder(scored_run, tmp_path, capsys):
     assert cli_main(["report", str(scored_run), "--out", str(out)]) == 0
     assert "report:" in capsys.readouterr().out
     parsed = _Collect()
-    parsed.feed((out / "index.html").read_text())
-    assert all((out / src).resolve().is_file() for src in parsed.images)  # links work from another folder
+    parsed.feed((out / "pages" / "astronaut.html").read_text())
+    assert all((out / "pages" / src).resolve().is_file() for src in parsed.images)  # links work from another folder
     assert cli_main(["report", str(tmp_path / "nothing")]) == 2
     assert "not a likeness run folder" in capsys.readouterr().err
+
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+
+def chromium_load(page: Path, profile: Path) -> dict:
+    """Open ``page`` (a copy of it beside it, with a probe script) in headless Chromium; after load: how many images
+    decoded, how many there are, how many tables. The window is tall enough for lazy images of a test page."""
+    probe = page.with_name(f"probe-{page.name}")
+    probe.write_text(page.read_text().replace(
+        "</body>",
+        "<script>window.addEventListener('load',()=>{const b=document.body;b.setAttribute('data-images',"
+        "[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length);"
+        "b.setAttribute('data-all',document.images.length);"
+        "b.setAttribute('data-tables',document.querySelectorAll('table').length)})</script></body>"))
+    try:
+        dom = subprocess.run([str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", "--window-size=1200,4000",
+                              "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        probe.unlink()
+    found = {k: int(v) for k, v in re.findall(r'data-(images|all|tables)="(\d+)"', dom.stdout)}
+    assert len(found) == 3, dom.stderr[-2000:]
+    return found
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium (/usr/bin/chromium) not installed")
 def test_report_renders_in_headless_chromium(scored_run, tmp_path):
     page, _ = build_report(scored_run)
-    # A copy of the page that records, after load, how many images decoded and how many tables exist.
-    probe = page.with_name("probe.html")
-    probe.write_text(page.read_text().replace(
-        "</body>",
-        "<script>window.addEventListener('load',()=>{document.body.setAttribute('data-images',"
-        "[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length);"
-        "document.body.setAttribute('data-tables',document.querySelectorAll('table').length)})</script></body>"))
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([str(CHROMIUM), *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-                         capture_output=True, text=True, timeout=120)
-    assert 'data-images="6"' in dom.stdout, dom.stderr[-2000:]
-    assert 'data-tables="4"' in dom.stdout  # leaderboard, intervals, penalty, categories (no failures in this run)
+    # leaderboard, intervals, penalty, categories, image pages (no failures in this run); the plot
+    assert chromium_load(page, tmp_path / "profile") == {"images": 1, "all": 1, "tables": 5}
+    # the identity's page: reference + 4 generated thumbnails, all decoded
+    assert chromium_load(page.parent / "pages" / "astronaut.html", tmp_path / "profile") == {"images": 5, "all": 5, "tables": 0}
     shot = tmp_path / "shot.png"
-    subprocess.run([str(CHROMIUM), *flags, f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri()],
-                   capture_output=True, timeout=120)
+    subprocess.run([str(CHROMIUM), *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+                    "--window-size=1000,1400", page.as_uri()], capture_output=True, timeout=120)
     pixels = Image.open(shot).convert("L")
     assert pixels.getextrema()[0] < 100  # text and images drawn, not a blank page
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+def _synthetic_run(folder: Path, people: int, prompts: int, **options) -> Path:
+    """A run folder with noise images and stored scores (no model runs): benchmarks/report_scale.py's builder."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "report_scale.py"
+    spec = importlib.util.spec_from_file_location("report_scale", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_synthetic_run(folder, people, prompts, side=32, **options)
+
+
+def test_report_pages_thumbnails_written_once_and_linked(tmp_path, monkeypatch):
+    import likeness.bench.report as report
+
+    monkeypatch.setattr(report, "PER_PAGE", 3)  # 5 prompts: two pages per person
+    run = _synthetic_run(tmp_path / "run", people=3, prompts=5)
+    page, text = build_report(run)
+    index = page.read_text()
+    assert "<th>IPS</th><th>APS</th><th>SIS</th><th>images</th>" in index  # the three metrics asked for, no dashes
+    pages = sorted((page.parent / "pages").glob("*.html"))
+    assert [p.name for p in pages] == ["person_0000-2.html", "person_0000.html", "person_0001-2.html", "person_0001.html",
+                                       "person_0002-2.html", "person_0002.html"]
+    assert all(f"href='pages/{p.name}'" in index for p in pages)
+    for p in pages:
+        grid = p.read_text()
+        parsed = _Collect()
+        parsed.feed(grid)
+        generated = re.findall(r"<img loading='lazy' src='([^']+)'", grid)
+        assert len(generated) == (3 if "-2" not in p.name else 2) and len(parsed.images) == len(generated) + 1
+        assert all((p.parent / src).resolve().is_file() for src in parsed.images)
+        assert "href='../index.html'" in grid and grid.count("rel='next'") + grid.count("rel='prev'") >= 2
+        for link in re.findall(r"<a href='(\.\./\.\./images/[^']+\.png)'>", grid):  # each thumbnail opens the full image
+            assert (p.parent / link).resolve().is_file()
+    thumbs = sorted((page.parent / "thumbs").rglob("*.jpg"))
+    assert len(thumbs) == 15 and all(Image.open(t).format == "JPEG" and max(Image.open(t).size) <= 160 for t in thumbs)
+    # A second report reuses every thumbnail; one whose image changed is made again.
+    stamps = {t: t.stat().st_mtime_ns for t in thumbs}
+    changed = run / "images" / "person_0001" / "person_0001-t0002-s0.png"
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(changed)
+    build_report(run)
+    remade = [t for t in thumbs if t.stat().st_mtime_ns != stamps[t]]
+    assert [t.name for t in remade] == ["person_0001-t0002-s0.jpg"]
+    assert Image.open(remade[0]).convert("RGB").getpixel((5, 5))[0] > 200
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium (/usr/bin/chromium) not installed")
+def test_report_pages_load_in_headless_chromium(tmp_path, monkeypatch):
+    import likeness.bench.report as report
+
+    monkeypatch.setattr(report, "PER_PAGE", 3)
+    run = _synthetic_run(tmp_path / "run", people=2, prompts=5)
+    page, _ = build_report(run)
+    # leaderboard, intervals, categories (its plot drawn), image pages
+    assert chromium_load(page, tmp_path / "profile") == {"images": 1, "all": 1, "tables": 4}
+    for grid in sorted((page.parent / "pages").glob("*.html")):
+        loaded = chromium_load(grid, tmp_path / "profile")
+        assert loaded["images"] == loaded["all"] == (4 if "-2" not in grid.name else 3), grid.name
+    shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+def test_leaderboard_shows_the_metrics_asked_for_not_thirteen_dashes(tmp_path):
+    from likeness.bench.leaderboard import build_leaderboard
+
+    runs = [_synthetic_run(tmp_path / m, people=1, prompts=2, metrics=("ips", "clip-t"), method=m) for m in ("a", "b")]
+    page, text = build_leaderboard(runs, tmp_path)
+    lines = text.splitlines()
+    assert lines[0].split() == ["method", "IPS", "CLIP-T", "images", "failed"] and "—" not in text
+    assert "<th>IPS</th><th>CLIP-T</th><th>images</th>" in page.read_text()
+    _, summary = build_report(runs[0])
+    assert summary.splitlines()[1].split() == ["IPS", "CLIP-T"]

@@ -145,7 +145,9 @@ def test_report_escapes_every_user_string(tmp_path, tiny_models):
     summary = run_bench(small_config(identities=str(tmp_path / "people"), prompts=str(prompts), prompt_limit=1), run,
                         progress=False)
     assert summary.counts == {"done": 1}
-    page = build_report(run)[0].read_text(encoding="utf-8")
+    index = build_report(run)[0]
+    # the first page and the identity's image page (prompts are shown there)
+    page = "".join(p.read_text(encoding="utf-8") for p in [index, *sorted((index.parent / "pages").glob("*.html"))])
     assert "<script>" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert "<b>cat" not in page

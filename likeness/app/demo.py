@@ -14,13 +14,14 @@ import csv
 import html
 import io
 import shutil
+import threading
 import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from likeness.app.jobs import JobRegistry, Progress, bench_command
-from likeness.app.workspace import UploadError, Workspace
+from likeness.app.workspace import CACHE_DIR, UploadError, Workspace
 
 DEFAULT_BASE_MODEL = "likeness/tiny-sd"
 DEFAULT_METRICS = ["ips", "sis", "aps"]
@@ -93,20 +94,44 @@ class Demo:
                  metrics: list[str] | None = None):
         from likeness.faces import get_backend
 
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # (gradio compares resolved paths with its cache folder)
         self.root.mkdir(parents=True, exist_ok=True)
         self.backend = get_backend(face_backend)
         self.jobs = JobRegistry(max_concurrent)
         self.metrics = list(DEFAULT_METRICS if metrics is None else metrics)
         self.keep: set[str] = set()  # visitors who asked to keep their files after leaving
+        # The web page's upload cache (GRADIO_TEMP_DIR, set by likeness.app.ui.launch). Uploads there are named
+        # by content, so two visitors with the same photo share one file: it goes when the last of them leaves.
+        self.cache = self.root / CACHE_DIR
+        self._uploads: dict[str, set[Path]] = {}
+        self._uploads_lock = threading.Lock()
 
     def workspace(self, visitor: str) -> Workspace:
         return Workspace(self.root, visitor)
 
     # -- uploads ------------------------------------------------------------------------------------
 
+    def _remember(self, visitor: str, uploads) -> None:
+        """Note the visitor's uploads that sit in the page's cache (never a file elsewhere), to delete on leave."""
+        cache = self.cache.resolve()
+        paths = {Path(str(u)).resolve() for u in uploads or []}
+        with self._uploads_lock:
+            self._uploads.setdefault(visitor, set()).update(p for p in paths if p.is_relative_to(cache) and p != cache)
+
+    def _forget_uploads(self, visitor: str) -> None:
+        with self._uploads_lock:
+            mine = self._uploads.pop(visitor, set())
+            held = set().union(*self._uploads.values()) if self._uploads else set()
+        for path in mine - held:
+            path.unlink(missing_ok=True)
+            try:
+                path.parent.rmdir()  # the content-named folder gradio made for it, once empty
+            except OSError:
+                pass
+
     def check_photos(self, visitor: str, uploads: list, name: str = "me") -> str:
         """Check and keep the visitor's photos; a line per photo saying whether it can be used."""
+        self._remember(visitor, uploads)
         try:
             checks = self.workspace(visitor).save_photos([str(u) for u in uploads or []], name, self.backend)
         except UploadError as exc:
@@ -121,7 +146,7 @@ class Demo:
     def run(self, visitor: str, request: RunRequest, uploads: list | None = None, name: str = "me"):
         """Run every requested method; yields :class:`PageState` as the run goes (last one: results)."""
         workspace = self.workspace(visitor)
-        problem = self._validate(workspace, request, uploads, name)
+        problem = self.check_run(visitor, request, uploads, name)
         if problem:
             yield PageState(f"⚠️ {problem}")
             return
@@ -138,6 +163,12 @@ class Demo:
                     continue
                 yield from self._run_method(visitor, workspace, method, request, progress)
         yield self.results(visitor, request.methods, progress)
+
+    def check_run(self, visitor: str, request: RunRequest, uploads=None, name: str = "me") -> str:
+        """Why ``request`` cannot run ("" when it can): photos, methods, prompts, base model. Fast, takes no run
+        slot: the page asks it before queueing the run, so a photo without a face is answered at once."""
+        self._remember(visitor, uploads)
+        return self._validate(self.workspace(visitor), request, uploads, name)
 
     def _validate(self, workspace: Workspace, request: RunRequest, uploads, name) -> str:
         from likeness.methods import METHODS
@@ -189,10 +220,12 @@ class Demo:
         return f"cancelled ({killed} running process{'es' if killed != 1 else ''} stopped)"
 
     def leave(self, visitor: str) -> None:
-        """The visitor closed the page: stop their work and, unless they asked to keep it, delete it."""
+        """The visitor closed the page: stop their work and, unless they asked to keep it, delete it: their folder,
+        their downloads and their uploads in the page's cache."""
         self.jobs.cancel(visitor)
         if visitor not in self.keep:
             self.workspace(visitor).remove()
+            self._forget_uploads(visitor)
 
     # -- results ------------------------------------------------------------------------------------
 
@@ -263,7 +296,7 @@ class Demo:
 
     def _downloads(self, workspace: Workspace, per_method: dict, rows: list[dict]) -> list[str]:
         """``results.zip`` (images, sidecars, scores.csv) and ``artifacts.zip`` (every method's artifact folders)."""
-        out = workspace.folder / "downloads"
+        out = workspace.downloads
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         results, artifacts = out / "results.zip", out / "artifacts.zip"

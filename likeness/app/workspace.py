@@ -10,6 +10,11 @@ session, so two people's photos never meet. Inside it the layout is likeness's n
 so ``likeness report <root>/<visitor>/runs/<method>`` and ``likeness bench --resume --out ...`` work on
 what the demo made. Uploads are checked before anything is written: size on disk, decodable image,
 pixel count, exactly one face.
+
+The web page's upload cache (gradio's ``GRADIO_TEMP_DIR``) is ``<root>/.cache``: uploads arrive there
+(named by their content), and the files the page offers for download are written to
+``<root>/.cache/<visitor>/``, inside it, so the page serves them without another copy. Both go when the
+visitor's folder goes (:meth:`Workspace.remove`, :meth:`likeness.app.demo.Demo.leave`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from likeness.data.images import ImageError, image_to_array, load_image
 from likeness.data.prompts import PLACEHOLDER, Prompt, load_prompts, select_prompts
 from likeness.data.names import name_key
 
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # enforced by the web page before an upload is stored, and again here
+CACHE_DIR = ".cache"  # under the demo's root; never a visitor id (those have no dot)
 MAX_UPLOAD_PIXELS = 40_000_000  # a 40 MP photo is plenty; larger uploads are refused, not decoded
 MAX_PHOTOS = 8
 MAX_PROMPTS = 16
@@ -45,6 +51,11 @@ class PhotoCheck:
     ok: bool
     message: str
     saved: Path | None = None
+
+
+def mebibytes(size: int) -> str:
+    """``20 MiB``, ``20.5 MiB``: the unit the limit is set in (20 x 1024 x 1024 bytes is not "21 MB")."""
+    return f"{size / 2**20:.1f}".removesuffix(".0") + " MiB"
 
 
 def visitor_folder(root: str | Path, visitor: str) -> Path:
@@ -75,7 +86,7 @@ def check_photo(path: str | Path, backend) -> tuple[object | None, str]:
     except OSError:
         return None, "the upload did not arrive (file missing)"
     if size > MAX_UPLOAD_BYTES:
-        return None, f"file is too large ({size / 1e6:.1f} MB, limit {MAX_UPLOAD_BYTES / 1e6:.0f} MB)"
+        return None, f"file is too large ({mebibytes(size)}, limit {mebibytes(MAX_UPLOAD_BYTES)})"
     try:
         image = load_image(path, max_pixels=MAX_UPLOAD_PIXELS)
     except ImageError as exc:
@@ -97,6 +108,7 @@ class Workspace:
 
     def __init__(self, root: str | Path, visitor: str):
         self.folder = visitor_folder(root, visitor)
+        self.downloads = Path(root) / CACHE_DIR / visitor  # served by the page from its cache (see above)
 
     @property
     def identities(self) -> Path:
@@ -161,3 +173,4 @@ class Workspace:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        shutil.rmtree(self.downloads, ignore_errors=True)

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from likeness.bench.plan import RunConfig
-from likeness.bench.report import DASH, IDENTITY_COLUMNS, LEADERBOARD, TEXT_COLUMNS, _fmt, build_report, read_results
+from likeness.bench.report import DASH, _fmt, build_report, metric_columns, read_results
 from likeness.bench.runstore import DONE, FAILED
 
 PAGE = "leaderboard.html"
@@ -66,8 +66,8 @@ def build_leaderboard(run_dirs: list[str | Path], out_dir: str | Path) -> tuple[
     out_dir.mkdir(parents=True, exist_ok=True)
     esc = html.escape
     head = rows[0]["config"] if rows else {}
-    # Stellar's columns always; a text-image one (CP-CLIP, TI-CLIP, ...) when some method has it.
-    columns = LEADERBOARD + tuple(m for m in IDENTITY_COLUMNS + TEXT_COLUMNS if any(r["totals"].get(m) is not None for r in rows))
+    # The metrics the runs asked for or have, in Stellar's order (not 13 columns of dashes for two metrics).
+    columns = metric_columns([r["config"] for r in rows], [r["totals"] for r in rows])
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>likeness leaderboard</title>",
              "<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td.l,th.l{text-align:left}</style></head><body>",

@@ -108,6 +108,14 @@ def _meta(db: sqlite3.Connection, key: str):
     return json.loads(row[0]) if row else None
 
 
+def _protocols(db: sqlite3.Connection) -> list[tuple]:
+    """(digest, protocol JSON) rows of a rank store; none in a store written before protocols were stored once."""
+    try:
+        return db.execute("SELECT digest, protocol FROM protocols").fetchall()
+    except sqlite3.OperationalError:
+        return []
+
+
 def _open(path: Path) -> sqlite3.Connection:
     try:
         db = sqlite3.connect(path, timeout=30)
@@ -201,6 +209,7 @@ def merge_rank_stores(run_dir: str | Path, store: RunStore, digest: str, *, cons
         try:
             items = _rows(db, "SELECT * FROM items")
             results = _rows(db, "SELECT * FROM results")
+            protocols = _protocols(db)
             timeline = _meta(db, TIMELINE_META) or {}
         except sqlite3.OperationalError as exc:
             raise ValueError(f"{path}: not a usable rank store ({exc})") from None
@@ -227,6 +236,8 @@ def merge_rank_stores(run_dir: str | Path, store: RunStore, digest: str, *, cons
             for r in finals:
                 known[r["item_id"]] = r["status"]
             done = [r for r in results if known.get(r["item_id"]) == DONE]
+            # The rows refer to their protocol by digest (store.py): bring the protocols along, before the rows.
+            store.db.executemany("INSERT OR IGNORE INTO protocols(digest, protocol) VALUES (?, ?)", protocols)
             before = store.db.total_changes
             store.db.executemany(
                 "INSERT INTO results(item_id, metric, value, status, n_faces, protocol, detail, created_at)"

@@ -1,10 +1,15 @@
-"""``likeness report RUN``: one static HTML page (plus PNGs) that explains a run to a reader.
+"""``likeness report RUN``: static HTML pages (plus thumbnails) that explain a run to a reader.
 
-The page shows the leaderboard row in Stellar's layout (IPS, APS, SIS, GOA, RFS; a metric that was
-not computed is shown as "—", never as 0) with the protocol each score was measured under,
-per-category breakdown plots, and per identity a grid of generated images next to the reference
-photo, each with its scores below (and on hover). It only reads the run folder, so it can be made
-while a run is still going, and it opens from disk with no server and no network.
+``index.html`` shows the leaderboard row in Stellar's layout (IPS, APS, SIS, GOA, RFS, then the other
+metrics the run asked for; one that was not computed is shown as "—", never as 0) with the protocol
+each score was measured under, per-category breakdown plots, and links to the image pages:
+``pages/<identity>.html``, per identity (at most ``PER_PAGE`` images a page) a grid of generated images
+next to the reference photo, each with its scores below (and on hover), linked to the full image.
+
+It scales to a Stellar-size run (400 people x 50 prompts = 20,000 images): grids show small JPEG
+thumbnails (``thumbs/``, written once and reused by the next report unless the image changed), loaded
+lazily by the browser, a page at a time. It only reads the run folder, so it can be made while a run
+is still going, and it opens from disk with no server and no network.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import math
 import os
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +41,9 @@ COLUMNS = LEADERBOARD + IDENTITY_COLUMNS + TEXT_COLUMNS
 PREFERENCE = ("PICKSCORE", "AESTHETIC", "HPSV2", "IMAGEREWARD")
 DASH = "—"
 THUMB = 160
+PER_PAGE = 200  # images per grid page (Stellar has 50 prompts per person: one page each)
+PAGES_DIR, THUMBS_DIR, REFS_DIR = "pages", "thumbs", "refs"
+FAILURES_SHOWN = 100  # failed items listed on the first page; each identity's page shows all of its own
 
 
 @dataclass
@@ -76,20 +85,22 @@ def read_results(run_dir: str | Path) -> RunResults:
         # What every rank has finished so far (also while a run is going, or after a node died).
         merge_rank_stores(run_dir, store, recorded_digest(run_dir))
         items = store.items()
-        scores = store.scores()
         counts = store.counts()
         set_totals = set_level_totals(store)
         summaries = {str(k).upper(): v for k, v in (store.get_meta(SUMMARY_KEY, {}) or {}).items() if isinstance(v, dict)}
         face_protocol = store.get_meta("face_protocol", "") or ""
+        by_item: dict[str, dict] = defaultdict(dict)
+        protocols: dict[str, list[dict]] = defaultdict(list)
+        seen: set[tuple[str, int]] = set()  # rows share their protocol's dict (store.py): compare each once
+        for s in store.iter_scores():  # one row at a time: only (value, status) per row is kept
+            metric = s.metric.upper()
+            by_item[s.item_id][metric] = (s.value, s.status)
+            if (metric, id(s.protocol)) not in seen:
+                seen.add((metric, id(s.protocol)))
+                if s.protocol and s.protocol not in protocols[metric]:
+                    protocols[metric].append(s.protocol)
     finally:
         store.close()
-    by_item: dict[str, dict] = defaultdict(dict)
-    protocols: dict[str, list[dict]] = defaultdict(list)
-    for s in scores:
-        metric = s.metric.upper()
-        by_item[s.item_id][metric] = (s.value, s.status)
-        if s.protocol and s.protocol not in protocols[metric]:
-            protocols[metric].append(s.protocol)
     for item in items:
         item["scores"] = by_item.get(item["item_id"], {})
         sidecar = run_dir / "images" / name_key(item["identity"]) / f"{item['item_id']}.json"
@@ -104,6 +115,13 @@ def read_results(run_dir: str | Path) -> RunResults:
         else:
             totals[metric] = _mean(i["scores"][metric][0] for i in items if metric in i["scores"])
     return RunResults(run_dir, config, items, totals, dict(protocols), counts, face_protocol, summaries)
+
+
+def metric_columns(configs: list[dict], totals: list[dict]) -> tuple[str, ...]:
+    """Leaderboard columns, in Stellar's order: the metrics the runs asked for ("—" where one has no value yet)
+    and those they have values for; never a column of dashes nobody asked for."""
+    asked = {str(m).upper() for config in configs for m in (config.get("metrics") or [])}
+    return tuple(m for m in COLUMNS if m in asked or any(t.get(m) is not None for t in totals))
 
 
 def _fmt(value: float | None) -> str:
@@ -154,16 +172,31 @@ def plot_categories(table: dict, path: Path) -> Path | None:
     return path
 
 
-def _thumbnail(source: Path, target: Path) -> str | None:
-    """A small JPEG copy of a reference photo (it may live outside the run folder)."""
+def _thumbnail(source: Path, target: Path) -> bool:
+    """A small JPEG copy of ``source`` at ``target``, kept from an earlier report unless the source is newer.
+    Written to a temporary name first, so an interrupted report never leaves half a thumbnail behind."""
     try:
-        image = load_image(source)
-    except ImageError:
-        return None
+        if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
+            return True
+        image = load_image(source, min_side=1)
+    except (ImageError, OSError):
+        return False
     image.thumbnail((THUMB, THUMB))
     target.parent.mkdir(parents=True, exist_ok=True)
-    image.save(target, quality=90)
-    return target.name
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    image.save(tmp, format="JPEG", quality=85)
+    os.replace(tmp, target)
+    return True
+
+
+def write_thumbnails(jobs: list[tuple[Path, Path]]) -> set[Path]:
+    """Thumbnails for (source, target) pairs, a few at a time (PIL decodes and encodes outside the GIL);
+    returns the targets that exist."""
+    if not jobs:
+        return set()
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        made = pool.map(lambda job: _thumbnail(*job), jobs)
+        return {target for (_, target), ok in zip(jobs, made) if ok}
 
 
 CSS = """
@@ -173,7 +206,7 @@ th{background:#f3f3f3}td.l,th.l{text-align:left}
 .grid{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start;margin-bottom:1.5em}
 figure{margin:0;width:170px;font-size:11px}figure img{width:160px;height:160px;object-fit:cover;border:1px solid #999}
 figure.ref img{border:3px solid #2a6}figcaption{word-wrap:break-word}.fail{color:#b00}
-code{background:#f6f6f6;padding:1px 3px}
+code{background:#f6f6f6;padding:1px 3px}nav{margin:1em 0}
 """
 
 
@@ -186,24 +219,28 @@ def _scores_line(scores: dict) -> str:
     return " · ".join(parts) or "not scored"
 
 
+def _head(title: str) -> str:
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+
+
 def render_html(results: RunResults, out_dir: Path) -> Path:
-    """Write ``index.html`` and its PNGs into ``out_dir``."""
+    """Write ``index.html``, the image pages and their thumbnails into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     esc = html.escape
     cfg = results.config
     total = len(results.items)
     done = results.counts.get(DONE, 0)
     failed = results.counts.get(FAILED, 0)
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>likeness report: {esc(cfg['method'])}</title>",
-             f"<style>{CSS}</style></head><body>",
+    columns = metric_columns([cfg], [results.totals])
+    parts = [_head(f"likeness report: {cfg['method']}"),
              f"<h1>likeness report: <code>{esc(cfg['method'])}</code> on <code>{esc(cfg['base_model'])}</code></h1>",
              f"<p>{done} of {total} items generated, {failed} failed. Run folder: <code>{esc(str(results.run_dir))}</code></p>"]
 
     # Leaderboard, Stellar layout.
     parts.append("<h2>Leaderboard</h2><table id='leaderboard'><tr><th class='l'>Method</th>"
-                 + "".join(f"<th>{_label(m)}</th>" for m in COLUMNS) + "<th>images</th></tr>")
+                 + "".join(f"<th>{_label(m)}</th>" for m in columns) + "<th>images</th></tr>")
     parts.append(f"<tr><td class='l'>{esc(cfg['method'])}</td>"
-                 + "".join(f"<td>{_fmt(results.totals[m])}</td>" for m in COLUMNS) + f"<td>{done}</td></tr></table>")
+                 + "".join(f"<td>{_fmt(results.totals[m])}</td>" for m in columns) + f"<td>{done}</td></tr></table>")
     parts.append("<p>— : metric not computed in this run (never counted as 0).</p>")
     parts += _intervals_and_penalty(results)
 
@@ -234,35 +271,28 @@ def render_html(results: RunResults, out_dir: Path) -> Path:
             parts.append(f"<tr><td class='l'>{esc(category)}</td>" + "".join(f"<td>{_fmt(row.get(m))}</td>" for m in metrics) + "</tr>")
         parts.append("</table>")
 
-    # Image grids: per identity and reference photo, the reference first.
-    parts.append("<h2>Images</h2>")
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for item in results.items:
-        groups[(item["identity"], item["reference"])].append(item)
-    for (identity, reference), members in sorted(groups.items()):
-        parts.append(f"<h3>{esc(identity)} · reference <code>{esc(Path(reference).name)}</code></h3><div class='grid'>")
-        thumb = _thumbnail(Path(reference), out_dir / "refs" / f"{name_key(identity)}-{name_key(Path(reference).stem)}.jpg")
-        ref_img = f"<img src='refs/{esc(thumb)}' alt='reference photo of {esc(identity)}'>" if thumb else "<p class='fail'>reference unreadable</p>"
-        parts.append(f"<figure class='ref'>{ref_img}<figcaption>reference photo</figcaption></figure>")
-        for item in members:
-            meta = item["meta"]
-            prompt = meta.get("prompt_template") or item["prompt_id"]
-            if item["status"] == DONE:
-                src = Path(os.path.relpath(results.run_dir / "images" / name_key(identity) / f"{item['item_id']}.png", out_dir))
-                line = _scores_line(item["scores"])
-                parts.append(f"<figure class='gen' title='{esc(line)}'><img src='{esc(src.as_posix())}' alt='{esc(item['item_id'])}'>"
-                             f"<figcaption>{esc(item['prompt_id'])}: {esc(prompt)}<br><b>{esc(line)}</b></figcaption></figure>")
-            else:
-                parts.append(f"<figure class='gen'><figcaption class='fail'>{esc(item['item_id'])}: {esc(item['status'])}"
-                             f"{(' — ' + esc(item['reason'])) if item['reason'] else ''}</figcaption></figure>")
-        parts.append("</div>")
+    # Image pages: one (or more, PER_PAGE images each) per identity, linked from here.
+    pages = write_image_pages(results, out_dir)
+    parts.append("<h2>Images</h2><p>Per identity, every generated image beside its reference photo, with its scores.</p>"
+                 "<table id='pages'><tr><th class='l'>identity</th><th>images</th><th>failed</th><th class='l'>pages</th></tr>")
+    by_identity: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for page in pages:
+        by_identity[page.identity].append((page.file, page.label))
+    counts = _identity_counts(results)
+    for identity, links in by_identity.items():
+        made, lost = counts[identity]
+        parts.append(f"<tr><td class='l'>{esc(identity)}</td><td>{made}</td><td>{lost}</td><td class='l'>"
+                     + " ".join(f"<a href='{PAGES_DIR}/{esc(f)}'>{esc(label)}</a>" for f, label in links) + "</td></tr>")
+    parts.append("</table>")
 
     failures = [i for i in results.items if i["status"] == FAILED]
     if failures:
         parts.append("<h2>Failed items</h2><table id='failures'><tr><th class='l'>item</th><th class='l'>reason</th></tr>")
-        for item in failures:
+        for item in failures[:FAILURES_SHOWN]:
             parts.append(f"<tr><td class='l'>{esc(item['item_id'])}</td><td class='l'>{esc(item['reason'] or '')}</td></tr>")
         parts.append("</table>")
+        if len(failures) > FAILURES_SHOWN:
+            parts.append(f"<p>... and {len(failures) - FAILURES_SHOWN} more, each on its identity's page.</p>")
     csv_path = write_leaderboard_csv(results, out_dir / "leaderboard.csv")
     parts.append(f"<p>Leaderboard with intervals as CSV: <a href='{esc(csv_path.name)}'>{esc(csv_path.name)}</a></p>")
     parts.append("</body></html>")
@@ -271,10 +301,113 @@ def render_html(results: RunResults, out_dir: Path) -> Path:
     return page
 
 
+@dataclass
+class ImagePage:
+    file: str  # under out_dir/pages
+    identity: str
+    label: str  # "page 2 of 3" when an identity has several
+    items: list[dict]
+
+
+def plan_pages(results: RunResults) -> list[ImagePage]:
+    """Each identity's items (in plan order), at most PER_PAGE a page; identities sorted by name."""
+    by_identity: dict[str, list[dict]] = defaultdict(list)
+    for item in results.items:
+        by_identity[item["identity"]].append(item)
+    pages = []
+    for identity in sorted(by_identity):
+        members = by_identity[identity]
+        chunks = [members[k:k + PER_PAGE] for k in range(0, len(members), PER_PAGE)]
+        for n, chunk in enumerate(chunks, 1):
+            # keys are [a-z0-9_] (likeness.data.names), so "-2" never collides with another identity's page
+            name = name_key(identity) + ("" if n == 1 else f"-{n}")
+            pages.append(ImagePage(f"{name}.html", identity, "images" if len(chunks) == 1 else f"page {n} of {len(chunks)}",
+                                   chunk))
+    return pages
+
+
+def _identity_counts(results: RunResults) -> dict[str, tuple[int, int]]:
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for item in results.items:
+        counts[item["identity"]][0] += item["status"] == DONE
+        counts[item["identity"]][1] += item["status"] == FAILED
+    return {k: (v[0], v[1]) for k, v in counts.items()}
+
+
+def _image_path(results: RunResults, item: dict) -> Path:
+    return results.run_dir / "images" / name_key(item["identity"]) / f"{item['item_id']}.png"
+
+
+def _ref_thumb(out_dir: Path, identity: str, reference: str) -> Path:
+    return out_dir / REFS_DIR / f"{name_key(identity)}-{name_key(Path(reference).stem)}.jpg"
+
+
+def _item_thumb(out_dir: Path, item: dict) -> Path:
+    return out_dir / THUMBS_DIR / name_key(item["identity"]) / f"{item['item_id']}.jpg"
+
+
+def write_image_pages(results: RunResults, out_dir: Path) -> list[ImagePage]:
+    """``pages/*.html`` with their thumbnails (made once, kept for the next report); pages of an earlier report
+    that this one does not write are removed."""
+    esc = html.escape
+    pages = plan_pages(results)
+    jobs = {}
+    for page in pages:
+        for item in page.items:
+            jobs[_ref_thumb(out_dir, item["identity"], item["reference"])] = Path(item["reference"])
+            if item["status"] == DONE:
+                jobs[_item_thumb(out_dir, item)] = _image_path(results, item)
+    made = write_thumbnails([(source, target) for target, source in jobs.items()])
+    folder = out_dir / PAGES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in set(folder.glob("*.html")) - {folder / p.file for p in pages}:
+        old.unlink(missing_ok=True)
+
+    def rel(path: Path) -> str:  # from a page in out_dir/pages (images may live outside out_dir)
+        return esc(Path(os.path.relpath(path, folder)).as_posix())
+
+    for k, page in enumerate(pages):
+        nav = ["<a href='../index.html'>leaderboard</a>"]
+        if k > 0:
+            nav.append(f"<a rel='prev' href='{esc(pages[k - 1].file)}'>← {esc(pages[k - 1].identity)}</a>")
+        if k + 1 < len(pages):
+            nav.append(f"<a rel='next' href='{esc(pages[k + 1].file)}'>{esc(pages[k + 1].identity)} →</a>")
+        nav_html = f"<nav>{' · '.join(nav)} · page {k + 1} of {len(pages)}</nav>"
+        parts = [_head(f"{page.identity}: likeness report"), nav_html,
+                 f"<h1>{esc(page.identity)}{'' if page.label == 'images' else ' (' + esc(page.label) + ')'}</h1>"]
+        groups: dict[str, list[dict]] = defaultdict(list)
+        for item in page.items:
+            groups[item["reference"]].append(item)
+        for reference, members in sorted(groups.items()):
+            parts.append(f"<h3>reference <code>{esc(Path(reference).name)}</code></h3><div class='grid'>")
+            thumb = _ref_thumb(out_dir, page.identity, reference)
+            ref_img = (f"<img src='{rel(thumb)}' width='{THUMB}' height='{THUMB}' alt='reference photo of {esc(page.identity)}'>"
+                       if thumb in made else "<p class='fail'>reference unreadable</p>")
+            parts.append(f"<figure class='ref'>{ref_img}<figcaption>reference photo</figcaption></figure>")
+            for item in members:
+                prompt = item["meta"].get("prompt_template") or item["prompt_id"]
+                thumb = _item_thumb(out_dir, item)
+                if item["status"] == DONE and thumb in made:
+                    line = _scores_line(item["scores"])
+                    parts.append(
+                        f"<figure class='gen' title='{esc(line)}'><a href='{rel(_image_path(results, item))}'>"
+                        f"<img loading='lazy' src='{rel(thumb)}' width='{THUMB}' height='{THUMB}' alt='{esc(item['item_id'])}'></a>"
+                        f"<figcaption>{esc(item['prompt_id'])}: {esc(prompt)}<br><b>{esc(line)}</b></figcaption></figure>")
+                else:
+                    reason = item["reason"] or ("image missing" if item["status"] == DONE else "")
+                    parts.append(f"<figure class='gen'><figcaption class='fail'>{esc(item['item_id'])}: {esc(item['status'])}"
+                                 f"{(' — ' + esc(reason)) if reason else ''}</figcaption></figure>")
+            parts.append("</div>")
+        parts += [nav_html, "</body></html>"]
+        (folder / page.file).write_text("\n".join(parts), encoding="utf-8")
+    return pages
+
+
 def summary_text(results: RunResults) -> str:
     """The terminal summary: the leaderboard row, the item counts, the penalty, and the protocol of every score."""
-    header = "  ".join(f"{_label(m):>9}" for m in COLUMNS)
-    row = "  ".join(f"{_fmt(results.totals[m]):>9}" for m in COLUMNS)
+    columns = metric_columns([results.config], [results.totals])
+    header = "  ".join(f"{_label(m):>9}" for m in columns)
+    row = "  ".join(f"{_fmt(results.totals[m]):>9}" for m in columns)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(results.counts.items()))
     protocols = [f"{metric}: {proto.get('name', '?')}" for metric in COLUMNS for proto in results.protocols.get(metric, [])]
     lines = [f"{results.config['method']} on {results.config['base_model']} ({counts})", header, row]

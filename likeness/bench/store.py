@@ -5,11 +5,17 @@ and every write is a committed transaction, so a crash loses at most the item in
 are idempotent (a re-run replaces a row, never duplicates it), and :meth:`ResultsStore.done`
 lets a re-run skip what is finished. Extend it by adding tables in :meth:`_create` (the benchmark
 runner adds ``items``).
+
+Each protocol (a dict of a few hundred bytes: models, face protocol, definition) is stored once, in the
+``protocols`` table keyed by its digest, and a row's ``protocol`` column holds that digest: a row is ~350
+bytes instead of ~1,070. Rows written before (``protocol`` holding the JSON itself, which starts with
+``{``) are read as they are, so old stores keep working, also with new rows added by a resumed run.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import sqlite3
@@ -20,6 +26,7 @@ from likeness.metrics.base import Score
 
 
 RESULT_COLUMNS = ("item_id", "metric", "value", "status", "n_faces", "protocol", "detail", "created_at")
+# (the results' protocol column: the digest of a row in the protocols table, or, in rows of older stores, the JSON)
 EXPORT_COLUMNS = ("item_id", "metric", "value", "status", "n_faces", "protocol", "detail")
 
 
@@ -77,6 +84,8 @@ class ResultsStore:
                     PRIMARY KEY (item_id, metric))"""
             )
             self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self.db.execute("CREATE TABLE IF NOT EXISTS protocols (digest TEXT PRIMARY KEY, protocol TEXT NOT NULL)")
+        self._protocols: dict[str, dict] = {}  # digest (or inline JSON) -> parsed protocol, shared by the rows read
 
     def close(self) -> None:
         self.db.close()
@@ -90,18 +99,44 @@ class ResultsStore:
     # -- results ---------------------------------------------------------------------------------
 
     def put(self, scores: list[Score] | Score) -> None:
-        """Insert or replace rows, in one transaction."""
+        """Insert or replace rows, in one transaction (each new protocol stored once, the rows refer to it)."""
         scores = [scores] if isinstance(scores, Score) else scores
         now = time.time()
+        texts: dict[int, str] = {}  # id(protocol dict) -> digest: a batch's rows mostly share one protocol object
+        new: dict[str, str] = {}
+        for s in scores:
+            if id(s.protocol) not in texts:
+                text = json.dumps(s.protocol, sort_keys=True)
+                digest = protocol_digest(text)
+                texts[id(s.protocol)] = digest
+                if digest not in self._protocols:
+                    new[digest] = text
         with self.db:
+            self.db.executemany("INSERT OR IGNORE INTO protocols VALUES (?, ?)", list(new.items()))
             self.db.executemany(
                 "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (s.item_id, s.metric, None if s.value is None else float(s.value), s.status, s.n_faces,
-                     json.dumps(s.protocol, sort_keys=True), json.dumps(s.detail, sort_keys=True, default=_jsonable), now)
+                     texts[id(s.protocol)], json.dumps(s.detail, sort_keys=True, default=_jsonable), now)
                     for s in scores
                 ],
             )
+        self._protocols.update((digest, json.loads(text)) for digest, text in new.items())
+
+    def protocol(self, ref: str) -> dict:
+        """The protocol a row's ``protocol`` column refers to (a digest, or the JSON itself in older rows).
+        Parsed once per store; the rows read share the dict, so treat it as read-only."""
+        found = self._protocols.get(ref)
+        if found is None:
+            if ref.startswith("{"):
+                found = json.loads(ref)
+            else:  # written since this connection last looked (another process): reload the table
+                self._protocols.update((d, json.loads(t)) for d, t in self.db.execute("SELECT digest, protocol FROM protocols"))
+                found = self._protocols.get(ref)
+                if found is None:
+                    raise StoreCorruptError(self.path, f"a result row refers to protocol {ref}, which is not in the store")
+            self._protocols[ref] = found
+        return found
 
     def done(self, item_id: str, metric: str, protocol_name: str | None = None) -> bool:
         return item_id in self.done_items(metric, protocol_name, item_ids=[item_id])
@@ -116,26 +151,31 @@ class ResultsStore:
             args += item_ids
         return {
             item for item, protocol in self.db.execute(query, args)
-            if protocol_name is None or json.loads(protocol).get("name") == protocol_name
+            if protocol_name is None or self.protocol(protocol).get("name") == protocol_name
         }
 
-    def scores(self, metric: str | None = None, protocol_name: str | None = None) -> list[Score]:
+    def iter_scores(self, metric: str | None = None, protocol_name: str | None = None):
+        """The rows one at a time (by item id, then metric), for readers that need not hold them all."""
         query, args = "SELECT item_id, metric, value, status, n_faces, protocol, detail FROM results", []
         if metric is not None:
             query, args = query + " WHERE metric = ?", [metric]
-        rows = [
-            Score(item, name, value, status, n_faces, json.loads(protocol), json.loads(detail))
-            for item, name, value, status, n_faces, protocol, detail in self.db.execute(query + " ORDER BY item_id, metric", args)
-        ]
-        return [s for s in rows if protocol_name is None or s.protocol.get("name") == protocol_name]
+        for item, name, value, status, n_faces, protocol, detail in self.db.execute(query + " ORDER BY item_id, metric", args):
+            protocol = self.protocol(protocol)
+            if protocol_name is None or protocol.get("name") == protocol_name:
+                yield Score(item, name, value, status, n_faces, protocol, json.loads(detail))
+
+    def scores(self, metric: str | None = None, protocol_name: str | None = None) -> list[Score]:
+        return list(self.iter_scores(metric, protocol_name))
 
     def metrics(self) -> list[str]:
         return [m for (m,) in self.db.execute("SELECT DISTINCT metric FROM results ORDER BY metric")]
 
-    def export_rows(self, metric: str | None = None) -> list[tuple]:
-        """The rows both exports write, in EXPORT_COLUMNS order (protocol reduced to its name; detail as JSON)."""
-        return [(s.item_id, s.metric, s.value, s.status, s.n_faces, s.protocol.get("name", ""),
-                 json.dumps(s.detail, sort_keys=True)) for s in self.scores(metric)]
+    def export_rows(self, metric: str | None = None):
+        """The rows both exports write, in EXPORT_COLUMNS order (protocol reduced to its name; detail as JSON), one
+        at a time."""
+        for s in self.iter_scores(metric):
+            yield (s.item_id, s.metric, s.value, s.status, s.n_faces, s.protocol.get("name", ""),
+                   json.dumps(s.detail, sort_keys=True))
 
     def export_csv(self, path: str | Path, metric: str | None = None) -> Path:
         """Per-image rows as CSV (protocol reduced to its name; detail kept as JSON)."""
@@ -168,6 +208,11 @@ class ResultsStore:
     def get_meta(self, key: str, default=None):
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
+
+
+def protocol_digest(text: str) -> str:
+    """The key of a protocol's canonical JSON (sorted keys) in the protocols table."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _jsonable(value):
