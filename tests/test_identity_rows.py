@@ -5,7 +5,6 @@ the benchmark. Photos are shrunk to 400 px (MTCNN's cost grows with pixels); eve
 
 from __future__ import annotations
 
-import json
 import sqlite3
 
 import pytest
@@ -13,6 +12,7 @@ import torch
 from PIL import Image
 
 from identity_images import odd_lighting, shrink, side_by_side, small_in_scene, smooth_skin, stylised
+from likeness.bench.store import ResultsStore
 from likeness.data.identities import Identity
 from likeness.faces import FaceCache, analyze_path, get_backend
 from likeness.metrics import METRICS, Sample
@@ -112,8 +112,9 @@ def test_resumed_store_never_mixes_the_hog_protocol_with_mtcnn(photos, mtcnn, tm
     new = score_items(items[:1], identities, store, ["ips"], progress=False)  # an interrupted rerun, default detector
     assert new.n_scored_now == 1 and new.summaries[0]["protocol"] == "ips/v1+dlib-mtcnn-r128-cal/v2"
     assert new.summaries[0]["count"] == 1  # the old row of obama-2 is not in the new summary
-    rows = dict(sqlite3.connect(store).execute("SELECT item_id, protocol FROM results").fetchall())
-    assert {json.loads(p)["name"] for p in rows.values()} == {"ips/v1+dlib-hog-r128-cal/v1", "ips/v1+dlib-mtcnn-r128-cal/v2"}
+    with ResultsStore(store) as results:  # both rows kept, each under its own protocol
+        assert {s.protocol["name"] for s in results.scores("ips")} == {"ips/v1+dlib-hog-r128-cal/v1",
+                                                                        "ips/v1+dlib-mtcnn-r128-cal/v2"}
 
 
 def test_bench_config_records_the_detector_and_old_run_folders_keep_theirs():

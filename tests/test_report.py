@@ -101,7 +101,7 @@ def test_report_shows_leaderboard_protocol_plots_and_grids(scored_run):
     penalty = parsed.tables["penalty"]
     assert penalty[:6] == ["metric", "raw", "penalised", "zeroed", "unjudged", "std(CLIP-N)"] and penalty[6] == "IPS"
     assert re.fullmatch(r"\d of 4", penalty[9])
-    assert "goa/v1+likeness/tiny-owlvit" in html and "rfs/open-vqa-v1+likeness/tiny-blip-vqa" in html
+    assert "goa/v2+likeness/tiny-owlvit" in html and "rfs/open-vqa-v1+likeness/tiny-blip-vqa" in html
     import csv
 
     exported = {r["metric"]: r for r in csv.DictReader(open(page.parent / "leaderboard.csv"))}
