@@ -199,3 +199,22 @@ def test_image_hash_is_content_and_judge_not_a_default_metric(judge_folder, case
     assert not set(NAMES) & set(chosen)
     assert judge_answer("identity") in METRICS.get("judge-overall").features
     assert isinstance(JudgeFeature("prompt", RUBRIC_VERSION, "x", False).answer, str)
+
+
+def test_chat_template_beside_the_processor_only(judge_folder, tmp_path):
+    """Some Qwen-VL repos keep the chat template in the processor's chat_template.json only."""
+    import json
+    import shutil
+
+    from likeness.models.judge import load_judge
+
+    folder = tmp_path / "model"
+    shutil.copytree(judge_folder, folder)
+    template = (folder / "chat_template.jinja").read_text()
+    (folder / "chat_template.jinja").unlink()
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    judge = load_judge("judge", str(folder), device="cpu", cache_path=tmp_path / "c.sqlite")
+    assert judge.tokenizer.chat_template == template
+    (folder / "chat_template.json").unlink()
+    with pytest.raises(Exception, match="no chat template"):
+        load_judge("judge", str(folder), device="cpu", cache_path=tmp_path / "c.sqlite")

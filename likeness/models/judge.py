@@ -185,6 +185,24 @@ class JudgeModel:
         return self.tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
 
 
+def processor_chat_template(source, local_files_only: bool) -> str | None:
+    """The processor's chat template (``chat_template.jinja`` or ``chat_template.json``) when the tokenizer has none
+    (some Qwen-VL repos keep it beside the processor only)."""
+    for name in ("chat_template.jinja", "chat_template.json"):
+        path = Path(source) / name
+        if not path.is_file() and not Path(source).exists():
+            from huggingface_hub import hf_hub_download
+
+            try:
+                path = Path(hf_hub_download(str(source), name, local_files_only=local_files_only))
+            except Exception:  # absent from the repo or the cache: try the next name
+                continue
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            return text if name.endswith(".jinja") else json.loads(text).get("chat_template")
+    return None
+
+
 def load_judge(role: str, model_id: str, device=None, batch_size: int = 4, dtype=None,
                cache_path: str | Path | None = None) -> JudgeModel:
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
@@ -200,8 +218,9 @@ def load_judge(role: str, model_id: str, device=None, batch_size: int = 4, dtype
         model = AutoModelForImageTextToText.from_pretrained(source, local_files_only=local_files_only, dtype=torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
         image_processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_files_only)
+        tokenizer.chat_template = tokenizer.chat_template or processor_chat_template(source, local_files_only)
         if not tokenizer.chat_template:
-            raise VisionModelError(role, model_id, "its tokenizer has no chat template (an instruction-tuned model is needed)")
+            raise VisionModelError(role, model_id, "it has no chat template (an instruction-tuned model is needed)")
         return model, tokenizer, image_processor
 
     _source(role, model_id)  # a clear error for a folder without config.json before anything loads
