@@ -218,3 +218,26 @@ def test_chat_template_beside_the_processor_only(judge_folder, tmp_path):
     (folder / "chat_template.json").unlink()
     with pytest.raises(Exception, match="no chat template"):
         load_judge("judge", str(folder), device="cpu", cache_path=tmp_path / "c.sqlite")
+
+
+def test_evaluator_with_the_tiny_id_stores_rows_and_protocol(case, tmp_path, monkeypatch):
+    """`likeness evaluate --metrics judge-prompt,judge-overall --judge-model likeness/tiny-qwen-vl` in code."""
+    from likeness.bench.evaluate import format_summary, score_items
+    from likeness.bench.store import ResultsStore
+    from likeness.data.layout import GeneratedItem
+
+    monkeypatch.setenv("LIKENESS_CACHE", str(tmp_path / "cache"))  # the tiny id is built here
+    monkeypatch.setenv("LIKENESS_JUDGE_CACHE", str(tmp_path / "answers.sqlite"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root, samples = case
+    items = [GeneratedItem(s.item_id, s.image, "ann", s.reference, s.meta) for s in samples]
+    models = VisionModels({"judge": "likeness/tiny-qwen-vl"}, device="cpu", batch_size=2)
+    report = score_items(items, [samples[0].identity], tmp_path / "r.sqlite", ["judge-prompt", "judge-overall"],
+                         progress=False, models=models)
+    summary = {s["metric"]: s for s in report.summaries}
+    assert summary["judge-prompt"]["statuses"] == {"parse_failed": 2} and summary["judge-prompt"]["count"] == 0
+    assert "judge-prompt/rubric-v1+likeness/tiny-qwen-vl" in format_summary(report)
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        row = store.scores("judge-overall")[0]
+    assert row.protocol["judge"]["revision"] == "tiny-v1" and row.detail["prompt"]["reason"] == ""
+    assert models.get("judge").generated == 4  # 2 images x (prompt, identity): the prompt answer asked once for both metrics
