@@ -92,10 +92,6 @@ def case(tmp_path_factory):
     return root, samples
 
 
-def _models(folder, cache):
-    return VisionModels({"judge": str(folder)}, device="cpu", batch_size=2, dtype="fp32"), cache
-
-
 def _run(models, samples, names=NAMES):
     metrics = [METRICS.create(n, models=models) for n in names]
     features = FeatureExtractor(models).extract(samples, [f for m in metrics for f in m.features])

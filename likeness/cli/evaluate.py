@@ -32,7 +32,8 @@ ips-penalised / sis-penalised), goa, rfs (likeness' open VQA definition), cp-cli
 aesthetic. The open multimodal judge (only when named; answers cached; docs/judge.md): judge-identity,
 judge-prompt, judge-overall (--judge-model: a Qwen2.5-VL / Qwen3-VL class model; a row whose answer cannot
 be read has status parse_failed, out_of_range or refused). Their models load by hub id or local folder
-(flags below, or the LIKENESS_*_MODEL environment variables); a model that is missing gives rows with status model_missing, a clear message and exit code 1.
+(flags below, or the LIKENESS_*_MODEL environment variables); a model that is missing gives rows with
+status model_missing, a clear message and exit code 1.
 """
 
 

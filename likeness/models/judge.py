@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from likeness.models.loading import model_revision, pick_device, pick_dtype
-from likeness.models.vision_language import LOADERS, VisionModelError, _batches, _load, _source
+from likeness.models.vision_language import LOADERS, VisionModelError, _batches, _load
 
 DECODING = {"do_sample": False, "max_new_tokens": 128}
 MIN_PIXELS = 56 * 56
@@ -223,7 +223,6 @@ def load_judge(role: str, model_id: str, device=None, batch_size: int = 4, dtype
             raise VisionModelError(role, model_id, "it has no chat template (an instruction-tuned model is needed)")
         return model, tokenizer, image_processor
 
-    _source(role, model_id)  # a clear error for a folder without config.json before anything loads
     model, tokenizer, image_processor = _load(role, model_id, loader)
     cache = AnswerCache(cache_path) if cache_path else None
     return JudgeModel(role, model_id, model.to(torch_device).eval(), tokenizer, image_processor, torch_device, torch_dtype,
