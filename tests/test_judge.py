@@ -139,6 +139,30 @@ def test_prompt_tokens_match_the_image_grid(judge_folder, case, tmp_path):
     assert grid.shape == (2, 3)
 
 
+def test_a_batch_scores_each_request_as_alone(judge_folder, case):
+    """Left padding, the expanded image tokens and their rotary positions: the next-token logits of each request in a
+    mixed batch (two images + rubric, one image + prompt: different lengths) match the request run alone. Bound
+    1e-4: padding changes the shapes of the batched products, whose rounding differs across CPUs."""
+    root, samples = case
+    judge = VisionModels({"judge": str(judge_folder)}, device="cpu", dtype="fp32").get("judge")
+    images = [Image.open(p).convert("RGB") for p in (samples[0].reference, samples[0].image, samples[1].image)]
+    requests = [JudgeRequest(images[:2], question("identity"), RUBRIC_VERSION),
+                JudgeRequest(images[2:], question("prompt", "a person playing a violin"), RUBRIC_VERSION)]
+    with torch.no_grad():
+        batch = judge.inputs(requests)
+        assert batch["attention_mask"][1, 0] == 0 and batch["attention_mask"][:, -1].all()  # the shorter one, left-padded
+        grid = batch["image_grid_thw"]
+        assert int(batch["mm_token_type_ids"].sum()) == int(grid.prod(dim=-1).sum()) // 4  # merge 2x2 patches per token
+        together = judge.model(**batch).logits[:, -1]
+        for k, request in enumerate(requests):
+            alone = judge.model(**judge.inputs([request])).logits[0, -1]
+            assert torch.allclose(together[k], alone, atol=1e-4), float((together[k] - alone).abs().max())
+        # The bound is meaningful: without the image-token marks (so wrong rotary positions) the logits move far more.
+        wrong = dict(judge.inputs(requests[:1]))
+        wrong.pop("mm_token_type_ids")
+        assert (judge.model(**wrong).logits[0, -1] - together[0]).abs().max() > 1e-2
+
+
 def test_known_answers_through_the_cache_give_scores_and_reasons(judge_folder, case, tmp_path, monkeypatch):
     """Answers stored under the keys the judge computes (its real lookup path) score like a model that gave them."""
     from likeness.data.images import load_image

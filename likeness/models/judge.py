@@ -159,8 +159,8 @@ class JudgeModel:
         return self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                                   add_generation_prompt=True)
 
-    @torch.no_grad()
-    def _generate(self, requests: list[JudgeRequest]) -> list[str]:
+    def inputs(self, requests: list[JudgeRequest]) -> dict:
+        """The model's keyword arguments for a left-padded batch of requests (what a Qwen-VL processor would give)."""
         images = [im for r in requests for im in r.images]
         vision = self.image_processor(images=images, size={"shortest_edge": MIN_PIXELS, "longest_edge": self.max_pixels},
                                       return_tensors="pt")
@@ -174,15 +174,20 @@ class JudgeModel:
             texts.append(parts[0] + "".join(self.image_token * next(counts) + part for part in parts[1:]))
         tokens = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
         input_ids = tokens["input_ids"].to(self.device)
-        out = self.model.generate(
-            input_ids=input_ids, attention_mask=tokens["attention_mask"].to(self.device),
-            mm_token_type_ids=(input_ids == self.image_token_id).int(),
-            pixel_values=vision["pixel_values"].to(self.device, self.dtype), image_grid_thw=vision["image_grid_thw"].to(self.device),
-            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.model.generation_config.eos_token_id
-            or self.tokenizer.eos_token_id, **DECODING)
+        return {"input_ids": input_ids, "attention_mask": tokens["attention_mask"].to(self.device),
+                "mm_token_type_ids": (input_ids == self.image_token_id).int(),
+                "pixel_values": vision["pixel_values"].to(self.device, self.dtype),
+                "image_grid_thw": vision["image_grid_thw"].to(self.device)}
+
+    @torch.no_grad()
+    def _generate(self, requests: list[JudgeRequest]) -> list[str]:
+        inputs = self.inputs(requests)
+        out = self.model.generate(**inputs, pad_token_id=self.tokenizer.pad_token_id,
+                                  eos_token_id=self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id,
+                                  **DECODING)
         self.generated += len(requests)
         self.generate_calls += 1
-        return self.tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
+        return self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def processor_chat_template(source, local_files_only: bool) -> str | None:

@@ -36,11 +36,13 @@ QWEN25_VL_3B = dict(
     vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048, patch_size=14,
                 spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31]),
 )
+# initializer_range 0.2 (not the default 0.02): the toy model's outputs then depend visibly on token positions and
+# pixels, so a test can tell a correctly assembled batch from a wrong one.
 TINY = dict(
-    text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+    text=dict(initializer_range=0.2, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
               max_position_embeddings=4096, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
                                                              "mrope_section": [2, 3, 3]}),
-    vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32, patch_size=14,
+    vision=dict(initializer_range=0.2, depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32, patch_size=14,
                 spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1]),
 )
 
