@@ -9,12 +9,20 @@ Prints, side by side in one run:
      and each reference photo encoded once) vs each metric loading the model and encoding on its own (as
      torchmetrics-style metrics do): seconds, model loads and images encoded, and the ratio.
 Text encoder and vocabulary size are ViT-L/14's (49408 tokens; the tokenizer is likeness' built CLIPTokenizer).
+  C. (--parts A,C or A,B,C) the judge (judge-prompt: one image + the rubric, greedy, up to 128 new tokens) at
+     Qwen2.5-VL-3B's sizes with random weights, through likeness' own loader, features and metric: images/s
+     beside CLIP's from part A, then the same images again (answers from the cache). Random weights never stop
+     early, so every answer runs the full 128 tokens (a real "Reason: ... Score: n" answer is about 30).
+     --text-layers / --vision-layers run a shallower model of the same widths where memory or time is short:
+
+    flock /tmp/likeness-heavy.lock python benchmarks/text_metrics.py --parts A,C --images 4 --text-layers 4 --vision-layers 4
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -130,6 +138,44 @@ def part_sharing(folder: Path, samples) -> dict:
             "time_ratio": seconds_separate / seconds_together, "same_values": bool(same)}
 
 
+def part_judge(work: Path, samples, batch: int, text_layers: int, vision_layers: int, dtype: str) -> dict:
+    """judge-prompt over the samples: a cold pass (generation) and a warm one (every answer from the cache)."""
+    from likeness.metrics import METRICS
+    from likeness.metrics.features import FeatureExtractor
+    from likeness.models.tiny_judge import QWEN25_VL_3B, build_qwen_vl
+    from likeness.models.vision_language import VisionModels
+
+    sizes = {"text": dict(QWEN25_VL_3B["text"], num_hidden_layers=text_layers),
+             "vision": dict(QWEN25_VL_3B["vision"], depth=vision_layers,
+                            fullatt_block_indexes=[i for i in QWEN25_VL_3B["vision"]["fullatt_block_indexes"] if i < vision_layers]
+                            or [vision_layers - 1])}
+    folder = work / f"qwen25-vl-3b-sizes-t{text_layers}-v{vision_layers}"
+    if not (folder / "config.json").exists():
+        build_qwen_vl(folder, sizes, max_pixels=512 * 512)
+    cache = work / "judge-answers.sqlite"
+    cache.unlink(missing_ok=True)
+    os.environ["LIKENESS_JUDGE_CACHE"] = str(cache)
+    models = VisionModels({"judge": str(folder)}, device="cpu", batch_size=batch, dtype=dtype)
+    tic = time.perf_counter()
+    judge = models.get("judge")
+    load_s = time.perf_counter() - tic
+    params = sum(p.numel() for p in judge.model.parameters())
+    metric = METRICS.create("judge-prompt", models=models)
+
+    def run():
+        tic = time.perf_counter()
+        features = FeatureExtractor(models).extract(samples, metric.features)
+        rows = metric.update_features(samples, features)
+        return time.perf_counter() - tic, rows
+
+    cold, rows = run()
+    warm, _ = run()
+    return {"params_m": params / 1e6, "text_layers": text_layers, "vision_layers": vision_layers, "dtype": str(judge.dtype),
+            "batch": batch, "images": len(samples), "load_s": load_s, "cold_s": cold, "images_per_s": len(samples) / cold,
+            "cached_images_per_s": len(samples) / warm, "generated": judge.generated,
+            "statuses": sorted({r.status for r in rows})}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=12, help="generated images (default %(default)s)")
@@ -137,7 +183,13 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds of part A (default %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default %(default)s)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "likeness-bench-text-metrics")
+    parser.add_argument("--parts", default="A,B", help="which parts: A, B, C (the judge) (default %(default)s)")
+    parser.add_argument("--judge-batch", type=int, default=4, help="judge requests per generate call (default %(default)s)")
+    parser.add_argument("--text-layers", type=int, default=36, help="judge text layers (Qwen2.5-VL-3B: %(default)s)")
+    parser.add_argument("--vision-layers", type=int, default=32, help="judge vision layers (Qwen2.5-VL-3B: %(default)s)")
+    parser.add_argument("--judge-dtype", default="fp32", help="judge dtype: fp32, bf16 (default %(default)s)")
     args = parser.parse_args()
+    parts = {p.strip().upper() for p in args.parts.split(",")}
     torch.set_num_threads(args.threads)
     args.workdir.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
@@ -148,12 +200,22 @@ def main() -> int:
     a = part_batching(folder, samples, args.batch, args.repeats)
     print(f"A. image encoder: batched (batch {a['batch']}) {a['images_per_s']['batched']:.2f} img/s vs one at a time "
           f"{a['images_per_s']['one_at_a_time']:.2f} img/s -> {a['speedup']:.2f}x (max |diff| {a['max_abs_diff']:.1e})")
-    b = part_sharing(folder, samples)
-    t, s = b["together"], b["separate"]
-    print(f"B. CLIP-T + CLIP-I + CLIP-N on {b['generated_images']} images + 2 reference photos: together {t['seconds']:.1f} s "
-          f"({t['model_loads']} load, {t['images_encoded']} images encoded) vs each on its own {s['seconds']:.1f} s "
-          f"({s['model_loads']} loads, {s['images_encoded']} images encoded) -> {b['time_ratio']:.2f}x; same values: {b['same_values']}")
-    print(json.dumps({"params_m": params / 1e6, "batching": a, "sharing": b}))
+    report = {"params_m": params / 1e6, "batching": a}
+    if "B" in parts:
+        b = report["sharing"] = part_sharing(folder, samples)
+        t, s = b["together"], b["separate"]
+        print(f"B. CLIP-T + CLIP-I + CLIP-N on {b['generated_images']} images + 2 reference photos: together {t['seconds']:.1f} s "
+              f"({t['model_loads']} load, {t['images_encoded']} images encoded) vs each on its own {s['seconds']:.1f} s "
+              f"({s['model_loads']} loads, {s['images_encoded']} images encoded) -> {b['time_ratio']:.2f}x; same values: {b['same_values']}")
+    if "C" in parts:
+        c = report["judge"] = part_judge(args.workdir, samples, args.judge_batch, args.text_layers, args.vision_layers,
+                                         args.judge_dtype)
+        clip = a["images_per_s"]["batched"]
+        print(f"C. judge-prompt, Qwen2.5-VL-3B sizes ({c['text_layers']}/36 text, {c['vision_layers']}/32 vision layers, "
+              f"{c['params_m']:.0f} M parameters, {c['dtype']}), batch {c['batch']}: {c['images_per_s']:.4f} img/s "
+              f"({c['cold_s'] / c['images']:.1f} s per image, 128 new tokens each) vs CLIP ViT-L/14 {clip:.2f} img/s -> "
+              f"{clip / c['images_per_s']:.0f}x slower; from the cache {c['cached_images_per_s']:.1f} img/s; statuses {c['statuses']}")
+    print(json.dumps(report))
     return 0
 
 

@@ -93,3 +93,88 @@ def test_compare_cli_paired_on_shared_items(tmp_path, capsys):
     pair = next(r for r in rows if r["kind"] == "paired_diff")
     assert int(pair["n"]) == 6 and float(pair["value"]) == pytest.approx(0.1)
     assert float(pair["p_value"]) == pytest.approx(2 / 64)  # every flip but all-+ and all-- is less extreme
+
+
+def _values(rng, items):
+    human = {i: int(rng.integers(0, 5)) for i in items}
+    return human, {i: human[i] + rng.normal(scale=1.5) for i in items}
+
+
+def test_plain_and_wide_score_files_match_scipy(tmp_path, capsys):
+    """image,rater,aspect,score with image paths (as public studies release them), and one column per aspect."""
+    from likeness.bench.agreement import agreement, read_human
+
+    rng = np.random.default_rng(1)
+    items = [f"ann-0-t{k:04d}-s1" for k in range(25)]
+    human, judge = _values(rng, items)
+    _store(tmp_path / "results.sqlite", {"judge-identity": judge})
+    plain = tmp_path / "plain.csv"
+    with open(plain, "w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(["image", "rater", "aspect", "score"])
+        for i in items:
+            w.writerow([f"images/ann/{i}.png", "r1", "identity", human[i] - 1])
+            w.writerow([f"images/ann/{i}.png", "r2", "identity", human[i] + 1])  # mean = human[i]
+    wide = tmp_path / "wide.csv"
+    with open(wide, "w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(["image_id", "rater", "identity", "prompt"])
+        for i in items:
+            w.writerow([i, "r1", human[i], ""])  # an empty cell is no rating
+    expected = stats.kendalltau([judge[i] for i in items], [human[i] for i in items]).statistic
+    for path, form in ((plain, "scores"), (wide, "wide")):
+        ratings = read_human(path)
+        assert ratings.form == form and ratings.scores["identity"][items[3]] == human[items[3]]
+        (row,) = agreement(ratings, {"judge-identity": judge}, samples=100)
+        assert (row.aspect, row.n) == ("identity", 25) and row.tau == pytest.approx(expected, abs=1e-12)
+        assert row.ci95[0] <= expected <= row.ci95[1]
+    assert main(["agreement", "--ratings", str(plain), "--results", str(tmp_path), "--bootstrap", "100"]) == 0
+    assert "judge-identity" in capsys.readouterr().out
+
+
+def test_pairwise_preferences_accuracy_and_tau_on_win_rates(tmp_path, capsys):
+    from likeness.bench.agreement import RatingsError, agreement, read_human, win_rates
+
+    rng = np.random.default_rng(2)
+    items = [f"i{k}" for k in range(12)]
+    human, metric = _values(rng, items)
+    metric[items[1]] = metric[items[0]]  # a metric tie
+    prefs = tmp_path / "pairs.csv"
+    judged = []
+    with open(prefs, "w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(["image_a", "image_b", "winner", "aspect", "rater"])
+        for k in range(40):
+            a, b = rng.choice(items, size=2, replace=False)
+            winner = "tie" if human[a] == human[b] else ("a" if human[a] > human[b] else b)  # by letter or by id
+            w.writerow([a, b, winner, "overall", f"r{k % 3}"])
+            judged.append((a, b, "tie" if winner == "tie" else a if winner == "a" else b))
+        w.writerow([items[0], items[1], "a", "overall", "r9"])  # the pair the metric ties: counts 1/2
+        judged.append((items[0], items[1], items[0]))
+    ratings = read_human(prefs)
+    assert ratings.form == "pairwise" and len(ratings.preferences) == 41
+    (row,) = agreement(ratings, {"m": metric}, samples=100)
+    # Pairwise accuracy computed independently: winner ranked higher = 1, a metric tie = 1/2, human ties left out.
+    hits = [1.0 if metric[w] > metric[b if w == a else a] else 0.5 if metric[a] == metric[b] else 0.0
+            for a, b, w in judged if w != "tie"]
+    assert row.pairs == len(hits) and row.accuracy == pytest.approx(np.mean(hits), abs=1e-12)
+    assert row.accuracy_ci95[0] <= row.accuracy <= row.accuracy_ci95[1]
+    rates = win_rates(ratings.preferences)["overall"]
+    shown = sorted(rates)
+    assert row.n == len(shown) and row.tau == pytest.approx(
+        stats.kendalltau([metric[i] for i in shown], [rates[i] for i in shown]).statistic, abs=1e-12)
+    assert main(["agreement", "--ratings", str(prefs), "--results", str(_store_path(tmp_path, metric)),
+                 "--csv", str(tmp_path / "p.csv"), "--bootstrap", "100"]) == 0
+    assert "pairs agreeing" in capsys.readouterr().out
+    (out_row,) = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert float(out_row["pairs_agreeing"]) == pytest.approx(row.accuracy) and int(out_row["pairs"]) == row.pairs
+    bad = tmp_path / "badpairs.csv"
+    bad.write_text("image_a,image_b,winner\nx,y,z\n")
+    with pytest.raises(RatingsError, match="badpairs.csv: row 2: winner 'z'"):
+        read_human(bad)
+
+
+def _store_path(tmp_path, metric):
+    path = tmp_path / "pairs.sqlite"
+    _store(path, {"m": metric})
+    return path

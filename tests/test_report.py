@@ -245,3 +245,41 @@ def test_leaderboard_shows_the_metrics_asked_for_not_thirteen_dashes(tmp_path):
     assert "<th>IPS</th><th>CLIP-T</th><th>images</th>" in page.read_text()
     _, summary = build_report(runs[0])
     assert summary.splitlines()[1].split() == ["IPS", "CLIP-T"]
+
+
+def test_agreement_table_equals_scipy(tmp_path):
+    """The report's agreement section: per metric and aspect, Kendall tau-b with its interval, equal to scipy."""
+    import numpy as np
+    from scipy import stats
+
+    from likeness.bench.report import RunResults, agreement_table
+
+    rng = np.random.default_rng(4)
+    ids = [f"ann-0-t{k:04d}-s1" for k in range(15)]
+    human = {i: int(rng.integers(1, 6)) for i in ids}
+    ips = {i: human[i] + float(rng.normal()) for i in ids}
+    items = [{"item_id": i, "scores": {"IPS": (ips[i], "ok"), "GOA": (None, "no_detectables")}} for i in ids]
+    results = RunResults(tmp_path, {}, items, {}, {})
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text("image,rater,aspect,score\n" + "".join(f"{i}.png,r1,overall,{human[i]}\n" for i in ids))
+    html_rows = "".join(agreement_table(results, ratings, samples=100))
+    parsed = _Collect()
+    parsed.feed(html_rows)
+    cells = parsed.tables["agreement"]
+    expected = stats.kendalltau([ips[i] for i in ids], [human[i] for i in ids]).statistic
+    assert cells[:2] == ["metric", "overall: tau [95% CI] (n)"] and cells[2] == "IPS"
+    assert re.fullmatch(rf"{expected:.3f} \[-?\d\.\d{{3}}, -?\d\.\d{{3}}\] \(15\)", cells[3])
+    assert "GOA" not in cells  # a metric with no value on any rated image has no row
+
+
+def test_report_cli_with_ratings(scored_run, tmp_path, capsys):
+    results = read_results(scored_run)
+    ratings = tmp_path / "prefs.csv"
+    ids = [i["item_id"] for i in results.items]
+    ratings.write_text("image_a,image_b,winner\n" + "".join(f"{a},{b},a\n" for a, b in zip(ids, ids[1:])))
+    assert cli_main(["report", str(scored_run), "--out", str(tmp_path / "r"), "--ratings", str(ratings)]) == 0
+    parsed = _Collect()
+    parsed.feed((tmp_path / "r" / "index.html").read_text())
+    assert "overall: pairs agreeing (n)" in parsed.tables["agreement"] and "IPS" in parsed.tables["agreement"]
+    assert cli_main(["report", str(scored_run), "--ratings", str(tmp_path / "none.csv")]) == 2
+    assert "none.csv: ratings file does not exist" in capsys.readouterr().err

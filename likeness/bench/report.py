@@ -223,8 +223,9 @@ def _head(title: str) -> str:
     return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
 
 
-def render_html(results: RunResults, out_dir: Path) -> Path:
-    """Write ``index.html``, the image pages and their thumbnails into ``out_dir``."""
+def render_html(results: RunResults, out_dir: Path, ratings: str | Path | None = None) -> Path:
+    """Write ``index.html``, the image pages and their thumbnails into ``out_dir`` (with ``ratings``: each
+    metric's agreement with them, on the index page)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     esc = html.escape
     cfg = results.config
@@ -243,6 +244,8 @@ def render_html(results: RunResults, out_dir: Path) -> Path:
                  + "".join(f"<td>{_fmt(results.totals[m])}</td>" for m in columns) + f"<td>{done}</td></tr></table>")
     parts.append("<p>— : metric not computed in this run (never counted as 0).</p>")
     parts += _intervals_and_penalty(results)
+    if ratings is not None:
+        parts += agreement_table(results, ratings)
 
     # Protocol.
     parts.append("<h2>Protocol</h2><ul id='protocol'>")
@@ -474,8 +477,47 @@ def _intervals_and_penalty(results: RunResults) -> list[str]:
     return parts
 
 
-def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> tuple[Path, str]:
-    """Write the report of ``run_dir`` (default ``RUN/report``); returns (index.html path, terminal summary)."""
+def agreement_table(results: RunResults, ratings: str | Path, samples: int = 1000) -> list[str]:
+    """Each metric's agreement with the human ratings file (any form ``likeness agreement`` reads): Kendall tau-b
+    with its 95% bootstrap interval per aspect, and pairwise accuracy for preferences."""
+    from likeness.bench.agreement import agreement, read_human
+
+    esc = html.escape
+    human = read_human(ratings)
+    values: dict[str, dict[str, float]] = defaultdict(dict)
+    for item in results.items:
+        for metric, (value, _status) in item["scores"].items():
+            if value is not None and math.isfinite(value):
+                values[metric][item["item_id"]] = value
+    rows = agreement(human, dict(values), samples=samples)
+    aspects = human.aspects()
+    pairwise = any(r.pairs for r in rows)
+    parts = [f"<h3>Agreement with human ratings</h3><p>Ratings: <code>{esc(str(ratings))}</code> ({esc(human.form)}). "
+             "Kendall tau-b between each metric and the mean human rating per image"
+             + (" (for preferences: each image's win rate), and the share of judged pairs the metric orders as the rater "
+                "did" if pairwise else "") + "; 95% bootstrap intervals; n = rated images with a value.</p>",
+             "<table id='agreement'><tr><th class='l'>metric</th>"
+             + "".join(f"<th>{esc(a)}: tau [95% CI] (n)</th>" + (f"<th>{esc(a)}: pairs agreeing (n)</th>" if pairwise else "")
+                       for a in aspects) + "</tr>"]
+    by = {(r.metric, r.aspect): r for r in rows}
+    for metric in sorted(values, key=lambda m: (COLUMNS.index(m) if m in COLUMNS else len(COLUMNS), m)):
+        cells = []
+        for aspect in aspects:
+            r = by[(metric, aspect)]
+            cells.append(f"<td>{_fmt(_finite(r.tau))} [{_fmt(_finite(r.ci95[0]))}, {_fmt(_finite(r.ci95[1]))}] ({r.n})</td>"
+                         if r.n else f"<td>{DASH}</td>")
+            if pairwise:
+                lo, hi = r.accuracy_ci95 or (None, None)
+                cells.append(f"<td>{_fmt(_finite(r.accuracy))} [{_fmt(_finite(lo))}, {_fmt(_finite(hi))}] ({r.pairs})</td>"
+                             if r.pairs else f"<td>{DASH}</td>")
+        parts.append(f"<tr><td class='l'>{esc(_label(metric))}</td>{''.join(cells)}</tr>")
+    parts.append("</table>")
+    return parts
+
+
+def build_report(run_dir: str | Path, out_dir: str | Path | None = None, ratings: str | Path | None = None) -> tuple[Path, str]:
+    """Write the report of ``run_dir`` (default ``RUN/report``); returns (index.html path, terminal summary).
+    ``ratings``: a human ratings file; the page then shows each metric's agreement with it."""
     results = read_results(run_dir)
-    page = render_html(results, Path(out_dir) if out_dir else Path(run_dir) / "report")
+    page = render_html(results, Path(out_dir) if out_dir else Path(run_dir) / "report", ratings)
     return page, summary_text(results)

@@ -110,13 +110,14 @@ IDENTITY_METRICS = ["ips", "sis", "aps", "copy-gap"]
 
 
 def default_metrics(models) -> tuple[list[str], list[str]]:
-    """ips, sis, aps + the text-image metrics whose models load without the network; and why others were left out."""
+    """ips, sis, aps + the text-image metrics whose models load without the network (not the judge: it runs only
+    when named); and why others were left out."""
     from likeness.bench.evaluate import is_vision_language
     from likeness.metrics import METRICS
 
     chosen, skipped = list(IDENTITY_METRICS), []
     for name in METRICS.names():
-        if name in chosen or not is_vision_language(name):
+        if name in chosen or not is_vision_language(name) or getattr(METRICS.get(name), "only_when_asked", False):
             continue
         missing = METRICS.get(name).unavailable(models)
         if missing:

@@ -33,8 +33,11 @@ With the default dlib backend, faces are found by MTCNN (--detector) and scores 
 strangers sit near 0 (raw cosine kept).
 Text-image metrics: clip-t, clip-i, clip-n (with clip-t and ips/sis: the exploitation penalty, rows
 ips-penalised / sis-penalised), goa, rfs (likeness' open VQA definition), cp-clip, ti-clip, pickscore,
-aesthetic. Their models load by hub id or local folder (flags below, or the LIKENESS_*_MODEL environment
-variables); a model that is missing gives rows with status model_missing, a clear message and exit code 1.
+aesthetic. The open multimodal judge (only when named; answers cached; docs/judge.md): judge-identity,
+judge-prompt, judge-overall (--judge-model: a Qwen2.5-VL / Qwen3-VL class model; a row whose answer cannot
+be read has status parse_failed, out_of_range or refused). Their models load by hub id or local folder
+(flags below, or the LIKENESS_*_MODEL environment variables); a model that is missing gives rows with
+status model_missing, a clear message and exit code 1.
 """
 
 

@@ -16,6 +16,9 @@ Output (default RUN/report/)
                   the reference photo with per-image scores below (and on hover), failed items
   categories.png  the per-category plot; refs/*.jpg reference thumbnails
   stdout          the leaderboard row and item counts
+With --ratings FILE (human ratings in any form `likeness agreement` reads: image,rater,aspect,score; one
+column per aspect; or image_a,image_b,winner preferences) the page also shows each metric's agreement
+with them: Kendall tau-b with 95% bootstrap intervals per aspect (and pairwise accuracy for preferences).
 """
 
 
@@ -26,6 +29,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("run_dir", metavar="RUN", help="run folder made by `likeness bench`")
     parser.add_argument("--out", help="output folder (default: RUN/report)")
+    parser.add_argument("--ratings", help="human ratings file: show each metric's agreement with it (see above)")
     parser.set_defaults(run=run)
 
 
@@ -34,7 +38,7 @@ def run(args) -> int:
     from likeness.bench.report import build_report
 
     try:
-        page, text = build_report(args.run_dir, args.out)
+        page, text = build_report(args.run_dir, args.out, args.ratings)
     except (RunConfigError, ValueError, FileNotFoundError) as exc:
         print(f"likeness report: {exc}", file=sys.stderr)
         return 2

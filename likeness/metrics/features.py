@@ -79,6 +79,12 @@ def reward(role: str = "imagereward") -> Feature:
     return Feature("reward", role)
 
 
+def judge_answer(aspect: str, role: str = "judge") -> Feature:
+    """The judge's answer to the rubric question ``aspect`` (identity: reference photo + image; prompt: image +
+    prompt); the rubric version is part of the question, the answer cache is keyed by both."""
+    return Feature("judge", role, aspect)
+
+
 @dataclass
 class FeatureError:
     status: str
@@ -130,6 +136,14 @@ class RelationFeature:
     triples: list[tuple[str, str, str]]
     questions: list[str]
     p_yes: np.ndarray
+
+
+@dataclass
+class JudgeFeature:
+    aspect: str
+    rubric: str
+    answer: str  # the model's raw answer; the metric parses it
+    cached: bool
 
 
 def prompt_text(meta: dict) -> str | None:
@@ -402,4 +416,42 @@ class FeatureExtractor:
             answers = model.yes_probability([images[i] for i in todo], [questions[i] for i in todo])
             for i, p in zip(todo, answers):
                 values[i] = RelationFeature(todo[i], questions[i], p)
+        return values
+
+    def _judge(self, feature, samples, images):
+        """One batched judge pass (answers cached per image content, question, rubric and model)."""
+        from likeness.metrics.rubric import RUBRIC_VERSION, question
+        from likeness.models.judge import JudgeRequest
+
+        values: list = [None] * len(samples)
+        requests = {}
+        for i, s in enumerate(samples):
+            if isinstance(images[i], FeatureError):
+                values[i] = images[i]
+            elif feature.extra == "identity":
+                if s.reference is None:
+                    values[i] = FeatureError("ref_missing", f"{s.item_id}: no reference photo")
+                    continue
+                try:
+                    reference = load_image(s.reference)
+                except ImageError as exc:
+                    values[i] = FeatureError(f"ref_{exc.status}", str(exc))
+                    continue
+                requests[i] = JudgeRequest([reference, images[i]], question("identity"), RUBRIC_VERSION)
+            else:
+                text = prompt_text(s.meta)
+                if text is None or not text.strip():
+                    values[i] = FeatureError("no_prompt" if text is None else "empty_prompt",
+                                             "the image's metadata has no prompt" if text is None else "the prompt is empty")
+                    continue
+                requests[i] = JudgeRequest([images[i]], question(feature.extra, text), RUBRIC_VERSION)
+        if requests:
+            model, error = self._model(feature.role)
+            if error:
+                for i in requests:
+                    values[i] = error
+                return values
+            answers = model.answer(list(requests.values()))
+            for i, answer in zip(requests, answers):
+                values[i] = JudgeFeature(feature.extra, RUBRIC_VERSION, answer.text, answer.cached)
         return values

@@ -25,7 +25,7 @@ TINY_VISION_VERSION = "v1"
 TINY_IMAGE = 32
 TINY_PROJECTION = 16
 TINY_VISION_MODELS = ("likeness/tiny-clip", "likeness/tiny-owlvit", "likeness/tiny-blip-vqa", "likeness/tiny-aesthetic",
-                      "likeness/tiny-hps", "likeness/tiny-imagereward")
+                      "likeness/tiny-hps", "likeness/tiny-imagereward", "likeness/tiny-qwen-vl")
 
 
 def _clip_tokenizer(folder: Path, max_length: int):
@@ -264,9 +264,17 @@ def build_tiny_imagereward(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def build_tiny_qwen_vl(folder: Path, seed: int = 0) -> Path:
+    """The judge's tiny Qwen2.5-VL (``likeness.models.tiny_judge``)."""
+    from likeness.models.tiny_judge import build_tiny_qwen_vl as build
+
+    return build(folder, seed)
+
+
 BUILDERS = {"likeness/tiny-clip": build_tiny_clip, "likeness/tiny-owlvit": build_tiny_owlvit,
             "likeness/tiny-blip-vqa": build_tiny_blip_vqa, "likeness/tiny-aesthetic": build_tiny_aesthetic,
-            "likeness/tiny-hps": build_tiny_hps, "likeness/tiny-imagereward": build_tiny_imagereward}
+            "likeness/tiny-hps": build_tiny_hps, "likeness/tiny-imagereward": build_tiny_imagereward,
+            "likeness/tiny-qwen-vl": build_tiny_qwen_vl}
 
 
 def tiny_vision_path(model_id: str) -> Path:

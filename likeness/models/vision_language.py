@@ -54,6 +54,8 @@ ROLES: dict[str, ModelRole] = {r.role: r for r in (
               "ImageReward (its checkpoint ImageReward.pt: a file, folder or repo:file)"),
     ModelRole("imagereward-tokenizer", "google-bert/bert-base-uncased", "--imagereward-tokenizer",
               "LIKENESS_IMAGEREWARD_TOKENIZER", "ImageReward's tokenizer (bert-base-uncased: a folder or hub id)"),
+    ModelRole("judge", "Qwen/Qwen2.5-VL-7B-Instruct", "--judge-model", "LIKENESS_JUDGE_MODEL",
+              "judge-identity / judge-prompt / judge-overall (an open multimodal judge: Qwen2.5-VL or Qwen3-VL class)"),
 )}
 # A checkpoint-only model and the role of its tokenizer. A tiny id or a local folder holding a tokenizer
 # (tokenizer_config.json) also serves as the tokenizer unless one is given.
@@ -445,9 +447,10 @@ class VisionModels:
     whose model is missing raises the same :class:`VisionModelError` every time it is asked for (loaded once,
     failed once)."""
 
-    def __init__(self, overrides: dict[str, str] | None = None, device=None, batch_size: int = 16):
+    def __init__(self, overrides: dict[str, str] | None = None, device=None, batch_size: int = 16, dtype=None):
         self.overrides = {k: v for k, v in (overrides or {}).items() if v}
         self.device, self.batch_size = device, batch_size
+        self.dtype = dtype  # for loaders that take one (the judge); the other models stay fp32
         self._loaded: dict[str, object] = {}
         self._errors: dict[str, VisionModelError] = {}
         self.loads: Counter = Counter()
@@ -476,6 +479,8 @@ class VisionModels:
                 kwargs["tokenizer"] = lambda: self.get(TOKENIZER_ROLES[role])
             if role not in LOADERS:
                 raise VisionModelError(role, model_id, "its loader is not registered (import likeness.models.reward_models)")
+            if getattr(LOADERS[role], "takes_dtype", False):
+                kwargs["dtype"] = self.dtype
             model = LOADERS[role](role, model_id, device=self.device, **kwargs)
         except VisionModelError as exc:
             self._errors[role] = exc
