@@ -99,7 +99,7 @@ class Metric:
             "metric": self.name,
             "value": float(values.mean()) if values.size else float("nan"),
             "mean": float(values.mean()) if values.size else float("nan"),
-            "std": float(values.std()) if values.size else float("nan"),
+            "std": float(values.std(ddof=1)) if values.size > 1 else float("nan"),  # pandas' sample std, as Stellar's code
             "ci95": list(bootstrap_ci(values)),
             "count": int(values.size),
             "no_face": sum(s.status in NO_FACE_STATUSES for s in scores),
