@@ -238,13 +238,14 @@ def test_report_pages_load_in_headless_chromium(tmp_path, monkeypatch):
 def test_leaderboard_shows_the_metrics_asked_for_not_thirteen_dashes(tmp_path):
     from likeness.bench.leaderboard import build_leaderboard
 
-    runs = [_synthetic_run(tmp_path / m, people=1, prompts=2, metrics=("ips", "clip-t"), method=m) for m in ("a", "b")]
+    runs = [_synthetic_run(tmp_path / m, people=1, prompts=2, metrics=("ips", "clip-t", "judge-overall"), method=m)
+            for m in ("a", "b")]
     page, text = build_leaderboard(runs, tmp_path)
     lines = text.splitlines()
-    assert lines[0].split() == ["method", "IPS", "CLIP-T", "images", "failed"] and "—" not in text
-    assert "<th>IPS</th><th>CLIP-T</th><th>images</th>" in page.read_text()
+    assert lines[0].split() == ["method", "IPS", "CLIP-T", "JUDGE-OVERALL", "images", "failed"] and "—" not in text
+    assert "<th>IPS</th><th>CLIP-T</th><th>Judge</th><th>images</th>" in page.read_text()
     _, summary = build_report(runs[0])
-    assert summary.splitlines()[1].split() == ["IPS", "CLIP-T"]
+    assert summary.splitlines()[1].split() == ["IPS", "CLIP-T", "Judge"]
 
 
 def test_agreement_table_equals_scipy(tmp_path):

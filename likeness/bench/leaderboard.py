@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from likeness.bench.plan import RunConfig
-from likeness.bench.report import DASH, _fmt, build_report, metric_columns, read_results
+from likeness.bench.report import DASH, _fmt, _label, build_report, metric_columns, read_results
 from likeness.bench.runstore import DONE, FAILED
 
 PAGE = "leaderboard.html"
@@ -72,7 +72,7 @@ def build_leaderboard(run_dirs: list[str | Path], out_dir: str | Path) -> tuple[
              "<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td.l,th.l{text-align:left}</style></head><body>",
              f"<h1>likeness leaderboard on <code>{esc(str(head.get('base_model', '')))}</code></h1>",
-             "<table id='leaderboard'><tr><th class='l'>Method</th>" + "".join(f"<th>{m}</th>" for m in columns)
+             "<table id='leaderboard'><tr><th class='l'>Method</th>" + "".join(f"<th>{_label(m)}</th>" for m in columns)
              + "<th>images</th><th>failed</th><th>s / image</th><th class='l'>report</th></tr>"]
     for row in rows:
         report = Path(row["run_dir"]) / "report" / "index.html"

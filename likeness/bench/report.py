@@ -37,7 +37,9 @@ TEXT_COLUMNS = ("CLIP-T", "CLIP-I", "CP-CLIP", "TI-CLIP", "PICKSCORE", "AESTHETI
 # Identity scores beyond Stellar's: the copy-paste gap (small = the person, large = a copy of the reference) and
 # the several-people score (likeness.metrics.copy_gap, likeness.metrics.multi_id).
 IDENTITY_COLUMNS = ("COPY-GAP", "MULTI-ID")
-COLUMNS = LEADERBOARD + IDENTITY_COLUMNS + TEXT_COLUMNS
+# The open multimodal judge (likeness.metrics.judge), only when a run asked for it.
+JUDGE_COLUMNS = ("JUDGE-IDENTITY", "JUDGE-PROMPT", "JUDGE-OVERALL")
+COLUMNS = LEADERBOARD + IDENTITY_COLUMNS + TEXT_COLUMNS + JUDGE_COLUMNS
 PREFERENCE = ("PICKSCORE", "AESTHETIC", "HPSV2", "IMAGEREWARD")
 DASH = "—"
 THUMB = 160
@@ -441,7 +443,8 @@ def write_leaderboard_csv(results: RunResults, path: Path) -> Path:
 
 
 def _label(metric: str) -> str:
-    return {"PICKSCORE": "PickScore", "AESTHETIC": "Aesthetic", "HPSV2": "HPSv2", "IMAGEREWARD": "ImageReward"}.get(metric, metric)
+    return {"PICKSCORE": "PickScore", "AESTHETIC": "Aesthetic", "HPSV2": "HPSv2", "IMAGEREWARD": "ImageReward",
+            "JUDGE-IDENTITY": "Judge-ID", "JUDGE-PROMPT": "Judge-prompt", "JUDGE-OVERALL": "Judge"}.get(metric, metric)
 
 
 def _finite(value) -> float | None:
