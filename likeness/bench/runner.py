@@ -208,30 +208,33 @@ class Runner:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # e.g. a read-only disk
             raise unwritable(self.run_dir, exc) from None
-        locked = None
+        lock = None
         if self.state.is_main_process:  # before anything is written: a second run must not touch the first
             try:
                 self.lock = RunLock.acquire(self.run_dir)
+                lock = {"run_id": self.lock.run_id}
             except RunConfigError as exc:
-                locked = {"error": str(exc), "type": type(exc).__name__}
+                lock = {"error": str(exc), "type": type(exc).__name__}
+        lock = self._broadcast(lock)
+        if "error" in lock:  # every rank stops here, alike
+            raise (RunLockedError if lock["type"] == "RunLockedError" else RunConfigError)(lock["error"])
+        if self.lock is None:
+            check_lock(self.run_dir, lock["run_id"])
+        self.run_id = lock["run_id"]
         # Bad input raises here on every rank alike, before any collective a failed rank would never reach.
         self.identities = resolve_identities(self.config, self.run_dir)
         self.plan = make_plan(self.config, self.identities)
-        # Every rank checks (so all fail alike); only the main one writes, once it holds the lock.
-        bind_run_folder(self.run_dir, self.config, write=self.lock is not None)
-        work = locked
-        if self.state.is_main_process and locked is None:
+        # Every rank checks (so all fail alike); only the main one writes.
+        bind_run_folder(self.run_dir, self.config, write=self.state.is_main_process)
+        work = None
+        if self.state.is_main_process:
             try:
-                work = {**self._main_prepare(), "run_id": self.lock.run_id}
+                work = self._main_prepare()
             except (RunConfigError, ValueError) as exc:  # e.g. a rank store of another configuration
                 work = {"error": str(exc), "type": type(exc).__name__}
         work = self._broadcast(work)
         if "error" in work:
-            kind = {"RunConfigError": RunConfigError, "RunLockedError": RunLockedError}.get(work["type"], ValueError)
-            raise kind(work["error"])
-        if self.lock is None:
-            check_lock(self.run_dir, work["run_id"])
-        self.run_id = work["run_id"]
+            raise (RunConfigError if work["type"] == "RunConfigError" else ValueError)(work["error"])
         self.attempts: dict[str, int] = work["pending"]
         self.unscored: set[str] = set(work["unscored"])
         self.finished_artifacts: set[str] = set(work["artifacts"])
