@@ -118,7 +118,7 @@ class Demo:
 
     # -- running ------------------------------------------------------------------------------------
 
-    @one_run_per_visitor
+    @one_run_per_visitor(PageState)
     def run(self, visitor: str, request: RunRequest, uploads: list | None = None, name: str = "me"):
         """Run every requested method; yields :class:`PageState` as the run goes (last one: results)."""
         workspace = self.workspace(visitor)

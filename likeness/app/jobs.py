@@ -176,25 +176,26 @@ BUSY = ("⚠️ your previous Run is still going (queued or running): wait for i
         "first; one Run at a time per visitor")
 
 
-def one_run_per_visitor(run):
-    """For ``Demo.run(self, visitor, ...)``, a generator of page states: a second Run from a visitor whose
-    Run is still going (queued or running) gets :data:`BUSY` at once, and that first Run goes on
-    untouched (both would write the same run folders). The claim ends with the generator, also when
-    the page closes it (cancel, tab closed)."""
+def one_run_per_visitor(page_state):
+    """For ``Demo.run(self, visitor, ...)``, a generator of ``page_state`` objects: a second Run from a
+    visitor whose Run is still going (queued or running) gets ``page_state(BUSY)`` at once, and that
+    first Run goes on untouched (both would write the same run folders). The claim ends with the
+    generator, also when the page closes it (cancel, tab closed)."""
 
-    @functools.wraps(run)
-    def wrapper(self, visitor: str, *args, **kwargs):
-        if not self.jobs.claim(visitor):
-            from likeness.app.demo import PageState  # (demo imports this module)
+    def decorate(run):
+        @functools.wraps(run)
+        def wrapper(self, visitor: str, *args, **kwargs):
+            if not self.jobs.claim(visitor):
+                yield page_state(BUSY)
+                return
+            try:
+                yield from run(self, visitor, *args, **kwargs)
+            finally:
+                self.jobs.unclaim(visitor)
 
-            yield PageState(BUSY)
-            return
-        try:
-            yield from run(self, visitor, *args, **kwargs)
-        finally:
-            self.jobs.unclaim(visitor)
+        return wrapper
 
-    return wrapper
+    return decorate
 
 
 class JobRegistry:
