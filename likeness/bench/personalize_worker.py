@@ -281,15 +281,5 @@ class SpawnedWorker(_Worker):
             self.proc.wait()
 
 
-def run_units(spec_path: str | Path, *, python: str = sys.executable) -> dict[str, str | None]:
-    """Run the spawned child over the spec in ``spec_path`` to the end: {work folder: None | reason}."""
-    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
-    worker = SpawnedWorker(spec_path, python)
-    try:
-        return worker.run(spec)
-    finally:
-        worker.close()
-
-
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1]))

@@ -27,7 +27,6 @@ A failure inside one item or one artifact is recorded with its reason; the run g
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
