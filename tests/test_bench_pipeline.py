@@ -41,12 +41,12 @@ def _args(run: Path, people: Path) -> list[str]:
             "--out", str(run), "--metrics", "", "--quiet", "--no-report"]
 
 
-def _start(run: Path, people: Path, tmp: Path, hold: str) -> subprocess.Popen:
+def _start(run: Path, people: Path, tmp: Path, hold: str, *extra: str) -> subprocess.Popen:
     """``likeness bench`` in its own process (as a user starts it), held while training ``hold``."""
     env = dict(os.environ, PYTHONPATH=f"{HELPERS.parent}{os.pathsep}{REPO}", OMP_NUM_THREADS="1", TQDM_DISABLE="1",
                LIKENESS_TEST_LOG=str(tmp / "trained.log"), LIKENESS_TEST_HOLD=hold, LIKENESS_TEST_GATE=str(tmp / "gate"))
     code = "import sys, bench_helpers; from likeness.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.Popen([sys.executable, "-c", code, *_args(run, people)], env=env, cwd=REPO, start_new_session=True,
+    return subprocess.Popen([sys.executable, "-c", code, *_args(run, people), *extra], env=env, cwd=REPO, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -130,6 +130,29 @@ def test_images_start_early_a_second_run_is_refused_and_a_killed_run_resumes_wit
     assert read_lock(second) is None
     # Same pixels as the uninterrupted run (each image's generator is seeded from its item id).
     a, b = _pixels(first), _pixels(second)
+    assert len(a) == 6 and a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_two_processes_go_round_by_round_with_the_one_process_results(tmp_path, capsys):
+    """``--processes 2`` on three people: two rounds (one person per rank, then one), each rank's child
+    trains while the rank generates; ledger and pixels equal a one-process run's, nobody trained twice."""
+    import sqlite3
+
+    people = _people(tmp_path)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert cli_main(_args(one, people)) == 0
+    proc = _start(two, people, tmp_path, "nobody", "--processes", "2")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "6/6 items done, 0 failed" in out, err[-3000:]
+    assert sorted(_trained(tmp_path)) == list(PEOPLE)
+    query = "SELECT item_id, status, reason FROM items ORDER BY position"
+    with sqlite3.connect(one / "results.sqlite") as db1, sqlite3.connect(two / "results.sqlite") as db2:
+        assert {r for (r,) in db2.execute("SELECT DISTINCT rank FROM items")} == {0, 1}
+        assert db1.execute(query).fetchall() == db2.execute(query).fetchall()
+        timeline = json.loads(db2.execute("SELECT value FROM meta WHERE key='rank_stores'").fetchone()[0])
+    rank0 = next(e["timeline"] for e in timeline.values() if e["rank"] == 0)
+    assert rank0["first_image"] < rank0["personalized"]  # rank 0 generated before the last round was trained
+    a, b = _pixels(one), _pixels(two)
     assert len(a) == 6 and a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
