@@ -13,7 +13,15 @@ Measured side by side in one invocation, on the built-in tiny model (CPU):
    rank's time went (its timeline: start, imports, group join, ... merge), for the default smoke
    run and for a larger job.
 
+3. time to first image (``--first-image N``, only this part): ``likeness bench`` on N people
+   (textual inversion, 2 prompts each, no metrics), timed from launch: first artifact kept, first
+   image, last artifact, end. Artifacts are kept and images generated person by person, so the first
+   image should come after about one person's training (one gap between consecutive artifacts),
+   not after all N. ``--baseline-repo DIR`` runs the same job with the likeness found in DIR too
+   (e.g. a checkout from before that change), in the same invocation, for a side-by-side ratio.
+
 Run:  flock /tmp/likeness-heavy.lock python benchmarks/bench_runner.py [--items 32]
+      flock /tmp/likeness-heavy.lock python benchmarks/bench_runner.py --first-image 40 [--baseline-repo DIR]
 """
 
 from __future__ import annotations
@@ -170,6 +178,66 @@ def scaling(label: str, cli_args: list[str], repeats: int, tmp: Path) -> dict:
     return {m: {k: v for k, v in r.items()} for m, r in best.items()}
 
 
+def make_people(folder: Path, n: int) -> Path:
+    """``n`` identities (one photo each): the bundled astronaut photo, shifted, mirrored and recoloured."""
+    from PIL import Image, ImageOps
+    from skimage import data
+
+    photo = Image.fromarray(data.astronaut())
+    for k in range(n):
+        shift = (k * 7) % 40
+        image = photo.crop((shift, shift // 2, 400 + shift, 400 + shift // 2)).resize((256, 256))
+        image = ImageOps.mirror(image) if k % 2 else image
+        image = Image.blend(image, Image.new("RGB", image.size, (k * 37 % 255, k * 91 % 255, k * 53 % 255)), 0.1)
+        (folder / f"person{k:03d}").mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"person{k:03d}" / "0.png")
+    return folder
+
+
+def first_image(people: Path, run_dir: Path, args, repo: Path | None = None) -> dict:
+    """One ``likeness bench`` run on ``people``: seconds from launch to the first artifact, first image,
+    last artifact and the end, and the mean gap between consecutive artifacts (one person's training
+    plus, pipelined, the generation of the previous person's images)."""
+    env = dict(os.environ, TQDM_DISABLE="1")
+    cwd = None
+    if repo is not None:  # the likeness of that checkout: its folder first on the path, and as cwd
+        env["PYTHONPATH"] = str(repo)
+        cwd = str(repo)
+    command = [sys.executable, "-m", "likeness", "bench", "--out", str(run_dir), "--quiet", "--no-report",
+               "--method", "textual-inversion", "--identities", str(people), "--limit", str(args.prompts_per_person),
+               "--steps", str(args.steps), "--resolution", str(args.resolution), "--train-steps", str(args.train_steps),
+               "--metrics", ""]
+    started = time.time()
+    proc = subprocess.run(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    end = time.time() - started
+    if proc.returncode:
+        raise SystemExit(f"first-image run failed:\n{proc.stderr.decode()[-3000:]}")
+    made = sorted(p.stat().st_mtime - started for p in (run_dir / "artifacts").glob("*/likeness.json"))
+    with sqlite3.connect(run_dir / "results.sqlite") as db:
+        first, done = db.execute("SELECT MIN(finished_at), COUNT(*) FROM items WHERE status='done'").fetchone()
+    gaps = [b - a for a, b in zip(made, made[1:])]
+    return {"people": len(made), "images": done, "first_artifact": made[0], "first_image": first - started,
+            "last_artifact": made[-1], "end": end, "gap": sum(gaps) / len(gaps) if gaps else float("nan")}
+
+
+def first_image_report(args, tmp: Path) -> dict:
+    people = make_people(tmp / "people", args.first_image)
+    runs = {"this": first_image(people, tmp / "first-this", args)}
+    if args.baseline_repo:
+        runs["baseline"] = first_image(people, tmp / "first-baseline", args, Path(args.baseline_repo).resolve())
+    print(f"time to first image, {args.first_image} people (textual inversion {args.train_steps} steps, "
+          f"{args.prompts_per_person} prompts each, {args.steps} denoising steps at {args.resolution} px, 1 process; "
+          "seconds since launch):")
+    print(f"  {'':9} {'1st artifact':>12} {'1st image':>10} {'last artifact':>13} {'end':>7} {'gap/person':>10} "
+          f"{'1st image / gap':>15}")
+    for label, r in runs.items():
+        print(f"  {label:9} {r['first_artifact']:12.1f} {r['first_image']:10.1f} {r['last_artifact']:13.1f} "
+              f"{r['end']:7.1f} {r['gap']:10.2f} {r['first_image'] / r['gap']:15.1f}")
+    if "baseline" in runs:
+        print(f"  first image: {runs['baseline']['first_image'] / runs['this']['first_image']:.1f}x sooner than the baseline")
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=24, help="images per measurement (prompts of the open set)")
@@ -180,7 +248,15 @@ def main() -> None:
     parser.add_argument("--no-smoke", action="store_true", help="skip the scaling of the default smoke run")
     parser.add_argument("--no-overhead", action="store_true", help="skip the overhead part")
     parser.add_argument("--no-items", action="store_true", help="skip the scaling of the --items job")
+    parser.add_argument("--first-image", type=int, metavar="N",
+                        help="only measure the time to the first image of a run on N people (e.g. 40)")
+    parser.add_argument("--prompts-per-person", type=int, default=2, help="with --first-image (default: %(default)s)")
+    parser.add_argument("--baseline-repo", metavar="DIR", help="with --first-image: also run the likeness checkout in DIR")
     args = parser.parse_args()
+    if args.first_image:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(first_image_report(args, Path(tmp))))
+        return
 
     from likeness.bench.plan import RunConfig
 

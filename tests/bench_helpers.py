@@ -48,15 +48,44 @@ class PlainPrompt(Method):
                 load_image(photo)  # a bad photo fails here, naming the file, like a training method would
             entries[name_key(person.name)] = IdentityEntry(subject="a person", tokens=[], display=person.name,
                                                            photos=[Path(p).name for p in person.photos])
-        Manifest(PLAIN, base_model_info(base_model), entries, config, dict(self.default_sampling)).save(out_dir)
+        Manifest(self.name, base_model_info(base_model), entries, config, dict(self.default_sampling)).save(out_dir)
         return out_dir
 
     def apply(self, pipe, artifact, manifest):
         pass
 
 
+GATED = "gated-plain"
+
+
+class GatedPlain(PlainPrompt):
+    """``plain-prompt`` that logs every person it trains (one line each to ``$LIKENESS_TEST_LOG``) and,
+    for the person named ``$LIKENESS_TEST_HOLD``, writes a first file into its artifact folder and then
+    waits until the file ``$LIKENESS_TEST_GATE`` exists: a run caught in the middle of training."""
+
+    name = GATED
+
+    def personalize(self, identities, out_dir, base_model, **config):
+        import os
+        import time
+
+        for person in identities:
+            if os.environ.get("LIKENESS_TEST_LOG"):
+                with open(os.environ["LIKENESS_TEST_LOG"], "a", encoding="utf-8") as log:
+                    log.write(person.name + "\n")
+            if person.name == os.environ.get("LIKENESS_TEST_HOLD"):
+                Path(out_dir).mkdir(parents=True, exist_ok=True)
+                (Path(out_dir) / "half-written.bin").write_bytes(b"\0" * 100)
+                deadline = time.monotonic() + 300
+                while not Path(os.environ.get("LIKENESS_TEST_GATE", "/nonexistent")).exists() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+        return super().personalize(identities, out_dir, base_model, **config)
+
+
 if PLAIN not in METHODS:
     METHODS.register(PLAIN)(PlainPrompt)
+if GATED not in METHODS:
+    METHODS.register(GATED)(GatedPlain)
 
 
 @pytest.fixture(autouse=True)

@@ -277,3 +277,36 @@ def test_page_and_results_grid_render_in_chromium(server, tmp_path):
                    capture_output=True, timeout=120, check=True)
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.std() > 10  # images and text drawn, not a blank page
+
+
+def test_a_second_run_from_the_same_visitor_is_refused_while_the_first_is_going(tmp_path, photos):
+    """The first Run waits for the (held) run slot; the visitor's second Run is refused at once with a
+    message, another visitor's is not; after a cancel the visitor can run again. No child is started."""
+    from likeness.app.jobs import BUSY
+
+    demo = Demo(tmp_path, max_concurrent=1)
+    request = RunRequest(methods=["textual-inversion"], train_steps=2, steps=2)
+    demo.jobs.slots.acquire()  # the slot is busy: the first Run stays queued
+    first: list = []
+    runner = threading.Thread(target=lambda: first.extend(demo.run("v1", request, [photos["astronaut"]], "Ada")))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while (not demo.jobs.active("v1") or not first) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "queued" in first[-1].status
+        again = list(demo.run("v1", request, [photos["astronaut"]], "Ada"))
+        assert [s.status for s in again] == [BUSY]
+        assert runner.is_alive() and demo.jobs.active("v1")  # the first Run goes on, untouched
+        other = demo.run("v2", request, [], "Bo")
+        assert "upload a photo" in next(other).status  # another visitor is not refused for v1's Run
+        demo.cancel("v1")
+    finally:
+        demo.jobs.slots.release()
+    runner.join(timeout=60)
+    assert not runner.is_alive() and "cancelled" in first[-1].status and not demo.jobs.active("v1")
+    assert not demo.jobs.pids("v1")
+    third = demo.run("v1", request, [], "Ada")
+    assert "queued" in next(third).status  # free again (its photo is kept)
+    third.close()
+    assert not demo.jobs.active("v1")

@@ -232,8 +232,9 @@ def _rank_states(run) -> dict[int, tuple[dict, set[str]]]:
 def _snapshot(run) -> tuple[list[str], list[tuple[str, int]]]:
     with sqlite3.connect(run / STORE_FILE) as db:
         dump = list(db.iterdump())
+    # (run.lock is each run's own: a refused run takes it over from the killed one and empties it)
     return dump, sorted((str(p.relative_to(run)), p.stat().st_size) for p in run.rglob("*") if p.is_file()
-                        and not p.name.startswith(STORE_FILE))
+                        and not p.name.startswith(STORE_FILE) and p.name != "run.lock")
 
 
 def test_rank_killed_mid_run_resumes_on_another_world_size_exactly_once(tmp_path):

@@ -20,7 +20,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from likeness.app.jobs import JobRegistry, Progress, bench_command
+from likeness.app.jobs import JobRegistry, Progress, bench_command, one_run_per_visitor
 from likeness.app.workspace import CACHE_DIR, UploadError, Workspace
 
 DEFAULT_BASE_MODEL = "likeness/tiny-sd"
@@ -143,6 +143,7 @@ class Demo:
 
     # -- running ------------------------------------------------------------------------------------
 
+    @one_run_per_visitor(PageState)
     def run(self, visitor: str, request: RunRequest, uploads: list | None = None, name: str = "me"):
         """Run every requested method; yields :class:`PageState` as the run goes (last one: results)."""
         workspace = self.workspace(visitor)

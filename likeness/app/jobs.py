@@ -9,6 +9,7 @@ progress bars (tqdm lines on stderr): stage, items done, estimated time left.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -171,15 +172,59 @@ class MethodProcess:
                 continue
 
 
+BUSY = ("⚠️ your previous Run is still going (queued or running): wait for its results, or press Cancel "
+        "first; one Run at a time per visitor")
+
+
+def one_run_per_visitor(page_state):
+    """For ``Demo.run(self, visitor, ...)``, a generator of ``page_state`` objects: a second Run from a
+    visitor whose Run is still going (queued or running) gets ``page_state(BUSY)`` at once, and that
+    first Run goes on untouched (both would write the same run folders). The claim ends with the
+    generator, also when the page closes it (cancel, tab closed)."""
+
+    def decorate(run):
+        @functools.wraps(run)
+        def wrapper(self, visitor: str, *args, **kwargs):
+            if not self.jobs.claim(visitor):
+                yield page_state(BUSY)
+                return
+            try:
+                yield from run(self, visitor, *args, **kwargs)
+            finally:
+                self.jobs.unclaim(visitor)
+
+        return wrapper
+
+    return decorate
+
+
 class JobRegistry:
-    """The running child processes of every visitor, so a cancel or a closed tab can end them, and a
-    limit on how many methods run at once across all visitors (the machine is shared)."""
+    """The running child processes of every visitor, so a cancel or a closed tab can end them, a limit
+    on how many methods run at once across all visitors (the machine is shared), and which visitors
+    have a Run going (one each)."""
 
     def __init__(self, max_concurrent: int = 1):
         self.slots = threading.BoundedSemaphore(max_concurrent)
         self._lock = threading.Lock()
         self._running: dict[str, list[MethodProcess]] = {}
         self._cancelled: set[str] = set()
+        self._active: set[str] = set()  # visitors with a Run between its start and its results
+
+    def claim(self, visitor: str) -> bool:
+        """Mark ``visitor``'s Run as going; False when one already is."""
+        with self._lock:
+            if visitor in self._active:
+                return False
+            self._active.add(visitor)
+            return True
+
+    def unclaim(self, visitor: str) -> None:
+        with self._lock:
+            self._active.discard(visitor)
+
+    def active(self, visitor: str) -> bool:
+        with self._lock:
+            return visitor in self._active
 
     def start(self, visitor: str, command: list[str], progress: Progress) -> MethodProcess:
         process = MethodProcess(command, progress)

@@ -9,8 +9,12 @@ of killing the rank.
 
 Protocol: ``python -m likeness.bench.personalize_worker SPEC.json``; SPEC holds ``method``,
 ``method_module`` (imported first, so methods registered outside likeness work too), ``base_model``,
-``options`` and ``units`` (``identity``, ``photo``, ``work``). One JSON line per unit on stdout:
-``{"work": ..., "error": null | "reason"}``.
+``options`` and ``units`` (``identity``, ``photo``, ``work``, ``final``). The child trains the units in
+order; each one is trained into ``work`` and, once finished, renamed to ``final`` at once (atomic,
+:func:`keep_artifact`), so a kill loses at most the unit being trained. One JSON line per unit on
+stdout, as soon as it is done: ``{"work": ..., "error": null | "reason"}``. The rank collects the
+results of a few units at a time (:meth:`ForkedWorker.collect`) and generates their images while the
+child trains the next ones.
 
 Starting that child costs an interpreter and the diffusers imports again (~6 s here, as much as a
 whole smoke run's work), so on Linux a rank instead forks its worker (:class:`ForkedWorker`) right
@@ -26,6 +30,8 @@ import importlib.util
 import json
 import multiprocessing
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -48,39 +54,69 @@ def child_environment(env: dict[str, str]) -> dict[str, str]:
     return child
 
 
-def run_units(spec_path: str | Path, *, python: str = sys.executable) -> dict[str, str | None]:
-    """Run the child; returns {work folder: None on success, else the failure reason}."""
-    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
-    env = child_environment(dict(os.environ))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # the parent's imports resolve alike
-    proc = subprocess.run([python, "-m", "likeness.bench.personalize_worker", str(spec_path)], env=env,
-                          stdout=subprocess.PIPE, stderr=None, text=True)
-    results: dict[str, str | None] = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            record = json.loads(line[len(RESULT_PREFIX):])
-            results[record["work"]] = record["error"]
-    for unit in spec["units"]:
-        if unit["work"] not in results:
-            results[unit["work"]] = f"personalization process exited with code {proc.returncode} before finishing"
-    return results
+def keep_artifact(work: str | Path, final: str | Path) -> None:
+    """Move a finished artifact from its work folder to its final name at once (one atomic rename), so
+    a final folder exists only when complete and a kill right after keeps it. An artifact another
+    process kept first (same unit, same seeds) is left as it is and this copy dropped."""
+    from likeness.methods.base import MANIFEST_NAME
+
+    work, final = Path(work), Path(final)
+    if not (work / MANIFEST_NAME).is_file():
+        raise RuntimeError(f"{work}: personalization returned without writing {MANIFEST_NAME}")
+    try:
+        os.replace(work, final)
+    except OSError:
+        if not (final / MANIFEST_NAME).is_file():
+            raise
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    try:  # the rename itself survives a power cut too
+        fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def train_unit(method, unit: dict, base_model: str, options: dict) -> str | None:
+    """Train one unit into its work folder and keep it under its final name; None, or the failure reason
+    (the work folder is then removed)."""
+    from likeness.bench.failures import failure_reason
+    from likeness.data.identities import Identity
+
+    try:
+        person = Identity(name=unit["identity"], photos=[Path(unit["photo"])])
+        method.personalize([person], unit["work"], base_model, **options)
+        keep_artifact(unit["work"], unit["final"])
+        return None
+    except Exception as exc:  # the runner fails the unit's items with this reason; the run goes on
+        shutil.rmtree(unit["work"], ignore_errors=True)
+        return failure_reason(exc)
 
 
 def _units(spec: dict):
-    """Train every unit of ``spec``; yields ``(work folder, None | failure reason)``."""
-    from likeness.bench.failures import failure_reason
-    from likeness.data.identities import Identity
+    """Train every unit of ``spec``; yields ``(work folder, None | failure reason)`` after each."""
     from likeness.methods import get_method
 
     method = get_method(spec["method"])
     for unit in spec["units"]:
-        error = None
-        try:
-            person = Identity(name=unit["identity"], photos=[Path(unit["photo"])])
-            method.personalize([person], unit["work"], spec["base_model"], **spec["options"])
-        except Exception as exc:  # reported to the parent, which fails the unit's items with this reason
-            error = failure_reason(exc)
-        yield unit["work"], error
+        yield unit["work"], train_unit(method, unit, spec["base_model"], spec["options"])
+
+
+def _die_with_parent() -> None:
+    """Linux: this child gets SIGKILL when the rank that started it dies, so a killed run leaves no
+    training process behind (still writing into the run folder the next run has taken over)."""
+    try:
+        import ctypes
+
+        parent = os.getppid()
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the call
+            os._exit(1)
+    except Exception:
+        pass
 
 
 def method_source(method) -> dict:
@@ -91,6 +127,8 @@ def method_source(method) -> dict:
 
 
 def main(spec_path: str) -> int:
+    if sys.platform.startswith("linux"):
+        _die_with_parent()
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     if spec.get("method_file"):  # the method was registered by the script the rank runs
         loader = importlib.util.spec_from_file_location("likeness_launched_script", spec["method_file"])
@@ -115,6 +153,7 @@ def preload() -> None:
 
 
 def _serve(conn) -> None:
+    _die_with_parent()
     env = child_environment(dict(os.environ))  # an Accelerator made here is a one-process one
     os.environ.clear()
     os.environ.update(env)
@@ -130,10 +169,45 @@ def _serve(conn) -> None:
         conn.send(None)
 
 
-class ForkedWorker:
+class _Worker:
+    """Results of the submitted units, collected a few at a time while the child trains the rest."""
+
+    def __init__(self):
+        self.results: dict[str, str | None] = {}
+        self.ended = False  # the child sent everything, or is gone
+
+    def _receive(self) -> tuple[str, str | None] | None:
+        """The next unit's result; None once the child has nothing more to say."""
+        raise NotImplementedError
+
+    def _exit_code(self):
+        raise NotImplementedError
+
+    def collect(self, works) -> dict[str, str | None]:
+        """Wait for the units whose work folders are ``works`` (a spec, or a list of folders):
+        {work folder: None on success, else the reason}. A child that died fails what it had not done."""
+        if isinstance(works, dict):
+            works = [u["work"] for u in works["units"]]
+        works = [str(w) for w in works]
+        while not self.ended and any(w not in self.results for w in works):
+            message = self._receive()
+            if message is None:
+                self.ended = True
+            else:
+                self.results[message[0]] = message[1]
+        return {w: self.results[w] if w in self.results else
+                f"personalization process exited with code {self._exit_code()} before finishing" for w in works}
+
+    def run(self, spec: dict) -> dict[str, str | None]:
+        self.submit(spec)
+        return self.collect(spec)
+
+
+class ForkedWorker(_Worker):
     """A personalization child forked before the process group exists (see the module docstring)."""
 
     def __init__(self):
+        super().__init__()
         ctx = multiprocessing.get_context("fork")
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_serve, args=(child,), name="likeness-personalize", daemon=True)
@@ -146,27 +220,21 @@ class ForkedWorker:
 
     def submit(self, spec: dict) -> None:
         """Start training ``spec``'s units in the child; the rank is free meanwhile (see :meth:`collect`)."""
+        self.ended = False
         try:
             self.conn.send(spec)
         except (OSError, ValueError):  # the child is gone: collect() reports it per unit
-            pass
+            self.ended = True
 
-    def run(self, spec: dict) -> dict[str, str | None]:
-        self.submit(spec)
-        return self.collect(spec)
-
-    def collect(self, spec: dict) -> dict[str, str | None]:
-        """Wait for the units of the submitted ``spec``: {work folder: None on success, else the reason}."""
-        results: dict[str, str | None] = {}
+    def _receive(self):
         try:
-            while (message := self.conn.recv()) is not None:
-                results[message[0]] = message[1]
+            return self.conn.recv()  # (work, error); None after the spec's last unit
         except (EOFError, OSError):  # the child died (out of memory, a crash in native code)
             self.proc.join(5)
-        for unit in spec["units"]:
-            if unit["work"] not in results:
-                results[unit["work"]] = f"personalization process exited with code {self.proc.exitcode} before finishing"
-        return results
+            return None
+
+    def _exit_code(self):
+        return self.proc.exitcode
 
     def close(self) -> None:
         try:
@@ -177,6 +245,40 @@ class ForkedWorker:
         if self.proc.is_alive():
             self.proc.kill()
         self.conn.close()
+
+
+class SpawnedWorker(_Worker):
+    """The fallback where fork is unavailable: ``python -m likeness.bench.personalize_worker SPEC``, its
+    result lines read as they come."""
+
+    def __init__(self, spec_path: str | Path, python: str = sys.executable):
+        super().__init__()
+        self.spec_path, self.python, self.proc = Path(spec_path), python, None
+
+    def submit(self, spec: dict) -> None:
+        self.spec_path.parent.mkdir(parents=True, exist_ok=True)
+        self.spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        env = child_environment(dict(os.environ))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # the parent's imports resolve alike
+        self.ended = False
+        self.proc = subprocess.Popen([self.python, "-m", "likeness.bench.personalize_worker", str(self.spec_path)],
+                                     env=env, stdout=subprocess.PIPE, stderr=None, text=True)
+
+    def _receive(self):
+        for line in self.proc.stdout:
+            if line.startswith(RESULT_PREFIX):
+                record = json.loads(line[len(RESULT_PREFIX):])
+                return record["work"], record["error"]
+        self.proc.wait()
+        return None
+
+    def _exit_code(self):
+        return None if self.proc is None else self.proc.returncode
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 if __name__ == "__main__":

@@ -10,19 +10,26 @@ Run folder::
     RUN/images/<identity>/<item_id>.png + .json   canonical layout with sidecars
 
 Steps, each resumable: (1) personalize every (identity, reference) pair that still has pending
-items, (2) generate the pending items, (3) evaluate the generated images that have no results yet.
+items and no finished artifact, (2) generate the pending items, (3) evaluate the generated images
+that have no results yet. Steps 1 and 2 run as a pipeline, person by person: an artifact is renamed
+to its final name as soon as it is trained (so a kill loses at most the person being trained, and a
+resumed run trains only the missing ones), and that person's images are generated right away, so
+the first image comes after the first person, not the last. With one process the rank alternates
+(train person k, generate person k's items); with several, each rank's personalization child trains
+its next person while the rank generates (see :meth:`Runner.produce`).
 Under ``accelerate launch`` (one machine or several) each rank takes its share (plan position
 modulo world size) and writes only its own rank store and image folder; the main process merges
 them into the run's store when the run ends, and at the start of a resumed run (a dead node's
-finished items count). Seeds come from item ids, so the split changes nothing.
+finished items count). Seeds come from item ids, so the split and the order change nothing.
+One run per folder: the main process holds ``RUN/run.lock`` (:mod:`likeness.bench.runlock`).
 A failure inside one item or one artifact is recorded with its reason; the run goes on.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
+import sys
 import time
 import traceback
 from collections import defaultdict
@@ -32,8 +39,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from likeness.bench.failures import failure_reason
+from likeness.bench.personalize_worker import train_unit
 from likeness.bench.plan import RunConfig, RunConfigError, WorkItem, bind_run_folder, make_plan, shard
 from likeness.bench.rankstore import MERGED_META, STORE_NAME, RankStore, host_name, merge_rank_stores, rank_folder
+from likeness.bench.runlock import RunLock, RunLockedError, check_lock, unwritable
 from likeness.bench.runstore import DONE, FAILED, FINAL, RunStore
 from likeness.data.identities import Identity, load_identities
 from likeness.data.layout import write_sidecar
@@ -61,6 +70,8 @@ class RunSummary:
             lines.append(f"  failed {f['item_id']}: {f['reason']}")
         if len(self.failures) > 10:
             lines.append(f"  ... and {len(self.failures) - 10} more (see `likeness report`)")
+        if any("[Errno 28]" in (f["reason"] or "") for f in self.failures):
+            lines.append("  the disk was full: free some space, then rerun with --retry-failed (finished work is kept)")
         from likeness.bench.evaluate import model_error_lines
 
         return "\n".join(lines + model_error_lines(self.model_errors))
@@ -177,6 +188,7 @@ class Runner:
         self.seconds: dict[str, float] = defaultdict(float)
         self.failed_units: dict[str, str] = {}  # unit -> why its personalization failed (all ranks know all)
         self.model_errors: list[str] = []  # this rank's evaluation: models that could not be loaded
+        self.lock: RunLock | None = None  # the folder's lock, held by the main process during run()
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -184,12 +196,30 @@ class Runner:
         self.timeline[phase] = round(time.time() - self._t0, 3)
 
     def prepare(self) -> list[WorkItem]:
-        """Plan, bind the folder to the config, register items, merge what earlier runs' ranks finished.
+        """Lock the folder, plan, bind the folder to the config, register items, merge what earlier runs'
+        ranks finished.
 
-        Every rank plans the same items; only the main process opens the run's store, and sends the
-        other ranks what is left to do (item id -> attempts so far) and which done items lack scores.
+        Every rank plans the same items; only the main process takes the folder's lock and opens the
+        run's store, and sends the other ranks the lock's run id, what is left to do (item id -> attempts
+        so far), which done items lack scores and which artifacts are already finished.
         """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # e.g. a read-only disk
+            raise unwritable(self.run_dir, exc) from None
+        lock = None
+        if self.state.is_main_process:  # before anything is written: a second run must not touch the first
+            try:
+                self.lock = RunLock.acquire(self.run_dir)
+                lock = {"run_id": self.lock.run_id}
+            except RunConfigError as exc:
+                lock = {"error": str(exc), "type": type(exc).__name__}
+        lock = self._broadcast(lock)
+        if "error" in lock:  # every rank stops here, alike
+            raise (RunLockedError if lock["type"] == "RunLockedError" else RunConfigError)(lock["error"])
+        if self.lock is None:
+            check_lock(self.run_dir, lock["run_id"])
+        self.run_id = lock["run_id"]
         # Bad input raises here on every rank alike, before any collective a failed rank would never reach.
         self.identities = resolve_identities(self.config, self.run_dir)
         self.plan = make_plan(self.config, self.identities)
@@ -206,9 +236,10 @@ class Runner:
             raise (RunConfigError if work["type"] == "RunConfigError" else ValueError)(work["error"])
         self.attempts: dict[str, int] = work["pending"]
         self.unscored: set[str] = set(work["unscored"])
+        self.finished_artifacts: set[str] = set(work["artifacts"])
         self.store = RankStore(self.rank_dir / STORE_NAME)
         self.store.bind(self.config.digest(), rank=self.rank, world=self.world, host=host_name(), pid=os.getpid(),
-                        started=self._t0)
+                        started=self._t0, run_id=self.run_id)
         self._mark("prepared")
         return self.plan
 
@@ -244,7 +275,25 @@ class Runner:
             store.close()
         self._remove_partial_files()
         return {"pending": {r["item_id"]: r["attempts"] for r in rows if r["status"] not in FINAL},
-                "unscored": sorted(unscored)}
+                "unscored": sorted(unscored), "artifacts": self._finished_artifacts()}
+
+    def _finished_artifacts(self) -> list[str]:
+        """The artifacts already trained (their folder holds the manifest). Folders are renamed into place
+        only when complete; one without a manifest (damaged by hand, or by an older version) is removed."""
+        from likeness.methods.base import MANIFEST_NAME
+
+        root = self.run_dir / "artifacts"
+        finished = []
+        for folder in sorted(root.iterdir()) if root.is_dir() else []:
+            if folder.name.startswith(".") or not folder.is_dir():
+                continue
+            if (folder / MANIFEST_NAME).is_file():
+                finished.append(folder.name)
+            else:
+                print(f"likeness bench: {folder} is not a finished artifact (no {MANIFEST_NAME}); removing it, "
+                      "its person is trained again", file=sys.stderr)
+                shutil.rmtree(folder, ignore_errors=True)
+        return finished
 
     def _broadcast(self, obj):
         if self.world == 1:
@@ -263,7 +312,8 @@ class Runner:
         return gather_object([obj])
 
     def _remove_partial_files(self) -> None:
-        """Half-written images and artifacts of a killed process (their items are pending again)."""
+        """Half-written images and half-trained artifacts of a killed process (their items are pending
+        again). No other run can be writing them: this one holds the folder's lock."""
         for pattern in ("*/*.png.tmp", "*/.*.tmp"):
             for tmp in (self.run_dir / "images").glob(pattern):
                 tmp.unlink(missing_ok=True)
@@ -271,81 +321,147 @@ class Runner:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _bar(self, iterable, desc: str, total: int | None = None):
+        """A progress bar; its time left is the whole run's (rate averaged since the start, training included)."""
         label = f"{desc} [rank {self.rank}/{self.world}]" if self.world > 1 else desc
-        return tqdm(iterable, desc=label, total=total, disable=not self.progress, position=self.rank, leave=True)
+        return tqdm(iterable, desc=label, total=total, disable=not self.progress, position=self.rank, leave=True,
+                    smoothing=0)
 
-    # -- step 1: personalization ------------------------------------------------------------------
+    # -- steps 1 and 2: personalization and generation, person by person ------------------------------
 
     def artifact_dir(self, unit: str) -> Path:
         return self.run_dir / "artifacts" / unit
 
-    def personalize(self, method) -> None:
-        """Make the missing artifacts, round-robin over ranks; a failed one fails its items with the reason.
-
-        With one process, training runs here; with several, each rank trains in a child process
-        outside the process group (see :mod:`likeness.bench.personalize_worker`), so an artifact is
-        the same whatever the number of processes.
-        """
-        pending = self.attempts
+    def schedule(self) -> list[list[str]]:
+        """The order artifacts become ready: first those already finished (their images can start at
+        once), then rounds of one unit per rank; every rank computes the same rounds. Units to train go
+        round-robin over ranks in name order (``self.owner``)."""
         units: dict[str, WorkItem] = {}
         for item in self.plan:
-            if item.item_id in pending:
+            if item.item_id in self.attempts:
                 units.setdefault(_unit(item), item)
+        self.units = units
         names = sorted(units)
-        mine = [u for k, u in enumerate(names) if k % self.world == self.rank and not self.artifact_dir(u).is_dir()]
-        work = {u: self.artifact_dir(u).parent / f".tmp-{u}-{os.getpid()}" for u in mine}
-        for folder in work.values():
-            shutil.rmtree(folder, ignore_errors=True)
-        started = time.perf_counter()
-        if self.world == 1:
-            errors = {}
-            for unit in self._bar(mine, "personalize"):
-                item = units[unit]
-                try:
-                    method.personalize([Identity(item.identity, [item.reference])], work[unit], self.config.base_model,
-                                       **{**self.config.method_options, "progress": self.progress})
-                    errors[unit] = None
-                except Exception as exc:  # one bad photo must not stop the run
-                    errors[unit] = failure_reason(exc)
-        elif mine:
-            from likeness.bench.personalize_worker import method_source, run_units
+        ready = [u for u in names if u in self.finished_artifacts]
+        todo = [u for u in names if u not in self.finished_artifacts]
+        self.owner = {u: k % self.world for k, u in enumerate(todo)}
+        rounds = [todo[k:k + self.world] for k in range(0, len(todo), self.world)]
+        return ([ready] if ready else []) + rounds
+
+    def _spec_unit(self, unit: str) -> dict:
+        item = self.units[unit]
+        work = self.artifact_dir(unit).parent / f".tmp-{unit}-{os.getpid()}"
+        return {"identity": item.identity, "photo": str(item.reference), "work": str(work),
+                "final": str(self.artifact_dir(unit))}
+
+    def produce(self, method) -> None:
+        """Personalize the missing artifacts and generate this rank's pending items, one round at a time.
+
+        Each artifact is renamed into place as soon as it is trained; then every rank learns which of
+        the round's artifacts failed (one small collective per round) and generates its items of the
+        round's people, while (with several ranks) its personalization child already trains its next
+        person. With one process, training runs here, between the rounds' generation: "train person k,
+        generate person k's items" (two processes on one device would compete for its memory; ranks
+        have their own). Pixels do not depend on the order: every image has its own seeded generator.
+        """
+        rounds = self.schedule()
+        mine = [item for item in shard(self.plan, self.rank, self.world) if item.item_id in self.attempts]
+        by_unit: dict[str, list[WorkItem]] = defaultdict(list)
+        for item in mine:
+            by_unit[_unit(item)].append(item)
+        training = [self._spec_unit(u) for r in rounds for u in r if self.owner.get(u) == self.rank]
+        options = {**self.config.method_options, "progress": self.progress}
+        if self.world > 1:
+            self._start_training(method, training, options)
+        if not rounds:
+            self._mark("personalized")
+        note = _ProgressNote(len(self.units))
+        bar = self._bar(None, "generate", total=len(mine))
+        for k, batch in enumerate(rounds):
+            trained = [u for u in batch if u in self.owner]
+            errors = self._train_round([u for u in trained if self.owner[u] == self.rank], method, options)
+            if trained and self.world > 1:
+                errors = {u: e for part in self._gather(errors) for u, e in part.items()}
+            self.failed_units.update({u: e for u, e in errors.items() if e is not None})
+            if k == len(rounds) - 1:
+                self._mark("personalized")
+            nxt = rounds[k + 1] if k + 1 < len(rounds) else []
+            bar.set_postfix_str(note.ready(len(batch), nxt), refresh=True)
+            for unit in batch:
+                self._generate_unit(method, unit, by_unit.get(unit, []), bar)
+        bar.close()
+        self._stop_worker()
+        self._mark("generated")
+
+    def _start_training(self, method, units: list[dict], options: dict) -> None:
+        """A sharded rank: its personalization child starts on all of its units (results read round by round)."""
+        if units:
+            from likeness.bench.personalize_worker import SpawnedWorker, method_source
 
             spec = {"method": self.config.method, **method_source(method), "base_model": self.config.base_model,
-                    "options": {**self.config.method_options, "progress": self.progress},
-                    "units": [{"identity": units[u].identity, "photo": str(units[u].reference), "work": str(work[u])}
-                              for u in mine]}
-            if self._worker is not None:
-                self._worker.submit(spec)
-                self._prewarm()  # while the worker trains
-                by_work = self._worker.collect(spec)
-            else:
-                path = self.rank_dir / "personalize.json"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(spec), encoding="utf-8")
-                by_work = run_units(path)
-            errors = {u: by_work[str(work[u])] for u in mine}
-        else:
-            errors = {}
-            if self.world > 1:
-                if self._worker is None:  # no worker was forked: generation's imports, while others train
-                    from likeness.bench.personalize_worker import preload
+                    "options": options, "units": units}
+            if self._worker is None:
+                self._worker = SpawnedWorker(self.rank_dir / "personalize.json")
+            self._worker.submit(spec)
+        elif self._worker is None:  # no worker was forked: generation's imports, while others train
+            from likeness.bench.personalize_worker import preload
 
-                    preload()
-                self._prewarm()  # while other ranks train
-        self._stop_worker()
-        for unit, error in errors.items():
-            if error is None:
-                work[unit].replace(self.artifact_dir(unit))  # atomic: an artifact folder exists only when complete
-            else:
-                shutil.rmtree(work[unit], ignore_errors=True)
+            preload()
+        self._prewarm()  # while the worker (or other ranks) train
+
+    def _train_round(self, units: list[str], method, options: dict) -> dict[str, str | None]:
+        """This rank's units of one round, kept under their final names: {unit: None | failure reason}."""
+        if not units:
+            return {}
+        started = time.perf_counter()
+        specs = {u: self._spec_unit(u) for u in units}
+        if self.world == 1:
+            errors = {}
+            for unit, spec in specs.items():
+                shutil.rmtree(spec["work"], ignore_errors=True)
+                errors[unit] = train_unit(method, spec, self.config.base_model, options)
+        else:
+            by_work = self._worker.collect([spec["work"] for spec in specs.values()])
+            errors = {u: by_work[spec["work"]] for u, spec in specs.items()}
+            for unit, error in errors.items():  # a child killed right after keeping an artifact: it is there
+                if error is not None and self._artifact_finished(unit):
+                    errors[unit] = None
         self.seconds["personalize"] += time.perf_counter() - started
-        # Every rank learns every failure (also the wait until all artifacts exist); each fails its own items.
-        self.failed_units = {u: e for part in self._gather(errors) for u, e in part.items() if e is not None}
-        for it in shard(self.plan, self.rank, self.world):
-            if it.item_id in pending and _unit(it) in self.failed_units:
-                self.store.begin(it, self.rank, pending[it.item_id])
-                self.store.finish(it.item_id, FAILED, f"personalization failed: {self.failed_units[_unit(it)]}")
-        self._mark("personalized")
+        if "first_artifact" not in self.timeline and any(e is None for e in errors.values()):
+            self._mark("first_artifact")
+        return errors
+
+    def _artifact_finished(self, unit: str) -> bool:
+        from likeness.methods.base import MANIFEST_NAME
+
+        return (self.artifact_dir(unit) / MANIFEST_NAME).is_file()
+
+    def _generate_unit(self, method, unit: str, items: list[WorkItem], bar) -> None:
+        """This rank's pending items of one person (their artifact is ready, or failed)."""
+        if not items:
+            return
+        if unit in self.failed_units:
+            for item in items:
+                self.store.begin(item, self.rank, self.attempts[item.item_id])
+                self.store.finish(item.item_id, FAILED, f"personalization failed: {self.failed_units[unit]}")
+            bar.update(len(items))
+            return
+        started = time.perf_counter()
+        try:
+            personalized = method.load(self.artifact_dir(unit))
+        except Exception as exc:
+            for item in items:
+                self.store.begin(item, self.rank, self.attempts[item.item_id])
+                self.store.finish(item.item_id, FAILED, f"cannot load artifact: {failure_reason(exc)}")
+            bar.update(len(items))
+            return
+        finally:
+            self.seconds["load"] += time.perf_counter() - started
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start : start + self.batch_size]
+            self._generate_batch(personalized, chunk)
+            if "first_image" not in self.timeline:
+                self._mark("first_image")
+            bar.update(len(chunk))
 
     # -- step 2: generation -----------------------------------------------------------------------
 
@@ -356,33 +472,6 @@ class Runner:
     def rank_image_path(self, item: WorkItem) -> Path:
         """Where this rank writes it (its own folder; merged into :meth:`image_path` at the end)."""
         return self.rank_dir / "images" / name_key(item.identity) / f"{item.item_id}.png"
-
-    def generate(self, method) -> None:
-        """This rank's pending items. No barrier after it: evaluation needs only this rank's own images."""
-        mine = [item for item in shard(self.plan, self.rank, self.world)
-                if item.item_id in self.attempts and _unit(item) not in self.failed_units]
-        by_unit: dict[str, list[WorkItem]] = defaultdict(list)
-        for item in mine:
-            by_unit[_unit(item)].append(item)
-        bar = self._bar(None, "generate", total=len(mine))
-        for unit, items in sorted(by_unit.items()):
-            started = time.perf_counter()
-            try:
-                personalized = method.load(self.artifact_dir(unit))
-            except Exception as exc:
-                for item in items:
-                    self.store.begin(item, self.rank, self.attempts[item.item_id])
-                    self.store.finish(item.item_id, FAILED, f"cannot load artifact: {failure_reason(exc)}")
-                bar.update(len(items))
-                continue
-            finally:
-                self.seconds["load"] += time.perf_counter() - started
-            for start in range(0, len(items), self.batch_size):
-                chunk = items[start : start + self.batch_size]
-                self._generate_batch(personalized, chunk)
-                bar.update(len(chunk))
-        bar.close()
-        self._mark("generated")
 
     def _generate_batch(self, personalized, items: list[WorkItem]) -> None:
         """One pipeline call for ``items`` (same artifact), each image from its own seed's generator."""
@@ -531,15 +620,33 @@ class Runner:
         check_metrics(self.config.metrics)
         self._mark("method")
         try:
-            self.prepare()
-            self.personalize(method)
+            try:
+                self.prepare()
+                self.produce(method)
+            finally:
+                self._stop_worker()
+            self.evaluate()
+            counts, failures = self.finish()
         finally:
-            self._stop_worker()
-        self.generate(method)
-        self.evaluate()
-        counts, failures = self.finish()
+            if self.lock is not None:  # after the merge: the folder is complete and consistent
+                self.lock.release()
+                self.lock = None
         self.seconds["wall"] = time.perf_counter() - started
         return RunSummary(self.run_dir, counts, dict(self.seconds), failures, dict(self.timeline), self.model_errors)
+
+
+class _ProgressNote:
+    """What the generate bar says beside its count: people whose artifact is ready, and who is next."""
+
+    def __init__(self, people: int):
+        self.people, self.done = people, 0
+
+    def ready(self, n: int, following: list[str]) -> str:
+        self.done += n
+        text = f"people {self.done}/{self.people} ready"
+        if following:
+            text += ", next: " + ", ".join(following[:3]) + (" ..." if len(following) > 3 else "")
+        return text
 
 
 def default_batch_size() -> int:

@@ -20,12 +20,16 @@ Inputs
                  identity's own prompts_t.json / prompts_h.json), or a JSON file in that schema
 Outputs (all in the run folder, --out)
   run.json                       the configuration and its digest; another config is refused
+  run.lock                       the running run's host and pid (empty when none runs)
   results.sqlite                 items (pending/done/failed + reason) and per-image metric rows
   artifacts/<identity>-<photo>/  one personalization artifact per reference photo
   images/<identity>/<item_id>.png + .json   canonical layout, item_id = identity-photo-prompt-s<seed>
   report/index.html              leaderboard (IPS APS SIS GOA RFS), protocol, plots, image grids
 
-Re-running the same command continues where a killed run stopped. Shard over processes on this
+People are trained and their images generated one by one: each artifact is kept the moment it is
+trained, the first images come after the first person. Re-running the same command continues where
+a killed run stopped, training only the missing artifacts. One run per folder (RUN/run.lock): a
+second run on a folder in use exits with code 2; a killed run's lock is taken over. Shard over processes on this
 machine with --processes N (forked after the imports: no launcher, imports paid once), or with
 accelerate: `accelerate launch --multi_gpu --num_processes 2 -m likeness bench ...` (on CPU too:
 ranks join a gloo group); several machines: add --num_machines, --machine_rank, --main_process_ip,
