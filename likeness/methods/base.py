@@ -296,9 +296,15 @@ def write_images(
             "prompt": personalized.prompt(prompt.template, name), **prompt.sidecar_fields(),
             "seed": int(seed), "method": personalized.manifest.method, "base_model": info.model_id,
             "base_model_revision": info.revision, "family": info.family,
+            **_quantization_field(personalized.pipe),
         })
         written.append(image_path)
     return written
+
+
+def _quantization_field(pipe) -> dict:
+    record = getattr(pipe, "likeness_quantization", None) or {}
+    return {} if record.get("quantize", "none") == "none" else {"quantization": record}
 
 
 class Method:
@@ -342,6 +348,7 @@ class Method:
         from likeness.methods.preparation import Augmentation, photo_batches, prepare_identities
         from likeness.methods.training import build_identity_term, native_resolution, remove_checkpoints, train
 
+        quantize = _generation_quantize(config)
         training, options = split_config(config, {**COMMON_OPTIONS, **self.defaults})
         out_dir = start_artifact(out_dir, options["overwrite"])
         named = named_identities(identities)
@@ -388,7 +395,7 @@ class Method:
             config={"training": asdict(training), "options": recorded, "notes": notes,
                     "masks": mask_record(options["segmenter"], prepared),
                     "final_loss": result.losses[-1] if result.losses else None, "resumed_from": result.resumed_from},
-            sampling=dict(self.default_sampling.get(pipe.likeness_info.family, self.default_sampling)),
+            sampling={**self.default_sampling.get(pipe.likeness_info.family, self.default_sampling), **quantize},
         ).save(out_dir)  # written last: its presence means the artifact is complete
         remove_checkpoints(out_dir)
         return out_dir
@@ -406,7 +413,7 @@ class Method:
         if manifest.method != self.name:
             raise ArtifactError(f"{artifact}: made by method {manifest.method!r}, not {self.name!r}")
         pipe = load_pipeline(base_model or manifest.base_model.model_id, device=device, dtype=dtype,
-                             expect_family=manifest.family, quantize=quantize)
+                             expect_family=manifest.family, quantize=quantize or manifest.sampling.get("quantize"))
         self.apply(pipe, artifact, manifest)
         return Personalized(pipe, manifest, artifact)
 
@@ -414,6 +421,19 @@ class Method:
         """Convenience: :meth:`load` then :meth:`Personalized.generate`."""
         loading = {k: kwargs.pop(k) for k in ("base_model", "device", "dtype", "quantize") if k in kwargs}
         return self.load(artifact, **loading).generate(prompts, seeds, **kwargs)
+
+
+def _generation_quantize(config: dict) -> dict:
+    """Pop ``quantize`` from personalization options: not a training option but the artifact's default weight
+    quantization at generation (checked now, so a typo fails before training; kept in the manifest's sampling)."""
+    from likeness.models.quantization import QUANTIZE_CHOICES, QuantizationError
+
+    value = config.pop("quantize", None)
+    if value in (None, "none"):
+        return {}
+    if value not in QUANTIZE_CHOICES:
+        raise QuantizationError(f"unknown quantize {value!r}; use one of {', '.join(QUANTIZE_CHOICES)}")
+    return {"quantize": value}
 
 
 def mask_record(segmenter, prepared: dict) -> dict:

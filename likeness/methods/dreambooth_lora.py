@@ -51,6 +51,11 @@ def _clip_encoders(pipe) -> list[tuple[str, torch.nn.Module]]:
     return [(n, pipe.components[n]) for n in wanted if pipe.components.get(n) is not None]
 
 
+def fusable_components(pipe) -> list[str]:
+    """The pipeline's components a LoRA file may hold (``unet``/``transformer``, text encoders)."""
+    return [name for name in type(pipe)._lora_loadable_modules if pipe.components.get(name) is not None]
+
+
 def _text_encoders(pipe):
     from likeness.models.families import text_encoders
 
@@ -172,6 +177,8 @@ class DreamBoothLoRA(Method):
         pipe.load_lora_weights(str(artifact), weight_name=LORA_WEIGHTS)
         if (getattr(pipe, "likeness_quantization", None) or {}).get("quantize", "none") != "none":
             return  # quantized weights cannot take the LoRA's product: the adapters stay beside them
-        # Fused and unloaded: the adapters' arithmetic disappears from every denoising step.
-        pipe.fuse_lora()
+        # Fused and unloaded: the adapters' arithmetic disappears from every denoising step. Every component the
+        # file may hold: FLUX's fuse_lora() fuses only the transformer by default, and unloading would then drop a
+        # text-encoder LoRA.
+        pipe.fuse_lora(components=fusable_components(pipe))
         pipe.unload_lora_weights()

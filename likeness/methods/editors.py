@@ -122,8 +122,11 @@ class EditorMethod(Method):
         from likeness.faces import get_backend
         from likeness.methods.preparation import prepare_identities
 
+        from likeness.methods.base import _generation_quantize
+
         for key in _TRAINING_KEYS:
             config.pop(key, None)
+        quantize = _generation_quantize(config)
         options = {"device": None, "overwrite": False, **self.defaults}
         unknown = sorted(k for k in config if k not in options)
         if unknown:
@@ -163,7 +166,7 @@ class EditorMethod(Method):
                          "template": {"version": version, "instruction": INSTRUCTIONS[version],
                                       "subject": self.subject_phrase},
                          "notes": [_without_paths(n, [p for _, _, photos in named for p in photos]) for n in notes]},
-                 sampling=self.sampling(class_name, base_model)).save(out_dir)
+                 sampling={**self.sampling(class_name, base_model), **quantize}).save(out_dir)
         return Path(out_dir)
 
     def load(self, artifact, *, base_model=None, device=None, dtype=None, quantize=None) -> EditorPersonalized:
@@ -180,7 +183,8 @@ class EditorMethod(Method):
                 raise ArtifactError(f"{artifact}: reference image {key}-reference-0.png missing from the artifact")
             references[key] = [load_image(p) for p in paths]
         pipe = load_pipeline(base_model or manifest.base_model.model_id, device=device, dtype=dtype,
-                             expect_family=manifest.family, pipeline_class=self.pipeline_class(), quantize=quantize)
+                             expect_family=manifest.family, pipeline_class=self.pipeline_class(),
+                             quantize=quantize or manifest.sampling.get("quantize"))
         return EditorPersonalized(pipe, manifest, artifact, self, references)
 
 
