@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from likeness.models.tiny import _byte_symbols, _text_config, build_tokenizer, tiny_words
+from likeness.models.tiny import OTHER_BUILDERS, _byte_symbols, _text_config, build_tokenizer, tiny_words
 
 TINY_FLOW_SEED = 0
 
@@ -242,3 +242,4 @@ FLOW_BUILDERS = {
     "likeness/tiny-qwen-image": ("qwen-image", build_tiny_qwen_image),
     "likeness/tiny-qwen-image-edit": ("qwen-image", build_tiny_qwen_image_edit),
 }
+OTHER_BUILDERS.update({model_id: builder for model_id, (_, builder) in FLOW_BUILDERS.items()})
