@@ -61,10 +61,14 @@ LORA_CASES = {  # base -> options (text-encoder LoRA where the family has a CLIP
 
 @pytest.fixture(scope="module")
 def flow_loras(tiny_models, tmp_path_factory, astronaut_path):
-    torch.set_num_threads(1)
-    return {base: personalize("dreambooth-lora", {"astro": [astronaut_path]}, tmp_path_factory.mktemp("lora") / "a", base,
-                              max_steps=10, learning_rate=2e-2, resolution=32, progress=False, **options)
-            for base, options in LORA_CASES.items()}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared CPU
+    try:
+        return {base: personalize("dreambooth-lora", {"astro": [astronaut_path]}, tmp_path_factory.mktemp("lora") / "a",
+                                  base, max_steps=10, learning_rate=2e-2, resolution=32, progress=False, **options)
+                for base, options in LORA_CASES.items()}
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _fixed_loss(pipe, astronaut_path, weighting):
