@@ -125,6 +125,8 @@ def embeds(args, width: int, pooled: int | None = None):
     out = {"prompt_embeds": torch.randn(1, args.text_tokens, width, generator=g).to(args.device, args.dtype)}
     if pooled:
         out["pooled_prompt_embeds"] = torch.randn(1, pooled, generator=g).to(args.device, args.dtype)
+    if width == 3584:  # Qwen-Image pipelines want the embeddings' mask with them
+        out["prompt_embeds_mask"] = torch.ones(1, args.text_tokens, dtype=torch.long, device=args.device)
     return out
 
 
