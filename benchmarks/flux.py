@@ -258,6 +258,7 @@ def main(argv=None) -> int:
         proc = subprocess.run([sys.executable, __file__, "--part", part, *_common(args)], capture_output=True, text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         results[part] = json.loads(lines[-1][7:]) if lines else {"error": proc.stderr.strip().splitlines()[-1:]}
+        print(f"{part}: {json.dumps(results[part])}", flush=True)  # each part as it ends: a long run keeps what it has
     device = torch.cuda.get_device_name() if args.device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(json.dumps({"device": device, "resolution": args.resolution, "steps": args.steps, "depth_scale": args.depth_scale,
                       "results": results}, indent=1))
