@@ -84,7 +84,8 @@ def klein_pipe(args, folder: Path | None = None, quantize: str = "none"):
 
         config, record = quantization_config(quantize, args.device, "flux2")
         extra = {"quantization_config": config} if config is not None else {}
-        pipe = Flux2KleinPipeline.from_pretrained(folder, dtype=args.dtype, **extra).to(args.device)
+        pipe = Flux2KleinPipeline.from_pretrained(folder, dtype=args.dtype, text_encoder=None, tokenizer=None,
+                                                  **extra).to(args.device)
         pipe.likeness_quantization = record
         return pipe
     torch.manual_seed(0)
