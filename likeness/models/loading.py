@@ -249,9 +249,10 @@ def load_pipeline(
     info = BaseModelInfo(str(model_id), detect_family(path), model_revision(str(model_id), path))
     if expect_family is not None and info.family != expect_family:
         raise FamilyMismatchError(
-            f"base model {model_id!r} is {FAMILY_NAMES.get(info.family, info.family)} ({info.family}), but this "
-            f"artifact was made for {FAMILY_NAMES.get(expect_family, expect_family)} ({expect_family}); use a "
-            f"{expect_family} base model (or re-run personalization on {model_id!r})"
+            f"base model {model_id!r} is {info.family}, but this artifact was made for {expect_family} (a "
+            f"{FAMILY_NAMES.get(expect_family, expect_family)} artifact cannot run on "
+            f"{FAMILY_NAMES.get(info.family, info.family)}); use a {expect_family} base model (or re-run "
+            f"personalization on {model_id!r})"
         )
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(torch_device, dtype)
