@@ -82,10 +82,13 @@ def klein_pipe(args, folder: Path | None = None, quantize: str = "none"):
     if folder is not None and (folder / "model_index.json").exists():
         from likeness.models.quantization import quantization_config
 
-        config, record = quantization_config(quantize, args.device, "flux2")
+        # On CPU, quanto's int8 path computes in fp32 (its bf16 kernel fails on FLUX.2: likeness refuses that pair).
+        dtype = torch.float32 if quantize == "int8" and args.device.type == "cpu" else args.dtype
+        config, record = quantization_config(quantize, args.device, "flux2", dtype=dtype)
         extra = {"quantization_config": config} if config is not None else {}
-        pipe = Flux2KleinPipeline.from_pretrained(folder, dtype=args.dtype, text_encoder=None, tokenizer=None,
+        pipe = Flux2KleinPipeline.from_pretrained(folder, dtype=dtype, text_encoder=None, tokenizer=None,
                                                   **extra).to(args.device)
+        record = {**record, "compute_dtype": str(dtype).replace("torch.", "")}
         pipe.likeness_quantization = record
         return pipe
     torch.manual_seed(0)
@@ -188,6 +191,7 @@ def part_klein(args, quantize: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     pipe = klein_pipe(args, folder, quantize)
     kw = {**embeds(args, 7680), "guidance_scale": 1.0}
+    kw["prompt_embeds"] = kw["prompt_embeds"].to(pipe.transformer.dtype if quantize == "none" else pipe.vae.dtype)
     timed(pipe, args, 0, **kw)
     seconds = statistics.median(timed(pipe, args, i, **kw) for i in range(args.images))
     params = sum(p.numel() for p in pipe.transformer.parameters())

@@ -262,7 +262,7 @@ def load_pipeline(
         processor = qwen_vl_processor(path / "processor")
         if processor is not None:
             extra["processor"] = processor
-    quant, quant_record = quantization_config(quantize, torch_device, info.family, model_id=str(model_id))
+    quant, quant_record = quantization_config(quantize, torch_device, info.family, model_id=str(model_id), dtype=torch_dtype)
     if quant is not None:
         extra["quantization_config"] = quant
     pipe = (pipeline_class or DiffusionPipeline).from_pretrained(path, dtype=torch_dtype, **extra)

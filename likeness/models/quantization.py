@@ -34,8 +34,9 @@ def _need(package: str, module: str, choice: str, device: str) -> None:
                                 f"(or use --quantize none)")
 
 
-def plan(choice: str | None, device: torch.device | str) -> dict:
-    """``{"quantize", "backend", "weights"}`` for ``choice`` on ``device``; :class:`QuantizationError` when unsupported."""
+def plan(choice: str | None, device: torch.device | str, dtype: torch.dtype | None = None) -> dict:
+    """``{"quantize", "backend", "weights"}`` for ``choice`` on ``device`` (computing in ``dtype``);
+    :class:`QuantizationError` when unsupported."""
     choice = (choice or "none").lower()
     if choice not in QUANTIZE_CHOICES:
         raise QuantizationError(f"unknown --quantize {choice!r}; use one of {', '.join(QUANTIZE_CHOICES)}")
@@ -49,12 +50,18 @@ def plan(choice: str | None, device: torch.device | str) -> dict:
         raise QuantizationError(f"--quantize nf4 needs bitsandbytes on a CUDA GPU, and this run is on {device.type}; "
                                 f"on {device.type} use --quantize int8 or fp8 (optimum-quanto), or run on a CUDA device")
     _need("optimum-quanto", "optimum.quanto", choice, device.type)
+    if device.type == "cpu" and choice == "int8" and dtype == torch.bfloat16:
+        # optimum-quanto 0.2.7 sends bf16 activations to torch._weight_int8pack_mm on CPU, which fails on the
+        # non-contiguous activations of FLUX.2's blocks; in fp32 it dequantizes per layer instead.
+        raise QuantizationError("--quantize int8 on CPU needs fp32 compute (optimum-quanto's bf16 int8 CPU kernel fails on "
+                                "these transformers); use the CPU default dtype fp32, or --quantize fp8")
     return {"quantize": choice, "backend": "quanto", "weights": "int8" if choice == "int8" else "float8"}
 
 
-def quantization_config(choice: str | None, device, family: str, *, model_id: str = "") -> tuple[object | None, dict]:
+def quantization_config(choice: str | None, device, family: str, *, model_id: str = "",
+                        dtype: torch.dtype | None = None) -> tuple[object | None, dict]:
     """(a ``PipelineQuantizationConfig`` or None, the record of what it does) for the pipeline's denoiser."""
-    record = plan(choice, device)
+    record = plan(choice, device, dtype)
     if record["quantize"] == "none":
         return None, record
     from diffusers import PipelineQuantizationConfig
