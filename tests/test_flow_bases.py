@@ -167,6 +167,8 @@ def test_quantized_generation_on_cpu_and_unsupported_choices(flow_loras, tmp_pat
     assert sidecar["quantization"]["weights"] == "int8"
     with pytest.raises(QuantizationError, match="nf4 needs bitsandbytes on a CUDA GPU.*int8 or fp8"):
         load_artifact(artifact, quantize="nf4", device="cpu")
+    with pytest.raises(QuantizationError, match="int8 on CPU needs fp32 compute"):
+        load_artifact(artifact, quantize="int8", device="cpu", dtype="bf16")
 
 
 # -- the reference-image editors as methods ---------------------------------------------------------------------
