@@ -543,10 +543,11 @@ def load_artifact(artifact: str | Path, **kwargs) -> Personalized:
 
     method = get_method(Manifest.load(artifact).method)
     quantize = kwargs.pop("quantize", None)
-    if quantize not in (None, "none"):
-        if "quantize" not in inspect.signature(method.load).parameters:
+    if quantize is not None:  # "none" too: it overrides an artifact's recorded default
+        if "quantize" in inspect.signature(method.load).parameters:
+            kwargs["quantize"] = quantize
+        elif quantize != "none":
             raise ValueError(f"method {method.name!r} does not support --quantize yet; leave it out (or use none)")
-        kwargs["quantize"] = quantize
     return method.load(artifact, **kwargs)
 
 
