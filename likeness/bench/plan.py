@@ -99,9 +99,14 @@ class RunConfig:
     subject: str = "a person"
     # Fingerprint of the inputs, filled by the plan: photo and prompt digests.
     inputs: dict = field(default_factory=dict)
+    # Weight quantization of the denoiser at generation (likeness.models.quantization): none, int8, nf4, fp8.
+    quantize: str = "none"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        record = asdict(self)
+        if record["quantize"] == "none":  # runs recorded before the option existed keep their digest
+            del record["quantize"]
+        return record
 
     def digest(self) -> str:
         data = self.to_dict()

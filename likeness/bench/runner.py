@@ -447,7 +447,8 @@ class Runner:
             return
         started = time.perf_counter()
         try:
-            personalized = method.load(self.artifact_dir(unit))
+            quantized = {} if self.config.quantize in (None, "none") else {"quantize": self.config.quantize}
+            personalized = method.load(self.artifact_dir(unit), **quantized)
         except Exception as exc:
             for item in items:
                 self.store.begin(item, self.rank, self.attempts[item.item_id])

@@ -88,6 +88,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--face-detector", choices=("mtcnn", "hog", "cnn"), default="mtcnn",
                         help="face detector of the dlib face backends, as `likeness evaluate --detector` "
                              "(default: %(default)s)")
+    parser.add_argument("--quantize", choices=["none", "int8", "nf4", "fp8"], default="none",
+                        help="quantize the denoiser's weights at generation: int8 / nf4 with bitsandbytes on CUDA, int8 / "
+                             "fp8 with optimum-quanto on CPU (fp8 also on CUDA); recorded in the run's protocol "
+                             "(default: %(default)s)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on tiny models, else torch's default)")
     parser.add_argument("--processes", type=int, default=1,
                         help="ranks on this machine, forked after the imports (no launcher, imports paid once); "
@@ -155,6 +159,7 @@ def config_from_args(args):
         seeds=args.seeds,
         base_seed=args.base_seed,
         steps=args.steps or (4 if tiny else 50),
+        quantize=args.quantize,
         guidance=args.guidance,
         resolution=args.resolution or (64 if tiny else None),
         metrics=args.metrics if args.metrics is not None else list(IDENTITY_METRICS),

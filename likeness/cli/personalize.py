@@ -45,9 +45,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--method", required=True,
                    help="method name, e.g. textual-inversion, dreambooth-lora, celeb-basis, or a tuning-free one: "
                         "photoverse, stellarnet (need --weights), ip-adapter, ip-adapter-faceid, instantid, photomaker, pulid "
-                        "(these only encode the photos)")
+                        "(these only encode the photos), or a reference-image editor: flux-kontext, flux2-reference, "
+                        "qwen-image-edit (these only record the photo)")
     p.add_argument("--base-model",
-                   help="hub id, local diffusers folder, or likeness/tiny-sd | likeness/tiny-sdxl (default: the one "
+                   help="hub id, local diffusers folder, or a tiny id: likeness/tiny-sd | tiny-sdxl | tiny-flux | "
+                        "tiny-flux2-klein | tiny-sd3 | tiny-qwen-image | tiny-qwen-image-edit (default: the one "
                         "--weights were trained on, else likeness/tiny-sd)")
     p.add_argument("--identity", action="append", required=True, metavar="PHOTO_OR_FOLDER",
                    help="photos of one person (repeat for several people)")
@@ -65,6 +67,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true", default=None, dest="gradient_checkpointing")
     p.add_argument("--masked-loss", choices=["person", "face"], dest="masked_loss", help="loss only inside this mask")
     p.add_argument("--device", help="cuda, mps or cpu (default: best available)")
+    p.add_argument("--quantize", choices=["none", "int8", "nf4", "fp8"],
+                   help="weight quantization the artifact's images are generated with by default (recorded in "
+                        "likeness.json; training itself runs unquantized): int8 / nf4 with bitsandbytes on CUDA, int8 / "
+                        "fp8 with optimum-quanto on CPU; `generate --quantize` overrides it")
     p.add_argument("--weights", type=Path,
                    help="trained encoder folder of a tuning-free method (photoverse, stellarnet: made by "
                         "`likeness train-encoder`); the photo is only encoded, nothing trains")
@@ -89,6 +95,8 @@ def run(args) -> int:
                                             "gradient_checkpointing", "masked_loss", "device", "overwrite")}
     if args.weights is not None:
         config["weights"] = str(args.weights)
+    if getattr(args, "quantize", None) not in (None, "none"):
+        config["quantize"] = args.quantize
     base_model = args.base_model or (None if args.weights is not None else "likeness/tiny-sd")
     problem = add_options(config, args.option)
     if problem:

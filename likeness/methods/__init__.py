@@ -23,3 +23,4 @@ from likeness.methods import (  # noqa: E402,F401
     celeb_basis, custom_diffusion, dreambooth_lora, instantid, ip_adapter, photomaker, photoverse, pulid, reference_rows,
     stellarnet, textual_inversion,
 )
+from likeness.methods import flux2_reference, flux_kontext, qwen_image_edit  # noqa: E402,F401  (reference-image editors)

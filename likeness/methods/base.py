@@ -29,6 +29,7 @@ from PIL import Image
 
 from likeness import __version__
 from likeness.data.names import check_unique, display_name, lookup, name_key
+from likeness.models.families import sampling_kwargs
 from likeness.models.loading import BaseModelInfo, FamilyMismatchError, load_pipeline
 from likeness.registry import Registry
 
@@ -203,12 +204,14 @@ class Personalized:
             out = self.call_pipe(
                 chunk,
                 identity=identity,
-                negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None,
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                height=height,
-                width=width,
-                generator=generators,
+                **sampling_kwargs(self.manifest.family, dict(
+                    negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None,
+                    num_inference_steps=steps,
+                    guidance_scale=guidance,
+                    height=height,
+                    width=width,
+                    generator=generators,
+                )),
                 **self.pipeline_kwargs(identity, len(chunk), guidance),
             )
             images.extend(out.images)
@@ -231,6 +234,8 @@ class TrainingSetup:
     # Optional wrapper around the photo batch maker (DreamBooth mixes in class images with it).
     wrap_batches: Callable[[Callable], Callable] | None = None
     prior_loss_weight: float = 1.0
+    # The objective, when not the UNet's denoising loss (flow-matching bases: likeness.methods.flow_matching).
+    loss_fn: Callable | None = None
 
 
 # Options every trained method accepts besides TrainingConfig's fields.
@@ -291,9 +296,15 @@ def write_images(
             "prompt": personalized.prompt(prompt.template, name), **prompt.sidecar_fields(),
             "seed": int(seed), "method": personalized.manifest.method, "base_model": info.model_id,
             "base_model_revision": info.revision, "family": info.family,
+            **_quantization_field(personalized.pipe),
         })
         written.append(image_path)
     return written
+
+
+def _quantization_field(pipe) -> dict:
+    record = getattr(pipe, "likeness_quantization", None) or {}
+    return {} if record.get("quantize", "none") == "none" else {"quantization": record}
 
 
 class Method:
@@ -310,6 +321,12 @@ class Method:
         "sd1": {"num_inference_steps": 50, "guidance_scale": 7.5},
         "sd2": {"num_inference_steps": 50, "guidance_scale": 7.5},
         "sdxl": {"num_inference_steps": 50, "guidance_scale": 5.0},
+        # The flow-matching pipelines' own defaults; FLUX.1's guidance is its distilled-guidance input, Qwen-Image's
+        # is true classifier-free guidance (see likeness.models.families.sampling_kwargs).
+        "flux1": {"num_inference_steps": 28, "guidance_scale": 3.5},
+        "flux2": {"num_inference_steps": 50, "guidance_scale": 4.0},
+        "sd3": {"num_inference_steps": 28, "guidance_scale": 7.0},
+        "qwen-image": {"num_inference_steps": 50, "guidance_scale": 4.0},
     }
 
     def setup(self, pipe, names: list[str], options: dict) -> TrainingSetup:
@@ -331,6 +348,7 @@ class Method:
         from likeness.methods.preparation import Augmentation, photo_batches, prepare_identities
         from likeness.methods.training import build_identity_term, native_resolution, remove_checkpoints, train
 
+        quantize = _generation_quantize(config)
         training, options = split_config(config, {**COMMON_OPTIONS, **self.defaults})
         out_dir = start_artifact(out_dir, options["overwrite"])
         named = named_identities(identities)
@@ -360,7 +378,8 @@ class Method:
                                            options["id_loss_weights"], device=pipe.device)
         result = train(pipe, setup.trainable, make_batch, training, out_dir, modules=setup.modules,
                        after_step=setup.after_step, prior_loss_weight=setup.prior_loss_weight,
-                       fingerprint_extra=json.loads(json.dumps(fingerprint, default=str)), identity=identity)
+                       fingerprint_extra=json.loads(json.dumps(fingerprint, default=str)), identity=identity,
+                       loss_fn=setup.loss_fn)
         notes = notes + result.notes
         from accelerate import PartialState
 
@@ -376,7 +395,7 @@ class Method:
             config={"training": asdict(training), "options": recorded, "notes": notes,
                     "masks": mask_record(options["segmenter"], prepared),
                     "final_loss": result.losses[-1] if result.losses else None, "resumed_from": result.resumed_from},
-            sampling=dict(self.default_sampling.get(pipe.likeness_info.family, self.default_sampling)),
+            sampling={**self.default_sampling.get(pipe.likeness_info.family, self.default_sampling), **quantize},
         ).save(out_dir)  # written last: its presence means the artifact is complete
         remove_checkpoints(out_dir)
         return out_dir
@@ -385,21 +404,36 @@ class Method:
         """Load the artifact's files into ``pipe`` (a plain pipeline of the artifact's base model)."""
         raise NotImplementedError
 
-    def load(self, artifact: str | Path, *, base_model: str | None = None, device=None, dtype=None) -> Personalized:
-        """The artifact's base model (or ``base_model``, which must be of the same family) with the artifact applied."""
+    def load(self, artifact: str | Path, *, base_model: str | None = None, device=None, dtype=None,
+             quantize: str | None = None) -> Personalized:
+        """The artifact's base model (or ``base_model``, which must be of the same family) with the artifact applied;
+        ``quantize`` (int8, nf4, fp8) quantizes the denoiser's weights (:mod:`likeness.models.quantization`)."""
         artifact = Path(artifact)
         manifest = Manifest.load(artifact)
         if manifest.method != self.name:
             raise ArtifactError(f"{artifact}: made by method {manifest.method!r}, not {self.name!r}")
         pipe = load_pipeline(base_model or manifest.base_model.model_id, device=device, dtype=dtype,
-                             expect_family=manifest.family)
+                             expect_family=manifest.family, quantize=quantize or manifest.sampling.get("quantize"))
         self.apply(pipe, artifact, manifest)
         return Personalized(pipe, manifest, artifact)
 
     def generate(self, artifact: str | Path, prompts: Sequence[str], seeds: Sequence[int], **kwargs) -> list[Image.Image]:
         """Convenience: :meth:`load` then :meth:`Personalized.generate`."""
-        loading = {k: kwargs.pop(k) for k in ("base_model", "device", "dtype") if k in kwargs}
+        loading = {k: kwargs.pop(k) for k in ("base_model", "device", "dtype", "quantize") if k in kwargs}
         return self.load(artifact, **loading).generate(prompts, seeds, **kwargs)
+
+
+def _generation_quantize(config: dict) -> dict:
+    """Pop ``quantize`` from personalization options: not a training option but the artifact's default weight
+    quantization at generation (checked now, so a typo fails before training; kept in the manifest's sampling)."""
+    from likeness.models.quantization import QUANTIZE_CHOICES, QuantizationError
+
+    value = config.pop("quantize", None)
+    if value in (None, "none"):
+        return {}
+    if value not in QUANTIZE_CHOICES:
+        raise QuantizationError(f"unknown quantize {value!r}; use one of {', '.join(QUANTIZE_CHOICES)}")
+    return {"quantize": value}
 
 
 def mask_record(segmenter, prepared: dict) -> dict:
@@ -503,8 +537,18 @@ def get_method(name: str) -> Method:
 
 
 def load_artifact(artifact: str | Path, **kwargs) -> Personalized:
-    """Load any artifact: the manifest says which method reads it."""
-    return get_method(Manifest.load(artifact).method).load(artifact, **kwargs)
+    """Load any artifact: the manifest says which method reads it. ``quantize`` (none / int8 / nf4 / fp8) only
+    reaches methods whose ``load`` takes it; asking another method for it is an error naming the method."""
+    import inspect
+
+    method = get_method(Manifest.load(artifact).method)
+    quantize = kwargs.pop("quantize", None)
+    if quantize is not None:  # "none" too: it overrides an artifact's recorded default
+        if "quantize" in inspect.signature(method.load).parameters:
+            kwargs["quantize"] = quantize
+        elif quantize != "none":
+            raise ValueError(f"method {method.name!r} does not support --quantize yet; leave it out (or use none)")
+    return method.load(artifact, **kwargs)
 
 
 def personalize(method: str, identities: Iterable, out_dir: str | Path, base_model: str, **config) -> Path:

@@ -369,7 +369,7 @@ class TuningFreeMethod(Method):
                  sampling=sampling).save(out_dir)
         return Path(out_dir)
 
-    def load(self, artifact, *, base_model=None, device=None, dtype=None) -> PeerPersonalized:
+    def load(self, artifact, *, base_model=None, device=None, dtype=None, quantize=None) -> PeerPersonalized:
         artifact = Path(artifact)
         manifest = Manifest.load(artifact)
         if manifest.method != self.name:
@@ -381,7 +381,7 @@ class TuningFreeMethod(Method):
             if record.get("needed_at_generation", True):  # encoders only made the stored embeddings
                 verify_weights(artifact, record)
         pipe = load_pipeline(base_model or manifest.base_model.model_id, device=device, dtype=dtype,
-                             expect_family=manifest.family)
+                             expect_family=manifest.family, quantize=quantize)
         pipe = self.apply(pipe, artifact, manifest) or pipe
         tensors = {k: v.to(pipe.device) for k, v in load_file(str(embeddings)).items()}
         return PeerPersonalized(pipe, manifest, artifact, self, tensors)

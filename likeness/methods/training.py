@@ -130,7 +130,16 @@ def with_prior(make_batch, class_pixels: Callable[[int], list[torch.Tensor]], cl
 
 
 def native_resolution(pipe) -> int:
-    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    from likeness.models.families import native_resolution as native
+
+    return native(pipe)
+
+
+def _pipeline_modules(pipe) -> list[torch.nn.Module]:
+    """VAE, denoiser (UNet or transformer) and text encoders: what the loop moves and casts."""
+    from likeness.models.families import denoiser, text_encoders
+
+    return [pipe.vae, denoiser(pipe), *text_encoders(pipe)]
 
 
 def step_generator(seed: int, step: int, micro: int, stream: int) -> torch.Generator:
@@ -355,9 +364,8 @@ def train(
     params = [trainable[n] for n in names]
     if precision != "no":
         weight_dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-        for module in (pipe.vae, pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
-            if module is not None:
-                module.to(dtype=weight_dtype)
+        for module in _pipeline_modules(pipe):
+            module.to(dtype=weight_dtype)
         for p in params:  # trainable tensors stay fp32 for stable updates
             p.data = p.data.float()
     if config.gradient_checkpointing:
@@ -377,9 +385,8 @@ def train(
                                  num_training_steps=config.max_steps)
     # Modules are not wrapped (pipelines need their plain attributes); under several processes the
     # gradients are averaged explicitly below, which is what DDP would do.
-    for module in (pipe.vae, pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
-        if module is not None:
-            module.to(accelerator.device)
+    for module in _pipeline_modules(pipe):
+        module.to(accelerator.device)
     optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 

@@ -1,4 +1,5 @@
-"""Loading base text-to-image pipelines (SD 1.x / 2.x / SDXL) from a hub id, a local folder or a tiny id.
+"""Loading base text-to-image pipelines (SD 1.x / 2.x / SDXL; FLUX.1, FLUX.2 [klein], SD3.5, Qwen-Image) from a hub
+id, a local folder or a tiny id.
 
 One entry point, :func:`load_pipeline`, so every method and command resolves models the same
 way: same device and dtype choice, same offline behaviour, same error when the model is absent.
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import torch
 
+from likeness.models.families import FAMILY_NAMES, FLOW_FAMILIES, FLOW_PIPELINES, GATED_HINTS, UNET_FAMILIES, UnknownFamilyError
 from likeness.models.tiny import TINY_MODELS, TINY_VERSION, is_tiny, tiny_model_path
 
-FAMILIES = ("sd1", "sd2", "sdxl")
+FAMILIES = UNET_FAMILIES + FLOW_FAMILIES
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -32,6 +34,20 @@ class ModelNotFoundError(FileNotFoundError):
         )
 
 
+class GatedModelError(ModelNotFoundError):
+    """A hub model whose licence must be accepted (and a token given) before it can be downloaded."""
+
+    def __init__(self, model_id: str, licence: str | None = None):
+        self.model_id = model_id
+        FileNotFoundError.__init__(
+            self,
+            f"base model {model_id!r} is gated on the hub{f' ({licence})' if licence else ''}: open "
+            f"https://huggingface.co/{model_id}, accept its licence with your account, then log in on this machine "
+            f"(`hf auth login`, or set HF_TOKEN to a read token) and run the command again; or pass a local folder "
+            f"holding the downloaded model",
+        )
+
+
 class FamilyMismatchError(ValueError):
     """An artifact made for one model family was used with another (e.g. an SD-1.x artifact on SDXL)."""
 
@@ -41,7 +57,7 @@ class BaseModelInfo:
     """What a personalization artifact must remember about the model it was trained on."""
 
     model_id: str
-    family: str  # sd1 | sd2 | sdxl
+    family: str  # sd1 | sd2 | sdxl | flux1 | flux2 | sd3 | qwen-image
     revision: str  # hub commit, or a hash of the local configs, or the tiny-model version
 
     def to_dict(self) -> dict:
@@ -143,14 +159,41 @@ def resolve_model_path(model_id: str | Path, revision: str | None = None) -> Pat
         # diffusers' own download picks only the files the pipeline needs (one weight format, no variants).
         return Path(DiffusionPipeline.download(model_id, revision=revision, local_files_only=offline()))
     except Exception as exc:  # hub errors come as several unrelated types (HTTP, OSError, ValueError)
+        if _is_gated(exc):
+            raise GatedModelError(model_id, GATED_HINTS.get(model_id)) from None
         first_line = (str(exc).splitlines() or [""])[0]
         where = f"{offline_reason()} and it is not in the local hub cache" if offline() else "the hub could not provide it"
         raise ModelNotFoundError(model_id, f"{where} ({type(exc).__name__}: {first_line})") from None
 
 
+def _is_gated(exc: BaseException) -> bool:
+    """A gated-repository refusal (no token, or licence not accepted), possibly wrapped by diffusers."""
+    try:
+        from huggingface_hub.errors import GatedRepoError
+    except ImportError:  # older huggingface_hub
+        from huggingface_hub.utils import GatedRepoError
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, GatedRepoError) or "gated repo" in str(exc).lower():
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def detect_family(model_path: Path) -> str:
-    """sd1 / sd2 / sdxl from the saved configs, without loading weights."""
+    """sd1 / sd2 / sdxl (from the UNet config) or flux1 / flux2 / sd3 / qwen-image (from the pipeline class),
+    without loading weights. A folder of another kind of pipeline is an :class:`UnknownFamilyError`."""
     index = json.loads((Path(model_path) / "model_index.json").read_text())
+    class_name = index.get("_class_name", "")
+    if class_name in FLOW_PIPELINES:
+        return FLOW_PIPELINES[class_name]
+    if "unet" not in index:
+        known = ", ".join(f"{FAMILY_NAMES[f]} ({f})" for f in FAMILIES)
+        raise UnknownFamilyError(
+            f"{model_path}: a {class_name or 'pipeline of unknown class'} folder is not a base model family likeness "
+            f"supports (it supports {known}); pass a folder or hub id of one of those, e.g. "
+            f"stable-diffusion-v1-5/stable-diffusion-v1-5 or black-forest-labs/FLUX.1-dev"
+        )
     unet_config_path = Path(model_path) / "unet" / "config.json"
     unet = json.loads(unet_config_path.read_text()) if unet_config_path.exists() else {}
     if "XL" in index.get("_class_name", "") or unet.get("addition_embed_type") == "text_time" or "text_encoder_2" in index:
@@ -185,29 +228,46 @@ def load_pipeline(
     dtype: str | torch.dtype | None = None,
     revision: str | None = None,
     expect_family: str | None = None,
+    pipeline_class=None,
+    quantize: str | None = None,
 ):
     """Load a text-to-image pipeline and move it to ``device`` in ``dtype``.
 
     ``model_id`` is a hub id (``stable-diffusion-v1-5/stable-diffusion-v1-5``), a local folder, or a
     tiny id (``likeness/tiny-sd``). ``expect_family`` makes the call fail before loading weights when
     the model is of another family. The returned pipeline carries ``likeness_info`` (a
-    :class:`BaseModelInfo`).
+    :class:`BaseModelInfo`). ``pipeline_class`` loads the folder's components into another pipeline of the same
+    family (e.g. ``FluxKontextPipeline`` from a FLUX.1 folder); ``quantize`` (none, int8, nf4, fp8) quantizes the
+    denoiser's weights (see :mod:`likeness.models.quantization`; recorded as ``pipe.likeness_quantization``).
     """
     from diffusers import DiffusionPipeline
+
+    from likeness.models.families import qwen_vl_processor
+    from likeness.models.quantization import quantization_config
 
     path = resolve_model_path(model_id, revision)
     info = BaseModelInfo(str(model_id), detect_family(path), model_revision(str(model_id), path))
     if expect_family is not None and info.family != expect_family:
         raise FamilyMismatchError(
-            f"base model {model_id!r} is {info.family}, but this artifact was made for {expect_family}; "
-            f"use a {expect_family} base model (or re-run personalization on {model_id!r})"
+            f"base model {model_id!r} is {info.family}, but this artifact was made for {expect_family} (a "
+            f"{FAMILY_NAMES.get(expect_family, expect_family)} artifact cannot run on "
+            f"{FAMILY_NAMES.get(info.family, info.family)}); use a {expect_family} base model (or re-run "
+            f"personalization on {model_id!r})"
         )
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(torch_device, dtype)
     # No safety checker: it would blank images silently, which corrupts any evaluation of them.
-    no_checker = {} if info.family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
-    pipe = DiffusionPipeline.from_pretrained(path, dtype=torch_dtype, **no_checker)
+    extra = {"safety_checker": None, "requires_safety_checker": False} if info.family in ("sd1", "sd2") else {}
+    if info.family == "qwen-image" and (path / "processor").is_dir():
+        processor = qwen_vl_processor(path / "processor")
+        if processor is not None:
+            extra["processor"] = processor
+    quant, quant_record = quantization_config(quantize, torch_device, info.family, model_id=str(model_id), dtype=torch_dtype)
+    if quant is not None:
+        extra["quantization_config"] = quant
+    pipe = (pipeline_class or DiffusionPipeline).from_pretrained(path, dtype=torch_dtype, **extra)
     pipe.to(torch_device)
     pipe.set_progress_bar_config(disable=True)
     pipe.likeness_info = info
+    pipe.likeness_quantization = quant_record
     return pipe

@@ -30,6 +30,12 @@ from pathlib import Path
 import torch
 
 TINY_MODELS = {"likeness/tiny-sd": "sd1", "likeness/tiny-sdxl": "sdxl"}
+# The flow-matching bases (FLUX.1, FLUX.2 [klein], SD3.5, Qwen-Image): built by likeness.models.tiny_flow.
+TINY_MODELS.update({"likeness/tiny-flux": "flux1", "likeness/tiny-flux2-klein": "flux2", "likeness/tiny-sd3": "sd3",
+                    "likeness/tiny-qwen-image": "qwen-image", "likeness/tiny-qwen-image-edit": "qwen-image"})
+# Builders of the other tiny ids, registered by the modules that define them (likeness.models.tiny_flow, imported
+# by the likeness.models package).
+OTHER_BUILDERS: dict = {}
 # Bump when the architecture or vocabulary changes, so stale cache folders are not reused.
 TINY_VERSION = "v1"
 TINY_SEED = 0
@@ -263,9 +269,14 @@ def _tiny_model_path(model_id: str, root: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
-        builder = build_tiny_sdxl if family == "sdxl" else build_tiny_sd
+        if family in ("sd1", "sdxl"):
+            builder = build_tiny_sdxl if family == "sdxl" else build_tiny_sd
+        else:
+            builder = OTHER_BUILDERS[model_id]
         pipe = builder(staging / "_tokenizer_src")
         pipe.save_pretrained(staging)
+        if getattr(pipe, "likeness_after_save", None) is not None:  # parts save_pretrained cannot write
+            pipe.likeness_after_save(staging)
         shutil.rmtree(staging / "_tokenizer_src")
         try:
             staging.rename(target)
