@@ -105,9 +105,10 @@ def build_app(demo: Demo):
 
 
 def launch(root: str, *, host: str = "127.0.0.1", port: int | None = None, max_concurrent: int = 1,
-           queue_size: int = 16, block: bool = True):
-    """Build and serve the demo; returns (gradio app, local URL)."""
-    demo = Demo(root, max_concurrent=max_concurrent)
+           queue_size: int = 16, block: bool = True, runtime: list[str] | None = None):
+    """Build and serve the demo; returns (gradio app, local URL). ``runtime``: device / precision options
+    given to every run (e.g. ``["--dtype", "bfloat16"]``)."""
+    demo = Demo(root, max_concurrent=max_concurrent, runtime=runtime)
     app = build_app(demo)
     # More handlers than slots: a visitor waiting for a slot sees "queued" instead of a frozen page.
     app.queue(default_concurrency_limit=4 * max(1, max_concurrent), max_size=queue_size)

@@ -94,9 +94,16 @@ class RunConfig:
     subject: str = "a person"
     # Fingerprint of the inputs, filled by the plan: photo and prompt digests.
     inputs: dict = field(default_factory=dict)
+    # The runtime choices (--device, --dtype, --mixed-precision, ...) other than the defaults, as keyword
+    # arguments of likeness.models.runtime.resolve_plan; each rank resolves them on its machine and run.json
+    # records the resolved plan ("runtime").
+    runtime: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        record = asdict(self)
+        if not record["runtime"]:  # the defaults: the digest of runs made before this field stays the same
+            del record["runtime"]
+        return record
 
     def digest(self) -> str:
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
@@ -199,6 +206,17 @@ def bind_run_folder(run_dir: str | Path, config: RunConfig, *, write: bool = Tru
         tmp.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
         tmp.replace(path)
     return path
+
+
+def record_runtime(run_dir: str | Path, runtime: dict) -> None:
+    """Add the resolved runtime plan (``RuntimePlan.to_dict()`` of the main rank, with the number of ranks) to
+    the run's ``run.json``; not part of the digest (a GPU index or rank count does not change the numbers)."""
+    path = Path(run_dir) / CONFIG_FILE
+    record = json.loads(path.read_text(encoding="utf-8"))
+    record["runtime"] = runtime
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+    tmp.replace(path)
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:

@@ -32,7 +32,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from likeness.bench.failures import failure_reason
-from likeness.bench.plan import RunConfig, RunConfigError, WorkItem, bind_run_folder, make_plan, shard
+from likeness.bench.plan import RunConfig, RunConfigError, WorkItem, bind_run_folder, make_plan, record_runtime, shard
 from likeness.bench.rankstore import MERGED_META, STORE_NAME, RankStore, host_name, merge_rank_stores, rank_folder
 from likeness.bench.runstore import DONE, FAILED, FINAL, RunStore
 from likeness.data.identities import Identity, load_identities
@@ -162,10 +162,15 @@ class Runner:
         if state is None and world > 1 and may_personalize(config, self.run_dir, int(os.environ.get("RANK", "0")), world):
             self._worker = _start_worker(config)  # before the process group exists: see personalize_worker
             self._mark("forked")
+        # The ranks' process group (gloo: it carries the run's bookkeeping, not tensors). Models run where the
+        # runtime plan says: training no longer takes its device from accelerate's process state.
         self.state = state if state is not None else PartialState(cpu=True)
         self.rank, self.world = self.state.process_index, self.state.num_processes
         if self.world > 1:
             use_local_gpu()
+        from likeness.models.runtime import current_plan
+
+        self.runtime = current_plan(**config.runtime)  # after the worker's fork: it may initialise CUDA
         self.rank_dir = rank_folder(self.run_dir, self.rank)
         self._mark("joined")
         self.progress = progress
@@ -195,6 +200,8 @@ class Runner:
         self.plan = make_plan(self.config, self.identities)
         # Every rank checks (so all fail alike); only the main one writes.
         bind_run_folder(self.run_dir, self.config, write=self.state.is_main_process)
+        if self.state.is_main_process:
+            record_runtime(self.run_dir, {**self.runtime.to_dict(), "ranks": self.world})
         work = None
         if self.state.is_main_process:
             try:
@@ -290,7 +297,7 @@ class Runner:
                 item = units[unit]
                 try:
                     method.personalize([Identity(item.identity, [item.reference])], work[unit], self.config.base_model,
-                                       **{**self.config.method_options, "progress": self.progress})
+                                       **{**self.config.method_options, "progress": self.progress, "plan": self.runtime})
                     errors[unit] = None
                 except Exception as exc:  # one bad photo must not stop the run
                     errors[unit] = failure_reason(exc)
@@ -298,7 +305,7 @@ class Runner:
             from likeness.bench.personalize_worker import method_source, run_units
 
             spec = {"method": self.config.method, **method_source(method), "base_model": self.config.base_model,
-                    "options": {**self.config.method_options, "progress": self.progress},
+                    "options": {**self.config.method_options, "progress": self.progress}, "runtime": self.config.runtime,
                     "units": [{"identity": units[u].identity, "photo": str(units[u].reference), "work": str(work[u])}
                               for u in mine]}
             if self._worker is not None:
@@ -355,7 +362,7 @@ class Runner:
         for unit, items in sorted(by_unit.items()):
             started = time.perf_counter()
             try:
-                personalized = method.load(self.artifact_dir(unit))
+                personalized = method.load(self.artifact_dir(unit), plan=self.runtime)
             except Exception as exc:
                 for item in items:
                     self.store.begin(item, self.rank, self.attempts[item.item_id])

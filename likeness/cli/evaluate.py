@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from likeness.cli.runtime import add_runtime_options, plan_from_args
+
 DESCRIPTION = """\
 Score generated images of people against the photos they were generated from.
 
@@ -71,6 +73,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--batch-images", type=int, default=8, help="images per feature batch (default: %(default)s)")
     add_model_flags(parser)
+    add_runtime_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -96,7 +99,8 @@ def run(args) -> int:
     try:
         report = evaluate(args.dataset, args.generated, args.store, metrics=metrics, backend=args.backend,
                           backend_options=options, split=args.split, cache_dir=args.cache_dir, progress=not args.quiet,
-                          models=VisionModels(model_overrides(args)), batch_size=args.batch_images)
+                          models=VisionModels(model_overrides(args), plan=plan_from_args(args)),
+                          batch_size=args.batch_images)
     except (DatasetError, FileNotFoundError, KeyError, ValueError) as exc:
         print(f"likeness evaluate: {exc}", file=sys.stderr)
         return 2

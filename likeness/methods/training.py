@@ -322,10 +322,13 @@ class _Ranks:
 
 
 def training_plan(pipe, config: TrainingConfig, plan=None):
-    """The runtime plan a training run follows: the caller's, else the pipeline's device with
-    ``config.mixed_precision`` resolved for it."""
+    """The runtime plan a training run follows: the caller's, else the one the pipeline was loaded with (unless
+    ``config.mixed_precision`` asks for another precision), else the pipeline's device with that precision."""
     if plan is not None:
         return plan
+    loaded = getattr(pipe, "likeness_plan", None)  # the plan load_pipeline followed
+    if loaded is not None and config.mixed_precision in ("auto", loaded.mixed_precision):
+        return loaded
     from likeness.models.runtime import current_plan
 
     return current_plan(str(pipe.device), "auto", config.mixed_precision)

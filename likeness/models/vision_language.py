@@ -6,12 +6,14 @@ role's model id comes from, in order: an explicit override (the ``--clip-model``
 environment variable (``LIKENESS_CLIP_MODEL`` ...), the papers' default. A model that cannot be found raises
 :class:`VisionModelError`, whose message names the model, the metric that needs it and how to provide it.
 
-The wrappers batch their inputs, run on the best device (``pick_device``) in fp32 (metrics are compared
-across runs and machines: no half precision surprises), and return numpy arrays.
+The wrappers batch their inputs and return numpy arrays. They run on the device and in the dtype of the
+runtime plan :class:`VisionModels` is given (default: the best device, float32: metrics are compared across
+runs and machines); a metric's protocol records a dtype other than float32 (see ``VisionModels.runtime``).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -182,6 +184,7 @@ class ClipModel:
         out = []
         for chunk in _batches(list(images), self.batch_size):
             pixels = self.processor.image_processor(images=chunk, return_tensors="pt")["pixel_values"].to(self.device)
+            pixels = pixels.to(self.model.dtype)
             out.append(_normalise(_pooled(self.model.get_image_features(pixel_values=pixels))))
             self.image_calls += 1
             self.images_encoded += len(chunk)
@@ -205,13 +208,14 @@ class ClipModel:
         return (np.concatenate(out) if out else np.zeros((0, dim), np.float32)), truncated
 
 
-def load_clip(role: str, model_id: str, device=None, batch_size: int = 16) -> ClipModel:
+def load_clip(role: str, model_id: str, device=None, batch_size: int = 16, dtype=None) -> ClipModel:
     from transformers import AutoProcessor, CLIPModel
 
     torch_device = pick_device(device)
+    torch_dtype = dtype or torch.float32
 
     def loader(source, local_files_only):
-        model = CLIPModel.from_pretrained(source, local_files_only=local_files_only, dtype=torch.float32)
+        model = CLIPModel.from_pretrained(source, local_files_only=local_files_only, dtype=torch_dtype)
         try:
             processor = AutoProcessor.from_pretrained(source, local_files_only=local_files_only)
         except Exception:
@@ -442,9 +446,13 @@ class VisionModels:
     whose model is missing raises the same :class:`VisionModelError` every time it is asked for (loaded once,
     failed once)."""
 
-    def __init__(self, overrides: dict[str, str] | None = None, device=None, batch_size: int = 16):
+    def __init__(self, overrides: dict[str, str] | None = None, device=None, batch_size: int = 16, dtype=None,
+                 plan=None):
         self.overrides = {k: v for k, v in (overrides or {}).items() if v}
+        if plan is not None:  # a runtime plan (likeness.models.runtime): its device and dtype
+            device, dtype = device or plan.device, dtype or plan.dtype
         self.device, self.batch_size = device, batch_size
+        self.dtype = getattr(torch, str(dtype).replace("torch.", "")) if dtype not in (None, "auto") else None
         self._loaded: dict[str, object] = {}
         self._errors: dict[str, VisionModelError] = {}
         self.loads: Counter = Counter()
@@ -473,6 +481,8 @@ class VisionModels:
                 kwargs["tokenizer"] = lambda: self.get(TOKENIZER_ROLES[role])
             if role not in LOADERS:
                 raise VisionModelError(role, model_id, "its loader is not registered (import likeness.models.reward_models)")
+            if self._half(role):  # loaders without a dtype keep float32 (and so does the protocol)
+                kwargs["dtype"] = self.dtype
             model = LOADERS[role](role, model_id, device=self.device, **kwargs)
         except VisionModelError as exc:
             self._errors[role] = exc
@@ -480,6 +490,16 @@ class VisionModels:
         self.loads[role] += 1
         self._loaded[role] = model
         return model
+
+    def runtime(self, roles) -> dict:
+        """What of the runtime can change the numbers of ``roles``' models (for a metric's protocol): the dtype
+        of each role loaded in half precision; empty in the default float32."""
+        return {role: str(self.dtype).replace("torch.", "") for role in roles if self._half(role)}
+
+    def _half(self, role: str) -> bool:
+        loader = LOADERS.get(role)
+        return (self.dtype not in (None, torch.float32) and loader is not None
+                and "dtype" in inspect.signature(loader).parameters)
 
     def error(self, role: str) -> VisionModelError | None:
         """The load error of ``role`` (trying to load it once), or None when it is usable."""
