@@ -145,7 +145,7 @@ def _dtype_name(dtype) -> str:
     if text == "auto":
         return text
     if text not in _DTYPE_NAMES:
-        raise PlanError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        raise PlanError(f"--dtype {dtype!r}: unknown dtype; use one of {', '.join(DTYPES)}")
     return _DTYPE_NAMES[text]
 
 
