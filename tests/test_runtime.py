@@ -195,3 +195,31 @@ def test_default_bench_in_bfloat16_finishes_every_item(tiny_models, tmp_path, ca
     assert record["runtime"]["dtype"] == "bfloat16" and record["runtime"]["device"] == "cpu"
     manifest = json.loads(next((run / "artifacts").glob("*/likeness.json")).read_text())
     assert manifest["config"]["runtime"]["mixed_precision"] == "bf16"
+
+
+def test_clip_metric_models_in_half_precision_within_bounds_and_protocol(tmp_path, monkeypatch):
+    """Metric models follow an explicit dtype. Bound: L2-normalised embeddings of a tiny CLIP in bf16 / fp16 keep a
+    cosine >= 0.99 with float32 ones (8 / 11 significant bits through a few layers; measured >= 0.9999). The
+    protocol name says the dtype, so these scores never mix with float32 ones; float32 keeps the old name."""
+    from PIL import Image
+
+    from likeness.metrics import METRICS
+    from likeness.models.tiny_vision import build_tiny_clip
+    from likeness.models.vision_language import VisionModels
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = build_tiny_clip(tmp_path / "clip")
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(3)]
+    texts = ["a person eating an apple", "a dog in a library"]
+    out = {}
+    for dtype in (None, "bfloat16", "float16"):
+        models = VisionModels({"clip": str(folder)}, device="cpu", dtype=dtype)
+        clip = models.get("clip")
+        assert clip.model.dtype == (getattr(torch, dtype) if dtype else torch.float32)
+        out[dtype] = clip.encode_images(images), clip.encode_texts(texts)[0]
+        name = METRICS.create("clip-t", models=models).protocol["name"]
+        assert name.endswith(f"@{dtype}") if dtype else "@" not in name
+    for dtype in ("bfloat16", "float16"):
+        for half, full in zip(out[dtype], out[None]):
+            assert half.dtype == np.float32 and (half * full).sum(axis=1).min() >= 0.99

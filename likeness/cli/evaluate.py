@@ -97,9 +97,14 @@ def run(args) -> int:
         options = {"detector": args.detector}
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     try:
+        plan = plan_from_args(args)
+        if args.backend in ("dlib-torch", "arcface-torch"):  # the torch face backends run on the plan's device
+            options["device"] = plan.device
         report = evaluate(args.dataset, args.generated, args.store, metrics=metrics, backend=args.backend,
                           backend_options=options, split=args.split, cache_dir=args.cache_dir, progress=not args.quiet,
-                          models=VisionModels(model_overrides(args), plan=plan_from_args(args)),
+                          models=VisionModels(model_overrides(args), device=plan.device,
+                                             # auto keeps metric models float32 (scores comparable across machines)
+                                             dtype=None if args.dtype == "auto" else plan.dtype),
                           batch_size=args.batch_images)
     except (DatasetError, FileNotFoundError, KeyError, ValueError) as exc:
         print(f"likeness evaluate: {exc}", file=sys.stderr)
