@@ -213,6 +213,8 @@ def record_runtime(run_dir: str | Path, runtime: dict) -> None:
     the run's ``run.json``; not part of the digest (a GPU index or rank count does not change the numbers)."""
     path = Path(run_dir) / CONFIG_FILE
     record = json.loads(path.read_text(encoding="utf-8"))
+    if record.get("runtime") == runtime:
+        return
     record["runtime"] = runtime
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")

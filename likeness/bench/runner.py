@@ -177,7 +177,7 @@ class Runner:
         self.retry_failed = retry_failed
         # Images per pipeline call; pixels do not depend on it (one generator per image), so it is
         # not part of the run's configuration. Default: 1 on CPU, 4 on a GPU.
-        self.batch_size = batch_size or default_batch_size()
+        self.batch_size = batch_size or default_batch_size(self.runtime)
         self.models = models  # VisionModels for the text-image metrics (None: env vars / defaults)
         self.seconds: dict[str, float] = defaultdict(float)
         self.failed_units: dict[str, str] = {}  # unit -> why its personalization failed (all ranks know all)
@@ -200,8 +200,6 @@ class Runner:
         self.plan = make_plan(self.config, self.identities)
         # Every rank checks (so all fail alike); only the main one writes.
         bind_run_folder(self.run_dir, self.config, write=self.state.is_main_process)
-        if self.state.is_main_process:
-            record_runtime(self.run_dir, {**self.runtime.to_dict(), "ranks": self.world})
         work = None
         if self.state.is_main_process:
             try:
@@ -211,6 +209,8 @@ class Runner:
         work = self._broadcast(work)
         if "error" in work:
             raise (RunConfigError if work["type"] == "RunConfigError" else ValueError)(work["error"])
+        if self.state.is_main_process:  # only once the run is accepted: a refused one leaves the folder as it was
+            record_runtime(self.run_dir, {**self.runtime.to_dict(), "ranks": self.world})
         self.attempts: dict[str, int] = work["pending"]
         self.unscored: set[str] = set(work["unscored"])
         self.store = RankStore(self.rank_dir / STORE_NAME)
@@ -536,7 +536,10 @@ class Runner:
         return RunSummary(self.run_dir, counts, dict(self.seconds), failures, dict(self.timeline), self.model_errors)
 
 
-def default_batch_size() -> int:
+def default_batch_size(plan=None) -> int:
+    """4 images per call on a GPU, 1 on the CPU (the runtime plan's device; without one, whether CUDA exists)."""
+    if plan is not None:
+        return 4 if plan.device_type == "cuda" else 1
     import torch
 
     return 4 if torch.cuda.is_available() else 1
