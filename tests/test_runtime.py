@@ -48,6 +48,7 @@ def test_plan_on_each_described_machine():
     assert resolve_plan(env={"ACCELERATE_MIXED_PRECISION": "fp16"}, hardware=Hardware(cuda=(A100,))).mixed_precision == "fp16"
     assert resolve_plan(tf32=True).tf32 is False  # TF32 is a CUDA switch: recorded off elsewhere
     assert resolve_plan(tf32=True, hardware=Hardware(cuda=(A100,))).tf32 is True
+    assert resolve_plan(offload="sequential", vae_tiling=True, hardware=Hardware(cuda=(T4,))).offload == "sequential"
     record = resolve_plan(hardware=Hardware(cuda=(A100,))).to_dict()
     assert record["hardware"] == "NVIDIA A100-SXM4-80GB (compute capability 8.0)" and json.dumps(record)
 
