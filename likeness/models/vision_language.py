@@ -13,7 +13,6 @@ runs and machines); a metric's protocol records a dtype other than float32 (see 
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -212,7 +211,7 @@ def load_clip(role: str, model_id: str, device=None, batch_size: int = 16, dtype
     from transformers import AutoProcessor, CLIPModel
 
     torch_device = pick_device(device)
-    torch_dtype = dtype or torch.float32
+    torch_dtype = getattr(torch, str(dtype).replace("torch.", "")) if dtype is not None else torch.float32
 
     def loader(source, local_files_only):
         model = CLIPModel.from_pretrained(source, local_files_only=local_files_only, dtype=torch_dtype)
@@ -228,6 +227,9 @@ def load_clip(role: str, model_id: str, device=None, batch_size: int = 16, dtype
 
     model, processor = _load(role, model_id, loader)
     return ClipModel(role, model_id, model.to(torch_device).eval(), processor, torch_device, batch_size)
+
+
+load_clip.takes_dtype = True  # VisionModels passes its dtype (None: float32)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -452,7 +454,7 @@ class VisionModels:
         if plan is not None:  # a runtime plan (likeness.models.runtime): its device and dtype
             device, dtype = device or plan.device, dtype or plan.dtype
         self.device, self.batch_size = device, batch_size
-        self.dtype = getattr(torch, str(dtype).replace("torch.", "")) if dtype not in (None, "auto") else None
+        self.dtype = None if dtype in (None, "auto") else dtype  # for loaders that take one; None: each loader's default
         self._loaded: dict[str, object] = {}
         self._errors: dict[str, VisionModelError] = {}
         self.loads: Counter = Counter()
@@ -481,7 +483,7 @@ class VisionModels:
                 kwargs["tokenizer"] = lambda: self.get(TOKENIZER_ROLES[role])
             if role not in LOADERS:
                 raise VisionModelError(role, model_id, "its loader is not registered (import likeness.models.reward_models)")
-            if self._half(role):  # loaders without a dtype keep float32 (and so does the protocol)
+            if getattr(LOADERS[role], "takes_dtype", False):  # the others stay float32 (and so does the protocol)
                 kwargs["dtype"] = self.dtype
             model = LOADERS[role](role, model_id, device=self.device, **kwargs)
         except VisionModelError as exc:
@@ -494,12 +496,9 @@ class VisionModels:
     def runtime(self, roles) -> dict:
         """What of the runtime can change the numbers of ``roles``' models (for a metric's protocol): the dtype
         of each role loaded in half precision; empty in the default float32."""
-        return {role: str(self.dtype).replace("torch.", "") for role in roles if self._half(role)}
-
-    def _half(self, role: str) -> bool:
-        loader = LOADERS.get(role)
-        return (self.dtype not in (None, torch.float32) and loader is not None
-                and "dtype" in inspect.signature(loader).parameters)
+        name = str(self.dtype).replace("torch.", "") if self.dtype is not None else "float32"
+        return {role: name for role in roles
+                if name != "float32" and getattr(LOADERS.get(role), "takes_dtype", False)}
 
     def error(self, role: str) -> VisionModelError | None:
         """The load error of ``role`` (trying to load it once), or None when it is usable."""
