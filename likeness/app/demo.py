@@ -91,9 +91,10 @@ class Demo:
     """The demo's state: its root folder, the face backend that checks uploads, the running jobs."""
 
     def __init__(self, root: str | Path, *, max_concurrent: int = 1, face_backend: str = "dlib",
-                 metrics: list[str] | None = None):
+                 metrics: list[str] | None = None, runtime: list[str] | None = None):
         from likeness.faces import get_backend
 
+        self.runtime = list(runtime or [])  # --device / --dtype ... words for every run's command
         self.root = Path(root).resolve()  # (gradio compares resolved paths with its cache folder)
         self.root.mkdir(parents=True, exist_ok=True)
         self.backend = get_backend(face_backend)
@@ -199,7 +200,7 @@ class Demo:
         command = bench_command(
             workspace.run_dir(method), method, base_model=request.base_model, identities=workspace.identities,
             prompts=workspace.folder / "prompts.json", seeds=request.images_per_prompt, base_seed=request.seed,
-            steps=request.steps, train_steps=request.train_steps, metrics=self.metrics)
+            steps=request.steps, train_steps=request.train_steps, metrics=self.metrics) + self.runtime
         process = self.jobs.start(visitor, command, progress[method])
         try:
             while process.poll() is None:

@@ -154,9 +154,10 @@ def build_app(demo: Demo):
 
 
 def launch(root: str, *, host: str = "127.0.0.1", port: int | None = None, max_concurrent: int = 1,
-           queue_size: int = 16, block: bool = True):
-    """Build and serve the demo; returns (gradio app, local URL)."""
-    demo = Demo(root, max_concurrent=max_concurrent)
+           queue_size: int = 16, block: bool = True, runtime: list[str] | None = None):
+    """Build and serve the demo; returns (gradio app, local URL). ``runtime``: device / precision options
+    given to every run (e.g. ``["--dtype", "bfloat16"]``)."""
+    demo = Demo(root, max_concurrent=max_concurrent, runtime=runtime)
     demo.cache.mkdir(parents=True, exist_ok=True)
     # gradio reads its cache folder when each Blocks and the server are made: set it first, to a folder the demo
     # cleans with its visitors (not the system-wide /tmp/gradio, where uploads outlived them).

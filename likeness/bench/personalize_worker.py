@@ -42,15 +42,24 @@ DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROU
 RESULT_PREFIX = "likeness-unit-result "
 
 
-def child_environment(env: dict[str, str]) -> dict[str, str]:
+def child_environment(env: dict[str, str], gpus: int | None = None) -> dict[str, str]:
     """The rank's environment without the distributed variables. The rank's own GPU stays the child's
-    only visible one (its LOCAL_RANK-th), so the ranks of one machine do not all train on GPU 0."""
+    only visible one (its LOCAL_RANK-th, modulo the GPUs: more ranks than GPUs share them round-robin, as the
+    runtime plan places the rank itself), so the ranks of one machine do not all train on GPU 0.
+    ``gpus``: how many the machine has (default: asked of torch, which does not initialise CUDA for it)."""
     local_rank = env.get("LOCAL_RANK")
     child = {k: v for k, v in env.items() if k not in DISTRIBUTED_ENV}
     if local_rank is not None and local_rank.isdigit():
-        visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        visible = [d.strip() for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
         index = int(local_rank)
-        child["CUDA_VISIBLE_DEVICES"] = visible[index] if index < len(visible) else (local_rank if not visible else visible[0])
+        if visible:
+            child["CUDA_VISIBLE_DEVICES"] = visible[index % len(visible)]
+        else:
+            if gpus is None:
+                import torch
+
+                gpus = torch.cuda.device_count()
+            child["CUDA_VISIBLE_DEVICES"] = str(index % gpus) if gpus else local_rank
     return child
 
 
@@ -99,10 +108,12 @@ def train_unit(method, unit: dict, base_model: str, options: dict) -> str | None
 def _units(spec: dict):
     """Train every unit of ``spec``; yields ``(work folder, None | failure reason)`` after each."""
     from likeness.methods import get_method
+    from likeness.models.runtime import current_plan
 
     method = get_method(spec["method"])
+    plan = current_plan(**spec.get("runtime", {}))  # in this child: its one visible GPU, or the CPU
     for unit in spec["units"]:
-        yield unit["work"], train_unit(method, unit, spec["base_model"], spec["options"])
+        yield unit["work"], train_unit(method, unit, spec["base_model"], {**spec["options"], "plan": plan})
 
 
 def _die_with_parent() -> None:

@@ -101,11 +101,18 @@ class RunConfig:
     inputs: dict = field(default_factory=dict)
     # Weight quantization of the denoiser at generation (likeness.models.quantization): none, int8, nf4, fp8.
     quantize: str = "none"
+    # The runtime choices (--device, --dtype, --mixed-precision, ...) other than the defaults, as keyword
+    # arguments of likeness.models.runtime.resolve_plan; each rank resolves them on its machine and run.json
+    # records the resolved plan ("runtime").
+    runtime: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         record = asdict(self)
-        if record["quantize"] == "none":  # runs recorded before the option existed keep their digest
+        # Options at their defaults are left out, so runs recorded before the options existed keep their digest.
+        if record["quantize"] == "none":
             del record["quantize"]
+        if not record["runtime"]:
+            del record["runtime"]
         return record
 
     def digest(self) -> str:
@@ -217,6 +224,19 @@ def bind_run_folder(run_dir: str | Path, config: RunConfig, *, write: bool = Tru
         tmp.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
         tmp.replace(path)
     return path
+
+
+def record_runtime(run_dir: str | Path, runtime: dict) -> None:
+    """Add the resolved runtime plan (``RuntimePlan.to_dict()`` of the main rank, with the number of ranks) to
+    the run's ``run.json``; not part of the digest (a GPU index or rank count does not change the numbers)."""
+    path = Path(run_dir) / CONFIG_FILE
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if record.get("runtime") == runtime:
+        return
+    record["runtime"] = runtime
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+    tmp.replace(path)
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:

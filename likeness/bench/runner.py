@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from likeness.bench.failures import failure_reason
 from likeness.bench.personalize_worker import train_unit
-from likeness.bench.plan import RunConfig, RunConfigError, WorkItem, bind_run_folder, make_plan, shard
+from likeness.bench.plan import RunConfig, RunConfigError, WorkItem, bind_run_folder, make_plan, record_runtime, shard
 from likeness.bench.rankstore import MERGED_META, STORE_NAME, RankStore, host_name, merge_rank_stores, rank_folder
 from likeness.bench.runlock import RunLock, RunLockedError, check_lock, unwritable
 from likeness.bench.runstore import DONE, FAILED, FINAL, RunStore
@@ -173,17 +173,22 @@ class Runner:
         if state is None and world > 1 and may_personalize(config, self.run_dir, int(os.environ.get("RANK", "0")), world):
             self._worker = _start_worker(config)  # before the process group exists: see personalize_worker
             self._mark("forked")
+        # The ranks' process group (gloo: it carries the run's bookkeeping, not tensors). Models run where the
+        # runtime plan says: training no longer takes its device from accelerate's process state.
         self.state = state if state is not None else PartialState(cpu=True)
         self.rank, self.world = self.state.process_index, self.state.num_processes
         if self.world > 1:
             use_local_gpu()
+        from likeness.models.runtime import current_plan
+
+        self.runtime = current_plan(**config.runtime)  # after the worker's fork: it may initialise CUDA
         self.rank_dir = rank_folder(self.run_dir, self.rank)
         self._mark("joined")
         self.progress = progress
         self.retry_failed = retry_failed
         # Images per pipeline call; pixels do not depend on it (one generator per image), so it is
         # not part of the run's configuration. Default: 1 on CPU, 4 on a GPU.
-        self.batch_size = batch_size or default_batch_size()
+        self.batch_size = batch_size or default_batch_size(self.runtime)
         self.models = models  # VisionModels for the text-image metrics (None: env vars / defaults)
         self.seconds: dict[str, float] = defaultdict(float)
         self.failed_units: dict[str, str] = {}  # unit -> why its personalization failed (all ranks know all)
@@ -234,6 +239,8 @@ class Runner:
         work = self._broadcast(work)
         if "error" in work:
             raise (RunConfigError if work["type"] == "RunConfigError" else ValueError)(work["error"])
+        if self.state.is_main_process:  # only once the run is accepted: a refused one leaves the folder as it was
+            record_runtime(self.run_dir, {**self.runtime.to_dict(), "ranks": self.world})
         self.attempts: dict[str, int] = work["pending"]
         self.unscored: set[str] = set(work["unscored"])
         self.finished_artifacts: set[str] = set(work["artifacts"])
@@ -398,7 +405,7 @@ class Runner:
             from likeness.bench.personalize_worker import SpawnedWorker, method_source
 
             spec = {"method": self.config.method, **method_source(method), "base_model": self.config.base_model,
-                    "options": options, "units": units}
+                    "options": options, "runtime": self.config.runtime, "units": units}
             if self._worker is None:
                 self._worker = SpawnedWorker(self.rank_dir / "personalize.json")
             self._worker.submit(spec)
@@ -418,7 +425,7 @@ class Runner:
             errors = {}
             for unit, spec in specs.items():
                 shutil.rmtree(spec["work"], ignore_errors=True)
-                errors[unit] = train_unit(method, spec, self.config.base_model, options)
+                errors[unit] = train_unit(method, spec, self.config.base_model, {**options, "plan": self.runtime})
         else:
             by_work = self._worker.collect([spec["work"] for spec in specs.values()])
             errors = {u: by_work[spec["work"]] for u, spec in specs.items()}
@@ -448,7 +455,7 @@ class Runner:
         started = time.perf_counter()
         try:
             quantized = {} if self.config.quantize in (None, "none") else {"quantize": self.config.quantize}
-            personalized = method.load(self.artifact_dir(unit), **quantized)
+            personalized = method.load(self.artifact_dir(unit), plan=self.runtime, **quantized)
         except Exception as exc:
             for item in items:
                 self.store.begin(item, self.rank, self.attempts[item.item_id])
@@ -650,7 +657,10 @@ class _ProgressNote:
         return text
 
 
-def default_batch_size() -> int:
+def default_batch_size(plan=None) -> int:
+    """4 images per call on a GPU, 1 on the CPU (the runtime plan's device; without one, whether CUDA exists)."""
+    if plan is not None:
+        return 4 if plan.device_type == "cuda" else 1
     import torch
 
     return 4 if torch.cuda.is_available() else 1

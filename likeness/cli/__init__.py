@@ -41,7 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     configure_output(args)
-    code = int(args.run(args) or 0)
+    from likeness.models.runtime import PlanError
+
+    try:
+        code = int(args.run(args) or 0)
+    except PlanError as exc:  # a device / precision this machine cannot honour, found outside a command's own checks
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if argv is None:
         # The process ends next: without this, the collector's final pass over every object of torch,
         # diffusers and transformers took ~7 s of a smoke run's exit (2 loaded cores), in every rank.

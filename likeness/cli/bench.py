@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from likeness.cli.runtime import add_runtime_options, runtime_choices
+
 DESCRIPTION = """\
 Run a personalization method over identities x prompts x seeds, score every image, write a report.
 
@@ -111,6 +113,7 @@ def add_parser(subparsers) -> None:
     from likeness.cli.evaluate import add_model_flags
 
     add_model_flags(parser)
+    add_runtime_options(parser, training=True, generation=True)
     parser.set_defaults(run=run)
 
 
@@ -166,7 +169,19 @@ def config_from_args(args):
         face_backend=args.face_backend,
         face_detector=args.face_detector,
         method_options=options,
+        runtime=chosen_runtime(args),
     )
+
+
+def chosen_runtime(args) -> dict:
+    """The runtime options given other than their defaults (resolved by each rank: see RunConfig.runtime).
+    Checked here, before any rank starts, on a described CPU-only machine: a bad spelling fails at once;
+    whether the machine has the device is each rank's check."""
+    from likeness.models.runtime import resolve_plan
+
+    choices = runtime_choices(args)
+    resolve_plan(**{**choices, "device": "cpu", "offload": "none"})  # option values only (no hardware asked)
+    return {k: v for k, v in choices.items() if v not in (None, "auto", "none", False)}
 
 
 def set_threads(threads: int | None, base_model: str) -> None:
@@ -233,7 +248,9 @@ def run(args) -> int:
     from likeness.cli.evaluate import model_overrides
     from likeness.models.vision_language import VisionModels
 
-    models = VisionModels(model_overrides(args))
+    # Metric models follow an explicit --dtype (auto keeps them float32: scores comparable across machines);
+    # each rank puts them on its own device.
+    models = VisionModels(model_overrides(args), dtype=None if args.dtype == "auto" else args.dtype)
     if args.compose_dataset and not args.resume:
         try:
             compose_inputs(args)

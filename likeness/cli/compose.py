@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from likeness.cli.runtime import add_runtime_options, plan_from_args
+
 DESCRIPTION = """\
 Compose several concepts (people, pets, objects) into realistic training images, MyCanvas style
 (Gen4Gen): cut each concept out (alpha channel or a salient-object model), plan a layout (offline,
@@ -53,7 +55,7 @@ def add_parser(subparsers) -> None:
     r.add_argument("--captioner", default="template", help="template | a vision-language model hub id or folder")
     r.add_argument("--caption-strategy", choices=["gen4gen", "plain"], default="gen4gen")
     r.add_argument("--global-token", default="<gen4gen>")
-    r.add_argument("--device", help="cuda, mps or cpu (default: best available)")
+    add_runtime_options(r)
     r.set_defaults(run=run_compose)
 
     v = sub.add_parser("review", help="write the HTML contact sheet of a dataset")
@@ -79,7 +81,7 @@ def add_parser(subparsers) -> None:
     t.add_argument("--resolution", type=int)
     t.add_argument("--checkpoint-every", type=int, dest="checkpoint_every")
     t.add_argument("--seed", type=int)
-    t.add_argument("--device")
+    add_runtime_options(t, training=True)
     t.add_argument("--overwrite", action="store_true", default=None)
     t.add_argument("--prior", action="store_true", default=None, dest="with_prior_preservation",
                    help="prior preservation: class images in every batch, their loss weighted by --prior-weight")
@@ -99,6 +101,7 @@ def run_compose(args) -> int:
     from likeness.models.loading import ModelNotFoundError
 
     try:
+        plan = plan_from_args(args)
         concepts = [parse_concept_spec(spec) for spec in args.concept]
         planner = None
         if args.llm_url:
@@ -107,12 +110,12 @@ def run_compose(args) -> int:
         repainter = None
         if args.repaint_model.lower() != "none":
             repainter = Repainter(args.repaint_model, strength=args.strength, num_inference_steps=args.steps,
-                                  guidance_scale=args.guidance, device=args.device)
+                                  guidance_scale=args.guidance, device=plan.device, dtype=plan.dtype)
         if args.captioner == "template":
             captioner = TemplateCaptioner(args.caption_strategy, args.global_token)
         else:
             captioner = VLMCaptioner(args.captioner, strategy=args.caption_strategy, global_token=args.global_token,
-                                     device=args.device)
+                                     device=plan.device)
         result = compose_dataset(concepts, args.out, args.count, segmenter=args.segmenter, passes=args.refine_passes,
                                  planner=planner, fallback_planner=not args.no_fallback, repainter=repainter,
                                  captioner=captioner, seed=args.seed, canvas=(args.canvas, args.canvas),
@@ -163,9 +166,10 @@ def run_train(args) -> int:
     from likeness.models.loading import ModelNotFoundError
 
     config = {k: getattr(args, k) for k in ("max_steps", "learning_rate", "batch_size", "resolution",
-                                            "checkpoint_every", "seed", "device", "overwrite",
+                                            "checkpoint_every", "seed", "overwrite",
                                             "with_prior_preservation", "num_class_images", "prior_loss_weight")}
     try:
+        config["plan"] = plan_from_args(args)
         if args.class_dir:
             bad = [c for c in args.class_dir if "=" not in c]
             if bad:

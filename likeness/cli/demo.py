@@ -6,6 +6,8 @@ import argparse
 import sys
 import tempfile
 
+from likeness.cli.runtime import add_runtime_options, plan_from_args, runtime_argv
+
 DESCRIPTION = """\
 A local web page: upload a photo of a person, pick methods and prompts, run them side by side on
 the same photo, prompt and seed, and see every image with its identity scores and their protocol.
@@ -27,6 +29,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-concurrent", type=int, default=1,
                         help="methods running at once across all visitors (default: %(default)s)")
     parser.add_argument("--queue-size", type=int, default=16, help="runs waiting at most (default: %(default)s)")
+    add_runtime_options(parser, training=True, generation=True)
     parser.set_defaults(run=run)
 
 
@@ -38,5 +41,7 @@ def run(args) -> int:
         return 2
     root = args.root or tempfile.mkdtemp(prefix="likeness-demo-")
     print(f"likeness demo: visitors' folders in {root}")
-    launch(root, host=args.host, port=args.port, max_concurrent=args.max_concurrent, queue_size=args.queue_size)
+    plan_from_args(args)  # a device / precision this machine lacks: refused before serving anyone
+    launch(root, host=args.host, port=args.port, max_concurrent=args.max_concurrent, queue_size=args.queue_size,
+           runtime=runtime_argv(args))
     return 0

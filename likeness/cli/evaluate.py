@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from likeness.cli.runtime import add_runtime_options, plan_from_args
+
 DESCRIPTION = """\
 Score generated images of people against the photos they were generated from.
 
@@ -81,6 +83,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--batch-images", type=int, default=8, help="images per feature batch (default: %(default)s)")
     add_model_flags(parser)
+    add_runtime_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -104,9 +107,15 @@ def run(args) -> int:
         options = {"detector": args.detector}
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     try:
+        plan = plan_from_args(args)
+        if args.backend in ("dlib-torch", "arcface-torch"):  # the torch face backends run on the plan's device
+            options["device"] = plan.device
         report = evaluate(args.dataset, args.generated, args.store, metrics=metrics, backend=args.backend,
                           backend_options=options, split=args.split, cache_dir=args.cache_dir, progress=not args.quiet,
-                          models=VisionModels(model_overrides(args)), batch_size=args.batch_images)
+                          models=VisionModels(model_overrides(args), device=plan.device,
+                                             # auto keeps metric models float32 (scores comparable across machines)
+                                             dtype=None if args.dtype == "auto" else plan.dtype),
+                          batch_size=args.batch_images)
     except (DatasetError, FileNotFoundError, KeyError, ValueError) as exc:
         print(f"likeness evaluate: {exc}", file=sys.stderr)
         return 2

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from likeness.cli.runtime import add_runtime_options, plan_from_args
+
 DESCRIPTION = """\
 Generate images with a personalization artifact (from `likeness personalize`) and write them as
 <out>/<identity>/<item_id>.png plus a .json sidecar (prompt, seed, method, base model, ...),
@@ -34,7 +36,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
     p.add_argument("--base-model", help="another base model of the same family (default: the artifact's)")
-    p.add_argument("--device", help="cuda, mps or cpu (default: best available)")
+    add_runtime_options(p, generation=True)
     p.add_argument("--quantize", choices=["none", "int8", "nf4", "fp8"],
                    help="quantize the denoiser's weights: int8 / nf4 with bitsandbytes on CUDA, int8 / fp8 with "
                         "optimum-quanto on CPU (fp8 also on CUDA); recorded in each image's sidecar (default: the "
@@ -55,7 +57,7 @@ def run(args) -> int:
             raise ValueError("no prompts: give --prompt TEXT or --prompts FILE")
         for prompt in prompts:  # refuse a bad prompt before loading any model
             fill_prompt(prompt.template, "x")
-        personalized = load_artifact(args.artifact, base_model=args.base_model, device=args.device,
+        personalized = load_artifact(args.artifact, base_model=args.base_model, plan=plan_from_args(args),
                                      quantize=getattr(args, "quantize", None))
         seeds = [args.seed + k for k in range(args.num_images)]
         sampling = {k: getattr(args, k) for k in ("num_inference_steps", "guidance_scale", "height", "width")}

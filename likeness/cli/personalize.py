@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from likeness.cli.runtime import add_runtime_options, plan_from_args
+
 DESCRIPTION = """\
 Train a personalization method on photos of people and write an artifact folder: weights in a
 format plain diffusers loads (textual-inversion embeddings or LoRA) plus likeness.json (method,
@@ -62,11 +64,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--resolution", type=int, help="training size in pixels (default: the base model's native size)")
     p.add_argument("--checkpoint-every", type=int, dest="checkpoint_every", help="save a resumable checkpoint every N steps")
     p.add_argument("--seed", type=int, help="training seed (default 0)")
-    p.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], dest="mixed_precision",
-                   help="GPU only; CPU always trains in fp32 (default auto)")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None, dest="gradient_checkpointing")
     p.add_argument("--masked-loss", choices=["person", "face"], dest="masked_loss", help="loss only inside this mask")
-    p.add_argument("--device", help="cuda, mps or cpu (default: best available)")
     p.add_argument("--quantize", choices=["none", "int8", "nf4", "fp8"],
                    help="weight quantization the artifact's images are generated with by default (recorded in "
                         "likeness.json; training itself runs unquantized): int8 / nf4 with bitsandbytes on CUDA, int8 / "
@@ -77,6 +76,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other method option, value parsed as JSON when possible (e.g. rank=8, train_text_encoder=true)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace a finished artifact in --out")
+    add_runtime_options(p, training=True)
     p.set_defaults(run=run)
 
 
@@ -91,8 +91,8 @@ def run(args) -> int:
         print(f"error: got {len(args.name)} --name for {len(args.identity)} --identity", file=sys.stderr)
         return 2
     config = {k: getattr(args, k) for k in ("max_steps", "learning_rate", "batch_size", "gradient_accumulation_steps",
-                                            "resolution", "checkpoint_every", "seed", "mixed_precision",
-                                            "gradient_checkpointing", "masked_loss", "device", "overwrite")}
+                                            "resolution", "checkpoint_every", "seed",
+                                            "gradient_checkpointing", "masked_loss", "overwrite")}
     if args.weights is not None:
         config["weights"] = str(args.weights)
     if getattr(args, "quantize", None) not in (None, "none"):
@@ -105,6 +105,7 @@ def run(args) -> int:
     if args.quiet:
         config["progress"] = False  # the training bar
     try:
+        config["plan"] = plan_from_args(args)
         method = get_method(args.method)
         identities = {}
         for i, path in enumerate(args.identity):

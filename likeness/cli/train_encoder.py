@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from likeness.cli.runtime import add_runtime_options, plan_from_args
+
 DESCRIPTION = """\
 Train the encoder of a tuning-free method (photoverse, stellarnet) once, on many portraits;
 afterwards `likeness personalize --method METHOD --weights OUT` only encodes a photo.
@@ -62,13 +64,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--resolution", type=int, help="training size (default: the base model's native size)")
     p.add_argument("--checkpoint-every", type=int, dest="checkpoint_every")
     p.add_argument("--seed", type=int)
-    p.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], dest="mixed_precision")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None, dest="gradient_checkpointing")
-    p.add_argument("--device")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="other method options, JSON values (e.g. num_words=5, adapter_hidden=1024, lora_rank=4, "
                         "reg_weight=0.01)")
     p.add_argument("--overwrite", action="store_true", default=None)
+    add_runtime_options(p, training=True)
     p.set_defaults(run=run)
 
 
@@ -82,7 +83,7 @@ def run(args) -> int:
 
     config = {k: getattr(args, k) for k in ("image_encoder", "max_steps", "learning_rate", "batch_size",
                                             "gradient_accumulation_steps", "resolution", "checkpoint_every", "seed",
-                                            "mixed_precision", "gradient_checkpointing", "device", "overwrite",
+                                            "gradient_checkpointing", "overwrite",
                                             *METHOD_SPECIFIC)}
     config = {k: v for k, v in config.items() if v is not None}
     if args.exclude:
@@ -94,6 +95,7 @@ def run(args) -> int:
         print(problem, file=sys.stderr)
         return 2
     try:
+        config["plan"] = plan_from_args(args)
         method = get_method(args.method)
         hook = getattr(method, "train_encoder", None)
         if hook is None:

@@ -240,7 +240,8 @@ class TrainingSetup:
 
 # Options every trained method accepts besides TrainingConfig's fields.
 COMMON_OPTIONS = {
-    "device": None,
+    "device": None,  # cpu, cuda, cuda:<i>, mps; None = the runtime plan's default
+    "plan": None,  # a likeness.models.runtime.RuntimePlan (wins over device / mixed_precision)
     "framing": "face",  # see likeness.methods.preparation.FRAMINGS
     "flip": True,
     "color_jitter": 0.0,
@@ -350,10 +351,11 @@ class Method:
 
         quantize = _generation_quantize(config)
         training, options = split_config(config, {**COMMON_OPTIONS, **self.defaults})
+        plan = training_runtime(training, options)
         out_dir = start_artifact(out_dir, options["overwrite"])
         named = named_identities(identities)
         people = [(key, photos) for key, _, photos in named]
-        pipe = load_pipeline(base_model, device=options["device"], dtype=torch.float32)
+        pipe = load_pipeline(base_model, plan=plan.with_(dtype="float32", offload="none"))
         training.resolution = training.resolution or native_resolution(pipe)
         prepared, notes = prepare_identities(people, size=training.resolution, framing=options["framing"],
                                              backend=get_backend(options["face_backend"]), segmenter=options["segmenter"])
@@ -370,7 +372,7 @@ class Method:
                                    batch_size=training.batch_size, aug=aug, mask=training.masked_loss)
         if setup.wrap_batches is not None:
             make_batch = setup.wrap_batches(make_batch)
-        fingerprint = {"method": self.name, "base_model": pipe.likeness_info.to_dict(), "options": options,
+        fingerprint = {"method": self.name, "base_model": pipe.likeness_info.to_dict(), "options": recorded_options(options),
                        "photos": {n: e.photo_sha256 for n, e in setup.identities.items()}}
         identity = None
         if options["id_loss_weight"]:
@@ -379,21 +381,20 @@ class Method:
         result = train(pipe, setup.trainable, make_batch, training, out_dir, modules=setup.modules,
                        after_step=setup.after_step, prior_loss_weight=setup.prior_loss_weight,
                        fingerprint_extra=json.loads(json.dumps(fingerprint, default=str)), identity=identity,
-                       loss_fn=setup.loss_fn)
+                       loss_fn=setup.loss_fn, plan=plan)
         notes = notes + result.notes
         from accelerate import PartialState
 
         if not PartialState().is_main_process:  # under `accelerate launch`, one process writes the artifact
             return out_dir
         self.save_weights(pipe, setup, out_dir, options)
-        recorded = {k: v for k, v in options.items() if k not in ("device", "overwrite")}
         Manifest(
             method=self.name,
             base_model=pipe.likeness_info,
             # file names and content hashes only: the artifact folder can be shared as it is
             identities={n: replace(e, photos=[Path(p).name for p in e.photos]) for n, e in setup.identities.items()},
-            config={"training": asdict(training), "options": recorded, "notes": notes,
-                    "masks": mask_record(options["segmenter"], prepared),
+            config={"training": asdict(training), "options": recorded_options(options), "notes": notes,
+                    "runtime": plan.to_dict(), "masks": mask_record(options["segmenter"], prepared),
                     "final_loss": result.losses[-1] if result.losses else None, "resumed_from": result.resumed_from},
             sampling={**self.default_sampling.get(pipe.likeness_info.family, self.default_sampling), **quantize},
         ).save(out_dir)  # written last: its presence means the artifact is complete
@@ -405,21 +406,23 @@ class Method:
         raise NotImplementedError
 
     def load(self, artifact: str | Path, *, base_model: str | None = None, device=None, dtype=None,
-             quantize: str | None = None) -> Personalized:
-        """The artifact's base model (or ``base_model``, which must be of the same family) with the artifact applied;
-        ``quantize`` (int8, nf4, fp8) quantizes the denoiser's weights (:mod:`likeness.models.quantization`)."""
+             plan=None, quantize: str | None = None) -> Personalized:
+        """The artifact's base model (or ``base_model``, which must be of the same family) with the artifact
+        applied, on ``plan``'s device and dtype (a :class:`~likeness.models.runtime.RuntimePlan`; or the older
+        ``device`` / ``dtype`` pair); ``quantize`` (int8, nf4, fp8) quantizes the denoiser's weights
+        (:mod:`likeness.models.quantization`)."""
         artifact = Path(artifact)
         manifest = Manifest.load(artifact)
         if manifest.method != self.name:
             raise ArtifactError(f"{artifact}: made by method {manifest.method!r}, not {self.name!r}")
-        pipe = load_pipeline(base_model or manifest.base_model.model_id, device=device, dtype=dtype,
+        pipe = load_pipeline(base_model or manifest.base_model.model_id, device=device, dtype=dtype, plan=plan,
                              expect_family=manifest.family, quantize=quantize or manifest.sampling.get("quantize"))
         self.apply(pipe, artifact, manifest)
         return Personalized(pipe, manifest, artifact)
 
     def generate(self, artifact: str | Path, prompts: Sequence[str], seeds: Sequence[int], **kwargs) -> list[Image.Image]:
         """Convenience: :meth:`load` then :meth:`Personalized.generate`."""
-        loading = {k: kwargs.pop(k) for k in ("base_model", "device", "dtype", "quantize") if k in kwargs}
+        loading = {k: kwargs.pop(k) for k in ("base_model", "device", "dtype", "plan", "quantize") if k in kwargs}
         return self.load(artifact, **loading).generate(prompts, seeds, **kwargs)
 
 
@@ -434,6 +437,22 @@ def _generation_quantize(config: dict) -> dict:
     if value not in QUANTIZE_CHOICES:
         raise QuantizationError(f"unknown quantize {value!r}; use one of {', '.join(QUANTIZE_CHOICES)}")
     return {"quantize": value}
+
+
+def training_runtime(training, options: dict):
+    """The runtime plan of a training run: ``options["plan"]``, else one resolved on this machine from
+    ``options["device"]`` and ``training.mixed_precision``. ``training.mixed_precision`` is set to the resolved
+    value, so the manifest records what ran ("bf16", not "auto")."""
+    from likeness.models.runtime import current_plan
+
+    plan = options.get("plan") or current_plan(options.get("device"), "auto", training.mixed_precision)
+    training.mixed_precision = plan.mixed_precision
+    return plan
+
+
+def recorded_options(options: dict) -> dict:
+    """The method options that describe the artifact (not where or how it was run: the manifest's "runtime")."""
+    return {k: v for k, v in options.items() if k not in ("device", "plan", "overwrite")}
 
 
 def mask_record(segmenter, prepared: dict) -> dict:

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 NAMES_FILE = Path(__file__).with_name("data") / "celebrity_names.txt"
 DEFAULT_RANK = 512
-BASIS_VERSION = "1"
+BASIS_VERSION = "2"  # 2: probes of the embedding tables (half-precision pipelines)
 # Singular values below this fraction of the largest one are numerical noise, not directions.
 RANK_TOLERANCE = 1e-5
 
@@ -118,6 +118,35 @@ def table_hash(text_encoder) -> str:
     return digest.hexdigest()[:16]
 
 
+_PROBE_SEED = 20
+
+
+def _probe_vector(dim: int) -> torch.Tensor:
+    return torch.randn(dim, generator=torch.Generator().manual_seed(_PROBE_SEED), dtype=torch.float64)
+
+
+def table_probe(text_encoder) -> torch.Tensor:
+    """One number per token row: the row's product with a fixed random vector. Unlike :func:`table_hash` it can
+    be compared within the rounding of a half-precision copy of the table (see :func:`probe_matches`)."""
+    weight = text_encoder.get_input_embeddings().weight.detach().to("cpu", torch.float64)
+    return (weight @ _probe_vector(weight.shape[1])).float()
+
+
+def probe_matches(text_encoder, probe: torch.Tensor) -> bool:
+    """Whether ``text_encoder``'s table (in any dtype) is the table ``probe`` was taken from, rounded to that
+    dtype: each row's product may differ by at most the dtype's rounding of every element (eps/2 relative, plus
+    float16's subnormal spacing), doubled for margin, plus the float32 rounding of the stored probe. A table of
+    another model differs by orders of magnitude more."""
+    table = text_encoder.get_input_embeddings().weight.detach()
+    weight = table.to("cpu", torch.float64)
+    if weight.shape[0] != probe.shape[0]:
+        return False
+    vector = _probe_vector(weight.shape[1])
+    eps = torch.finfo(table.dtype).eps if table.dtype.is_floating_point else 0.0
+    bound = eps * (weight.abs() @ vector.abs()) + 1e-7 * vector.abs().sum() + 2.0 ** -23 * probe.double().abs()
+    return bool(((weight @ vector) - probe.double()).abs().le(bound).all())
+
+
 @dataclass
 class CelebBasis:
     """Mean + ``k`` orthonormal directions for each of the 2 name-token positions."""
@@ -129,6 +158,7 @@ class CelebBasis:
     table_hashes: tuple[str, ...]
     names: list[str]
     requested_rank: int = DEFAULT_RANK
+    probes: tuple[torch.Tensor, ...] | None = None  # table_probe of each encoder (None: a version-1 basis)
 
     @property
     def rank(self) -> int:
@@ -149,14 +179,28 @@ class CelebBasis:
         return torch.einsum("...pd,pkd->...pk", centred, self.directions) / self.radius[:, None]
 
     def check_compatible(self, text_encoders: Sequence) -> None:
-        """Refuse a base model whose embedding table(s) differ from the ones this basis was built on."""
+        """Refuse a base model whose embedding table(s) differ from the ones this basis was built on. A float32
+        table must match exactly (its hash); a float16 / bfloat16 one (a half-precision pipeline) must be that
+        table rounded to its dtype (:func:`probe_matches`)."""
         hashes = tuple(table_hash(enc) for enc in text_encoders)
-        if hashes != self.table_hashes:
+        if hashes == self.table_hashes:
+            return
+        dtypes = [enc.get_input_embeddings().weight.dtype for enc in text_encoders]
+        half = all(d != torch.float32 for d in dtypes)
+        if half and self.probes is not None and len(self.probes) == len(text_encoders) and all(
+                probe_matches(enc, probe) for enc, probe in zip(text_encoders, self.probes)):
+            return
+        if half and self.probes is None:
             raise BasisMismatchError(
-                f"this celeb basis was built for a base model with token-embedding table hash(es) "
-                f"{list(self.table_hashes)}, but the given model has {list(hashes)}; re-run personalization "
-                f"on this base model (the basis is rebuilt automatically)"
-            )
+                f"this celeb basis (format version 1) can only be checked against a float32 pipeline, but the given "
+                f"one is in {', '.join(str(d).replace('torch.', '') for d in dtypes)}; generate with --dtype float32, "
+                f"or re-run personalization to write a basis that half-precision pipelines can check")
+        raise BasisMismatchError(
+            f"this celeb basis was built for a base model with token-embedding table hash(es) "
+            f"{list(self.table_hashes)}, but the given model has {list(hashes)}"
+            + (" (compared within its half-precision rounding)" if half else "")
+            + "; re-run personalization on this base model (the basis is rebuilt automatically)"
+        )
 
     def metadata(self) -> dict[str, str]:
         return {
@@ -174,6 +218,7 @@ class CelebBasis:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tensors = {"mean": self.mean, "directions": self.directions, "radius": self.radius}
+        tensors.update({f"probe_{e}": probe for e, probe in enumerate(self.probes or ())})
         save_file({k: v.contiguous().float().cpu() for k, v in tensors.items()}, str(tmp), metadata=self.metadata())
         tmp.replace(path)  # atomic: a concurrent reader never sees half a file
         return path
@@ -197,6 +242,8 @@ class CelebBasis:
                 table_hashes=tuple(json.loads(meta["table_hashes"])),
                 names=json.loads(meta["names"]),
                 requested_rank=int(meta.get("requested_rank", DEFAULT_RANK)),
+                probes=tuple(tensors[f"probe_{e}"] for e in range(len(json.loads(meta["dims"]))))
+                if "probe_0" in tensors else None,
             )
         except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
             raise BasisMismatchError(f"{path}: not a likeness celeb-basis file ({type(exc).__name__}: {exc})") from None
@@ -247,6 +294,7 @@ def build_basis(
         table_hashes=tuple(table_hash(enc) for enc in text_encoders),
         names=split.kept,
         requested_rank=rank,
+        probes=tuple(table_probe(enc) for enc in text_encoders),
     )
 
 

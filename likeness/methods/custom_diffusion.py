@@ -55,10 +55,12 @@ from likeness.methods.base import (
     Manifest,
     Method,
     TrainingSetup,
+    recorded_options,
     safe_name,
     sha256_file,
     split_config,
     start_artifact,
+    training_runtime,
 )
 from likeness.methods.textual_inversion import FrozenRows
 
@@ -254,8 +256,9 @@ class CustomDiffusion(Method):
             raise ValueError(f"concept(s) {', '.join(missing)} appear in no caption; nothing would train their tokens")
         config = {**config, "class_nouns": {n: c["class_noun"] for n, c in concepts.items()}}
         training, options = split_config(config, {**COMMON_OPTIONS, **self.defaults})
+        plan = training_runtime(training, options)
         out_dir = start_artifact(out_dir, options["overwrite"])
-        pipe = load_pipeline(base_model, device=options["device"], dtype=torch.float32)
+        pipe = load_pipeline(base_model, plan=plan.with_(dtype="float32", offload="none"))
         size = training.resolution = training.resolution or native_resolution(pipe)
         pixels = load_pixels([p for p, _ in examples], size)
         captions = [c for _, c in examples]
@@ -268,17 +271,17 @@ class CustomDiffusion(Method):
         make_batch = captioned_batches(pixels, captions, training.batch_size, options["flip"])
         if setup.wrap_batches is not None:
             make_batch = setup.wrap_batches(make_batch)
-        fingerprint = {"method": self.name, "base_model": pipe.likeness_info.to_dict(), "options": options,
-                       "examples": [(str(p), c) for p, c in examples]}
+        fingerprint = {"method": self.name, "base_model": pipe.likeness_info.to_dict(),
+                       "options": recorded_options(options), "examples": [(str(p), c) for p, c in examples]}
         result = train(pipe, setup.trainable, make_batch, training, out_dir, modules=setup.modules,
                        after_step=setup.after_step, prior_loss_weight=setup.prior_loss_weight,
-                       fingerprint_extra=json.loads(json.dumps(fingerprint, default=str)))
+                       fingerprint_extra=json.loads(json.dumps(fingerprint, default=str)), plan=plan)
         from accelerate import PartialState
 
         if not PartialState().is_main_process:
             return out_dir
         self.save_weights(pipe, setup, out_dir, options)
-        recorded = {k: v for k, v in options.items() if k not in ("device", "overwrite")}
+        recorded = recorded_options(options)
         identities = dict(setup.identities)
         if group is not None:
             identities[name_key(group)] = group_entry(group, setup.identities)
@@ -286,7 +289,7 @@ class CustomDiffusion(Method):
             method=self.name, base_model=pipe.likeness_info, identities=identities,
             config={"training": asdict(training), "options": recorded, "dataset": str(source),
                     "examples": len(examples), "final_loss": result.losses[-1] if result.losses else None,
-                    "resumed_from": result.resumed_from},
+                    "resumed_from": result.resumed_from, "runtime": plan.to_dict()},
             sampling=dict(self.default_sampling.get(pipe.likeness_info.family, self.default_sampling)),
         ).save(out_dir)
         remove_checkpoints(out_dir)

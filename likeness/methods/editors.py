@@ -120,12 +120,12 @@ class EditorMethod(Method):
     def personalize(self, identities, out_dir, base_model=None, **config):
         """Record each person's reference image(s); nothing trains."""
         from likeness.faces import get_backend
-        from likeness.methods.preparation import prepare_identities
-
         from likeness.methods.base import _generation_quantize
+        from likeness.methods.preparation import prepare_identities
 
         for key in _TRAINING_KEYS:
             config.pop(key, None)
+        config.pop("plan", None)  # nothing runs a model here: the photo is only cropped
         quantize = _generation_quantize(config)
         options = {"device": None, "overwrite": False, **self.defaults}
         unknown = sorted(k for k in config if k not in options)
@@ -169,7 +169,7 @@ class EditorMethod(Method):
                  sampling={**self.sampling(class_name, base_model), **quantize}).save(out_dir)
         return Path(out_dir)
 
-    def load(self, artifact, *, base_model=None, device=None, dtype=None, quantize=None) -> EditorPersonalized:
+    def load(self, artifact, *, base_model=None, device=None, dtype=None, plan=None, quantize=None) -> EditorPersonalized:
         from likeness.data.images import load_image
 
         artifact = Path(artifact)
@@ -182,7 +182,7 @@ class EditorMethod(Method):
             if not paths:
                 raise ArtifactError(f"{artifact}: reference image {key}-reference-0.png missing from the artifact")
             references[key] = [load_image(p) for p in paths]
-        pipe = load_pipeline(base_model or manifest.base_model.model_id, device=device, dtype=dtype,
+        pipe = load_pipeline(base_model or manifest.base_model.model_id, device=device, dtype=dtype, plan=plan,
                              expect_family=manifest.family, pipeline_class=self.pipeline_class(),
                              quantize=quantize or manifest.sampling.get("quantize"))
         return EditorPersonalized(pipe, manifest, artifact, self, references)

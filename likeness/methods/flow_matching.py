@@ -54,7 +54,7 @@ def _encode_latents(pipe, pixels: torch.Tensor, generator: torch.Generator) -> t
     vae = pipe.vae
     family = pipe.likeness_info.family
     pixels = pixels.to(vae.device, vae.dtype)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(vae.device.type, enabled=False):  # the VAE in its own (float32) dtype
         if family == "qwen-image":
             latents = vae.encode(pixels[:, :, None]).latent_dist.sample(generator=generator).float()[:, :, 0]
             mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1).to(latents)

@@ -346,6 +346,9 @@ class TuningFreeMethod(Method):
         for key in ("max_steps", "learning_rate", "seed", "gradient_accumulation_steps", "batch_size", "resolution",
                     "checkpoint_every", "mixed_precision", "gradient_checkpointing", "masked_loss"):
             config.pop(key, None)
+        plan = config.pop("plan", None)  # only its device matters here: the encoders run once
+        if plan is not None and config.get("device") is None:
+            config["device"] = plan.device
         options = {**{"device": None, "overwrite": False}, **self.defaults}
         unknown = sorted(k for k in config if k not in options)
         if unknown:
@@ -369,7 +372,7 @@ class TuningFreeMethod(Method):
                  sampling=sampling).save(out_dir)
         return Path(out_dir)
 
-    def load(self, artifact, *, base_model=None, device=None, dtype=None, quantize=None) -> PeerPersonalized:
+    def load(self, artifact, *, base_model=None, device=None, dtype=None, plan=None, quantize=None) -> PeerPersonalized:
         artifact = Path(artifact)
         manifest = Manifest.load(artifact)
         if manifest.method != self.name:
@@ -380,7 +383,7 @@ class TuningFreeMethod(Method):
         for record in manifest.config.get("weights", []):
             if record.get("needed_at_generation", True):  # encoders only made the stored embeddings
                 verify_weights(artifact, record)
-        pipe = load_pipeline(base_model or manifest.base_model.model_id, device=device, dtype=dtype,
+        pipe = load_pipeline(base_model or manifest.base_model.model_id, device=device, dtype=dtype, plan=plan,
                              expect_family=manifest.family, quantize=quantize)
         pipe = self.apply(pipe, artifact, manifest) or pipe
         tensors = {k: v.to(pipe.device) for k, v in load_file(str(embeddings)).items()}

@@ -53,6 +53,7 @@ from likeness.methods.base import (
     Personalized,
     as_identities,
     split_config,
+    training_runtime,
     start_artifact,
 )
 from likeness.methods.photoverse_modules import (
@@ -431,7 +432,9 @@ class PhotoVerse(Method):
         from likeness.methods.training import native_resolution, remove_checkpoints, train
         from likeness.models.loading import load_pipeline
 
+        plan = config.pop("plan", None)
         training, options = split_config(config, ENCODER_DEFAULTS)
+        plan = training_runtime(training, {**options, "plan": plan})
         out_dir = Path(out_dir)
         if (out_dir / ENCODER_CONFIG).exists() and not options["overwrite"]:
             raise FileExistsError(f"{out_dir} already holds trained encoder weights; choose another folder or pass overwrite")
@@ -439,7 +442,7 @@ class PhotoVerse(Method):
         excluded = read_exclude(exclude)
         images, dropped = list_training_images(data, excluded)
         loss_module = resolve_identity_loss(identity_loss)
-        pipe = load_pipeline(base_model, device=options["device"], dtype=torch.float32)
+        pipe = load_pipeline(base_model, plan=plan.with_(dtype="float32", offload="none"))
         family = pipe.likeness_info.family
         if family == "sdxl":
             raise ValueError("PhotoVerse is built for SD 1.x / 2.x (one text encoder); SDXL is not supported")
@@ -461,7 +464,7 @@ class PhotoVerse(Method):
                        "identity_loss": identity_loss if isinstance(identity_loss, (str, type(None))) else
                        type(identity_loss).__name__}
         result = train(pipe, model.trainable, make_batch, training, out_dir, modules=model.modules,
-                       fingerprint_extra=json.loads(json.dumps(fingerprint, default=str)), loss_fn=model.loss)
+                       fingerprint_extra=json.loads(json.dumps(fingerprint, default=str)), loss_fn=model.loss, plan=plan)
         self.last_training = model  # the in-memory parts (tests, notebooks)
         self.last_result = result
         if not PartialState().is_main_process:
@@ -499,6 +502,7 @@ class PhotoVerse(Method):
         tic = time.perf_counter()
         training_keys = {f.name for f in fields(TrainingConfig)}
         ignored = sorted(k for k, v in config.items() if k in training_keys and v is not None)
+        plan = config.pop("plan", None)
         _, options = split_config({k: v for k, v in config.items() if k not in training_keys}, self.defaults)
         if not options["weights"]:
             raise ValueError("photoverse needs trained encoder weights: pass weights=FOLDER (--weights) made by "
@@ -509,7 +513,7 @@ class PhotoVerse(Method):
             base_model = weights.config["base_model"]["model_id"]
         info = base_model_info(base_model)
         weights.check_base_model(info, base_model)
-        device = pick_device(options["device"])
+        device = plan.torch_device if plan is not None and options["device"] is None else pick_device(options["device"])
         encoder = ImageEncoder.from_pretrained(options["image_encoder"] or weights.config["image_encoder"]["model_id"],
                                                layers=weights.config["image_encoder"]["layers"], device=device)
         weights.check_image_encoder(encoder)
@@ -584,14 +588,14 @@ class PhotoVerse(Method):
             pipe.load_textual_inversion(str(file), token=entry.tokens[0])
         return state
 
-    def load(self, artifact, *, base_model=None, device=None, dtype=None, text_scale=None, image_scale=None):
+    def load(self, artifact, *, base_model=None, device=None, dtype=None, text_scale=None, image_scale=None, plan=None):
         from likeness.models.loading import load_pipeline
 
         artifact = Path(artifact)
         manifest = Manifest.load(artifact)
         if manifest.method != self.name:
             raise ArtifactError(f"{artifact}: made by method {manifest.method!r}, not {self.name!r}")
-        pipe = load_pipeline(base_model or manifest.base_model.model_id, device=device, dtype=dtype,
+        pipe = load_pipeline(base_model or manifest.base_model.model_id, device=device, dtype=dtype, plan=plan,
                              expect_family=manifest.family)
         state = self.apply(pipe, artifact, manifest)
         embeds = {}

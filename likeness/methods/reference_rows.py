@@ -90,7 +90,8 @@ class PhotoRow(Method):
                  config={"options": {"returns": self.returns}}, sampling=dict(self.default_sampling)).save(out_dir)
         return out_dir
 
-    def load(self, artifact, *, base_model=None, device=None, dtype=None) -> PhotoRows:
+    def load(self, artifact, *, base_model=None, device=None, dtype=None, plan=None, quantize=None) -> PhotoRows:
+        """The photos kept in the artifact (no model: device, precision and quantization do not apply)."""
         from likeness.methods.base import ArtifactError
 
         artifact = Path(artifact)

@@ -49,6 +49,7 @@ from likeness.methods.base import (
     Method,
     as_identities,
     split_config,
+    training_runtime,
 )
 from likeness.models.loading import FamilyMismatchError
 
@@ -382,7 +383,7 @@ class StellarNet(Method):
         out_dir = Path(out_dir)
         if (out_dir / CONFIG_FILE).exists() and not config.get("overwrite"):
             raise FileExistsError(f"{out_dir} already holds finished stellarnet weights; choose another folder or overwrite")
-        session = self.encoder_session(data, base_model, **config)
+        session = self.encoder_session(data, base_model, **config)  # its pipeline carries the runtime plan
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
             result = train(session.pipe, session.trainable, session.make_batch, session.training, out_dir,
@@ -407,7 +408,9 @@ class StellarNet(Method):
         from likeness.models.loading import load_pipeline
         from likeness.segmentation import get_segmenter
 
+        plan = config.pop("plan", None)
         training, options = split_config(config, self.encoder_defaults)
+        plan = training_runtime(training, {**options, "plan": plan})
         if not options["image_encoder"]:
             raise ValueError("stellarnet needs image_encoder=<hub id or folder of a CLIP vision model> "
                              "(e.g. openai/clip-vit-large-patch14)")
@@ -417,7 +420,7 @@ class StellarNet(Method):
                                                            if options["segmenter"] in ("auto", "heuristic") else {}))
         portraits = load_portraits(data, layout=options["layout"], exclude=options["exclude"],
                                    require_masks=options["segmenter"] == "celebamask", limit=options["limit"])
-        pipe = load_pipeline(base_model, device=options["device"], dtype=torch.float32)
+        pipe = load_pipeline(base_model, plan=plan.with_(dtype="float32", offload="none"))
         _require_sdxl(pipe, base_model)
         training.resolution = training.resolution or native_resolution(pipe)
         image_encoder = ImageEncoder(options["image_encoder"], device=pipe.device)
@@ -477,7 +480,10 @@ class StellarNet(Method):
         from likeness.methods.preparation import prepare_identities
         from likeness.segmentation import MIN_PERSON_FRACTION, NoPersonError, get_segmenter
 
+        plan = config.pop("plan", None)
         training, options = split_config(config, self.defaults)
+        if plan is not None and options["device"] is None:
+            options["device"] = plan.device
         ignored = {k: v for k, v in config.items() if v is not None and k in asdict(training) and k not in ("progress",)}
         if ignored:
             log.warning("stellarnet is tuning-free; ignoring training option(s) %s", ", ".join(sorted(ignored)))

@@ -4,8 +4,14 @@ Methods only decide *what* trains (a dict of parameters), *what a batch is* (a f
 step number) and what to do after each optimizer step (e.g. Textual Inversion puts back the
 frozen token rows). Everything else lives here once:
 
-- ``accelerate`` handles devices, DDP under ``accelerate launch`` (no code change), gradient
-  accumulation and mixed precision (fp16/bf16 on GPUs only; CPU stays fp32).
+- The device and the precision come from the process's :class:`~likeness.models.runtime.RuntimePlan`
+  (``--device``, ``--mixed-precision``): the frozen UNet and text encoders are cast to the training dtype,
+  the trained tensors stay float32 (stable updates) and the VAE stays float32 (its encode, and the identity
+  loss's decode, overflow in float16; diffusers' training scripts do the same). Mixed precision is
+  ``torch.autocast`` on the plan's device (a gradient scaler for fp16), not accelerate's process-wide
+  setting, so one process can train in one precision and then another (the demo, the API).
+- Under ``accelerate launch`` (several processes) the gradients and logged losses are averaged over the
+  process group accelerate's ``PartialState`` joined, which is what DDP would do.
 - Randomness is a pure function of ``(seed, step, micro-step)``: batches, noise and timesteps are
   drawn from generators seeded with those numbers. A run resumed from a checkpoint therefore
   replays exactly what the uninterrupted run would have done.
@@ -46,7 +52,7 @@ class TrainingConfig:
     lr_warmup_steps: int = 0
     adam_weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
-    mixed_precision: str = "auto"  # auto = fp16 (bf16 if supported) on CUDA, none elsewhere; or no/fp16/bf16
+    mixed_precision: str = "auto"  # auto = the runtime plan's (follows --dtype: none on CPU, bf16/fp16 on GPUs); or no/fp16/bf16
     gradient_checkpointing: bool = False
     checkpoint_every: int = 0  # 0 = no intermediate checkpoints
     checkpoints_to_keep: int = 2
@@ -237,7 +243,8 @@ def identity_loss_term(pipe, term: IdentityTerm, batch: Batch, x0: torch.Tensor)
     term.used += len(keep)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     latents = x0[keep] / vae.config.scaling_factor + shift
-    images = vae.decode(latents.to(next(vae.parameters()).dtype)).sample.float()
+    with torch.autocast(latents.device.type, enabled=False):  # float32 decode: half precision overflows in the SDXL VAE
+        images = vae.decode(latents.to(next(vae.parameters()).dtype)).sample.float()
     reference = torch.stack([term.references[batch.identities[i]] for i in keep]).to(images.device)
     value = term.loss(images, batch.points[keep].to(images.device), reference).mean()
     term.values.append(float(value.detach()))
@@ -250,9 +257,9 @@ def diffusion_loss(pipe, noise_scheduler, batch: Batch, generator: torch.Generat
     face-identity term."""
     unet, vae = pipe.unet, pipe.vae
     device = unet.device
-    weight_dtype = next(vae.parameters()).dtype
-    pixels = batch.pixels.to(device, weight_dtype)
-    with torch.no_grad():
+    vae_dtype = next(vae.parameters()).dtype
+    pixels = batch.pixels.to(device, vae_dtype)
+    with torch.no_grad(), torch.autocast(device.type, enabled=False):  # the VAE runs in its own (float32) dtype
         latents = vae.encode(pixels).latent_dist.sample(generator=generator).float()
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     latents = (latents - shift) * vae.config.scaling_factor
@@ -284,15 +291,56 @@ def diffusion_loss(pipe, noise_scheduler, batch: Batch, generator: torch.Generat
     return per_sample[~prior].mean() + prior_loss_weight * per_sample[prior].mean() + extra
 
 
-def _mixed_precision(choice: str) -> str:
-    if choice == "auto":
-        if torch.cuda.is_available():
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "no"
-    if choice != "no" and not torch.cuda.is_available():
-        log.warning("mixed precision %s needs a GPU; training in fp32", choice)
-        return "no"
-    return choice
+_NORMS = (torch.nn.LayerNorm, torch.nn.GroupNorm)
+
+
+def cast_frozen(module: torch.nn.Module, device, dtype: torch.dtype) -> None:
+    """``module`` on ``device`` in ``dtype``, its normalisation layers in float32. A float32 activation (e.g.
+    from a trained float32 embedding row) meets these layers first; CPU kernels accept half inputs with float32
+    norm weights but not the reverse ("mixed dtype (CPU)"), and float32 statistics are the safer choice anyway."""
+    module.to(device, dtype=dtype)
+    if dtype != torch.float32:
+        for sub in module.modules():
+            if isinstance(sub, _NORMS):
+                sub.float()
+
+
+class _Ranks:
+    """The process group this process belongs to (accelerate's, under ``accelerate launch``), for averaging."""
+
+    def __init__(self):
+        from accelerate import PartialState
+
+        self.state = PartialState()
+        self.num_processes, self.process_index = self.state.num_processes, self.state.process_index
+        self.is_main_process = self.state.is_main_process
+
+    def mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.num_processes == 1:
+            return tensor
+        import torch.distributed as dist
+
+        # gloo (the bench's CPU group) reduces CPU tensors; NCCL reduces on the GPU.
+        home = tensor.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        work = tensor.detach().to(home, torch.float32).clone()
+        dist.all_reduce(work)
+        return (work / self.num_processes).to(tensor.device, tensor.dtype)
+
+    def wait_for_everyone(self) -> None:
+        self.state.wait_for_everyone()
+
+
+def training_plan(pipe, config: TrainingConfig, plan=None):
+    """The runtime plan a training run follows: the caller's, else the one the pipeline was loaded with (unless
+    ``config.mixed_precision`` asks for another precision), else the pipeline's device with that precision."""
+    if plan is not None:
+        return plan
+    loaded = getattr(pipe, "likeness_plan", None)  # the plan load_pipeline followed
+    if loaded is not None and config.mixed_precision in ("auto", loaded.mixed_precision):
+        return loaded
+    from likeness.models.runtime import current_plan
+
+    return current_plan(str(pipe.device), "auto", config.mixed_precision)
 
 
 def _checkpoints(out_dir: Path) -> list[Path]:
@@ -340,6 +388,7 @@ def train(
     extra_loss: Callable[[], torch.Tensor] | None = None,
     identity: IdentityTerm | None = None,
     loss_fn: Callable | None = None,
+    plan=None,
 ) -> TrainingResult:
     """Optimise ``trainable`` (name -> parameter, all inside ``modules``) on batches from ``make_batch``.
 
@@ -347,8 +396,9 @@ def train(
     checkpoint under ``out_dir/checkpoints`` when one exists with the same configuration.
     ``loss_fn`` replaces :func:`diffusion_loss` (same signature) for methods with their own objective.
     ``extra_loss()``, called right after each diffusion loss, adds a method's own term (a regulariser).
+    ``plan`` (a :class:`~likeness.models.runtime.RuntimePlan`) gives the device and the mixed precision;
+    without one, the pipeline's device and ``config.mixed_precision``.
     """
-    from accelerate import Accelerator
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from safetensors.torch import load_file, save_file
@@ -356,18 +406,25 @@ def train(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    precision = _mixed_precision(config.mixed_precision)
-    accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps, mixed_precision=precision)
+    plan = training_plan(pipe, config, plan)
+    plan.apply()
+    precision, device = plan.mixed_precision, plan.torch_device
+    ranks = _Ranks()
     torch.manual_seed(config.seed)
 
     names = list(trainable)
     params = [trainable[n] for n in names]
-    if precision != "no":
-        weight_dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-        for module in _pipeline_modules(pipe):
-            module.to(dtype=weight_dtype)
-        for p in params:  # trainable tensors stay fp32 for stable updates
-            p.data = p.data.float()
+    weight_dtype = plan.training_dtype
+    # Frozen parts in the training dtype, the VAE in float32, everything on the plan's device; then the
+    # trained tensors back to float32 (they may sit inside a module just cast to half).
+    for module in _pipeline_modules(pipe)[1:]:  # the denoiser (UNet or transformer) and the text encoders
+        cast_frozen(module, device, weight_dtype)
+    pipe.vae.to(device, dtype=torch.float32)
+    for module in modules:  # a method's own modules (Celeb Basis' encoder, PhotoVerse's adapters) follow
+        module.to(device)
+    for p in params:
+        p.data = p.data.to(device, torch.float32)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     if config.gradient_checkpointing:
         for module in modules:
             if hasattr(module, "enable_gradient_checkpointing"):
@@ -379,15 +436,12 @@ def train(
 
     lr = config.learning_rate
     if config.scale_lr:
-        lr *= config.batch_size * config.gradient_accumulation_steps * accelerator.num_processes
+        lr *= config.batch_size * config.gradient_accumulation_steps * ranks.num_processes
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.adam_weight_decay)
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer, num_warmup_steps=config.lr_warmup_steps,
                                  num_training_steps=config.max_steps)
     # Modules are not wrapped (pipelines need their plain attributes); under several processes the
     # gradients are averaged explicitly below, which is what DDP would do.
-    for module in _pipeline_modules(pipe):
-        module.to(accelerator.device)
-    optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 
     fingerprint = config.fingerprint(fingerprint_extra)
@@ -412,6 +466,8 @@ def train(
         optimizer.load_state_dict(extra["optimizer"])
         lr_scheduler.load_state_dict(extra["lr_scheduler"])
         torch.set_rng_state(extra["torch_rng"])
+        if "scaler" in extra:
+            scaler.load_state_dict(extra["scaler"])
         start, losses, lrs = state["step"], state["losses"], state["lrs"]
         log.warning("resuming %s from step %d", out_dir, start)
 
@@ -422,7 +478,7 @@ def train(
         tmp.mkdir(parents=True)
         save_file({n: p.detach().float().cpu().contiguous() for n, p in zip(names, params)}, tmp / "trainable.safetensors")
         torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+                    "torch_rng": torch.get_rng_state(), "scaler": scaler.state_dict()}, tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, "losses": losses, "lrs": lrs, "fingerprint": fingerprint}))
         shutil.rmtree(ckpt, ignore_errors=True)
         tmp.rename(ckpt)  # a checkpoint is either complete or absent
@@ -430,31 +486,31 @@ def train(
             shutil.rmtree(old, ignore_errors=True)
 
     step_seconds: list[float] = []
-    bar = tqdm(total=config.max_steps, initial=start, desc="training", disable=not config.progress or not accelerator.is_main_process)
+    bar = tqdm(total=config.max_steps, initial=start, desc="training", disable=not config.progress or not ranks.is_main_process)
+    accumulation = config.gradient_accumulation_steps
     for step in range(start, config.max_steps):
         tic = time.perf_counter()
         micro_losses = []
-        for micro in range(config.gradient_accumulation_steps):
-            rank_seed = config.seed * 1000 + accelerator.process_index
+        for micro in range(accumulation):
+            rank_seed = config.seed * 1000 + ranks.process_index
             batch = make_batch(step, micro, step_rng(rank_seed, step, micro))
-            with accelerator.accumulate(*modules):
-                with accelerator.autocast():
-                    loss = (loss_fn or diffusion_loss)(pipe, noise_scheduler, batch, step_generator(rank_seed, step, micro, 1),
-                                                       prior_loss_weight=prior_loss_weight, identity=identity)
-                    if extra_loss is not None:
-                        loss = loss + extra_loss()
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    if accelerator.num_processes > 1:
-                        for p in params:
-                            if p.grad is not None:
-                                p.grad = accelerator.reduce(p.grad, reduction="mean")
-                    if config.max_grad_norm:
-                        accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            micro_losses.append(accelerator.gather(loss.detach()).mean().item())
+            with torch.autocast(device.type, dtype=weight_dtype, enabled=precision != "no"):
+                loss = (loss_fn or diffusion_loss)(pipe, noise_scheduler, batch, step_generator(rank_seed, step, micro, 1),
+                                                   prior_loss_weight=prior_loss_weight, identity=identity)
+                if extra_loss is not None:
+                    loss = loss + extra_loss()
+            scaler.scale(loss.float() / accumulation).backward()
+            micro_losses.append(ranks.mean(loss.detach().float()).item())
+        for p in params:
+            if p.grad is not None:
+                p.grad = ranks.mean(p.grad)
+        scaler.unscale_(optimizer)
+        if config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        scaler.step(optimizer)  # skipped when fp16 gradients overflowed (the scale then shrinks)
+        scaler.update()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
         if after_step is not None:
             after_step()
         losses.append(float(np.mean(micro_losses)))
@@ -463,13 +519,13 @@ def train(
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         done = step + 1
-        if accelerator.is_main_process and config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.max_steps:
+        if ranks.is_main_process and config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.max_steps:
             save_checkpoint(done)
     bar.close()
-    accelerator.wait_for_everyone()
+    ranks.wait_for_everyone()
     for module in modules:
         module.eval()
-    if accelerator.is_main_process:
+    if ranks.is_main_process:
         save_loss_curve(out_dir, losses, lrs)
     notes = []
     if identity is not None:

@@ -192,8 +192,13 @@ class VisionLanguageMetric(Metric):
     @property
     def protocol(self) -> dict:
         ids = {role: self.models.model_id(role) for role in self.roles}
-        return {"name": f"{self.name}/{self.version}+" + "+".join(ids.values()), "metric": self.name,
-                "definition": self.definition, "models": ids}
+        protocol = {"name": f"{self.name}/{self.version}+" + "+".join(ids.values()), "metric": self.name,
+                    "definition": self.definition, "models": ids}
+        runtime = self.models.runtime(self.roles) if hasattr(self.models, "runtime") else {}
+        if runtime:  # half-precision models give other numbers: another protocol (float32 keeps the old name)
+            protocol["name"] += "@" + "+".join(sorted(set(runtime.values())))
+            protocol["runtime"] = runtime
+        return protocol
 
     @classmethod
     def unavailable(cls, models) -> list[str]:

@@ -65,31 +65,19 @@ class BaseModelInfo:
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """An explicit choice wins; otherwise CUDA, then Apple MPS, then CPU."""
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """The runtime plan's device for ``device`` (``None``: CUDA (this rank's GPU), then Apple MPS, then CPU).
+    A thin wrapper over :func:`likeness.models.runtime.current_plan`; code that has a plan uses ``plan.device``."""
+    from likeness.models.runtime import current_plan
+
+    return current_plan(None if device is None else str(device), "auto", "no").torch_device
 
 
 def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
-    """fp32 on CPU (half precision is slow or unsupported there), bf16 on GPUs that have it, else fp16."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is not None:
-        names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-                 "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-        if dtype not in names:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
-        return names[dtype]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return torch.float32
+    """The runtime plan's weights dtype on ``device``: float32 on CPU, bf16 on GPUs with native bf16, else
+    float16; an explicit ``dtype`` is checked against the device. A wrapper over the runtime plan."""
+    from likeness.models.runtime import current_plan
+
+    return current_plan(str(device), "auto" if dtype is None else dtype, "no").torch_dtype
 
 
 def offline() -> bool:
@@ -230,8 +218,12 @@ def load_pipeline(
     expect_family: str | None = None,
     pipeline_class=None,
     quantize: str | None = None,
+    plan=None,
 ):
-    """Load a text-to-image pipeline and move it to ``device`` in ``dtype``.
+    """Load a text-to-image pipeline and put it on ``plan``'s device in its dtype.
+
+    ``plan`` is a :class:`likeness.models.runtime.RuntimePlan` (its offload and VAE slicing/tiling apply too);
+    without one, ``device`` / ``dtype`` (``None``: automatic) are resolved into a plan on this machine.
 
     ``model_id`` is a hub id (``stable-diffusion-v1-5/stable-diffusion-v1-5``), a local folder, or a
     tiny id (``likeness/tiny-sd``). ``expect_family`` makes the call fail before loading weights when
@@ -254,20 +246,41 @@ def load_pipeline(
             f"{FAMILY_NAMES.get(info.family, info.family)}); use a {expect_family} base model (or re-run "
             f"personalization on {model_id!r})"
         )
-    torch_device = pick_device(device)
-    torch_dtype = pick_dtype(torch_device, dtype)
+    from likeness.models.runtime import as_plan
+
+    plan = as_plan(plan, device=device, dtype=dtype)
+    plan.apply()
     # No safety checker: it would blank images silently, which corrupts any evaluation of them.
     extra = {"safety_checker": None, "requires_safety_checker": False} if info.family in ("sd1", "sd2") else {}
     if info.family == "qwen-image" and (path / "processor").is_dir():
         processor = qwen_vl_processor(path / "processor")
         if processor is not None:
             extra["processor"] = processor
-    quant, quant_record = quantization_config(quantize, torch_device, info.family, model_id=str(model_id), dtype=torch_dtype)
+    quant, quant_record = quantization_config(quantize, plan.torch_device, info.family, model_id=str(model_id),
+                                              dtype=plan.torch_dtype)
     if quant is not None:
         extra["quantization_config"] = quant
-    pipe = (pipeline_class or DiffusionPipeline).from_pretrained(path, dtype=torch_dtype, **extra)
-    pipe.to(torch_device)
+    pipe = (pipeline_class or DiffusionPipeline).from_pretrained(path, dtype=plan.torch_dtype, **extra)
+    place_pipeline(pipe, plan)
     pipe.set_progress_bar_config(disable=True)
     pipe.likeness_info = info
+    pipe.likeness_plan = plan
     pipe.likeness_quantization = quant_record
     return pipe
+
+
+def place_pipeline(pipe, plan) -> None:
+    """Put ``pipe`` where ``plan`` says: on its device, or CPU-offloaded to it (``model``: whole models move
+    in turn; ``sequential``: layer by layer, least memory, slowest), with VAE slicing / tiling if asked."""
+    if plan.offload == "model":
+        pipe.enable_model_cpu_offload(device=plan.device)
+    elif plan.offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=plan.device)
+    else:
+        pipe.to(plan.torch_device)
+    vae = getattr(pipe, "vae", None)
+    if vae is not None:
+        if plan.vae_slicing and hasattr(vae, "enable_slicing"):
+            vae.enable_slicing()
+        if plan.vae_tiling and hasattr(vae, "enable_tiling"):
+            vae.enable_tiling()

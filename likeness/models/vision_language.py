@@ -6,8 +6,9 @@ role's model id comes from, in order: an explicit override (the ``--clip-model``
 environment variable (``LIKENESS_CLIP_MODEL`` ...), the papers' default. A model that cannot be found raises
 :class:`VisionModelError`, whose message names the model, the metric that needs it and how to provide it.
 
-The wrappers batch their inputs, run on the best device (``pick_device``) in fp32 (metrics are compared
-across runs and machines: no half precision surprises), and return numpy arrays.
+The wrappers batch their inputs and return numpy arrays. They run on the device and in the dtype of the
+runtime plan :class:`VisionModels` is given (default: the best device, float32: metrics are compared across
+runs and machines); a metric's protocol records a dtype other than float32 (see ``VisionModels.runtime``).
 """
 
 from __future__ import annotations
@@ -184,6 +185,7 @@ class ClipModel:
         out = []
         for chunk in _batches(list(images), self.batch_size):
             pixels = self.processor.image_processor(images=chunk, return_tensors="pt")["pixel_values"].to(self.device)
+            pixels = pixels.to(self.model.dtype)
             out.append(_normalise(_pooled(self.model.get_image_features(pixel_values=pixels))))
             self.image_calls += 1
             self.images_encoded += len(chunk)
@@ -207,13 +209,14 @@ class ClipModel:
         return (np.concatenate(out) if out else np.zeros((0, dim), np.float32)), truncated
 
 
-def load_clip(role: str, model_id: str, device=None, batch_size: int = 16) -> ClipModel:
+def load_clip(role: str, model_id: str, device=None, batch_size: int = 16, dtype=None) -> ClipModel:
     from transformers import AutoProcessor, CLIPModel
 
     torch_device = pick_device(device)
+    torch_dtype = getattr(torch, str(dtype).replace("torch.", "")) if dtype is not None else torch.float32
 
     def loader(source, local_files_only):
-        model = CLIPModel.from_pretrained(source, local_files_only=local_files_only, dtype=torch.float32)
+        model = CLIPModel.from_pretrained(source, local_files_only=local_files_only, dtype=torch_dtype)
         try:
             processor = AutoProcessor.from_pretrained(source, local_files_only=local_files_only)
         except Exception:
@@ -226,6 +229,9 @@ def load_clip(role: str, model_id: str, device=None, batch_size: int = 16) -> Cl
 
     model, processor = _load(role, model_id, loader)
     return ClipModel(role, model_id, model.to(torch_device).eval(), processor, torch_device, batch_size)
+
+
+load_clip.takes_dtype = True  # VisionModels passes its dtype (None: float32)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -447,10 +453,13 @@ class VisionModels:
     whose model is missing raises the same :class:`VisionModelError` every time it is asked for (loaded once,
     failed once)."""
 
-    def __init__(self, overrides: dict[str, str] | None = None, device=None, batch_size: int = 16, dtype=None):
+    def __init__(self, overrides: dict[str, str] | None = None, device=None, batch_size: int = 16, dtype=None,
+                 plan=None):
         self.overrides = {k: v for k, v in (overrides or {}).items() if v}
+        if plan is not None:  # a runtime plan (likeness.models.runtime): its device and dtype
+            device, dtype = device or plan.device, dtype or plan.dtype
         self.device, self.batch_size = device, batch_size
-        self.dtype = dtype  # for loaders that take one (the judge); the other models stay fp32
+        self.dtype = None if dtype in (None, "auto") else dtype  # for loaders that take one; None: each loader's default
         self._loaded: dict[str, object] = {}
         self._errors: dict[str, VisionModelError] = {}
         self.loads: Counter = Counter()
@@ -479,7 +488,7 @@ class VisionModels:
                 kwargs["tokenizer"] = lambda: self.get(TOKENIZER_ROLES[role])
             if role not in LOADERS:
                 raise VisionModelError(role, model_id, "its loader is not registered (import likeness.models.reward_models)")
-            if getattr(LOADERS[role], "takes_dtype", False):
+            if getattr(LOADERS[role], "takes_dtype", False):  # the others stay float32 (and so does the protocol)
                 kwargs["dtype"] = self.dtype
             model = LOADERS[role](role, model_id, device=self.device, **kwargs)
         except VisionModelError as exc:
@@ -488,6 +497,13 @@ class VisionModels:
         self.loads[role] += 1
         self._loaded[role] = model
         return model
+
+    def runtime(self, roles) -> dict:
+        """What of the runtime can change the numbers of ``roles``' models (for a metric's protocol): the dtype
+        of each role loaded in half precision; empty in the default float32."""
+        name = str(self.dtype).replace("torch.", "") if self.dtype is not None else "float32"
+        return {role: name for role in roles
+                if name != "float32" and getattr(LOADERS.get(role), "takes_dtype", False)}
 
     def error(self, role: str) -> VisionModelError | None:
         """The load error of ``role`` (trying to load it once), or None when it is usable."""
