@@ -105,26 +105,25 @@ def _require_sdxl(pipe, model_id) -> None:
 class ImageEncoder:
     """A frozen CLIP vision tower (hub id or folder) with its preprocessing done in torch, batched."""
 
-    def __init__(self, model: str | Path, device=None):
-        from transformers import CLIPVisionModel
+    def __init__(self, model: str | Path, device=None, dtype=torch.float32):
+        from transformers import CLIPImageProcessor, CLIPVisionModel
+
+        from likeness.models.pretrained import load_pretrained
 
         self.model_id = str(model)
-        source = str(Path(str(model)).expanduser()) if Path(str(model)).expanduser().exists() else self.model_id
-        try:
-            self.model = CLIPVisionModel.from_pretrained(source)
-        except OSError as exc:
-            raise WeightsError(f"image encoder {self.model_id!r} could not be loaded ({str(exc).splitlines()[0]}); give a "
-                               f"hub id or a folder written by save_pretrained (a CLIP vision model)") from None
+
+        def refused(reason):
+            return WeightsError(f"image encoder {self.model_id!r} could not be loaded: {reason}; give a hub id or a "
+                                f"folder written by save_pretrained (a CLIP vision model)")
+
+        self.model = load_pretrained(CLIPVisionModel, self.model_id, device=device or "cpu", dtype=dtype, error=refused)
         self.model.requires_grad_(False).eval()
-        self.model.to(device or "cpu")
         mean, std = CLIP_MEAN, CLIP_STD
         try:
-            from transformers import CLIPImageProcessor
-
-            processor = CLIPImageProcessor.from_pretrained(source)
+            processor = load_pretrained(CLIPImageProcessor, self.model_id, need="preprocessor_config.json")
             mean, std = processor.image_mean, processor.image_std
-        except (OSError, ValueError):
-            pass
+        except FileNotFoundError:
+            pass  # a bare model folder: CLIP's published normalisation
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
         self.size = int(self.model.config.image_size)
@@ -336,7 +335,7 @@ class StellarNet(Method):
     name = "stellarnet"
     # Options of the one-time encoder training (`train_encoder`), besides TrainingConfig's fields.
     encoder_defaults = {
-        "image_encoder": None,  # hub id or folder of a CLIP vision model (required)
+        "image_encoder": None,  # hub id or folder of a CLIP vision model (required, except on the tiny bases)
         "num_words": 5,
         "hidden": 1024,
         "rank": 4,
@@ -405,12 +404,14 @@ class StellarNet(Method):
         from likeness.data.portraits import load_portraits
         from likeness.methods.training import native_resolution
         from likeness.models.loading import load_pipeline
+        from likeness.models.pretrained import image_encoder_for
         from likeness.segmentation import get_segmenter
 
         training, options = split_config(config, self.encoder_defaults)
+        options["image_encoder"] = options["image_encoder"] or image_encoder_for(base_model, None)
         if not options["image_encoder"]:
             raise ValueError("stellarnet needs image_encoder=<hub id or folder of a CLIP vision model> "
-                             "(e.g. openai/clip-vit-large-patch14)")
+                             "(e.g. openai/clip-vit-large-patch14); only the built-in tiny bases have a default")
         if training.masked_loss not in (None, "person", "face"):
             raise ValueError(f"masked_loss must be person, face or None, not {training.masked_loss!r}")
         segmenter = get_segmenter(options["segmenter"], **({"face_backend": options["face_backend"]}
