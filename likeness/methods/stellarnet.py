@@ -401,17 +401,20 @@ class StellarNet(Method):
     def encoder_session(self, data, base_model, **config) -> "EncoderSession":
         """Everything the encoder training needs, ready for :func:`likeness.methods.training.train`:
         the pipeline with placeholder tokens and LoRA, the projections, the injector, the batch maker."""
+        if not config.get("image_encoder"):  # only the built-in tiny bases have a default (built offline)
+            from likeness.models.pretrained import image_encoder_for
+
+            config["image_encoder"] = image_encoder_for(base_model, None)
+
         from likeness.data.portraits import load_portraits
         from likeness.methods.training import native_resolution
         from likeness.models.loading import load_pipeline
-        from likeness.models.pretrained import image_encoder_for
         from likeness.segmentation import get_segmenter
 
         training, options = split_config(config, self.encoder_defaults)
-        options["image_encoder"] = options["image_encoder"] or image_encoder_for(base_model, None)
         if not options["image_encoder"]:
             raise ValueError("stellarnet needs image_encoder=<hub id or folder of a CLIP vision model> "
-                             "(e.g. openai/clip-vit-large-patch14); only the built-in tiny bases have a default")
+                             "(e.g. openai/clip-vit-large-patch14)")
         if training.masked_loss not in (None, "person", "face"):
             raise ValueError(f"masked_loss must be person, face or None, not {training.masked_loss!r}")
         segmenter = get_segmenter(options["segmenter"], **({"face_backend": options["face_backend"]}
