@@ -41,7 +41,8 @@ def add_output_options(parser) -> None:
     if "--quiet" not in taken:
         parser.add_argument("--quiet", action="store_true", help="no progress bars; only errors in the log")
     if "--verbose" not in taken:
-        parser.add_argument("-v", "--verbose", action="count", default=0, help="more log messages, and the libraries' own warnings (-vv: debug)")
+        parser.add_argument("-v", "--verbose", action="count", default=0,
+                            help="more log messages, and the libraries' own warnings (-vv: debug)")
 
 
 def silence_progress_bars() -> None:
