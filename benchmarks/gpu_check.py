@@ -8,7 +8,8 @@ from configs (nothing is downloaded), and reports status, seconds and peak GPU m
   the carried photo (the built-in identity is the same astronaut, read through scikit-image);
 - ``methods``: every method that runs offline, personalize + generate at tiny size (the tuning-free ones train
   their encoder first; the peers that need published weights are listed as skipped, with the reason);
-- ``sd15``: one real-size SD-1.5 training step (textual inversion, 512 px) and one image, per precision;
+- ``sd15``: one real-size SD-1.5 training step (textual inversion, 512 px) and one image, per precision, and the
+  bf16 image again with ``--offload model`` (peak GPU memory of diffusers' model CPU offload);
 - ``metrics``: identity (ips, with the face stack that imports: ``dlib`` needs the dlib-bin binary wheel) and
   text (clip-t) metrics through ``likeness evaluate`` on the images of the ``methods`` rows;
 - ``clip``: CLIP ViT-L/14 (random weights) image embeddings, one-at-a-time vs batched, images/s and the ratio.
@@ -177,13 +178,16 @@ def flags_of(command: str) -> set[str]:
     return set(sub._option_string_actions)
 
 
-def runtime_flags(command: str, device: str, precision: str | None, missing: set[str]) -> list[str]:
-    """--device / --dtype / --mixed-precision for ``command``, those it has; the absent ones go to ``missing``."""
+def runtime_flags(command: str, device: str, precision: str | None, missing: set[str],
+                  extra: tuple = ()) -> list[str]:
+    """--device / --dtype / --mixed-precision (and ``extra`` (flag, value) pairs) for ``command``, those it has;
+    the absent ones go to ``missing``."""
     have = flags_of(command)
     wanted = [("--device", device)]
     if precision:
         dtype, mixed = PRECISIONS[precision]
         wanted += [("--dtype", dtype), ("--mixed-precision", mixed)]
+    wanted += list(extra)
     words = []
     for flag, value in wanted:
         if flag in have:
@@ -205,7 +209,7 @@ def cli(argv: list[str]) -> None:
 
 
 def flags_note(missing: set[str]) -> str | None:
-    return f"flags absent: {', '.join(sorted(missing))} (ran the default precision)" if missing else None
+    return f"flags absent: {', '.join(sorted(missing))} (ran the default)" if missing else None
 
 
 def personalize_and_generate(work: Path, method: str, photo: Path, device: str, precision: str | None,
@@ -382,6 +386,16 @@ def run_check(args) -> int:
 
             table.measure("SD-1.5 " + ("(tiny in dry run)" if dry else "real size") + ": 1 training step + 1 image",
                           precision, sd15)
+        missing = set()
+
+        def offloaded(missing=missing):  # the bf16 artifact again, with diffusers' model CPU offload
+            artifact = work / "sd15-runs" / "textual-inversion-bf16" / "artifact"
+            cli(["generate", "--artifact", str(artifact), "--prompt", "a photo of {} smiling", "--out",
+                 str(work / "sd15-offload"), "--steps", "2", "--height", str(64 if dry else 512), "--width",
+                 str(64 if dry else 512), *runtime_flags("generate", device, "bf16", missing, (("--offload", "model"),))])
+            return flags_note(missing)
+
+        table.measure("SD-1.5 1 image, --offload model", "bf16", offloaded)
 
     if "metrics" in only:
         generated = next((d for d in images_dirs if d.is_dir()), None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import warnings
 
@@ -59,6 +60,31 @@ def test_third_party_notices_only_with_verbose(tiny_models, astronaut_path, tmp_
     assert quiet.err == "" and quiet.out.startswith("artifact written")  # --quiet: nothing but the result
     assert MEAN_RESIZING not in plain.err and "torchvision" not in plain.err
     assert MEAN_RESIZING in verbose.err  # -v shows it
+
+
+def test_torchvision_fallback_notice_only_with_verbose(tiny_models, astronaut_path, tmp_path, restore_levels):
+    """transformers says it once per process, when diffusers' pipelines import: a fresh process per run."""
+    import os
+    import subprocess
+    import sys
+
+    from likeness.cli.output import THIRD_PARTY
+
+    artifact = tmp_path / "artifact"
+    assert main(["personalize", "--method", "textual-inversion", "--identity", str(astronaut_path), "--name", "ann",
+                 "--steps", "1", "--resolution", "32", "--out", str(artifact), "--quiet"]) == 0
+    env = {k: v for k, v in os.environ.items() if k not in THIRD_PARTY.values()}  # as a user's shell has it
+    errs = {}
+    for flag in ("", "-v"):
+        command = [sys.executable, "-m", "likeness", "generate", "--artifact", str(artifact), "--prompt", "{} x",
+                   "--out", str(tmp_path / f"images{flag}"), "--steps", "1", "--height", "32", "--width", "32"]
+        done = subprocess.run(command + ([flag] if flag else []), env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        errs[flag] = done.stderr
+    assert "torchvision" not in errs[""] and MEAN_RESIZING not in errs[""]
+    assert MEAN_RESIZING in errs["-v"]  # loading the artifact's token grows the embedding table
+    if importlib.util.find_spec("torchvision") is None:  # only then does transformers fall back (and say so)
+        assert "requires torchvision" in errs["-v"]
 
 
 def test_python_warnings_of_libraries_hidden_but_likeness_own_shown(capfd, restore_levels):
