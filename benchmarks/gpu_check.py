@@ -395,7 +395,10 @@ def run_check(args) -> int:
                  str(64 if dry else 512), *runtime_flags("generate", device, "bf16", missing, (("--offload", "model"),))])
             return flags_note(missing)
 
-        table.measure("SD-1.5 1 image, --offload model", "bf16", offloaded)
+        if device.startswith("cuda"):
+            table.measure("SD-1.5 1 image, --offload model", "bf16", offloaded)
+        else:
+            table.skip("SD-1.5 1 image, --offload model", "diffusers' CPU offload needs a CUDA GPU")
 
     if "metrics" in only:
         generated = next((d for d in images_dirs if d.is_dir()), None)
