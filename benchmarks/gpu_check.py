@@ -54,7 +54,8 @@ DEFAULT_WHEELS = REPO / ".gpu-wheels"
 # What the GPU machine lacks (pinned as in pyproject.toml where likeness pins them). Pure-Python wheels serve any
 # Python; binary ones are fetched for one Python version and platform (--python-version, --platform) and used only
 # where they fit. Not carried (too large for the 64 MiB, or not on the rows' paths): matplotlib (training then
-# skips loss.png), scipy, scikit-image, scikit-learn, onnxruntime (aps' age/gender models), pyarrow, mtcnn + lz4.
+# skips loss.png), scipy, scikit-image, scikit-learn, onnxruntime (aps' age/gender models), pyarrow,
+# mtcnn + lz4.
 PURE_WHEELS = ["diffusers==0.42.1", "importlib-metadata", "zipp", "requests", "urllib3", "certifi", "charset-normalizer"]
 BINARY_WHEELS = ["pillow==12.3.0", "dlib-bin==20.0.1"]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux2014_x86_64", "manylinux_2_17_x86_64"]

@@ -114,7 +114,8 @@ def hub_file(repo: str, filename: str, *, subfolder: str | None = None, what: st
         return Path(hf_hub_download(repo, filename, subfolder=subfolder or None, local_files_only=offline()))
     except Exception as exc:  # hub errors come as several unrelated types
         where = f"{subfolder}/{filename}" if subfolder else filename
-        raise (error or (lambda reason: ModelUnavailableError(f"{repo}:{where}", reason, what)))(hub_failure(exc)) from None
+        error = error or (lambda reason: ModelUnavailableError(f"{repo}:{where}", reason, what))
+        raise error(hub_failure(exc)) from None
 
 
 def resolve_file(spec: str | Path, default_name: str, subfolders: Iterable[str] = ("",), what: str = "weights") -> Path:

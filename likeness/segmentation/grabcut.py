@@ -150,7 +150,8 @@ def _grabcut(image, sides, border, work_size, components, iterations, gamma, see
         if foreground.sum() < 20 or (~foreground).sum() < 20:
             break
         if models is None:
-            models = ColourModel(colours[foreground], components, seed), ColourModel(colours[~foreground], components, seed)
+            models = (ColourModel(colours[foreground], components, seed),
+                      ColourModel(colours[~foreground], components, seed))
         else:
             models = models[0].refit(colours[foreground]), models[1].refit(colours[~foreground])
         cost_fg = models[0].cost(colours)  # paying for "foreground" at this colour

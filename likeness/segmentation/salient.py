@@ -107,7 +107,8 @@ class AlphaBackend(SalientBackend):
     def predict(self, image: Image.Image) -> np.ndarray:
         if not has_alpha(image):
             raise ForegroundError(getattr(image, "filename", "image"), "image has no alpha channel; use "
-                                  "--segmenter auto or grabcut (or an onnx / transformers model) for opaque photos", "no_alpha")
+                                  "--segmenter auto or grabcut (or an onnx / transformers model) for opaque photos",
+                                  "no_alpha")
         return np.asarray(image.convert("RGBA").getchannel("A"), dtype=np.float32) / 255.0
 
 
@@ -286,7 +287,8 @@ DEFAULT_SALIENT = "auto"
 
 
 def get_salient_backend(spec: str | SalientBackend, **kwargs) -> SalientBackend:
-    """``"auto"``, ``"alpha"``, ``"grabcut"``, a ``.onnx`` path (or ``"onnx:PATH"``), or a hub id / folder (``"transformers:ID"`` or bare)."""
+    """``"auto"``, ``"alpha"``, ``"grabcut"``, a ``.onnx`` path (or ``"onnx:PATH"``), or a hub id / folder
+    (``"transformers:ID"`` or bare)."""
     if isinstance(spec, SalientBackend):
         return spec
     spec = str(spec)
