@@ -25,7 +25,7 @@ from likeness.models.tiny import BOS, EOS, build_vocabulary, cache_root, tiny_wo
 TINY_VISION_VERSION = "v1"
 TINY_IMAGE = 32
 TINY_PROJECTION = 16
-TINY_VISION_MODELS = ("likeness/tiny-clip", "likeness/tiny-clip-vision", "likeness/tiny-owlvit", "likeness/tiny-blip-vqa", "likeness/tiny-aesthetic",
+TINY_VISION_MODELS = ("likeness/tiny-clip", "likeness/tiny-owlvit", "likeness/tiny-blip-vqa", "likeness/tiny-aesthetic",
                       "likeness/tiny-hps", "likeness/tiny-imagereward")
 
 
@@ -278,7 +278,7 @@ def build_tiny_imagereward(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-BUILDERS = {"likeness/tiny-clip": build_tiny_clip, "likeness/tiny-clip-vision": build_tiny_clip_vision, "likeness/tiny-owlvit": build_tiny_owlvit,
+BUILDERS = {"likeness/tiny-clip": build_tiny_clip, "likeness/tiny-owlvit": build_tiny_owlvit,
             "likeness/tiny-blip-vqa": build_tiny_blip_vqa, "likeness/tiny-aesthetic": build_tiny_aesthetic,
             "likeness/tiny-hps": build_tiny_hps, "likeness/tiny-imagereward": build_tiny_imagereward}
 
@@ -297,3 +297,8 @@ def tiny_vision_path(model_id: str) -> Path:
         pass
     shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+# The image encoder of the encoder-based methods (PhotoVerse, StellarNet) on the tiny bases.
+TINY_VISION_MODELS += ("likeness/tiny-clip-vision",)
+BUILDERS["likeness/tiny-clip-vision"] = build_tiny_clip_vision
