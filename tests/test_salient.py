@@ -117,3 +117,43 @@ def test_mask_quality_counts_fragments():
     q = mask_quality(mask, agreement=0.9, passes=2)
     assert q.fragments == 2 and q.largest_fraction == pytest.approx(150 / 250)
     assert q.score == pytest.approx(1.0 * 0.6 * 0.9)
+
+
+# -- GrabCut: ordinary photos (no alpha channel), offline --------------------------------------------------
+
+
+def test_grabcut_finds_the_object_of_a_synthetic_photo(tmp_path):
+    # A textured red object on a noisy white-ish background: colour models + the graph cut must find it.
+    rng = np.random.default_rng(0)
+    pixels = np.clip(235 + rng.normal(0, 12, (96, 96, 3)), 0, 255)
+    pixels[30:70, 25:75] = np.clip([170, 40, 40] + rng.normal(0, 15, (40, 50, 3)), 0, 255)
+    truth = np.zeros((96, 96), bool)
+    truth[30:70, 25:75] = True
+    fg = extract_foreground(Image.fromarray(pixels.astype(np.uint8)), "grabcut")
+    found = np.zeros((96, 96), bool)
+    x0, y0, x1, y1 = fg.box
+    found[y0:y1, x0:x1] = fg.mask > 0.5
+    assert iou(found, truth) > 0.9 and fg.backend == "grabcut"
+
+
+def test_auto_uses_alpha_when_present_else_grabcut_on_a_real_photo(astronaut_path, tmp_path):
+    """The default segmenter on an ordinary JPEG (skimage's astronaut): a foreground is found (she and her
+    helmet, not the whole photo), by GrabCut; an RGBA photo still uses its alpha channel."""
+    fg = extract_foreground(astronaut_path)  # default: auto
+    assert fg.backend == "grabcut"
+    assert 0.1 < fg.quality.coverage < 0.8
+    x0, y0, x1, y1 = fg.box
+    assert x0 < 200 and x1 > 260 and y0 < 90 and y1 > 300  # the box holds her face (about x 170-260, y 60-150)
+    rgba = Image.new("RGBA", (60, 40), (0, 0, 0, 0))
+    rgba.paste((10, 200, 10, 255), (10, 5, 40, 35))
+    rgba.save(tmp_path / "a.png")
+    cut = extract_foreground(tmp_path / "a.png", "auto")
+    assert cut.backend == "alpha" and cut.box == (10, 5, 40, 35)
+    assert get_salient_backend("auto").describe() == "auto(alpha|grabcut)"
+
+
+@pytest.mark.faces_data
+def test_grabcut_finds_the_person_in_real_portraits(faces_dir):
+    for photo in (faces_dir / "obama" / "0.jpg", faces_dir / "biden" / "0.jpg"):
+        fg = extract_foreground(photo, "auto")
+        assert fg.backend == "grabcut" and 0.15 < fg.quality.coverage < 0.9, (photo, fg.quality)

@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from likeness import __version__
-from likeness.cli.output import add_output_options, configure_output
+from likeness.cli.output import add_output_options, configure_output, third_party_output
 
 # Module names under likeness.cli, in the order shown by --help.
 SUBCOMMANDS: list[str] = ["personalize", "train_encoder", "generate", "evaluate", "bench", "report", "agreement", "compare", "compose", "demo"]
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    third_party_output(0)  # before the subcommands import anything; configure_output applies -v
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):

@@ -11,7 +11,7 @@ from likeness.cli.runtime import add_runtime_options, plan_from_args
 
 DESCRIPTION = """\
 Compose several concepts (people, pets, objects) into realistic training images, MyCanvas style
-(Gen4Gen): cut each concept out (alpha channel or a salient-object model), plan a layout (offline,
+(Gen4Gen): cut each concept out (alpha channel, classical GrabCut, or a salient-object model), plan a layout (offline,
 or an OpenAI-compatible LLM), paste, repaint with an inpainting model, caption, and write a dataset
 folder (see docs/compose.md for its schema). Rerunning `run` into the same --out continues an
 interrupted run without duplicates.
@@ -37,8 +37,10 @@ def add_parser(subparsers) -> None:
     r.add_argument("--canvas", type=int, default=1024, help="square canvas side in pixels (default %(default)s)")
     r.add_argument("--min-concepts", type=int, default=2)
     r.add_argument("--max-concepts", type=int, default=3)
-    r.add_argument("--segmenter", default="alpha",
-                   help="alpha | PATH.onnx (IS-Net/BiRefNet style) | transformers hub id or folder (default %(default)s)")
+    r.add_argument("--segmenter", default="auto",
+                   help="auto (a photo's alpha channel, else grabcut) | alpha | grabcut (classical, offline, for "
+                        "ordinary photos) | PATH.onnx (IS-Net/BiRefNet style) | transformers hub id or folder "
+                        "(default %(default)s)")
     r.add_argument("--refine-passes", type=int, default=2, help="repeat-and-refine segmentation passes")
     r.add_argument("--llm-url", help="OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1); default: offline planner")
     r.add_argument("--llm-model", default="gpt-4o-mini", help="model name sent to the LLM endpoint")

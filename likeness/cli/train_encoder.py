@@ -88,6 +88,8 @@ def run(args) -> int:
     config = {k: v for k, v in config.items() if v is not None}
     if args.exclude:
         config["exclude"] = list(args.exclude)
+    if getattr(args, "quiet", False):
+        config["progress"] = False  # the training bar
     if args.identity_loss is not None:
         config["identity_loss"] = None if args.identity_loss.lower() in ("none", "") else args.identity_loss
     problem = add_options(config, args.option)

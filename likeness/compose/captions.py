@@ -82,15 +82,13 @@ class VLMCaptioner:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        from likeness.models.pretrained import load_pretrained
+
         self.model_id = str(model_id)
-        try:
-            self.processor = AutoProcessor.from_pretrained(self.model_id)
-            self.model = AutoModelForImageTextToText.from_pretrained(self.model_id)
-        except (OSError, ValueError) as exc:
-            raise FileNotFoundError(f"captioning model {self.model_id!r} could not be loaded "
-                                    f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
         self.device = torch.device(device or "cpu")
-        self.model.eval().to(self.device)
+        self.processor = load_pretrained(AutoProcessor, self.model_id, what="captioning model")
+        self.model = load_pretrained(AutoModelForImageTextToText, self.model_id, what="captioning model",
+                                     device=self.device).eval()
         self.prompt, self.max_new_tokens = prompt, max_new_tokens
         self.strategy, self.global_token = strategy, global_token
 

@@ -96,7 +96,7 @@ def compose_dataset(
     out_dir: str | Path,
     count: int,
     *,
-    segmenter="alpha",
+    segmenter="auto",
     passes: int = 2,
     planner=None,
     fallback_planner: bool = True,

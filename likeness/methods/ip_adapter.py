@@ -214,6 +214,8 @@ def resolve_encoder(spec, subfolder: str | None, weights_path: Path, hub_default
     weights file or one level up (the published repository layout), or the hub default."""
     from transformers import CLIPVisionModelWithProjection
 
+    from likeness.models.pretrained import load_pretrained
+
     if spec is None:
         for folder in (weights_path.parent / "image_encoder", weights_path.parent.parent / "image_encoder"):
             if (folder / "config.json").is_file():
@@ -223,11 +225,8 @@ def resolve_encoder(spec, subfolder: str | None, weights_path: Path, hub_default
         spec, subfolder = hub_default
     if spec is None:
         raise FileNotFoundError(f"no CLIP image encoder: no image_encoder/ folder beside {weights_path}; pass image_encoder=FOLDER_OR_HUB_ID")
-    try:
-        encoder = CLIPVisionModelWithProjection.from_pretrained(str(spec), subfolder=subfolder or "", dtype=torch.float32)
-    except OSError as exc:
-        raise FileNotFoundError(f"image encoder {spec!r}{' / ' + subfolder if subfolder else ''}: cannot load "
-                                f"({str(exc).splitlines()[0]})") from None
+    encoder = load_pretrained(CLIPVisionModelWithProjection, str(spec), subfolder=subfolder or "", dtype=torch.float32,
+                              what=f"image encoder{' (' + subfolder + '/)' if subfolder else ''}")
     encoder.eval()
     return encoder, spec, subfolder
 

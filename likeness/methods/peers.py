@@ -36,7 +36,8 @@ from likeness.methods.base import (
     as_identities,
     start_artifact,
 )
-from likeness.models.loading import base_model_info, load_pipeline, offline, offline_reason, resolve_model_path
+from likeness.models.loading import base_model_info, load_pipeline, resolve_model_path
+from likeness.models.pretrained import resolve_file  # noqa: F401  (the peers' published files go through the one path)
 
 EMBEDDINGS_FILE = "embeddings.safetensors"
 SHOWN_KEYS = 5  # how many offending key names an error message lists
@@ -52,35 +53,6 @@ class MissingFaceModelError(FileNotFoundError):
 
 
 # -- finding and reading published files ---------------------------------------------------------------
-
-
-def resolve_file(spec: str | Path, default_name: str, subfolders: Iterable[str] = ("",), what: str = "weights") -> Path:
-    """A published file given as a file path, a folder holding ``default_name`` (also in ``subfolders``),
-    or a hub id (``owner/name``, fetched by ``huggingface_hub``; from the local cache when offline)."""
-    subfolders = list(subfolders)
-    path = Path(str(spec)).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        for sub in subfolders:
-            candidate = path / sub / default_name
-            if candidate.is_file():
-                return candidate
-        looked = ", ".join(str(Path(sub) / default_name) for sub in subfolders)
-        raise FileNotFoundError(f"{path}: folder has no {what} file (looked for {looked}); pass the file itself")
-    text = str(spec)
-    if text.count("/") != 1 or text.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"{what} {text!r}: no such file or folder, and not a hub id of the form owner/name")
-    from huggingface_hub import hf_hub_download
-
-    problems = []
-    for sub in subfolders:
-        try:
-            return Path(hf_hub_download(text, default_name, subfolder=sub or None, local_files_only=offline()))
-        except Exception as exc:  # hub errors come as several unrelated types
-            problems.append(f"{sub + '/' if sub else ''}{default_name}: {type(exc).__name__}")
-    raise FileNotFoundError(f"{what} {text!r}: hub repository did not provide {'; '.join(problems)}"
-                            + (f" ({offline_reason()}: download it once on a connected machine)" if offline() else ""))
 
 
 def sha256_file(path: str | Path) -> str:

@@ -74,7 +74,8 @@ TEXT_ADAPTER_FILE = "text_adapter.safetensors"
 IP_ADAPTER_FILE = "ip_adapter.safetensors"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 TRAIN_TOKEN = "<photoverse>"  # the placeholder of training captions; its rows become each sample's S*
-# The CLIP image encoder of each family's text side (what the paper pairs with SD 1.x).
+# The CLIP image encoder of each family's text side (what the paper pairs with SD 1.x); on the built-in tiny
+# bases the tiny one (likeness.models.pretrained.TINY_IMAGE_ENCODER), so the default runs offline.
 DEFAULT_IMAGE_ENCODERS = {"sd1": "openai/clip-vit-large-patch14", "sd2": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -125,25 +126,27 @@ class ImageEncoder(torch.nn.Module):
 
     @classmethod
     def from_pretrained(cls, model_id: str | Path, *, layers: list[int] | None = None, num_layers: int = 5,
-                        device=None) -> "ImageEncoder":
+                        device=None, dtype=torch.float32) -> "ImageEncoder":
         from transformers import CLIPImageProcessor, CLIPVisionModel
 
-        try:
-            model = CLIPVisionModel.from_pretrained(str(model_id))
-        except (OSError, ValueError) as exc:
-            raise EncoderWeightsError(f"image encoder {str(model_id)!r} could not be loaded as a CLIPVisionModel "
-                                      f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        from likeness.models.pretrained import load_pretrained
+
+        def refused(reason):
+            return EncoderWeightsError(f"image encoder {str(model_id)!r} could not be loaded as a CLIPVisionModel: "
+                                       f"{reason}; give a hub id or a folder written by save_pretrained")
+
+        model = load_pretrained(CLIPVisionModel, str(model_id), dtype=dtype, error=refused)
         mean, std = CLIP_MEAN, CLIP_STD
         try:
-            processor = CLIPImageProcessor.from_pretrained(str(model_id))
+            processor = load_pretrained(CLIPImageProcessor, str(model_id), need="preprocessor_config.json")
             mean, std = tuple(processor.image_mean), tuple(processor.image_std)
-        except (OSError, ValueError):
+        except FileNotFoundError:
             pass  # a bare model folder: CLIP's published normalisation
         depth = model.config.num_hidden_layers
         layers = list(layers) if layers else default_layers(depth, num_layers)
         if max(layers) > depth or min(layers) < 0:
             raise EncoderWeightsError(f"image encoder {str(model_id)!r} has {depth} layers; cannot read layers {layers}")
-        return cls(model, str(model_id), layers, mean, std).to(device or "cpu")
+        return cls(model, str(model_id), layers, mean, std).to(device or "cpu")  # buffers follow the model
 
     @property
     def image_size(self) -> int:
@@ -431,6 +434,7 @@ class PhotoVerse(Method):
         )
         from likeness.methods.training import native_resolution, remove_checkpoints, train
         from likeness.models.loading import load_pipeline
+        from likeness.models.pretrained import image_encoder_for
 
         plan = config.pop("plan", None)
         training, options = split_config(config, ENCODER_DEFAULTS)
@@ -447,7 +451,7 @@ class PhotoVerse(Method):
         if family == "sdxl":
             raise ValueError("PhotoVerse is built for SD 1.x / 2.x (one text encoder); SDXL is not supported")
         training.resolution = training.resolution or native_resolution(pipe)
-        encoder_id = image_encoder or DEFAULT_IMAGE_ENCODERS[family]
+        encoder_id = image_encoder or image_encoder_for(base_model, DEFAULT_IMAGE_ENCODERS[family])
         encoder = ImageEncoder.from_pretrained(encoder_id, num_layers=options["num_words"], device=pipe.device)
         items, report = prepare_training_set(images, out_dir / "prepared", size=training.resolution,
                                              encoder_size=encoder.image_size, backend=get_backend(options["face_backend"]),

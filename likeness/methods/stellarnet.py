@@ -106,26 +106,25 @@ def _require_sdxl(pipe, model_id) -> None:
 class ImageEncoder:
     """A frozen CLIP vision tower (hub id or folder) with its preprocessing done in torch, batched."""
 
-    def __init__(self, model: str | Path, device=None):
-        from transformers import CLIPVisionModel
+    def __init__(self, model: str | Path, device=None, dtype=torch.float32):
+        from transformers import CLIPImageProcessor, CLIPVisionModel
+
+        from likeness.models.pretrained import load_pretrained
 
         self.model_id = str(model)
-        source = str(Path(str(model)).expanduser()) if Path(str(model)).expanduser().exists() else self.model_id
-        try:
-            self.model = CLIPVisionModel.from_pretrained(source)
-        except OSError as exc:
-            raise WeightsError(f"image encoder {self.model_id!r} could not be loaded ({str(exc).splitlines()[0]}); give a "
-                               f"hub id or a folder written by save_pretrained (a CLIP vision model)") from None
+
+        def refused(reason):
+            return WeightsError(f"image encoder {self.model_id!r} could not be loaded: {reason}; give a hub id or a "
+                                f"folder written by save_pretrained (a CLIP vision model)")
+
+        self.model = load_pretrained(CLIPVisionModel, self.model_id, device=device or "cpu", dtype=dtype, error=refused)
         self.model.requires_grad_(False).eval()
-        self.model.to(device or "cpu")
         mean, std = CLIP_MEAN, CLIP_STD
         try:
-            from transformers import CLIPImageProcessor
-
-            processor = CLIPImageProcessor.from_pretrained(source)
+            processor = load_pretrained(CLIPImageProcessor, self.model_id, need="preprocessor_config.json")
             mean, std = processor.image_mean, processor.image_std
-        except (OSError, ValueError):
-            pass
+        except FileNotFoundError:
+            pass  # a bare model folder: CLIP's published normalisation
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
         self.size = int(self.model.config.image_size)
@@ -337,7 +336,7 @@ class StellarNet(Method):
     name = "stellarnet"
     # Options of the one-time encoder training (`train_encoder`), besides TrainingConfig's fields.
     encoder_defaults = {
-        "image_encoder": None,  # hub id or folder of a CLIP vision model (required)
+        "image_encoder": None,  # hub id or folder of a CLIP vision model (required, except on the tiny bases)
         "num_words": 5,
         "hidden": 1024,
         "rank": 4,
@@ -403,6 +402,11 @@ class StellarNet(Method):
     def encoder_session(self, data, base_model, **config) -> "EncoderSession":
         """Everything the encoder training needs, ready for :func:`likeness.methods.training.train`:
         the pipeline with placeholder tokens and LoRA, the projections, the injector, the batch maker."""
+        if not config.get("image_encoder"):  # only the built-in tiny bases have a default (built offline)
+            from likeness.models.pretrained import image_encoder_for
+
+            config["image_encoder"] = image_encoder_for(base_model, None)
+
         from likeness.data.portraits import load_portraits
         from likeness.methods.training import native_resolution
         from likeness.models.loading import load_pipeline

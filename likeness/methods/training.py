@@ -354,8 +354,12 @@ def save_loss_curve(out_dir: Path, losses: list[float], lrs: list[float] | None 
         writer.writerow(["step", "loss", "lr"])
         for i, loss in enumerate(losses):
             writer.writerow([i + 1, f"{loss:.6g}", f"{lrs[i]:.6g}" if lrs else ""])
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # a declared dependency; a machine without it (the GPU check's) still gets loss.csv
+        log.warning("matplotlib is not installed: %s/loss.png not drawn (loss.csv has the "
+                    "numbers)", out_dir)
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

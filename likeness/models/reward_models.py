@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from likeness.models.loading import offline, offline_reason, pick_device
+from likeness.models.loading import pick_device
 from likeness.models.vision_language import LOADERS, ClipModel, VisionModelError, _batches, _tiny
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -63,13 +63,9 @@ def checkpoint_file(role: str, model_id: str, names: tuple[str, ...]) -> Path:
     if tiny is None and not path.exists():
         if repo.count("/") != 1 or repo.startswith((".", "/", "~")):
             raise VisionModelError(role, model_id, "no such file or folder, and it is not a hub id (owner/repo or owner/repo:filename)")
-        from huggingface_hub import hf_hub_download
+        from likeness.models.pretrained import hub_file
 
-        try:
-            return Path(hf_hub_download(repo, filename or names[0], local_files_only=offline()))
-        except Exception as exc:  # hub errors come as several unrelated types
-            where = f"{offline_reason()} and it is not in the local hub cache" if offline() else "it could not be downloaded"
-            raise VisionModelError(role, model_id, f"{where} ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]})") from None
+        return hub_file(repo, filename or names[0], error=lambda reason: VisionModelError(role, model_id, reason))
     if path.is_dir():
         for name in ((filename,) if filename else names):
             if (path / name).is_file():
@@ -427,16 +423,9 @@ def load_tokenizer(role: str, model_id: str, device=None, batch_size: int | None
     """A tokenizer by hub id, local folder or tiny id (``AutoTokenizer``)."""
     from transformers import AutoTokenizer
 
-    tiny = _tiny(model_id)
-    local = Path(model_id).expanduser()
-    if tiny is None and not local.exists() and (model_id.count("/") != 1 or model_id.startswith((".", "/", "~"))):
-        raise VisionModelError(role, model_id, "no such local folder, and it is not a hub id of the form owner/name")
-    source = tiny if tiny is not None else (local if local.exists() else model_id)
-    try:
-        return AutoTokenizer.from_pretrained(source, local_files_only=offline())
-    except Exception as exc:
-        where = f"{offline_reason()} and it is not in the local hub cache" if offline() else "it could not be loaded"
-        raise VisionModelError(role, model_id, f"{where} ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]})") from None
+    from likeness.models.pretrained import load_pretrained
+
+    return load_pretrained(AutoTokenizer, model_id, need=None, error=lambda reason: VisionModelError(role, model_id, reason))
 
 
 LOADERS.update({"hps": load_hps, "imagereward": load_imagereward,

@@ -2,7 +2,8 @@
 head at toy sizes, random weights, built from configs and written with ``save_pretrained``.
 
 They let every text-image metric run offline in seconds (tests, ``likeness bench`` smoke runs). Their numbers
-mean nothing. Accepted wherever a model id is: ``likeness/tiny-clip``, ``likeness/tiny-owlvit``,
+mean nothing. Accepted wherever a model id is: ``likeness/tiny-clip``, ``likeness/tiny-clip-vision`` (the image
+encoder of PhotoVerse and StellarNet on the tiny bases), ``likeness/tiny-owlvit``,
 ``likeness/tiny-blip-vqa``, ``likeness/tiny-aesthetic`` (the head for ``likeness/tiny-clip`` embeddings),
 ``likeness/tiny-hps`` and ``likeness/tiny-imagereward`` (checkpoints in the published HPSv2 / ImageReward key
 layouts, see ``likeness.models.reward_models``, with their tokenizers beside them).
@@ -60,6 +61,19 @@ def build_tiny_clip(folder: Path, seed: int = 0, max_length: int = 77, image_siz
     image_processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
     CLIPProcessor(image_processor=image_processor, tokenizer=tok).save_pretrained(folder)
     shutil.rmtree(folder / "_tokenizer")
+    return folder
+
+
+def build_tiny_clip_vision(folder: Path, seed: int = 0) -> Path:
+    """A ``CLIPVisionModel`` alone (6 layers, so PhotoVerse's 5 feature layers are distinct) with its image
+    processor: the image encoder of the encoder-based methods on the tiny bases."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    CLIPVisionModel(CLIPVisionConfig(**{**_small(image_size=TINY_IMAGE, patch_size=8), "num_hidden_layers": 6},
+                                     projection_dim=TINY_PROJECTION)).save_pretrained(folder)
+    size = {"shortest_edge": TINY_IMAGE}
+    CLIPImageProcessor(size=size, crop_size={"height": TINY_IMAGE, "width": TINY_IMAGE}).save_pretrained(folder)
     return folder
 
 
@@ -291,3 +305,8 @@ def tiny_vision_path(model_id: str) -> Path:
         pass
     shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+# The image encoder of the encoder-based methods (PhotoVerse, StellarNet) on the tiny bases.
+TINY_VISION_MODELS += ("likeness/tiny-clip-vision",)
+BUILDERS["likeness/tiny-clip-vision"] = build_tiny_clip_vision

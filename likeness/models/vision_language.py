@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from likeness.models.loading import offline, offline_reason, pick_device
+from likeness.models.loading import offline, pick_device
 
 
 @dataclass(frozen=True)
@@ -119,29 +119,22 @@ def _is_tiny_id(model_id: str) -> bool:
 
 def _source(role: str, model_id: str) -> str | Path:
     """A local folder, or the hub id (after checking its shape), for ``from_pretrained``."""
-    tiny = _tiny(model_id)
-    if tiny is not None:
-        return tiny
-    local = Path(model_id).expanduser()
-    if local.exists():
-        if not (local / "config.json").exists():
-            raise VisionModelError(role, model_id, f"{local} exists but has no config.json")
-        return local
-    if model_id.count("/") != 1 or model_id.startswith((".", "/", "~")):
-        raise VisionModelError(role, model_id, "no such local folder, and it is not a hub id of the form owner/name")
-    return model_id
+    from likeness.models.pretrained import pretrained_source
+
+    return pretrained_source(model_id, error=lambda reason: VisionModelError(role, model_id, reason))
 
 
 def _load(role: str, model_id: str, loader):
+    """``loader(source, local_files_only)`` through the one offline check (:mod:`likeness.models.pretrained`)."""
+    from likeness.models.pretrained import hub_failure
+
     source = _source(role, model_id)
     try:
         return loader(source, local_files_only=offline())
     except VisionModelError:
         raise
     except Exception as exc:  # hub / file errors come as several unrelated types
-        first_line = (str(exc).splitlines() or [""])[0][:300]
-        where = f"{offline_reason()} and it is not in the local hub cache" if offline() else "it could not be loaded"
-        raise VisionModelError(role, model_id, f"{where} ({type(exc).__name__}: {first_line})") from None
+        raise VisionModelError(role, model_id, hub_failure(exc)) from None
 
 
 def _batches(seq, size: int):
@@ -405,12 +398,9 @@ def load_aesthetic_head(role: str, model_id: str, device=None) -> AestheticHead:
     if tiny is None and not path.exists():
         if repo.count("/") != 1 or not filename:
             raise VisionModelError(role, model_id, "no such file, and it is not of the form owner/repo:filename")
-        from huggingface_hub import hf_hub_download
+        from likeness.models.pretrained import hub_file
 
-        try:
-            path = Path(hf_hub_download(repo, filename, local_files_only=offline()))
-        except Exception as exc:
-            raise VisionModelError(role, model_id, f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}") from None
+        path = hub_file(repo, filename, error=lambda reason: VisionModelError(role, model_id, reason))
     if path.is_dir():
         candidates = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.pth"))
         if not candidates:

@@ -2,9 +2,11 @@
 
 Gen4Gen (arXiv 2402.15504) cuts each concept out of its photo with a salient-object segmenter
 (DIS IS-Net) before pasting it on a new canvas. Here a :class:`SalientBackend` turns an RGB image into
-a soft mask in [0, 1]; three backends exist:
+a soft mask in [0, 1]; these backends exist:
 
+- ``auto`` (the default): ``alpha`` when the photo has an alpha channel, else ``grabcut``;
 - ``alpha``: the image's own alpha channel (product shots and stickers already carry one);
+- ``grabcut``: classical GrabCut (:mod:`likeness.segmentation.grabcut`), no weights: ordinary photos, offline;
 - ``onnx``: an IS-Net / BiRefNet-style ONNX file (one NCHW float input at a fixed size, first output
   the saliency map, logits or probabilities) run with onnxruntime;
 - ``transformers``: a segmentation model by hub id or local folder (``AutoModelForSemanticSegmentation``
@@ -103,10 +105,52 @@ class AlphaBackend(SalientBackend):
     name = "alpha"
 
     def predict(self, image: Image.Image) -> np.ndarray:
-        if "A" not in image.getbands() and not (image.mode == "P" and "transparency" in image.info):
-            raise ForegroundError(getattr(image, "filename", "image"), "image has no alpha channel; use a "
-                                  "segmentation backend (onnx or transformers) for opaque photos", "no_alpha")
+        if not has_alpha(image):
+            raise ForegroundError(getattr(image, "filename", "image"), "image has no alpha channel; use "
+                                  "--segmenter auto or grabcut (or an onnx / transformers model) for opaque photos",
+                                  "no_alpha")
         return np.asarray(image.convert("RGBA").getchannel("A"), dtype=np.float32) / 255.0
+
+
+def has_alpha(image: Image.Image) -> bool:
+    return "A" in image.getbands() or (image.mode == "P" and "transparency" in image.info)
+
+
+class GrabCutBackend(SalientBackend):
+    """Classical foreground extraction for ordinary photos, no model weights: GrabCut (colour mixtures + a
+    minimum graph cut, :mod:`likeness.segmentation.grabcut`) with a thin border strip as known background."""
+
+    name = "grabcut"
+    # Repeat-and-refine re-segments a crop tight around the object, whose border strip is then the object
+    # itself: that breaks GrabCut's one assumption, so it runs once on the whole photo.
+    refinable = False
+
+    def __init__(self, *, border: float = 0.04, work_size: int = 128, iterations: int = 4):
+        self.options = {"border": border, "work_size": work_size, "iterations": iterations}
+
+    def predict(self, image: Image.Image) -> np.ndarray:
+        from likeness.segmentation.grabcut import grabcut
+
+        return grabcut(image, **self.options)
+
+
+class AutoBackend(SalientBackend):
+    """The photo's own alpha channel when it has one, else :class:`GrabCutBackend` (the default: runs offline on
+    product shots with transparency and on ordinary JPEGs alike). Each cut-out records which one made it."""
+
+    name = "auto"
+
+    def __init__(self, opaque: SalientBackend | None = None):
+        self.alpha, self.opaque = AlphaBackend(), opaque or GrabCutBackend()
+
+    def describe(self) -> str:
+        return f"auto(alpha|{self.opaque.describe()})"
+
+    def choose(self, image: Image.Image) -> SalientBackend:
+        return self.alpha if has_alpha(image) else self.opaque
+
+    def predict(self, image: Image.Image) -> np.ndarray:
+        return self.choose(image).predict(image)
 
 
 def _normalise(image: Image.Image, size: tuple[int, int], mean, std) -> np.ndarray:
@@ -187,23 +231,26 @@ class TransformersBackend(SalientBackend):
         self.model_id = str(model_id)
         self.foreground_label = foreground_label
         self.device = torch.device(device or "cpu")
+        from likeness.models.pretrained import ModelUnavailableError, load_pretrained
+
         errors = []
         self.model = None
         for auto in (AutoModelForSemanticSegmentation, AutoModelForImageSegmentation):
-            try:
-                self.model = auto.from_pretrained(self.model_id, trust_remote_code=False)  # never run a model's own code
+            try:  # never run a model's own code (trust_remote_code stays off)
+                self.model = load_pretrained(auto, self.model_id, what="segmentation model", device=self.device,
+                                             trust_remote_code=False)
                 break
-            except (ValueError, OSError, KeyError) as exc:
-                errors.append(f"{auto.__name__}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            except ModelUnavailableError as exc:
+                errors.append(f"{auto.__name__}: {exc.reason}")
         if self.model is None:
-            raise FileNotFoundError(f"segmentation model {self.model_id!r} could not be loaded ({'; '.join(errors)})")
-        self.model.eval().to(self.device)
+            raise ModelUnavailableError(self.model_id, "; ".join(errors), "segmentation model")
+        self.model.eval()
         self.processor = None
         try:
             from transformers import AutoImageProcessor
 
-            self.processor = AutoImageProcessor.from_pretrained(self.model_id)
-        except (OSError, ValueError, KeyError):
+            self.processor = load_pretrained(AutoImageProcessor, self.model_id, need="preprocessor_config.json")
+        except FileNotFoundError:
             self.processor = None  # no preprocessor config: ImageNet statistics at ``size``
         config_size = getattr(self.model.config, "image_size", None)
         side = size or (config_size if isinstance(config_size, int) else 512)
@@ -234,13 +281,19 @@ class TransformersBackend(SalientBackend):
         return _resize_mask(pred, rgb.size)
 
 
+# Backends that need no file or model id, by name.
+SALIENT_BACKENDS = {"auto": AutoBackend, "alpha": AlphaBackend, "grabcut": GrabCutBackend}
+DEFAULT_SALIENT = "auto"
+
+
 def get_salient_backend(spec: str | SalientBackend, **kwargs) -> SalientBackend:
-    """``"alpha"``, a ``.onnx`` path (or ``"onnx:PATH"``), or a hub id / folder (``"transformers:ID"`` or bare)."""
+    """``"auto"``, ``"alpha"``, ``"grabcut"``, a ``.onnx`` path (or ``"onnx:PATH"``), or a hub id / folder
+    (``"transformers:ID"`` or bare)."""
     if isinstance(spec, SalientBackend):
         return spec
     spec = str(spec)
-    if spec == "alpha":
-        return AlphaBackend()
+    if spec in SALIENT_BACKENDS:
+        return SALIENT_BACKENDS[spec](**kwargs)
     kind, sep, rest = spec.partition(":")
     if sep and kind == "onnx":
         return OnnxBackend(rest, **kwargs)
@@ -293,7 +346,7 @@ def refine(backend: SalientBackend, image: Image.Image, *, passes: int = 3, marg
     agree (IoU >= ``tolerance``) or ``passes`` ran. Returns (mask, last agreement, passes run)."""
     mask = backend.predict(image)
     agreement, done = 1.0, 1
-    for _ in range(passes - 1):
+    for _ in range(passes - 1 if getattr(backend, "refinable", True) else 0):
         box = _bbox(mask > 0.5)
         if box is None:
             break
@@ -312,7 +365,7 @@ def refine(backend: SalientBackend, image: Image.Image, *, passes: int = 3, marg
     return mask, agreement, done
 
 
-def extract_foreground(source, backend: SalientBackend | str = "alpha", *, passes: int = 2,
+def extract_foreground(source, backend: SalientBackend | str = DEFAULT_SALIENT, *, passes: int = 2,
                        min_coverage: float = 0.005, max_coverage: float = 0.97) -> Foreground:
     """Cut the salient object out of ``source`` (path or PIL image).
 
@@ -331,13 +384,15 @@ def extract_foreground(source, backend: SalientBackend | str = "alpha", *, passe
         except ImageError as exc:
             raise ForegroundError(source, exc.problem, "unreadable") from None
         original = rgb
-        if isinstance(backend, AlphaBackend):
+        if isinstance(backend, (AlphaBackend, AutoBackend)):  # the alpha channel load_image drops
             from PIL import ImageOps
 
             with Image.open(source) as raw:
                 raw.load()
                 original = ImageOps.exif_transpose(raw)
     rgb = original.convert("RGB")
+    if isinstance(backend, AutoBackend):
+        backend = backend.choose(original)
     if isinstance(backend, AlphaBackend):
         try:
             mask = backend.predict(original)
@@ -365,5 +420,5 @@ def extract_foreground(source, backend: SalientBackend | str = "alpha", *, passe
                       notes=notes)
 
 
-__all__ = ["SalientBackend", "AlphaBackend", "OnnxBackend", "TransformersBackend", "Foreground", "ForegroundError",
+__all__ = ["SalientBackend", "AlphaBackend", "AutoBackend", "GrabCutBackend", "SALIENT_BACKENDS", "OnnxBackend", "TransformersBackend", "Foreground", "ForegroundError",
            "MaskQuality", "extract_foreground", "get_salient_backend", "mask_quality", "refine"]

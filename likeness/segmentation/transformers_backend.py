@@ -74,18 +74,18 @@ class TransformersSegmenter(Segmenter):
 
         from likeness.models.loading import pick_device
 
+        from likeness.models.pretrained import load_pretrained
+
         self.model_id = str(model)
-        local = Path(str(model)).expanduser()
-        source = str(local) if local.exists() else self.model_id
-        try:
-            config = AutoConfig.from_pretrained(source, revision=revision)
-            self.processor = AutoImageProcessor.from_pretrained(source, revision=revision)
-        except (OSError, ValueError) as exc:
-            raise SegmentationModelError(f"segmentation model {self.model_id!r} could not be loaded "
-                                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                                         f"give a hub id or a folder written by save_pretrained") from None
-        self.model = self._load_model(source, config, revision)
+
+        def refused(reason):
+            return SegmentationModelError(f"segmentation model {self.model_id!r} could not be loaded: {reason}; "
+                                          f"give a hub id or a folder written by save_pretrained")
+
+        config = load_pretrained(AutoConfig, self.model_id, revision=revision, error=refused)
+        self.processor = load_pretrained(AutoImageProcessor, self.model_id, revision=revision, error=refused)
         self.device = pick_device(device)
+        self.model = self._load_model(self.model_id, config, revision, refused)
         self.model.to(self.device).eval()
         id2label = {int(k): str(v) for k, v in (self.model.config.id2label or {}).items()}
         self.id2label = id2label
@@ -96,19 +96,18 @@ class TransformersSegmenter(Segmenter):
         self.revision = revision or ("sha256:" + digest.hexdigest()[:16])
 
     @staticmethod
-    def _load_model(source, config, revision):
+    def _load_model(model_id, config, revision, refused):
         from transformers import AutoModelForSemanticSegmentation, AutoModelForUniversalSegmentation
+
+        from likeness.models.pretrained import load_pretrained
 
         errors = []
         for auto in (AutoModelForSemanticSegmentation, AutoModelForUniversalSegmentation):
-            try:
-                return auto.from_pretrained(source, revision=revision)
-            except ValueError as exc:  # "Unrecognized configuration class" for the other kind
-                errors.append(str(exc).splitlines()[0])
-            except OSError as exc:
-                raise SegmentationModelError(f"segmentation model {source!r}: {exc}") from None
-        raise SegmentationModelError(f"{source!r} ({type(config).__name__}) is not a semantic or universal "
-                                     f"segmentation model: {'; '.join(errors)}")
+            try:  # the other kind answers "Unrecognized configuration class"
+                return load_pretrained(auto, model_id, revision=revision, error=SegmentationModelError)
+            except SegmentationModelError as exc:
+                errors.append(str(exc))
+        raise refused(f"{type(config).__name__} is not a semantic or universal segmentation model ({'; '.join(errors)})")
 
     @torch.no_grad()
     def label_map(self, image) -> np.ndarray:
