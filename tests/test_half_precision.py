@@ -29,7 +29,7 @@ def _images(artifact, denoiser: str, **call) -> dict:
 def _within(images: dict, mean: float = 2, peak: float = 24) -> dict:
     """Bound: a few denoising steps of a tiny random denoiser whose weights and activations are rounded to 8 (bf16) or
     11 (fp16) significant bits, VAE included, differ from float32 by rounding only: mean under 2 of 255 levels, no
-    pixel over 24 (measured on an x86 CPU: bf16 mean <= 0.83, max <= 6; fp16 mean <= 0.1, max 1). The margin covers
+    pixel over 24 (measured on an x86 CPU: bf16 mean <= 0.96, max <= 7; fp16 mean <= 0.12, max 1). The margin covers
     other CPUs' kernels; the weights' dtype itself is asserted in _images."""
     measured = {}
     for dtype in HALF:
@@ -184,4 +184,22 @@ def test_stellarnet_generates_in_half_precision(tiny_models, astronaut_path, tmp
                                    "likeness/tiny-sdxl", image_encoder=str(build_tiny_clip_vision(tmp_path / "clip")),
                                    max_steps=1, segmenter="celebamask", progress=False)
     art = method.personalize({"astro": [astronaut_path]}, tmp_path / "art", None, weights=str(weights))
+    _within(_images(art, "unet", num_inference_steps=2))
+
+
+def test_pulid_generates_in_half_precision(tiny_models, tmp_path):
+    """PuLID v1.1 on tiny-sdxl with tiny published-layout weights, a tiny EVA02-CLIP and the tiny ArcFace: ID
+    tokens computed at personalization, the ID attention processors then run in bf16 / fp16."""
+    from PIL import Image
+
+    from likeness.faces.tiny_arcface import export_tiny_arcface, face_image
+    from likeness.methods.peer_layouts import eva_clip_state, pulid_state, save_flat
+    from likeness.methods.peers import empty_unet
+
+    Image.fromarray(face_image(0)).save(tmp_path / "ann.png")
+    weights = save_flat(pulid_state(empty_unet("likeness/tiny-sdxl"), version="v1.1", seed=1),
+                        tmp_path / "pulid_v1.1.safetensors")
+    eva = save_flat(eva_clip_state(), tmp_path / "EVA02_CLIP_L_336_psz14_s6B.pt")
+    art = personalize("pulid", {"ann": [tmp_path / "ann.png"]}, tmp_path / "art", "likeness/tiny-sdxl", version="v1.1",
+                      weights=str(weights), eva_clip=str(eva), face_model_dir=str(export_tiny_arcface(tmp_path / "arc")))
     _within(_images(art, "unet", num_inference_steps=2))
