@@ -203,3 +203,35 @@ def test_pulid_generates_in_half_precision(tiny_models, tmp_path):
     art = personalize("pulid", {"ann": [tmp_path / "ann.png"]}, tmp_path / "art", "likeness/tiny-sdxl", version="v1.1",
                       weights=str(weights), eva_clip=str(eva), face_model_dir=str(export_tiny_arcface(tmp_path / "arc")))
     _within(_images(art, "unet", num_inference_steps=2))
+
+
+def test_judge_runs_in_half_precision_and_keys_its_answers_by_dtype(tmp_path, monkeypatch):
+    """The tiny Qwen2.5-VL judge in float32, bf16 and fp16 with one answer cache: each dtype loads in it, generates
+    its own answers (the cache key holds the dtype, so a bf16 answer is never served as a float32 one) and the
+    protocol records it. Random weights answer garbage: the status is parse_failed in every dtype, never a score."""
+    from PIL import Image
+
+    from likeness.data.identities import Identity
+    from likeness.metrics import METRICS, Sample
+    from likeness.metrics.features import FeatureExtractor
+    from likeness.models.tiny_judge import build_tiny_qwen_vl
+    from likeness.models.vision_language import VisionModels
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("LIKENESS_JUDGE_CACHE", str(tmp_path / "answers.sqlite"))
+    folder = build_tiny_qwen_vl(tmp_path / "judge")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (72, 64, 3), dtype=np.uint8)).save(tmp_path / "gen.png")
+    samples = [Sample("a", tmp_path / "gen.png", Identity("ann", []), tmp_path / "gen.png",
+                      {"prompt_template": "{} playing a violin"})]
+    for dtype in ("float32", *HALF):
+        models = VisionModels({"judge": str(folder)}, device="cpu", dtype=dtype)
+        metric = METRICS.create("judge-prompt", models=models)
+        features = FeatureExtractor(models).extract(samples, metric.features)
+        (score,) = metric.update_features(samples, features)
+        judge = models.get("judge")
+        assert judge.model.dtype == getattr(torch, dtype) and judge.generated == 1
+        assert score.value is None and score.status == "parse_failed" and score.detail["cached"] is False
+        assert metric.protocol["judge"]["dtype"] == dtype
+        name = metric.protocol["name"]
+        assert name.endswith(f"@{dtype}") if dtype != "float32" else "@" not in name  # half: another protocol
