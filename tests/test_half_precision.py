@@ -235,3 +235,28 @@ def test_judge_runs_in_half_precision_and_keys_its_answers_by_dtype(tmp_path, mo
         assert metric.protocol["judge"]["dtype"] == dtype
         name = metric.protocol["name"]
         assert name.endswith(f"@{dtype}") if dtype != "float32" else "@" not in name  # half: another protocol
+
+
+def test_judge_default_dtype_on_a_gpu_is_in_its_protocol_name(tmp_path, monkeypatch):
+    """Without a dtype the judge loads in the plan's default: bf16 on an Ampere GPU. Its protocol name must say so
+    (it said nothing: bf16 GPU scores shared the float32 name). Checked on a described A100, no CUDA touched.
+    Short dtype spellings (bf16, fp32) are the plan's, and an unknown one is refused by name."""
+    import likeness.models.runtime as runtime
+    from likeness.metrics import METRICS
+    from likeness.models.runtime import CudaDevice, Hardware, PlanError
+    from likeness.models.tiny_judge import build_tiny_qwen_vl
+    from likeness.models.vision_language import VisionModels
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = build_tiny_qwen_vl(tmp_path / "judge")
+    a100 = Hardware(cuda=(CudaDevice("NVIDIA A100-SXM4-80GB", (8, 0)),))
+    monkeypatch.setattr(runtime, "current_plan", lambda device=None, dtype="auto", mixed="auto", **kw:
+                        runtime.resolve_plan(device, dtype, mixed, hardware=a100, **kw))
+    models = VisionModels({"judge": str(folder)})
+    assert models.runtime(["judge"]) == {"judge": "bfloat16"}
+    protocol = METRICS.create("judge-identity", models=models).protocol
+    assert protocol["name"].endswith("@bfloat16") and protocol["judge"]["dtype"] == "bfloat16"
+    assert VisionModels({"judge": str(folder)}, dtype="fp32").runtime(["judge", "clip"]) == {}
+    assert VisionModels(dtype="bf16").runtime(["clip", "owlvit"]) == {"clip": "bfloat16"}
+    with pytest.raises(PlanError, match="--dtype 'fp8': unknown dtype"):
+        VisionModels(dtype="fp8")

@@ -235,4 +235,6 @@ def load_judge(role: str, model_id: str, device=None, batch_size: int = 4, dtype
 
 
 load_judge.takes_dtype = True
+# Its default (dtype None) is the plan's: half on GPUs. VisionModels.runtime asks, so the protocol name says so.
+load_judge.resolved_dtype = lambda device, dtype: pick_dtype(pick_device(device), dtype)
 LOADERS["judge"] = load_judge

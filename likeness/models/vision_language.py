@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from likeness.models.loading import offline, pick_device
+from likeness.models.runtime import _dtype_name  # the plan's dtype spellings
 
 
 @dataclass(frozen=True)
@@ -449,7 +450,9 @@ class VisionModels:
         if plan is not None:  # a runtime plan (likeness.models.runtime): its device and dtype
             device, dtype = device or plan.device, dtype or plan.dtype
         self.device, self.batch_size = device, batch_size
-        self.dtype = None if dtype in (None, "auto") else dtype  # for loaders that take one; None: each loader's default
+        # For loaders that take one, in the plan's spelling ("bf16" -> "bfloat16"; an unknown name is a PlanError
+        # naming it); None: each loader's default.
+        self.dtype = None if dtype in (None, "auto") else _dtype_name(dtype)
         self._loaded: dict[str, object] = {}
         self._errors: dict[str, VisionModelError] = {}
         self.loads: Counter = Counter()
@@ -491,9 +494,18 @@ class VisionModels:
     def runtime(self, roles) -> dict:
         """What of the runtime can change the numbers of ``roles``' models (for a metric's protocol): the dtype
         of each role loaded in half precision; empty in the default float32."""
-        name = str(self.dtype).replace("torch.", "") if self.dtype is not None else "float32"
-        return {role: name for role in roles
-                if name != "float32" and getattr(LOADERS.get(role), "takes_dtype", False)}
+        out = {}
+        for role in roles:
+            loader = LOADERS.get(role)
+            if not getattr(loader, "takes_dtype", False):
+                continue
+            # A loader whose default is not float32 (the judge: half on GPUs) says which dtype it will pick.
+            resolve = getattr(loader, "resolved_dtype", None)
+            dtype = resolve(self.device, self.dtype) if resolve is not None else self.dtype
+            name = str(dtype).replace("torch.", "") if dtype is not None else "float32"
+            if name != "float32":
+                out[role] = name
+        return out
 
     def error(self, role: str) -> VisionModelError | None:
         """The load error of ``role`` (trying to load it once), or None when it is usable."""
