@@ -61,7 +61,24 @@ def test_flux_lora_and_kontext_generate_in_half_precision(tiny_models, astronaut
     _within(_images(art, "transformer", num_inference_steps=2, guidance_scale=1.0, height=32, width=32))
     art = personalize("flux-kontext", {"astro": [astronaut_path]}, tmp_path / "kontext", "likeness/tiny-flux",
                       reference_size=64)
-    _within(_images(art, "transformer", num_inference_steps=2, height=32, width=32))
+    images = _images(art, "transformer", num_inference_steps=2, height=32, width=32)
+    _within(images)
+    # The CLI: `likeness generate --dtype float16` is the same computation as above (exactly the same pixels), and
+    # each image's sidecar records the dtype (a float32 one records none, as before).
+    import json
+
+    from PIL import Image
+
+    from likeness.cli import main
+
+    for dtype in ("float16", "float32"):
+        assert main(["generate", "--artifact", str(art), "--prompt", PROMPT, "--seed", "3", "--steps", "2",
+                     "--height", "32", "--width", "32", "--out", str(tmp_path / dtype), "--dtype", dtype,
+                     "--device", "cpu", "--quiet"]) == 0
+        (png,) = (tmp_path / dtype).rglob("*.png")
+        np.testing.assert_array_equal(np.asarray(Image.open(png), dtype=np.float64), images[dtype])
+        sidecar = json.loads(png.with_suffix(".json").read_text())
+        assert sidecar.get("dtype") == (None if dtype == "float32" else dtype)
 
 
 # -- metrics ------------------------------------------------------------------------------------------

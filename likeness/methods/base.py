@@ -297,10 +297,17 @@ def write_images(
             "prompt": personalized.prompt(prompt.template, name), **prompt.sidecar_fields(),
             "seed": int(seed), "method": personalized.manifest.method, "base_model": info.model_id,
             "base_model_revision": info.revision, "family": info.family,
-            **_quantization_field(personalized.pipe),
+            **_quantization_field(personalized.pipe), **_precision_field(personalized.pipe),
         })
         written.append(image_path)
     return written
+
+
+def _precision_field(pipe) -> dict:
+    """The denoiser's dtype where it is not float32 (half-precision pixels differ from float32 ones by rounding)."""
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    name = str(getattr(denoiser, "dtype", "float32")).replace("torch.", "")
+    return {} if name == "float32" else {"dtype": name}
 
 
 def _quantization_field(pipe) -> dict:
