@@ -16,14 +16,16 @@ With no options it runs the built-in smoke benchmark: textual inversion on the t
 (likeness/tiny-sd, random weights: it makes noise, not people) for the bundled identity
 `astronaut` (scikit-image's public-domain photo), 8 prompts of the open prompt set, beside the
 reference row copy-reference (the reference photo returned for every prompt: IPS ~1 that the
-exploitation penalty zeroes), in OUT/<method>/ with OUT/leaderboard.html ranking them; real-photos
-(another photo of the person, the upper bound) joins when an identity has a second photo.
+exploitation penalty zeroes once CLIP-T and CLIP-N are computed, e.g. with --clip-model), in
+OUT/<method>/ with OUT/leaderboard.html ranking them; real-photos (another photo of the person, the
+upper bound) joins when an identity has a second photo.
 
 Inputs
   --identities   a folder of people (<name>/*.jpg) or the official Stellar layout; default: builtin
   --prompts      open (likeness' open Stellar-T-style set, 1152 prompts), stellar-t / stellar-h (each
                  identity's own prompts_t.json / prompts_h.json), or a JSON file in that schema
-Outputs (all in the run folder, --out)
+Outputs (all in the run folder, --out; several methods: one such folder per method, OUT/<method>/,
+and OUT/leaderboard.html)
   run.json                       the configuration and its digest; another config is refused
   run.lock                       the running run's host and pid (empty when none runs)
   results.sqlite                 items (pending/done/failed + reason) and per-image metric rows
