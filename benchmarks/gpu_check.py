@@ -345,7 +345,7 @@ def run_check(args) -> int:
                 cli(["bench", "--out", str(work / f"bench-{precision}"), "--no-report", *extra,
                      "--identities", str(photo.parent.parent),  # the builtin astronaut needs scikit-image
                      *runtime_flags("bench", device, precision, missing)])
-                done = len(list((work / f"bench-{precision}" / "images").rglob("*.png")))
+                done = len(list((work / f"bench-{precision}").rglob("images/*/*.png")))  # every method's folder
                 return "; ".join(filter(None, [f"{done} images", flags_note(missing)]))
 
             table.measure("bench (default)", precision, bench)

@@ -63,7 +63,8 @@ def test_processes_fork_ranks_that_give_the_one_process_results(tmp_path):
     for name, image in (("alice", Image.open(photo)), ("bob", Image.open(photo).transpose(Image.Transpose.FLIP_LEFT_RIGHT))):
         (people / name).mkdir(parents=True)
         image.save(people / name / "0.png")
-    common = ["--identities", str(people), "--limit", "2", "--train-steps", "2", "--metrics", "ips,sis"]
+    common = ["--method", "textual-inversion", "--identities", str(people), "--limit", "2", "--train-steps", "2",
+              "--metrics", "ips,sis"]
     one, two = tmp_path / "one", tmp_path / "two"
     first = _cli(*common, "--out", str(one))
     forked = _cli(*common, "--out", str(two), "--processes", "2")
@@ -96,7 +97,7 @@ def test_processes_bad_input_is_said_once_and_launchers_do_not_mix(tmp_path):
 def test_a_forked_rank_killed_mid_run_is_named_and_resume_completes_every_item_once(tmp_path):
     run = tmp_path / "run"
     command = [sys.executable, "-m", "likeness", "bench", "--quiet", "--no-report", "--out", str(run), "--limit", "24",
-               "--metrics", ""]
+               "--method", "textual-inversion", "--metrics", ""]
     env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
     for name in LAUNCH_ENV:
         env.pop(name, None)

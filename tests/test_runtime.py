@@ -191,11 +191,11 @@ def test_default_bench_in_bfloat16_finishes_every_item(tiny_models, tmp_path, ca
     run = tmp_path / "run"
     assert main(["bench", "--out", str(run), "--limit", "2", "--train-steps", "2", "--metrics", "ips",
                  "--dtype", "bfloat16", "--mixed-precision", "bf16", "--quiet", "--no-report"]) == 0
-    assert "2/2 items done" in capsys.readouterr().out
-    record = json.loads((run / "run.json").read_text())
+    assert capsys.readouterr().out.count("2/2 items done") == 2  # the default: the method and copy-reference
+    record = json.loads((run / "textual-inversion" / "run.json").read_text())
     assert record["config"]["runtime"] == {"dtype": "bfloat16", "mixed_precision": "bf16"}
     assert record["runtime"]["dtype"] == "bfloat16" and record["runtime"]["device"] == "cpu"
-    manifest = json.loads(next((run / "artifacts").glob("*/likeness.json")).read_text())
+    manifest = json.loads(next((run / "textual-inversion" / "artifacts").glob("*/likeness.json")).read_text())
     assert manifest["config"]["runtime"]["mixed_precision"] == "bf16"
 
 

@@ -16,10 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from likeness.bench.plan import RunConfig
-from likeness.bench.report import DASH, _fmt, _label, build_report, metric_columns, read_results
+from likeness.bench.report import DASH, _finite, _fmt, _label, build_report, metric_columns, read_results
 from likeness.bench.runstore import DONE, FAILED
 
 PAGE = "leaderboard.html"
+PENALISED = "IPS-PENALISED"
 
 
 def method_folder(root: Path, method: str) -> Path:
@@ -54,6 +55,9 @@ def leaderboard_rows(run_dirs: list[Path]) -> list[dict]:
             "seconds_per_image": sum(seconds) / len(seconds) if seconds else None,
             "first_failure": failed[0]["reason"] if failed else "", "config": results.config,
             "protocols": results.protocols, "face_protocol": results.face_protocol,
+            # Stellar's exploitation penalty (computed when the run has CLIP-T and CLIP-N): the copy-reference row's
+            # IPS ~1 counts 0 here.
+            "ips_penalised": (results.summaries.get(PENALISED) or {}).get("value"),
         })
     return rows
 
@@ -68,6 +72,11 @@ def build_leaderboard(run_dirs: list[str | Path], out_dir: str | Path) -> tuple[
     head = rows[0]["config"] if rows else {}
     # The metrics the runs asked for or have, in Stellar's order (not 13 columns of dashes for two metrics).
     columns = metric_columns([r["config"] for r in rows], [r["totals"] for r in rows])
+    if any(_finite(r["ips_penalised"]) is not None for r in rows):  # right after IPS, its raw value
+        at = columns.index("IPS") + 1 if "IPS" in columns else 0
+        columns = (*columns[:at], PENALISED, *columns[at:])
+        for row in rows:
+            row["totals"] = {**row["totals"], PENALISED: _finite(row["ips_penalised"])}
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>likeness leaderboard</title>",
              "<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td.l,th.l{text-align:left}</style></head><body>",

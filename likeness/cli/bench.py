@@ -14,13 +14,18 @@ Run a personalization method over identities x prompts x seeds, score every imag
 
 With no options it runs the built-in smoke benchmark: textual inversion on the tiny base model
 (likeness/tiny-sd, random weights: it makes noise, not people) for the bundled identity
-`astronaut` (scikit-image's public-domain photo), 8 prompts of the open prompt set.
+`astronaut` (scikit-image's public-domain photo), 8 prompts of the open prompt set, beside the
+reference row copy-reference (the reference photo returned for every prompt: IPS ~1 that the
+exploitation penalty zeroes once CLIP-T and CLIP-N are computed, e.g. with --clip-model), in
+OUT/<method>/ with OUT/leaderboard.html ranking them; real-photos (another photo of the person, the
+upper bound) joins when an identity has a second photo.
 
 Inputs
   --identities   a folder of people (<name>/*.jpg) or the official Stellar layout; default: builtin
   --prompts      open (likeness' open Stellar-T-style set, 1152 prompts), stellar-t / stellar-h (each
                  identity's own prompts_t.json / prompts_h.json), or a JSON file in that schema
-Outputs (all in the run folder, --out)
+Outputs (all in the run folder, --out; several methods: one such folder per method, OUT/<method>/,
+and OUT/leaderboard.html)
   run.json                       the configuration and its digest; another config is refused
   run.lock                       the running run's host and pid (empty when none runs)
   results.sqlite                 items (pending/done/failed + reason) and per-image metric rows
@@ -65,9 +70,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", default="runs/bench", help="run folder (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue --out with the configuration recorded in it")
     parser.add_argument("--retry-failed", action="store_true", help="give failed items another try (they are final otherwise)")
-    parser.add_argument("--method", default="textual-inversion",
+    parser.add_argument("--method",
                         help="personalization method, or several comma-separated: each runs into OUT/<method>/ with the "
-                             "same plan and OUT/leaderboard.html ranks them (default: %(default)s)")
+                             "same plan and OUT/leaderboard.html ranks them (default: " + ",".join(DEFAULT_METHODS)
+                             + ", and real-photos when an identity has a second photo: the method beside the reference "
+                             "rows; a folder made by a one-method run (OUT/run.json) goes on with " + DEFAULT_METHODS[0] + ")")
     parser.add_argument("--base-model", default="likeness/tiny-sd", help="hub id, local folder or tiny id (default: %(default)s)")
     parser.add_argument("--identities", default="builtin", help="dataset folder, or 'builtin' (default: %(default)s)")
     parser.add_argument("--prompts", default="open", help="open | stellar-t | stellar-h | JSON file (default: %(default)s)")
@@ -118,6 +125,30 @@ def add_parser(subparsers) -> None:
 
 
 IDENTITY_METRICS = ["ips", "sis", "aps", "copy-gap"]
+# The default run: the built-in method beside the reference rows (likeness.methods.reference_rows), so its
+# leaderboard shows what the identity numbers mean even when the method makes noise.
+DEFAULT_METHODS = ["textual-inversion", "copy-reference"]
+UPPER_BOUND = "real-photos"
+
+
+def default_method(args) -> str:
+    """``--method`` when not given: the built-in method, ``copy-reference`` and, when an identity has a second
+    photo to return, ``real-photos`` (the built-in astronaut has one). A run folder made by a one-method run
+    (``OUT/run.json``, the default before the reference rows) is continued as it was: the built-in method alone."""
+    from likeness.bench.plan import CONFIG_FILE
+
+    if args.resume or (Path(args.out) / CONFIG_FILE).is_file() or args.compose_dataset:
+        return DEFAULT_METHODS[0]
+    methods = list(DEFAULT_METHODS)
+    if args.identities != "builtin":
+        from likeness.data.identities import DatasetError, load_identities
+
+        try:
+            if any(len(identity.photos) > 1 for identity in load_identities(args.identities)):
+                methods.append(UPPER_BOUND)
+        except (DatasetError, OSError):
+            pass  # the run reports a bad --identities itself, naming the fix
+    return ",".join(methods)
 
 
 def default_metrics(models) -> tuple[list[str], list[str]]:
@@ -251,6 +282,20 @@ def run(args) -> int:
     # Metric models follow an explicit --dtype (auto keeps them float32: scores comparable across machines);
     # each rank puts them on its own device.
     models = VisionModels(model_overrides(args), dtype=None if args.dtype == "auto" else args.dtype)
+    if args.method is None:
+        args.method = default_method(args)
+        from likeness.bench.leaderboard import PAGE
+        from likeness.bench.plan import CONFIG_FILE
+
+        several = Path(args.out) / PAGE
+        if args.resume and not (Path(args.out) / CONFIG_FILE).is_file() and several.is_file():
+            print(f"likeness bench: {args.out} holds one run folder per method ({several.name} ranks them): continue "
+                  "them by rerunning the command that made them without --resume, or one with --resume --out "
+                  f"{Path(args.out) / '<method>'}", file=sys.stderr)
+            return 2
+        if "," not in args.method and not args.resume and not args.compose_dataset and not args.quiet:
+            print(f"likeness bench: {args.out} holds a one-method run (run.json): going on with {args.method} alone; "
+                  "the default run's reference rows (copy-reference) need a new --out", file=sys.stderr)
     if args.compose_dataset and not args.resume:
         try:
             compose_inputs(args)
