@@ -157,6 +157,14 @@ def test_aps_equals_the_official_aggregation_with_and_without_the_flip(goldens):
     assert official["2"] != pytest.approx(official["3"])  # the flip matters on this table
 
 
+def _stored_protocol(db: sqlite3.Connection, ref: str) -> dict:
+    """A row's protocol: today a digest into the protocols table; an older likeness stored the JSON inline in the
+    row (what these tests write back, as such a store holds it)."""
+    if ref.startswith("{"):
+        return json.loads(ref)
+    return json.loads(db.execute("SELECT protocol FROM protocols WHERE digest = ?", (ref,)).fetchone()[0])
+
+
 def test_a_rerun_over_a_store_of_the_old_protocol_never_mixes_old_and_new(evaluated, models, tmp_path):
     """Rows stored under goa/v1 (likeness' old role words) are stale: a rerun recomputes them under goa/v2 and
     the summary covers the new rows only, never an average of both."""
@@ -166,8 +174,8 @@ def test_a_rerun_over_a_store_of_the_old_protocol_never_mixes_old_and_new(evalua
         src.backup(dst)
     with sqlite3.connect(old) as db:  # half the GOA rows as an older likeness stored them
         for item in ("000-0-00", "000-0-01", "000-1-00", "000-1-01"):
-            protocol = json.loads(db.execute("SELECT protocol FROM results WHERE item_id = ? AND metric = 'goa'",
-                                             (item,)).fetchone()[0])
+            protocol = _stored_protocol(db, db.execute("SELECT protocol FROM results WHERE item_id = ? AND metric = 'goa'",
+                                                       (item,)).fetchone()[0])
             protocol["name"] = protocol["name"].replace("goa/v2", "goa/v1")
             db.execute("UPDATE results SET value = 5.0, protocol = ? WHERE item_id = ? AND metric = 'goa'",
                        (json.dumps(protocol, sort_keys=True), item))
@@ -207,7 +215,7 @@ def test_a_resumed_benchmark_rescores_rows_of_an_old_protocol(tmp_path):
         run_bench(small_config(prompt_limit=2, metrics=["clip-t"]), run, progress=False, models=models)
         with sqlite3.connect(run / STORE_FILE) as db:  # one item as an older protocol stored it
             (item, protocol), *_ = db.execute("SELECT item_id, protocol FROM results WHERE metric = 'clip-t'").fetchall()
-            protocol = json.loads(protocol)
+            protocol = _stored_protocol(db, protocol)
             current = protocol["name"]
             protocol["name"] = current.replace("clip-t/v1", "clip-t/v0")
             db.execute("UPDATE results SET value = 5.0, protocol = ? WHERE item_id = ? AND metric = 'clip-t'",

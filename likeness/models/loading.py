@@ -175,14 +175,14 @@ def detect_family(model_path: Path) -> str:
     class_name = index.get("_class_name", "")
     if class_name in FLOW_PIPELINES:
         return FLOW_PIPELINES[class_name]
-    if "unet" not in index:
+    unet_config_path = Path(model_path) / "unet" / "config.json"
+    if "unet" not in index and not unet_config_path.exists():
         known = ", ".join(f"{FAMILY_NAMES[f]} ({f})" for f in FAMILIES)
         raise UnknownFamilyError(
             f"{model_path}: a {class_name or 'pipeline of unknown class'} folder is not a base model family likeness "
             f"supports (it supports {known}); pass a folder or hub id of one of those, e.g. "
             f"stable-diffusion-v1-5/stable-diffusion-v1-5 or black-forest-labs/FLUX.1-dev"
         )
-    unet_config_path = Path(model_path) / "unet" / "config.json"
     unet = json.loads(unet_config_path.read_text()) if unet_config_path.exists() else {}
     if "XL" in index.get("_class_name", "") or unet.get("addition_embed_type") == "text_time" or "text_encoder_2" in index:
         return "sdxl"
