@@ -371,9 +371,9 @@ class Runner:
         """Personalize the missing artifacts and generate this rank's pending items, one round at a time.
 
         Each artifact is renamed into place as soon as it is trained; then every rank learns which of
-        the round's artifacts failed (one small collective per round) and generates its items of the
-        round's people, while (with several ranks) its personalization child already trains its next
-        person. With one process, training runs here, between the rounds' generation: "train person k,
+        the round's artifacts failed (one small collective per round) and generates (then scores) its
+        items of the round's people, while (with several ranks) its personalization child already trains
+        its next person. With one process, training runs here, between the rounds' generation: "train person k,
         generate person k's items" (two processes on one device would compete for its memory; ranks
         have their own). Pixels do not depend on the order: every image has its own seeded generator.
         """
