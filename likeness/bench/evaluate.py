@@ -134,42 +134,69 @@ def score_items(
     batch_size: int = 8,
 ) -> EvaluationReport:
     """The evaluation loop: batches of images, each needed feature computed once per image and shared by
-    every metric, one row per (item, metric).
+    every metric, one row per (item, metric); then the summaries over everything in the store.
 
     ``cache`` (optional) supplies reference-photo faces; by default a fresh FaceCache over ``cache_dir``.
-    The face backend is only built when a face metric is asked for.
+    The face backend is only built when a face metric is asked for. Scoring in parts (bench: each person's
+    images as they are made) is :class:`Evaluator`'s :meth:`~Evaluator.score`, then one :meth:`~Evaluator.summarize`.
     """
-    from likeness.models.vision_language import VisionModels
-
-    by_name = index_by_name(identities)
-    face_backend = None
-    if cache is not None:
-        face_backend = cache.backend
-    elif any(not is_vision_language(name) for name in metrics):
-        face_backend = get_backend(backend, **metric_backend_options(backend, backend_options))
-        cache = FaceCache(face_backend, cache_dir)
-    models = models if models is not None else VisionModels()
-    scorers = build_metrics(metrics, face_backend, cache, identities, models)
-    extractor = FeatureExtractor(models, face_backend)
-    face_protocol = face_backend.protocol.describe() if face_backend is not None else ""
+    evaluator = Evaluator(metrics, identities, backend, backend_options, cache_dir, cache, models, batch_size)
     opened = store if isinstance(store, ResultsStore) else None
-    report = EvaluationReport(store=Path(opened.path if opened else store), summaries=[], n_items=len(items), face_protocol=face_protocol)
-    report.notes = protocol_notes(scorers, identities)
-    for note in report.notes:
-        log.warning(note)
-    report.warnings = [w for item in items for w in item.warnings]
-    log.info("evaluating %d inputs with %s into %s", len(items), ", ".join(m.protocol["name"] for m in scorers), report.store)
-    status: dict[str, str] = {}
     with (nullcontext(opened) if opened else ResultsStore(store)) as results:
-        record = {**(meta or {}), "metrics": list(metrics), "models": {m.name: m.protocol.get("models") for m in scorers
+        report = evaluator.score(items, results, progress, meta)
+        evaluator.summarize(results, report)
+    return report
+
+
+class Evaluator:
+    """The metrics of one evaluation, built once (face backend, vision-language models, feature extractor and
+    its per-reference caches): :meth:`score` takes items in as many parts as wanted (each part's rows are
+    committed as they are computed), :meth:`summarize` reads the store once at the end."""
+
+    def __init__(self, metrics, identities: list[Identity], backend: str = "dlib", backend_options: dict | None = None,
+                 cache_dir: str | Path | None = None, cache: FaceCache | None = None, models=None, batch_size: int = 8):
+        from likeness.models.vision_language import VisionModels
+
+        self.metrics = list(metrics)
+        self.identities = identities
+        self.by_name = index_by_name(identities)
+        face_backend = None
+        if cache is not None:
+            face_backend = cache.backend
+        elif any(not is_vision_language(name) for name in self.metrics):
+            face_backend = get_backend(backend, **metric_backend_options(backend, backend_options))
+            cache = FaceCache(face_backend, cache_dir)
+        self.face_backend = face_backend
+        self.models = models if models is not None else VisionModels()
+        self.scorers = build_metrics(self.metrics, face_backend, cache, identities, self.models)
+        self.extractor = FeatureExtractor(self.models, face_backend)
+        self.face_protocol = face_backend.protocol.describe() if face_backend is not None else ""
+        self.batch_size = max(1, batch_size)
+        self.notes = protocol_notes(self.scorers, identities)
+        for note in self.notes:
+            log.warning(note)
+
+    def score(self, items: list[GeneratedItem], results: ResultsStore, progress: bool = True,
+              meta: dict | None = None) -> EvaluationReport:
+        """Score ``items`` into the open store (pairs already stored under the current protocol are skipped).
+        The report has no summaries: :meth:`summarize` adds them."""
+        scorers = self.scorers
+        report = EvaluationReport(store=Path(results.path), summaries=[], n_items=len(items), face_protocol=self.face_protocol)
+        report.notes = list(self.notes)
+        report.warnings = [w for item in items for w in item.warnings]
+        log.info("evaluating %d inputs with %s into %s", len(items), ", ".join(m.protocol["name"] for m in scorers), report.store)
+        status: dict[str, str] = {}
+        record = {**(meta or {}), "metrics": self.metrics, "models": {m.name: m.protocol.get("models") for m in scorers
                                                                       if m.protocol.get("models")}}
-        if face_backend is not None:
-            record["face_protocol"] = face_backend.protocol.to_dict()
+        if self.face_backend is not None:
+            record["face_protocol"] = self.face_backend.protocol.to_dict()
         results.set_meta("last_evaluation", record)
-        done = {m.name: results.done_items(m.name, m.protocol["name"]) for m in scorers}
+        # A few items (bench: one person's): look up only theirs, not every row of the store.
+        ids = [item.item_id for item in items] if len(items) <= 500 else None
+        done = {m.name: results.done_items(m.name, m.protocol["name"], item_ids=ids) if items else set() for m in scorers}
         bar = tqdm(total=len(items), desc="evaluate", unit="img", disable=not progress)
-        for start in range(0, len(items), max(1, batch_size)):
-            batch = items[start:start + max(1, batch_size)]
+        for start in range(0, len(items), self.batch_size):
+            batch = items[start:start + self.batch_size]
             rows, todo = [], []
             for item in batch:
                 metrics_todo = [m for m in scorers if item.item_id not in done[m.name]]
@@ -182,11 +209,11 @@ def score_items(
                     status[item.item_id] = item.status
                     report.n_scored_now += 1
                 else:
-                    sample = Sample(item.item_id, item.image, by_name.get(item.identity), item.reference, item.meta)
+                    sample = Sample(item.item_id, item.image, self.by_name.get(item.identity), item.reference, item.meta)
                     todo.append((sample, metrics_todo))
             if todo:
                 wanted = [f for _, ms in todo for m in ms for f in m.features]
-                features = _safe_extract(extractor, [s for s, _ in todo], wanted)
+                features = _safe_extract(self.extractor, [s for s, _ in todo], wanted)
                 for (sample, metrics_todo), feats in zip(todo, features):
                     row_scores = [_safe_update(m, sample, feats) for m in metrics_todo]
                     rows += row_scores
@@ -204,11 +231,16 @@ def score_items(
             stored = {s.item_id: s.status for s in results.scores(scorers[0].name, scorers[0].protocol["name"])}
             status = {i: stored.get(i, "stored") if v == "stored" else v for i, v in status.items()}
         report.status_counts = _count(status.values())
-        for m in scorers:
+        return report
+
+    def summarize(self, results: ResultsStore, report: EvaluationReport) -> EvaluationReport:
+        """Every metric's summary over the whole store (bootstrap intervals, set-level values) and the
+        exploitation penalty's derived rows, into ``report``: the expensive part, done once per run."""
+        for m in self.scorers:
             report.summaries.append(m.summarize(results.scores(m.name, m.protocol["name"])))
             report.definitions[m.protocol["name"]] = m.definition
-        report.summaries += _penalise(results, scorers, report)
-    return report
+        report.summaries += _penalise(results, self.scorers, report)
+        return report
 
 
 def _count(values) -> dict[str, int]:

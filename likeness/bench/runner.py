@@ -14,9 +14,12 @@ items and no finished artifact, (2) generate the pending items, (3) evaluate the
 that have no results yet. Steps 1 and 2 run as a pipeline, person by person: an artifact is renamed
 to its final name as soon as it is trained (so a kill loses at most the person being trained, and a
 resumed run trains only the missing ones), and that person's images are generated right away, so
-the first image comes after the first person, not the last. With one process the rank alternates
-(train person k, generate person k's items); with several, each rank's personalization child trains
-its next person while the rank generates (see :meth:`Runner.produce`).
+the first image comes after the first person, not the last; they are scored right after (step 3 for
+that person, into the rank store, with the metrics' models loaded once per run), and step 3 proper only
+scores what is left (an earlier run's unscored images). With one process the rank alternates
+(train person k, generate and score person k's items); with several, each rank's personalization child
+trains its next person while the rank generates (see :meth:`Runner.produce`). Summaries (intervals,
+set-level values, the penalty) are computed once, over the merged store, at the end.
 Under ``accelerate launch`` (one machine or several) each rank takes its share (plan position
 modulo world size) and writes only its own rank store and image folder; the main process merges
 them into the run's store when the run ends, and at the start of a resumed run (a dead node's
@@ -193,6 +196,10 @@ class Runner:
         self.seconds: dict[str, float] = defaultdict(float)
         self.failed_units: dict[str, str] = {}  # unit -> why its personalization failed (all ranks know all)
         self.model_errors: list[str] = []  # this rank's evaluation: models that could not be loaded
+        self._evaluator = None  # the metrics, built on first use and kept for the whole run (models load once)
+        self._score_early = True  # False once scoring as images are made has failed: the rest waits for evaluate()
+        self.made: set[str] = set()  # items this process generated (DONE in its rank store)
+        self.scored: set[str] = set()  # items this process scored
         self.lock: RunLock | None = None  # the folder's lock, held by the main process during run()
 
     # -- setup ------------------------------------------------------------------------------------
@@ -364,9 +371,9 @@ class Runner:
         """Personalize the missing artifacts and generate this rank's pending items, one round at a time.
 
         Each artifact is renamed into place as soon as it is trained; then every rank learns which of
-        the round's artifacts failed (one small collective per round) and generates its items of the
-        round's people, while (with several ranks) its personalization child already trains its next
-        person. With one process, training runs here, between the rounds' generation: "train person k,
+        the round's artifacts failed (one small collective per round) and generates (then scores) its
+        items of the round's people, while (with several ranks) its personalization child already trains
+        its next person. With one process, training runs here, between the rounds' generation: "train person k,
         generate person k's items" (two processes on one device would compete for its memory; ranks
         have their own). Pixels do not depend on the order: every image has its own seeded generator.
         """
@@ -395,6 +402,8 @@ class Runner:
             bar.set_postfix_str(note.ready(len(batch), nxt), refresh=True)
             for unit in batch:
                 self._generate_unit(method, unit, by_unit.get(unit, []), bar)
+                if self._score_items(by_unit.get(unit, [])):
+                    bar.set_postfix_str(note.scored(len(self.scored)), refresh=True)
         bar.close()
         self._stop_worker()
         self._mark("generated")
@@ -525,32 +534,63 @@ class Runner:
                 traceback.print_exc()
             return
         self.store.finish(item.item_id, DONE, seconds=seconds)
+        self.made.add(item.item_id)
 
     # -- step 3: evaluation -----------------------------------------------------------------------
 
     def evaluate(self) -> None:
-        """Score this rank's images that have no results yet (made now, or by an earlier run) into its
-        own store. Set-level values (APS) are summarised over the merged store by :meth:`finish`."""
+        """Score this rank's images that have no results yet: those :meth:`produce` could not score as they
+        were made, and those an earlier run made but did not score. Set-level values (APS) and intervals are
+        summarised once, over the merged store, by :meth:`finish`."""
         if not self.config.metrics:
             return
-        from likeness.bench.evaluate import score_items
+        made_now = {r["item_id"] for r in self.store.items(DONE)}
+        todo = (made_now | self.unscored) - self.scored
+        mine = [item for item in shard(self.plan, self.rank, self.world) if item.item_id in todo]
+        self._score_early = False  # whatever fails now fails the run, as before
+        if mine:
+            self._score(mine, paths={i.item_id: self.rank_image_path(i) if i.item_id in made_now else self.image_path(i)
+                                     for i in mine}, progress=self.progress)
+        if self.scored:
+            self._mark("evaluated")
+
+    def _score_items(self, items: list[WorkItem]) -> bool:
+        """Score one person's images right after they are made (called by :meth:`produce`), into the rank
+        store: each batch's rows are committed as they are computed, so a kill keeps them and a resumed run
+        does not score them again. The metrics' models stay loaded from one person to the next. An error
+        here (e.g. face models missing) leaves the images to :meth:`evaluate`, which reports it as before."""
+        items = [i for i in items if i.item_id in self.made and i.item_id not in self.scored]
+        if not (self.config.metrics and items and self._score_early):
+            return False
+        try:
+            self._score(items, paths={i.item_id: self.rank_image_path(i) for i in items}, progress=False)
+        except Exception as exc:
+            import logging
+
+            self._score_early = False
+            logging.getLogger(__name__).warning("cannot score images as they are made (%s); they are scored after "
+                                                "generation", failure_reason(exc))
+            return False
+        if "first_score" not in self.timeline:
+            self._mark("first_score")
+        return True
+
+    def _score(self, items: list[WorkItem], paths: dict[str, Path], progress: bool) -> None:
+        from likeness.bench.evaluate import Evaluator
         from likeness.data.layout import read_canonical_item
 
-        made_now = {r["item_id"] for r in self.store.items(DONE)}
-        todo = made_now | self.unscored
-        mine = [item for item in shard(self.plan, self.rank, self.world) if item.item_id in todo]
-        if not mine:
-            return
-        by_name = index_by_name(self.identities)
-        items = [read_canonical_item(self.rank_image_path(item) if item.item_id in made_now else self.image_path(item), by_name)
-                 for item in mine]
         started = time.perf_counter()
-        report = score_items(items, self.identities, self.store, self.config.metrics, self.config.face_backend,
-                             cache=self._face_cache() if self._face_metrics() else None, progress=self.progress,
-                             models=self.models)
-        self.model_errors = report.model_errors
-        self.seconds["evaluate"] += time.perf_counter() - started
-        self._mark("evaluated")
+        try:
+            if self._evaluator is None:
+                self._evaluator = Evaluator(self.config.metrics, self.identities, self.config.face_backend,
+                                            cache=self._face_cache() if self._face_metrics() else None, models=self.models)
+            by_name = index_by_name(self.identities)
+            report = self._evaluator.score([read_canonical_item(paths[i.item_id], by_name) for i in items], self.store,
+                                           progress=progress)
+        finally:
+            self.seconds["evaluate"] += time.perf_counter() - started
+        self.scored.update(i.item_id for i in items)
+        self.model_errors += [e for e in report.model_errors if e not in self.model_errors]
 
     def _prewarm(self) -> None:
         """Load the face models and analyse this rank's reference photos now, while it would only wait
@@ -647,13 +687,22 @@ class _ProgressNote:
     """What the generate bar says beside its count: people whose artifact is ready, and who is next."""
 
     def __init__(self, people: int):
-        self.people, self.done = people, 0
+        self.people, self.done, self.following, self.n_scored = people, 0, [], 0
 
     def ready(self, n: int, following: list[str]) -> str:
-        self.done += n
+        self.done, self.following = self.done + n, following
+        return self.text()
+
+    def scored(self, n: int) -> str:
+        self.n_scored = n
+        return self.text()
+
+    def text(self) -> str:
         text = f"people {self.done}/{self.people} ready"
-        if following:
-            text += ", next: " + ", ".join(following[:3]) + (" ..." if len(following) > 3 else "")
+        if self.n_scored:
+            text += f", {self.n_scored} images scored"
+        if self.following:
+            text += ", next: " + ", ".join(self.following[:3]) + (" ..." if len(self.following) > 3 else "")
         return text
 
 
