@@ -12,7 +12,11 @@ Also the statistics every summary computes at that scale: peak memory (tracemall
 bootstrap interval (2,000 resamples) and a paired test (10,000 sign flips) over 4,000 and 20,000 values,
 drawn in blocks (likeness.metrics.stats), against what one (samples, n) block would hold.
 
+And one metric's summary as a run's end computes it (its rows read from a results store, mean, std, interval)
+over 4,000 and 20,000 stored rows.
+
 Run:  flock /tmp/likeness-heavy.lock python benchmarks/report_scale.py [--people 400 --prompts 50 --side 64]
+      [--summaries-only]
 """
 
 from __future__ import annotations
@@ -121,15 +125,46 @@ def statistics_memory(sizes=(4_000, 20_000)) -> None:
               f"(as one block: {one_block / 2**20:.0f} MiB)")
 
 
+def summary_memory(sizes=(4_000, 20_000)) -> None:
+    """What a run's end (and ``evaluate`` / a resumed ``bench``) spends on one metric's summary: its rows read
+    from a results store, then the flat mean / std and the bootstrap interval (likeness.metrics.base)."""
+    import tracemalloc
+
+    from likeness.bench.store import ResultsStore
+    from likeness.metrics.base import Metric, Score
+
+    class Rows(Metric):
+        name = "clip-t"
+
+    metric = Rows()
+    rng = np.random.default_rng(1)
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp, ResultsStore(Path(tmp) / "results.sqlite") as store:
+            store.put([Score(f"person_{i // 50:04d}-0-t{i % 50:04d}-s0", metric.name, float(v), "ok", None, metric.protocol,
+                             {"raw_cosine": float(v)}) for i, v in enumerate(rng.random(n))])
+            tracemalloc.start()
+            started = time.perf_counter()
+            summary = metric.summarize(store.scores(metric.name, metric.protocol["name"]))
+            seconds = time.perf_counter() - started
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        print(f"summary of {n} stored rows (read + mean/std + 95% CI): {seconds:.1f} s, peak {peak / 2**20:.1f} MiB "
+              f"(count {summary['count']})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--people", type=int, default=400)
     parser.add_argument("--prompts", type=int, default=50)
     parser.add_argument("--side", type=int, default=64, help="generated image size in px (default: %(default)s)")
+    parser.add_argument("--summaries-only", action="store_true", help="only the statistics and summary memory")
     args = parser.parse_args()
     from likeness.bench.report import build_report
 
     statistics_memory()
+    summary_memory()
+    if args.summaries_only:
+        return
     with tempfile.TemporaryDirectory(prefix="likeness-report-scale-") as tmp:
         run = Path(tmp) / "run"
         started = time.perf_counter()
