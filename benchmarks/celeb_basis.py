@@ -39,7 +39,7 @@ METHODS = ("celeb-basis", "textual-inversion")
 def build_model(folder: Path) -> Path:
     """The SD-1.5-shaped random pipeline, its tokenizer extended with the words of the name list."""
     import likeness.models.tiny as tiny
-    from likeness.methods.celeb_basis_basis import read_names
+    from likeness.methods.celeb_basis.basis import read_names
 
     base_words = tiny.tiny_words()
     name_words = [w.lower() for name in read_names() for w in name.split()]
@@ -48,7 +48,7 @@ def build_model(folder: Path) -> Path:
 
 
 def part_basis(model: Path) -> dict:
-    from likeness.methods.celeb_basis_basis import build_basis, split_names, read_names, table_hash
+    from likeness.methods.celeb_basis.basis import build_basis, split_names, read_names, table_hash
     from likeness.models import load_pipeline
 
     pipe = load_pipeline(str(model), device="cpu", dtype="fp32")

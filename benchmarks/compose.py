@@ -102,7 +102,7 @@ def part_stages(args) -> dict:
     import numpy as np
     import torch
 
-    from likeness.segmentation.tiny_salient import saliency_onnx
+    from likeness.testing.tiny_salient import saliency_onnx
 
     from likeness.compose import LLMPlanner, OfflinePlanner, Repainter, TemplateCaptioner, compose_dataset, composite, repaint_mask
     from likeness.compose.dataset import append_line, mask_to_image, save_image_atomic

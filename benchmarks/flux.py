@@ -159,7 +159,7 @@ def part_lora(args) -> dict:
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from likeness.methods.dreambooth_lora import LORA_WEIGHTS, UNET_TARGETS, DreamBoothLoRA
+    from likeness.methods.baselines.dreambooth_lora import LORA_WEIGHTS, UNET_TARGETS, DreamBoothLoRA
 
     plain = flux1_pipe(args)
     lora = flux1_pipe(args)

@@ -2,7 +2,7 @@
 
 Nothing is downloaded. The SD-1.5-shaped pipeline is the one ``benchmarks/generation.py`` builds, the
 SDXL-shaped one the one ``benchmarks/stellarnet.py`` builds (``--sdxl-model`` reuses an existing copy).
-The published files are written by :mod:`likeness.methods.peer_layouts` at their published sizes:
+The published files are written by :mod:`likeness.testing.peer_layouts` at their published sizes:
 
 - IP-Adapter Plus-Face SD-1.5: resampler 768 wide, 16 queries, 12 heads, on CLIP ViT-H/14 hidden states
   (a random ViT-H/14 image encoder: 32 layers, 1280 wide);
@@ -56,14 +56,14 @@ PHOTOMAKER_LORA_RANK = 64
 
 def build_weights(family: str, model: Path, work: Path) -> dict:
     """Published-size random files for the family's peers, written once."""
-    from likeness.methods.peer_layouts import (
+    from likeness.testing.peer_layouts import (
         clip_vision_encoder,
         identitynet,
         ip_adapter_state,
         photomaker_state,
         save_published,
     )
-    from likeness.methods.peers import empty_unet
+    from likeness.methods.peers.common import empty_unet
 
     unet = empty_unet(str(model))
     if family == "sd15":
@@ -93,7 +93,7 @@ def build_weights(family: str, model: Path, work: Path) -> dict:
 
 def pulid_files(unet, work: Path) -> dict:
     """PuLID v1 and the EVA02-CLIP checkpoint at their published sizes (random weights), written once."""
-    from likeness.methods.peer_layouts import eva_clip_state, pulid_state, save_flat
+    from likeness.testing.peer_layouts import eva_clip_state, pulid_state, save_flat
 
     files = {"pulid": work / "pulid" / "pulid_v1.bin", "eva": work / "pulid" / "EVA02_CLIP_L_336_psz14_s6B.pt"}
     if not files["pulid"].exists():
@@ -106,8 +106,8 @@ def pulid_files(unet, work: Path) -> dict:
 
 
 def arcface_folder(work: Path, arch: str) -> Path:
-    """The tiny SCRFD-signature detector (likeness.faces.tiny_arcface) + a random-weight iresnet recogniser (512-d) as ONNX."""
-    from likeness.faces.tiny_arcface import export_iresnet_onnx, export_tiny_arcface, random_iresnet
+    """The tiny SCRFD-signature detector (likeness.testing.tiny_arcface) + a random-weight iresnet recogniser (512-d) as ONNX."""
+    from likeness.testing.tiny_arcface import export_iresnet_onnx, export_tiny_arcface, random_iresnet
 
     folder = work / f"arcface-{arch}"
     if (folder / f"{arch}_random.onnx").exists():
@@ -144,7 +144,7 @@ def peer_options(method: str, files: dict) -> dict:
 def encode_once(method: str, files: dict, photo: Path) -> tuple[float, float]:
     """(face seconds, encoder seconds) of one person's encode step, models already loaded (one untimed warm-up)."""
     from likeness.faces import get_backend
-    from likeness.methods.peers import largest_face
+    from likeness.methods.peers.common import largest_face
     from likeness.methods.preparation import prepare_photo
 
     if method == "pulid":  # ArcFace, then align + parse + EVA02-CLIP + the ID encoder
@@ -161,7 +161,7 @@ def encode_once(method: str, files: dict, photo: Path) -> tuple[float, float]:
     crop = prepare_photo(photo, backend=dlib, size=512, framing=framing).image
     face_s = time.perf_counter() - tic
     if method == "ip-adapter":
-        from likeness.methods.ip_adapter import clip_features, resolve_encoder
+        from likeness.methods.peers.ip_adapter import clip_features, resolve_encoder
 
         encoder, _, _ = resolve_encoder(None, None, Path(files["plus-face"]), None)
 
@@ -170,7 +170,7 @@ def encode_once(method: str, files: dict, photo: Path) -> tuple[float, float]:
     else:
         from transformers import CLIPImageProcessor
 
-        from likeness.methods.photomaker import load_photomaker
+        from likeness.methods.peers.photomaker import load_photomaker
 
         encoder, _ = load_photomaker(Path(files["photomaker"]), files["model"])
         size = encoder.tower.config.image_size
@@ -188,7 +188,7 @@ def encode_pulid(files: dict, photo: Path) -> tuple[float, float]:
     import tempfile
 
     from likeness.methods import get_method
-    from likeness.methods.peers import largest_face
+    from likeness.methods.peers.common import largest_face
     from likeness.models import base_model_info
 
     method = get_method("pulid")
@@ -229,7 +229,7 @@ def part_generate(methods: list[str], model: Path, artifacts: dict, resolution: 
     from safetensors.torch import load_file
 
     from likeness.methods import Manifest, get_method
-    from likeness.methods.peers import EMBEDDINGS_FILE, PeerPersonalized
+    from likeness.methods.peers.common import EMBEDDINGS_FILE, PeerPersonalized
     from likeness.models import load_pipeline
 
     pipe = load_pipeline(str(model), device="cpu", dtype=dtype)

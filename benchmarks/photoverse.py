@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generation import benchmark_parser, build_sd15_random, peak_rss_gb, subprocess_part, time_interleaved  # noqa: E402
 from generation import part_train as part_train_tuned  # noqa: E402
 
-TI_STEPS, TI_ACCUMULATION = 3000, 4  # Textual Inversion's defaults (likeness.methods.textual_inversion)
+TI_STEPS, TI_ACCUMULATION = 3000, 4  # Textual Inversion's defaults (likeness.methods.baselines.textual_inversion)
 
 
 def build_clip_vit_l14(folder: Path) -> Path:

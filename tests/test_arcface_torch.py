@@ -13,7 +13,7 @@ from PIL import Image
 
 from likeness.faces import BACKENDS, analyze_path
 from likeness.faces.iresnet import ArcFaceWeightsError
-from likeness.faces.tiny_arcface import export_iresnet_onnx, export_tiny_arcface, face_image, random_iresnet
+from likeness.testing.tiny_arcface import export_iresnet_onnx, export_tiny_arcface, face_image, random_iresnet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

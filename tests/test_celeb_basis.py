@@ -12,13 +12,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from likeness.methods import get_method
-from likeness.methods.celeb_basis import (
+from likeness.methods.celeb_basis.method import (
     COEFFICIENTS_FILE,
     TooManyPeopleError,
     encoders,
     read_coefficients,
 )
-from likeness.methods.celeb_basis_basis import (
+from likeness.methods.celeb_basis.basis import (
     BasisMismatchError,
     CelebBasis,
     NameListError,
@@ -284,8 +284,8 @@ def test_arcface_torch_face_features_train_differ_from_the_default_and_reproduce
     it): the features are the iresnet's on the ArcFace-aligned crop, not dlib's; training runs and reproduces."""
     from likeness.faces import get_backend, largest_face_crop
     from likeness.faces.arcface_torch import ArcFaceEmbedder
-    from likeness.faces.tiny_arcface import export_iresnet_onnx, random_iresnet
-    from likeness.methods.celeb_basis import ENCODER_FILE, face_embedding
+    from likeness.testing.tiny_arcface import export_iresnet_onnx, random_iresnet
+    from likeness.methods.celeb_basis.method import ENCODER_FILE, face_embedding
 
     net = random_iresnet(embedding=128)
     weights = export_iresnet_onnx(tmp_path / "w_ir.onnx", net)

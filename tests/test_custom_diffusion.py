@@ -13,7 +13,7 @@ from likeness.compose import ComposedDataset, compose_dataset
 from likeness.compose.bench import training_set
 from likeness.compose.train import train_on_dataset
 from likeness.methods import get_method, load_artifact
-from likeness.methods.custom_diffusion import LEGACY_WEIGHTS, WEIGHTS, captioned_batches, load_pixels
+from likeness.methods.baselines.custom_diffusion import LEGACY_WEIGHTS, WEIGHTS, captioned_batches, load_pixels
 from likeness.methods.training import TrainingConfig, diffusion_loss, step_generator, train
 from likeness.models import load_pipeline
 from test_compose_pipeline import make_concepts
@@ -170,7 +170,7 @@ def test_prior_preservation_adds_class_images_and_their_weighted_loss(dataset, t
     assert seen == [([False, True], 0.7)] * 2  # the training loop itself gets the class images and the weight
     assert load_artifact(art).manifest.config["options"]["with_prior_preservation"] is True
 
-    from likeness.methods.custom_diffusion import prior_images
+    from likeness.methods.baselines.custom_diffusion import prior_images
 
     real_dogs = [q for q, _ in examples][:2]  # any real images: the paper retrieves them
     folder = tmp_path / "dogs"

@@ -11,7 +11,7 @@ from PIL import Image
 from likeness.faces import BACKENDS, FaceCache, analyze_path, get_backend, largest_face_crop
 from likeness.faces.align import ARCFACE_TEMPLATE, apply_transform, similarity_transform, template
 from likeness.faces.base import FaceBackend
-from likeness.faces.tiny_arcface import POINT_OFFSETS, export_tiny_arcface, face_image
+from likeness.testing.tiny_arcface import POINT_OFFSETS, export_tiny_arcface, face_image
 
 PEOPLE = ("obama", "biden", "alex_lacamoire")
 

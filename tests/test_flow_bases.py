@@ -73,7 +73,7 @@ def flow_loras(tiny_models, tmp_path_factory, astronaut_path):
 
 def _fixed_loss(pipe, astronaut_path, weighting):
     """The flow-matching loss on fixed (view, noise, sigma) draws: comparable with and without the LoRA."""
-    from likeness.methods.flow_matching import flow_matching_loss
+    from likeness.methods.baselines.flow_matching import flow_matching_loss
     from likeness.methods.preparation import Augmentation, photo_batches, prepare_identities
     from likeness.methods.training import step_generator
 
@@ -209,7 +209,7 @@ def test_editors_run_through_bench_and_report(tiny_models, tmp_path, monkeypatch
 
 
 def test_editor_instruction_and_bad_bases(tiny_models, astronaut_path, tmp_path):
-    from likeness.methods.editors import instruction
+    from likeness.methods.editors.common import instruction
 
     assert instruction("v1", "the person in this image sleeping on a couch.") == (
         "Make a photo of the person in this image sleeping on a couch. Keep this person's face, facial features and "

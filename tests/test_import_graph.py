@@ -25,7 +25,12 @@ ALLOWED = {
     "methods": {"methods", "data", "faces", "models", "segmentation"},
     "compose": {"compose", "methods", "models", "data", "faces", "segmentation"},
     "bench": {"bench", "methods", "metrics", "data", "faces", "models", "segmentation"},
+    # Weights writers and tiny ONNX builders for tests and benchmarks: anything below, imported by nothing.
+    "testing": {"testing", "bench", "compose", "methods", "metrics", "data", "faces", "models", "segmentation"},
 }
+# Inside methods: the shared modules (base, preparation, training, model_card) import no family; a family
+# imports the shared modules and itself, never another family (the registry, methods/__init__, imports them all).
+METHOD_FAMILIES = {"baselines", "celeb_basis", "editors", "peers", "photoverse", "stellarnet"}
 
 
 def module_name(path: Path) -> str:
@@ -117,6 +122,30 @@ def test_layers_import_only_downwards():
         for target in targets:
             other = target.split(".")[1] if "." in target else "__init__"
             if other not in ALLOWED[part] and other not in ("registry", "__init__"):
+                wrong.append(f"{name} imports {target}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_nothing_in_likeness_imports_the_testing_package():
+    wrong = [f"{name} imports {target}" for name, targets in graph().items() if not name.startswith("likeness.testing")
+             for target in targets if target == "likeness.testing" or target.startswith("likeness.testing.")]
+    assert not wrong, "\n".join(wrong)
+
+
+def family(name: str) -> str | None:
+    """The method family a module of likeness.methods belongs to (None: the shared modules, the registry)."""
+    parts = name.split(".")
+    return parts[2] if len(parts) > 2 and parts[1] == "methods" and parts[2] in METHOD_FAMILIES else None
+
+
+def test_method_families_import_only_the_shared_modules_and_themselves():
+    assert METHOD_FAMILIES == {p.name for p in (PACKAGE / "methods").iterdir() if (p / "__init__.py").exists()}
+    wrong = []
+    for name, targets in graph().items():
+        if not name.startswith("likeness.methods.") or name == "likeness.methods":
+            continue
+        for target in targets:
+            if target.startswith("likeness.methods.") and family(target) not in (None, family(name)):
                 wrong.append(f"{name} imports {target}")
     assert not wrong, "\n".join(wrong)
 

@@ -15,11 +15,11 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
-from likeness.faces.tiny_arcface import export_tiny_arcface as _export_tiny_arcface
-from likeness.faces.tiny_arcface import face_image as _face_image
+from likeness.testing.tiny_arcface import export_tiny_arcface as _export_tiny_arcface
+from likeness.testing.tiny_arcface import face_image as _face_image
 from likeness.methods import ArtifactError, load_artifact, personalize
-from likeness.methods.peer_layouts import clip_vision_encoder, ip_adapter_state, save_published
-from likeness.methods.peers import CheckpointError, MissingFaceModelError, empty_unet
+from likeness.testing.peer_layouts import clip_vision_encoder, ip_adapter_state, save_published
+from likeness.methods.peers.common import CheckpointError, MissingFaceModelError, empty_unet
 from likeness.methods.preparation import NoFaceError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -261,7 +261,7 @@ def _recogniser_output(arcface_dir, photo) -> np.ndarray:
 @pytest.fixture(scope="module")
 def instantid_weights(tiny_models, tmp_path_factory):
     """The published InstantX/InstantID layout: ip-adapter.bin + ControlNetModel/ (tiny, random)."""
-    from likeness.methods.peer_layouts import identitynet
+    from likeness.testing.peer_layouts import identitynet
 
     root = tmp_path_factory.mktemp("instantid")
     identitynet("likeness/tiny-sdxl", root / "ControlNetModel", conditioning_channels=(16, 32))
@@ -271,7 +271,7 @@ def instantid_weights(tiny_models, tmp_path_factory):
 
 
 def test_keypoint_drawing_matches_the_published_recipe():
-    from likeness.methods.instantid import KEYPOINT_COLOURS, draw_keypoints
+    from likeness.methods.peers.instantid import KEYPOINT_COLOURS, draw_keypoints
 
     points = np.array([[30, 40], [70, 40], [50, 60], [35, 80], [65, 80]], dtype=float)
     image = np.asarray(draw_keypoints(points, (100, 120)))
@@ -314,7 +314,7 @@ def test_instantid_identitynet_sees_the_identity_and_reproduces(tiny_models, ins
 
 
 def test_instantid_bad_input(tiny_models, instantid_weights, arcface_dir, face_photos, astronaut_path, tmp_path):
-    from likeness.methods.peer_layouts import identitynet
+    from likeness.testing.peer_layouts import identitynet
 
     common = dict(method="instantid", base="likeness/tiny-sdxl", weights=str(instantid_weights))
     _refused(tmp_path, "is published for SDXL only", error=ValueError, photo=face_photos["ann"], face_model_dir=str(arcface_dir),
@@ -387,7 +387,7 @@ def test_bench_two_peers_and_textual_inversion_fill_one_leaderboard(tiny_models,
 
 @pytest.fixture(scope="module")
 def photomaker_file(tiny_models, tmp_path_factory):
-    from likeness.methods.peer_layouts import photomaker_state
+    from likeness.testing.peer_layouts import photomaker_state
 
     return save_published(photomaker_state("likeness/tiny-sdxl"), tmp_path_factory.mktemp("pm") / "photomaker-v1.bin")
 
@@ -458,8 +458,8 @@ def test_photomaker_lora_in_the_attention_processor_format_loads_the_same(tiny_m
                                                                           tmp_path):
     """The same LoRA under diffusers' older attention-processor names (``...attn1.processor.to_q_lora.down.weight``)
     passes the checks and fuses to the same UNet, so both ways the published file may name it give one image."""
-    from likeness.methods.peer_layouts import photomaker_state
-    from likeness.methods.photomaker import lora_module
+    from likeness.testing.peer_layouts import photomaker_state
+    from likeness.methods.peers.photomaker import lora_module
 
     assert lora_module("unet.mid_block.attentions.0.transformer_blocks.0.attn2.processor.to_out_lora.up.weight") == \
         ("mid_block.attentions.0.transformer_blocks.0.attn2.to_out.0", "up")
@@ -483,7 +483,7 @@ def test_photomaker_lora_in_the_attention_processor_format_loads_the_same(tiny_m
 
 
 def test_photomaker_bad_files_are_named(tiny_models, photomaker_file, astronaut_path, tmp_path):
-    from likeness.methods.peers import read_state_dict
+    from likeness.methods.peers.common import read_state_dict
 
     state = read_state_dict(photomaker_file)
     _refused(tmp_path, "photomaker is published for SDXL only", method="photomaker", error=ValueError, photo=astronaut_path,
@@ -509,8 +509,8 @@ def _photomaker_pixels(encoder, crop):
 
 
 def test_photomaker_v2_adds_two_arcface_tokens_per_photo(tiny_models, arcface_dir, face_photos, photomaker_file, tmp_path):
-    from likeness.methods.peer_layouts import photomaker_state
-    from likeness.methods.photomaker import load_photomaker
+    from likeness.testing.peer_layouts import photomaker_state
+    from likeness.methods.peers.photomaker import load_photomaker
 
     v2 = save_published(photomaker_state("likeness/tiny-sdxl", version="v2", face_dim=16, seed=1), tmp_path / "photomaker-v2.bin")
     common = dict(version="v2", weights=str(v2), face_backend="arcface", face_model_dir=str(arcface_dir), style_strength=0.0)
@@ -537,7 +537,7 @@ def test_photomaker_v2_adds_two_arcface_tokens_per_photo(tiny_models, arcface_di
 
 def test_faceid_file_without_lora_needs_the_published_lora_file(tiny_models, weights, arcface_dir, face_photos, tmp_path):
     """Some FaceID files ship the LoRA separately (*_lora.safetensors, diffusers' format): refused without it, used with it."""
-    from likeness.methods.peers import read_state_dict
+    from likeness.methods.peers.common import read_state_dict
 
     state = read_state_dict(weights["faceid"])
     bare = save_published({k: v for k, v in state.items() if "_lora." not in k}, tmp_path / "faceid-nolora.bin")

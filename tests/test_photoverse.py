@@ -14,15 +14,15 @@ from safetensors.torch import load_file
 
 from likeness.faces.align import template
 from likeness.methods import get_method, load_artifact
-from likeness.methods.photoverse import (
+from likeness.methods.photoverse.method import (
     ENCODER_CONFIG,
     IP_ADAPTER_FILE,
     LORA_FILE,
     TEXT_ADAPTER_FILE,
     EncoderWeightsError,
 )
-from likeness.methods.photoverse_data import encoder_batches, fusion_weights
-from likeness.methods.photoverse_modules import cross_attention_layers
+from likeness.methods.photoverse.data import encoder_batches, fusion_weights
+from likeness.methods.photoverse.modules import cross_attention_layers
 from likeness.methods.preparation import NoFaceError
 
 
@@ -120,8 +120,8 @@ def test_encoder_folder_files_and_data_report(encoder_dir):
 def _rig(tiny_clip, encoder_dir, portraits, identity_loss=None, fusion="both"):
     """A tiny-sd pipeline with the dual branch put in, and batches from the prepared training set."""
     from likeness.faces import get_backend
-    from likeness.methods.photoverse import TRAIN_TOKEN, DualBranch, ImageEncoder
-    from likeness.methods.photoverse_data import list_training_images, prepare_training_set
+    from likeness.methods.photoverse.method import TRAIN_TOKEN, DualBranch, ImageEncoder
+    from likeness.methods.photoverse.data import list_training_images, prepare_training_set
     from likeness.models import load_pipeline
 
     pipe = load_pipeline("likeness/tiny-sd")
@@ -196,7 +196,7 @@ def test_each_fusion_mode_takes_its_branch(tiny_clip, encoder_dir, portraits, on
 
 
 def _items(encoder_dir):
-    from likeness.methods.photoverse_data import TrainingItem
+    from likeness.methods.photoverse.data import TrainingItem
 
     cache = encoder_dir[0] / "prepared"
     records = [json.loads(line) for line in (cache / "index.jsonl").read_text().splitlines()]
@@ -243,8 +243,8 @@ def pv_artifact(encoder_dir, astronaut_path, tmp_path_factory):
 def test_personalize_only_encodes_and_the_files_are_standard(pv_artifact, encoder_dir, astronaut_path, tiny_clip):
     from likeness.data.images import image_to_array, load_image
     from likeness.faces import get_backend
-    from likeness.methods.photoverse import EncoderWeights, ImageEncoder, views_tensor
-    from likeness.methods.photoverse_data import encoder_view
+    from likeness.methods.photoverse.method import EncoderWeights, ImageEncoder, views_tensor
+    from likeness.methods.photoverse.data import encoder_view
 
     manifest = json.loads((pv_artifact / "likeness.json").read_text())
     assert manifest["method"] == "photoverse"
@@ -380,7 +380,7 @@ def test_interrupted_training_resumes_exactly(tiny_clip, portraits, tmp_path, on
 
 def test_encoder_view_is_the_masked_1_3x_face_box_and_celeba_tables_drive_exclusion(tmp_path):
     from likeness.faces.base import Face
-    from likeness.methods.photoverse_data import encoder_view, list_training_images
+    from likeness.methods.photoverse.data import encoder_view, list_training_images
 
     image = Image.new("RGB", (200, 200), (200, 30, 30))
     face = Face(box=(50.0, 60.0, 150.0, 160.0), score=1.0)
@@ -400,7 +400,7 @@ def test_encoder_view_is_the_masked_1_3x_face_box_and_celeba_tables_drive_exclus
         image.save(root / name)
     (root / "identity_CelebA.txt").write_text("000001.jpg 7\n000002.jpg 9\n000003.jpg 7\n")
     (tmp_path / "stellar.txt").write_text("7\n")
-    from likeness.methods.photoverse_data import read_exclude
+    from likeness.methods.photoverse.data import read_exclude
 
     kept, dropped = list_training_images(root, read_exclude([tmp_path / "stellar.txt"]))
     assert [(p.name, who) for p, who in kept] == [("000002.jpg", "9")] and dropped == 2

@@ -24,7 +24,7 @@ def offline_cache(tmp_path, monkeypatch):
 
 
 def test_tiny_bases_default_to_the_tiny_image_encoder():
-    from likeness.methods.photoverse import DEFAULT_IMAGE_ENCODERS
+    from likeness.methods.photoverse.method import DEFAULT_IMAGE_ENCODERS
 
     assert image_encoder_for("likeness/tiny-sd", DEFAULT_IMAGE_ENCODERS["sd1"]) == TINY_IMAGE_ENCODER
     assert image_encoder_for("likeness/tiny-sdxl", None) == TINY_IMAGE_ENCODER
@@ -35,7 +35,7 @@ def test_tiny_bases_default_to_the_tiny_image_encoder():
 def test_tiny_image_encoder_loads_offline_on_the_requested_device_and_dtype(offline_cache):
     from transformers import CLIPVisionModel
 
-    from likeness.methods.photoverse import ImageEncoder
+    from likeness.methods.photoverse.method import ImageEncoder
 
     model = load_pretrained(CLIPVisionModel, TINY_IMAGE_ENCODER, device="cpu", dtype="bfloat16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
@@ -63,9 +63,9 @@ def test_missing_models_fail_fast_with_one_clear_message(offline_cache, tmp_path
 
 
 def test_method_errors_keep_their_types(offline_cache):
-    from likeness.methods.photoverse import EncoderWeightsError, ImageEncoder
-    from likeness.methods.stellarnet import ImageEncoder as StellarImageEncoder
-    from likeness.methods.stellarnet import WeightsError
+    from likeness.methods.photoverse.method import EncoderWeightsError, ImageEncoder
+    from likeness.methods.stellarnet.method import ImageEncoder as StellarImageEncoder
+    from likeness.methods.stellarnet.method import WeightsError
 
     with pytest.raises(EncoderWeightsError, match="'nobody/clip'.*HF_HUB_OFFLINE is set"):
         ImageEncoder.from_pretrained("nobody/clip")

@@ -15,10 +15,10 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
-from likeness.faces.tiny_arcface import export_tiny_arcface, face_image
+from likeness.testing.tiny_arcface import export_tiny_arcface, face_image
 from likeness.methods import load_artifact, personalize
-from likeness.methods.peer_layouts import eva_clip_state, pulid_state, save_flat
-from likeness.methods.peers import CheckpointError, MissingFaceModelError, empty_unet
+from likeness.testing.peer_layouts import eva_clip_state, pulid_state, save_flat
+from likeness.methods.peers.common import CheckpointError, MissingFaceModelError, empty_unet
 from likeness.methods.preparation import NoFaceError
 from likeness.models.eva_clip import EVAVisionConfig, EVAVisionTower, apply_rope, rope_tables
 
@@ -176,7 +176,7 @@ def test_id_attention_modes_match_a_hand_computation():
     v2: ID attention + (attention on the first 5 ID tokens - 1) * its text-parallel part), zero tokens appended."""
     from diffusers.models.attention_processor import Attention
 
-    from likeness.methods.pulid import IDAttnProcessor, IDState
+    from likeness.methods.peers.pulid import IDAttnProcessor, IDState
 
     torch.manual_seed(0)
     attn = Attention(query_dim=8, cross_attention_dim=6, heads=2, dim_head=4).eval()
@@ -220,7 +220,7 @@ def test_pulid_encoding_feeds_raw_arcface_and_normalised_eva(tiny_models, pulid_
     """The stored tokens = the ID encoder on [raw recogniser output ; unit EVA embedding] and the inputs of EVA blocks
     4..20, recomputed from the saved (whitened, greyscale) crop; two photos: v1 adds the second's 5 ArcFace tokens."""
     from likeness.faces import get_backend
-    from likeness.methods.pulid import TAPS, eva_pixels, load_eva, load_pulid
+    from likeness.methods.peers.pulid import TAPS, eva_pixels, load_eva, load_pulid
 
     # Antialiased resize here: the 8-bit crop's rounding passes through it smoothed (a plain 16x bicubic
     # down-sampling, the default, picks single pixels, so the recomputation below would need a loose bound).
@@ -264,7 +264,7 @@ def test_pulid_parsing_model_decides_what_turns_white(tiny_models, pulid_files, 
     from stellarnet_helpers import build_tiny_segformer
 
     from likeness.faces import get_backend
-    from likeness.methods.pulid import align_ffhq
+    from likeness.methods.peers.pulid import align_ffhq
     from likeness.segmentation.transformers_backend import TransformersSegmenter
 
     model = build_tiny_segformer(tmp_path / "seg", labels=("background", "skin", "hair", "cloth"))
@@ -297,7 +297,7 @@ def _refused(tmp_path, match, base=SDXL, photo=None, error=CheckpointError, **op
 
 
 def test_pulid_bad_weights_are_named(tiny_models, pulid_files, arcface_dir, face_photos, tmp_path):
-    from likeness.methods.peers import read_state_dict
+    from likeness.methods.peers.common import read_state_dict
 
     photo = face_photos["ann"]
     common = _common(pulid_files, arcface_dir)
@@ -327,7 +327,7 @@ def test_pulid_bad_weights_are_named(tiny_models, pulid_files, arcface_dir, face
 
 
 def test_pulid_bad_eva_checkpoints_are_named(tiny_models, pulid_files, arcface_dir, face_photos, tmp_path):
-    from likeness.methods.peers import read_state_dict
+    from likeness.methods.peers.common import read_state_dict
 
     photo = face_photos["ann"]
     common = _common(pulid_files, arcface_dir)
@@ -364,8 +364,8 @@ def test_pulid_bad_eva_checkpoints_are_named(tiny_models, pulid_files, arcface_d
 def test_eva_checkpoint_saved_in_half_precision_loads(pulid_files, tmp_path):
     """A published EVA file in fp16 carries its rotary tables rounded (up to 2.4e-4): it loads, with the weights
     the file holds; a table that is really another one is still refused at that precision."""
-    from likeness.methods.peers import read_state_dict
-    from likeness.methods.pulid import load_eva
+    from likeness.methods.peers.common import read_state_dict
+    from likeness.methods.peers.pulid import load_eva
 
     half = {k: v.half() for k, v in read_state_dict(pulid_files["eva"]).items()}
     tower = load_eva(save_flat(half, tmp_path / "half.pt"))
@@ -381,7 +381,7 @@ def test_eva_checkpoint_saved_in_half_precision_loads(pulid_files, tmp_path):
 def test_published_zero_tokens_and_eva_resize():
     """v1's "extremely style" mode (ortho v1) appends 16 zero tokens in the published demo, fidelity 8, v1.1 20;
     the EVA input is resized as PuLID's pinned torchvision 0.15.2 resizes a tensor: bicubic without antialias."""
-    from likeness.methods.pulid import IMAGE_MEAN, IMAGE_STD, default_num_zero, eva_pixels, num_zero
+    from likeness.methods.peers.pulid import IMAGE_MEAN, IMAGE_STD, default_num_zero, eva_pixels, num_zero
 
     assert [default_num_zero("v1", o) for o in ("v2", "v1", "off")] == [8, 16, 8]
     assert {default_num_zero("v1.1", o) for o in ("v2", "v1", "off")} == {20}

@@ -155,8 +155,8 @@ def test_celeb_basis_artifact_generates_in_bfloat16_and_float16(tiny_models, ast
     """A float32-trained artifact on half-precision pipelines: the basis check accepts the table rounded to the
     pipeline's dtype. Image bound as above (fp16 has 11 significant bits, tighter than bf16)."""
     from likeness.methods import personalize
-    from likeness.methods.celeb_basis_basis import BasisMismatchError, CelebBasis
-    from likeness.methods.celeb_basis import encoders
+    from likeness.methods.celeb_basis.basis import BasisMismatchError, CelebBasis
+    from likeness.methods.celeb_basis.method import encoders
     from likeness.models import load_pipeline
 
     out = personalize("celeb-basis", {"astro": [astronaut_path]}, tmp_path / "a", "likeness/tiny-sd", progress=False,

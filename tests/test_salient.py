@@ -15,7 +15,7 @@ from likeness.segmentation.salient import (
     get_salient_backend,
     mask_quality,
 )
-from likeness.segmentation.tiny_salient import saliency_onnx
+from likeness.testing.tiny_salient import saliency_onnx
 
 
 def object_photo(path, box=(20, 30, 68, 54), size=(96, 96)):

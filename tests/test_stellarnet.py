@@ -14,7 +14,7 @@ from stellarnet_helpers import build_portraits, build_tiny_clip_vision, build_ti
 
 from likeness.data.identities import DatasetError
 from likeness.methods import get_method, load_artifact
-from likeness.methods.stellarnet import CONFIG_FILE, ENCODER_FILE, LORA_WEIGHTS, WeightsError
+from likeness.methods.stellarnet.method import CONFIG_FILE, ENCODER_FILE, LORA_WEIGHTS, WeightsError
 from likeness.methods.training import TrainingConfig, diffusion_loss, masked_mse, step_generator, train
 from likeness.models.loading import FamilyMismatchError
 
@@ -150,7 +150,7 @@ def test_resume_is_exact(tiny_models, clip_dir, portraits, tmp_path):
     opts = {**TRAIN, "max_steps": 3, "checkpoint_every": 2}
     straight = method.train_encoder(portraits, tmp_path / "straight", "likeness/tiny-sdxl", image_encoder=str(clip_dir), **opts)
     straight_losses = method.last_training.losses
-    import likeness.methods.stellarnet as sn
+    import likeness.methods.stellarnet.method as sn
 
     original = sn.EncoderSession.make_batch
 

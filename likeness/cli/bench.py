@@ -125,7 +125,7 @@ def add_parser(subparsers) -> None:
 
 
 IDENTITY_METRICS = ["ips", "sis", "aps", "copy-gap"]
-# The default run: the built-in method beside the reference rows (likeness.methods.reference_rows), so its
+# The default run: the built-in method beside the reference rows (likeness.methods.baselines.reference_rows), so its
 # leaderboard shows what the identity numbers mean even when the method makes noise.
 DEFAULT_METHODS = ["textual-inversion", "copy-reference"]
 UPPER_BOUND = "real-photos"

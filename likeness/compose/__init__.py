@@ -4,7 +4,7 @@ Stages (one module each): foreground extraction (:mod:`likeness.segmentation.sal
 (:mod:`.layout`, :mod:`.llm`), compositing (:mod:`.composite`), repainting (:mod:`.repaint`),
 captions (:mod:`.captions`), and the MyCanvas-like dataset on disk (:mod:`.dataset`);
 :func:`compose_dataset` runs them all. Training on a composed dataset is the ``custom-diffusion``
-method (:mod:`likeness.methods.custom_diffusion`).
+method (:mod:`likeness.methods.baselines.custom_diffusion`).
 """
 
 from likeness.compose.captions import GLOBAL_TOKEN, TemplateCaptioner, VLMCaptioner  # noqa: F401

@@ -1,6 +1,7 @@
 """Personalization methods behind one registry (``METHODS``); see :mod:`likeness.methods.base`.
 
-Importing this package registers every built-in method (one module per method).
+Importing this package registers every built-in method (one package per
+family: baselines, celeb_basis, photoverse, stellarnet, peers, editors).
 """
 
 from likeness.methods.base import (  # noqa: F401
@@ -18,9 +19,6 @@ from likeness.methods.base import (  # noqa: F401
     personalize,
 )
 
-# Built-in methods register themselves on import.
-from likeness.methods import (  # noqa: E402,F401
-    celeb_basis, custom_diffusion, dreambooth_lora, instantid, ip_adapter, photomaker, photoverse, pulid, reference_rows,
-    stellarnet, textual_inversion,
-)
-from likeness.methods import flux2_reference, flux_kontext, qwen_image_edit  # noqa: E402,F401  (reference-image editors)
+# Built-in methods register themselves on import: one package per family.
+from likeness.methods import baselines, celeb_basis, peers, photoverse, stellarnet  # noqa: E402,F401
+from likeness.methods import editors  # noqa: E402,F401  (reference-image editors)

@@ -234,7 +234,7 @@ class TrainingSetup:
     # Optional wrapper around the photo batch maker (DreamBooth mixes in class images with it).
     wrap_batches: Callable[[Callable], Callable] | None = None
     prior_loss_weight: float = 1.0
-    # The objective, when not the UNet's denoising loss (flow-matching bases: likeness.methods.flow_matching).
+    # The objective, when not the UNet's denoising loss (flow-matching bases: likeness.methods.baselines.flow_matching).
     loss_fn: Callable | None = None
 
 

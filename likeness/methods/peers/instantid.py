@@ -24,8 +24,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from likeness.methods.base import METHODS
-from likeness.methods.ip_adapter import load_checked, load_into
-from likeness.methods.peers import (
+from likeness.methods.peers.ip_adapter import load_checked, load_into
+from likeness.methods.peers.common import (
     CheckpointError,
     TuningFreeMethod,
     arcface_for,
@@ -176,7 +176,7 @@ class InstantID(TuningFreeMethod):
         return config.parent
 
     def encode(self, name, photos, context, options, out_dir):
-        from likeness.methods.peers import save_crop
+        from likeness.methods.peers.common import save_crop
 
         image, face = largest_face(Path(photos[0]), context["backend"])
         points = frame_points(face)

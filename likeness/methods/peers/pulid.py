@@ -44,7 +44,7 @@ from PIL import Image
 from torch import nn
 
 from likeness.methods.base import METHODS
-from likeness.methods.peers import (
+from likeness.methods.peers.common import (
     CheckpointError,
     TuningFreeMethod,
     arcface_for,
@@ -60,7 +60,7 @@ from likeness.methods.peers import (
     split_prefixes,
     weights_record,
 )
-from likeness.methods.photomaker import PerceiverAttention
+from likeness.methods.peers.photomaker import PerceiverAttention
 from likeness.models.eva_clip import IMAGE_MEAN, IMAGE_STD, EVAVisionConfig, EVAVisionTower, rope_tables
 
 HUB = "guozinan/PuLID"

@@ -4,13 +4,13 @@ An encoder is trained once on many portraits; a new person then costs one forwar
 
 - **Image encoder**: the CLIP vision model matching the base model (ViT-L/14 for SD 1.x), by hub
   id or local folder. It sees the face box enlarged 1.3x with non-face pixels masked
-  (:mod:`likeness.methods.photoverse_data`). Features are read from ``m`` = 5 layers.
+  (:mod:`likeness.methods.photoverse.data`). Features are read from ``m`` = 5 layers.
 - **Text branch**: a text adapter maps the ``m`` layers' class tokens to ``m`` pseudo-word
   embeddings S* (the person's placeholder ``<name>`` expands to them, a standard multi-vector
   textual-inversion file), plus peft LoRA on every cross-attention's K/V.
 - **Image branch**: an image adapter maps the penultimate layer's tokens to image tokens, read
   by new K/V projections on every cross-attention sharing its query (decoupled cross-attention,
-  laid out like IP-Adapter: :mod:`likeness.methods.photoverse_modules`).
+  laid out like IP-Adapter: :mod:`likeness.methods.photoverse.modules`).
 - **Training** (:meth:`PhotoVerse.train_encoder`, shared accelerate loop): random fusion per sample
   (u < 1/3 text only x2, u > 2/3 image only x2, else both); loss = diffusion MSE
   + 0.01 face-identity loss of the predicted clean image against the target's face
@@ -56,7 +56,7 @@ from likeness.methods.base import (
     training_runtime,
     start_artifact,
 )
-from likeness.methods.photoverse_modules import (
+from likeness.methods.photoverse.modules import (
     BranchState,
     PlaceholderWords,
     TextAdapter,
@@ -426,7 +426,7 @@ class PhotoVerse(Method):
         from accelerate import PartialState
 
         from likeness.faces import get_backend
-        from likeness.methods.photoverse_data import (
+        from likeness.methods.photoverse.data import (
             encoder_batches,
             list_training_images,
             prepare_training_set,
@@ -498,7 +498,7 @@ class PhotoVerse(Method):
         """
         from likeness.data.images import ImageError, image_to_array, load_image
         from likeness.faces import get_backend
-        from likeness.methods.photoverse_data import encoder_view
+        from likeness.methods.photoverse.data import encoder_view
         from likeness.methods.preparation import NoFaceError
         from likeness.models.loading import base_model_info, pick_device
         from likeness.methods.training import TrainingConfig

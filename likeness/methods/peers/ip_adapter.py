@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from likeness.methods.base import METHODS
-from likeness.methods.peers import (
+from likeness.methods.peers.common import (
     CheckpointError,
     TuningFreeMethod,
     arcface_for,

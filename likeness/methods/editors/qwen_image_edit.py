@@ -1,7 +1,7 @@
 """``qwen-image-edit``: Qwen-Image-Edit-2509 (``QwenImageEditPlusPipeline``) with the person's photo(s) as
 "Picture 1" (up to 3, as the model was trained).
 
-Tuning-free: see :mod:`likeness.methods.editors`. The pipeline itself resizes each reference twice (about 384x384 for
+Tuning-free: see :mod:`likeness.methods.editors.common`. The pipeline itself resizes each reference twice (about 384x384 for
 the Qwen2.5-VL encoder, about 1024x1024 for the VAE); the artifact stores the reference at ``reference_size``.
 Guidance is true classifier-free guidance (``true_cfg_scale``, negative prompt " "): 40 steps at 4.0, the model
 card's example.
@@ -10,7 +10,7 @@ card's example.
 from __future__ import annotations
 
 from likeness.methods.base import METHODS
-from likeness.methods.editors import EditorMethod
+from likeness.methods.editors.common import EditorMethod
 
 
 @METHODS.register("qwen-image-edit")

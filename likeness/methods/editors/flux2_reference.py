@@ -1,7 +1,7 @@
 """``flux2-reference``: FLUX.2 (``Flux2Pipeline``, or ``Flux2KleinPipeline`` for FLUX.2 [klein]) with the person's
 photo(s) as reference images.
 
-Tuning-free: see :mod:`likeness.methods.editors`. Up to 4 references (``max_references``; FLUX.2 takes a list), the
+Tuning-free: see :mod:`likeness.methods.editors.common`. Up to 4 references (``max_references``; FLUX.2 takes a list), the
 subject phrase is "the person in image 1". Sampling defaults: the klein step-distilled checkpoints (``is_distilled``
 in their pipeline config: FLUX.2 [klein] 4B / 9B) 4 steps at guidance 1.0 (no CFG), as Black Forest Labs publish
 them; otherwise the pipeline's 50 steps at guidance 4.0.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from likeness.methods.base import METHODS
-from likeness.methods.editors import EditorMethod
+from likeness.methods.editors.common import EditorMethod
 from likeness.models.loading import resolve_model_path
 
 

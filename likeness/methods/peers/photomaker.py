@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from likeness.methods.base import METHODS
-from likeness.methods.peers import (
+from likeness.methods.peers.common import (
     CheckpointError,
     TuningFreeMethod,
     arcface_for,

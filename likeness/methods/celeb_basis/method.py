@@ -3,7 +3,7 @@
 The text encoder already knows how to draw famous people from their names, and names live in a
 small region of its token-embedding space. So a new person is written as two name-like tokens,
 each the celebrities' mean token plus a weighted sum of the basis directions
-(:mod:`likeness.methods.celeb_basis_basis`). The weights come from the person's frozen
+(:mod:`likeness.methods.celeb_basis.basis`). The weights come from the person's frozen
 face-recognition embedding through the only trained part, :class:`CoefficientEncoder` (one linear
 layer, LeakyReLU(0.2), each half L2-normalised). Several people (up to ``max_people``) train
 jointly with one shared layer; per person an exponential moving average (0.99) of the layer's
@@ -50,7 +50,7 @@ from likeness.methods.base import (
     TrainingSetup,
     as_identities,
 )
-from likeness.methods.celeb_basis_basis import DEFAULT_RANK, CelebBasis, cached_basis
+from likeness.methods.celeb_basis.basis import DEFAULT_RANK, CelebBasis, cached_basis
 
 MAX_PEOPLE = 10
 BASIS_FILE = "celeb_basis.safetensors"

@@ -1,6 +1,6 @@
 """``flux-kontext``: FLUX.1 Kontext [dev] (``FluxKontextPipeline``) edits the person's photo into the prompt's scene.
 
-Tuning-free: see :mod:`likeness.methods.editors` for the artifact and the instruction template. One reference image
+Tuning-free: see :mod:`likeness.methods.editors.common` for the artifact and the instruction template. One reference image
 (Kontext edits one image). The reference is stored at ``reference_size`` (1024, one of Kontext's preferred
 resolutions for a square crop) and given as is (``_auto_resize=False``), so what the artifact holds is exactly what
 the model sees. Sampling defaults are the pipeline's: 28 steps, distilled guidance 3.5. ``--height``/``--width``
@@ -10,7 +10,7 @@ set the output size (Kontext's pipeline would otherwise keep only their aspect r
 from __future__ import annotations
 
 from likeness.methods.base import METHODS
-from likeness.methods.editors import EditorMethod
+from likeness.methods.editors.common import EditorMethod
 
 
 @METHODS.register("flux-kontext")

@@ -3,7 +3,7 @@
 Same key names as the published files, sizes given by the caller (scaled down in tests, real size in
 ``benchmarks/peers.py``), saved in the published container (safetensors, or a torch file like the
 published ``.bin``). They load through exactly the code a user's download goes through. Written from
-the layouts diffusers' converters read, independently of the checks in :mod:`likeness.methods.ip_adapter`,
+the layouts diffusers' converters read, independently of the checks in :mod:`likeness.methods.peers.ip_adapter`,
 so a mistake in either shows up as a refused file.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from likeness.methods.peers import attention_layout
+from likeness.methods.peers.common import attention_layout
 
 
 def _rand(generator, *shape, std: float = 0.02) -> torch.Tensor:
@@ -158,8 +158,8 @@ def photomaker_state(base_model: str, *, hidden: int = 64, layers: int = 2, patc
 
     from transformers import CLIPVisionConfig
 
-    from likeness.methods.peers import empty_unet
-    from likeness.methods.photomaker import V2_HEAD_WIDTH, IDEncoder, IDEncoderV2
+    from likeness.methods.peers.common import empty_unet
+    from likeness.methods.peers.photomaker import V2_HEAD_WIDTH, IDEncoder, IDEncoderV2
     from likeness.models.loading import resolve_model_path
 
     folder = resolve_model_path(base_model)
@@ -232,7 +232,7 @@ def pulid_state(unet, *, version: str = "v1", face_dim: int = 16, eva_width: int
     width, 1024 published) + ``id_adapter_attn_layers.<n>.id_to_{k,v}.weight`` on every cross-attention layer.
     Published sizes: v1 ``IDEncoder`` 1280 -> 1024 -> 1024 -> 5 x 2048 with mappings 1024 -> 2048; v1.1 ``IDFormer``
     dim 1024, 10 layers, 16 heads, 32 queries."""
-    from likeness.methods.pulid import IDEncoder, IDFormer, attn_layer_shapes
+    from likeness.methods.peers.pulid import IDEncoder, IDFormer, attn_layer_shapes
 
     cross = unet.config.cross_attention_dim
     width = face_dim + eva_embed

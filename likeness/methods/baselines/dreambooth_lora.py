@@ -6,7 +6,7 @@ rare token followed by the class noun ("sks person") means this person.
   encoder(s) too (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``): SD's, SDXL's two, FLUX.1's CLIP-L and SD3.5's
   two CLIPs. The large T5 / Qwen encoders stay frozen (as in diffusers' FLUX/SD3 scripts); FLUX.2 and Qwen-Image
   have no CLIP encoder, so text-encoder LoRA is refused there.
-- On the flow-matching bases the objective is rectified flow (:mod:`likeness.methods.flow_matching`) with the
+- On the flow-matching bases the objective is rectified flow (:mod:`likeness.methods.baselines.flow_matching`) with the
   sigma sampling / loss weighting schemes of diffusers' FLUX/SD3 scripts (``weighting_scheme``: none, sigma_sqrt,
   logit_normal, mode, cosmap); the loop, checkpoints and resume are the shared ones.
 - Optional prior preservation: images of the class prompt ("a photo of a person") are generated
@@ -90,7 +90,7 @@ class DreamBoothLoRA(Method):
         "framing": "upper_body",
         "max_steps": 500,
         "learning_rate": 1e-4,
-        # Flow-matching bases only (see likeness.methods.flow_matching).
+        # Flow-matching bases only (see likeness.methods.baselines.flow_matching).
         "weighting_scheme": "none",
         "logit_mean": 0.0,
         "logit_std": 1.0,
@@ -113,7 +113,7 @@ class DreamBoothLoRA(Method):
         if flow:
             from functools import partial
 
-            from likeness.methods.flow_matching import check_weighting, flow_matching_loss
+            from likeness.methods.baselines.flow_matching import check_weighting, flow_matching_loss
 
             loss_fn = partial(flow_matching_loss, weighting_scheme=check_weighting(options["weighting_scheme"]),
                               logit_mean=float(options["logit_mean"]), logit_std=float(options["logit_std"]),

@@ -1,4 +1,4 @@
-"""Tiny InsightFace-style ONNX models for offline tests and benchmarks (like :mod:`likeness.segmentation.tiny_salient`:
+"""Tiny InsightFace-style ONNX models for offline tests and benchmarks (like :mod:`likeness.testing.tiny_salient`:
 the real file formats and signatures, trivial or random weights; no download, no real identity).
 
 - :func:`export_tiny_arcface`: an SCRFD-signature detector (9 outputs, 2 anchors, strides 8/16/32) whose
