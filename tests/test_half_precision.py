@@ -47,8 +47,8 @@ def _within(images: dict, mean: float = 2, peak: float = 24) -> dict:
 
 
 def test_ip_adapter_generates_in_half_precision(tiny_models, astronaut_path, tmp_path):
-    from likeness.methods.peer_layouts import clip_vision_encoder, ip_adapter_state, save_published
-    from likeness.methods.peers import empty_unet
+    from likeness.testing.peer_layouts import clip_vision_encoder, ip_adapter_state, save_published
+    from likeness.methods.peers.common import empty_unet
 
     clip_vision_encoder(tmp_path / "h94" / "models" / "image_encoder")
     weights = save_published(ip_adapter_state(empty_unet("likeness/tiny-sd"), "plain", embed=32),
@@ -212,9 +212,9 @@ def test_pulid_generates_in_half_precision(tiny_models, tmp_path):
     tokens computed at personalization, the ID attention processors then run in bf16 / fp16."""
     from PIL import Image
 
-    from likeness.faces.tiny_arcface import export_tiny_arcface, face_image
-    from likeness.methods.peer_layouts import eva_clip_state, pulid_state, save_flat
-    from likeness.methods.peers import empty_unet
+    from likeness.testing.tiny_arcface import export_tiny_arcface, face_image
+    from likeness.testing.peer_layouts import eva_clip_state, pulid_state, save_flat
+    from likeness.methods.peers.common import empty_unet
 
     Image.fromarray(face_image(0)).save(tmp_path / "ann.png")
     weights = save_flat(pulid_state(empty_unet("likeness/tiny-sdxl"), version="v1.1", seed=1),
@@ -290,7 +290,7 @@ def face_and_arcface(tmp_path_factory):
     """A face the tiny ArcFace detector finds, and that ArcFace's folder (the library's test helpers, as test_peers)."""
     from PIL import Image
 
-    from likeness.faces.tiny_arcface import export_tiny_arcface, face_image
+    from likeness.testing.tiny_arcface import export_tiny_arcface, face_image
 
     root = tmp_path_factory.mktemp("face")
     Image.fromarray(face_image(0)).save(root / "ann.png")
@@ -299,8 +299,8 @@ def face_and_arcface(tmp_path_factory):
 
 def test_ip_adapter_faceid_generates_in_half_precision(tiny_models, face_and_arcface, tmp_path):
     """FaceID (ArcFace embedding + its LoRA fused into the UNet) on tiny-sd with tiny published-layout weights."""
-    from likeness.methods.peer_layouts import ip_adapter_state, save_published
-    from likeness.methods.peers import empty_unet
+    from likeness.testing.peer_layouts import ip_adapter_state, save_published
+    from likeness.methods.peers.common import empty_unet
 
     face, arcface = face_and_arcface
     weights = save_published(ip_adapter_state(empty_unet("likeness/tiny-sd"), "faceid", embed=32, face_dim=16,
@@ -313,7 +313,7 @@ def test_ip_adapter_faceid_generates_in_half_precision(tiny_models, face_and_arc
 def test_photomaker_generates_in_half_precision(tiny_models, astronaut_path, tmp_path):
     """PhotoMaker v1 on tiny-sdxl: the ID embedding stacked at personalization, merged into the class word and the
     LoRA'd UNet then run in bf16 / fp16 (style_strength 0: the merged prompt from the first step)."""
-    from likeness.methods.peer_layouts import photomaker_state, save_published
+    from likeness.testing.peer_layouts import photomaker_state, save_published
 
     weights = save_published(photomaker_state("likeness/tiny-sdxl"), tmp_path / "photomaker-v1.bin")
     art = personalize("photomaker", {"astro": [astronaut_path]}, tmp_path / "a", "likeness/tiny-sdxl",
@@ -323,8 +323,8 @@ def test_photomaker_generates_in_half_precision(tiny_models, astronaut_path, tmp
 
 def test_instantid_generates_in_half_precision(tiny_models, face_and_arcface, tmp_path):
     """InstantID on tiny-sdxl: IdentityNet (a ControlNet) and the UNet's IP-Adapter, both in bf16 / fp16."""
-    from likeness.methods.peer_layouts import identitynet, ip_adapter_state, save_published
-    from likeness.methods.peers import empty_unet
+    from likeness.testing.peer_layouts import identitynet, ip_adapter_state, save_published
+    from likeness.methods.peers.common import empty_unet
 
     face, arcface = face_and_arcface
     identitynet("likeness/tiny-sdxl", tmp_path / "w" / "ControlNetModel", conditioning_channels=(16, 32))
