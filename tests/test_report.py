@@ -284,3 +284,23 @@ def test_report_cli_with_ratings(scored_run, tmp_path, capsys):
     assert "overall: pairs agreeing (n)" in parsed.tables["agreement"] and "IPS" in parsed.tables["agreement"]
     assert cli_main(["report", str(scored_run), "--ratings", str(tmp_path / "none.csv")]) == 2
     assert "none.csv: ratings file does not exist" in capsys.readouterr().err
+
+
+def test_a_full_disk_while_writing_the_report_is_a_message_and_the_results_stay(tmp_path, monkeypatch, capsys):
+    """ENOSPC while the thumbnails are written: `likeness report` says what happened and how to finish, with exit
+    code 1; the run's store is byte for byte what it was, and a report with space again succeeds."""
+    import errno
+
+    run = _synthetic_run(tmp_path / "run", people=2, prompts=2)
+    before = (run / "results.sqlite").read_bytes()
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(Image.Image, "save", full)
+        assert cli_main(["report", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "results" in err and "run `likeness report` again" in err
+    assert (run / "results.sqlite").read_bytes() == before
+    assert cli_main(["report", str(run)]) == 0 and (run / "report" / "index.html").is_file()

@@ -339,7 +339,12 @@ def run(args) -> int:
     if not args.no_report:
         from likeness.bench.report import build_report
 
-        page, text = build_report(runner.run_dir)
+        try:
+            page, text = build_report(runner.run_dir)
+        except OSError as exc:  # the run itself is finished and kept: only its pages are missing
+            print(f"likeness bench: every result is kept in {runner.run_dir}, but the report could not be written "
+                  f"({exc}); free space and run `likeness report {runner.run_dir}`", file=sys.stderr)
+            return 1
         print(text)
         print(f"report: {page}")
     return 0

@@ -42,6 +42,10 @@ def run(args) -> int:
     except (RunConfigError, ValueError, FileNotFoundError) as exc:
         print(f"likeness report: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full or read-only disk: the run's results are untouched, only the pages are missing
+        print(f"likeness report: cannot write the report ({exc}); the run's results in {args.run_dir} are intact: "
+              f"free space (or pass a writable --out) and run `likeness report` again", file=sys.stderr)
+        return 1
     print(text)
     print(f"report: {page}")
     return 0
