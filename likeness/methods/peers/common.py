@@ -16,7 +16,6 @@ missing / unexpected keys, shapes) runs before any generation and names the file
 
 from __future__ import annotations
 
-import hashlib
 import json
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +33,7 @@ from likeness.methods.base import (
     Method,
     Personalized,
     as_identities,
+    sha256_file,
     start_artifact,
 )
 from likeness.models.loading import base_model_info, load_pipeline, resolve_model_path
@@ -53,14 +53,6 @@ class MissingFaceModelError(FileNotFoundError):
 
 
 # -- finding and reading published files ---------------------------------------------------------------
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
