@@ -235,7 +235,7 @@ def test_a_resumed_benchmark_rescores_rows_of_an_old_protocol(tmp_path):
 def test_evaluator_reports_aps_with_and_without_the_official_flip(models, tmp_path):
     """CLIP-T + CLIP-N + the APS probe in one run: ``aps`` and ``aps-penalised`` (predictions of the images that
     fail the penalty negated), each under its own protocol name, the summary saying how many were flipped."""
-    from test_sis_scale import CalibratedColour
+    from test_metrics_identity import CalibratedColour
 
     from likeness.bench.evaluate import format_summary, score_items
     from likeness.data.identities import load_identities
