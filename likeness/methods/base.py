@@ -315,12 +315,35 @@ def _quantization_field(pipe) -> dict:
     return {} if record.get("quantize", "none") == "none" else {"quantization": record}
 
 
+@dataclass(frozen=True)
+class PublishedFile:
+    """One published weights file a method loads: where users get it and which option takes it.
+
+    ``option`` is the method option that accepts the file, a folder holding it, or a hub id (``hub`` is the
+    default); ``when`` the option values under which this file is the one needed (``{"version": "v1.1"}``).
+    The demo and ``likeness methods`` use these to say which methods a weights folder or the local hub
+    cache can run; loading itself always goes through :func:`likeness.models.pretrained.resolve_file`.
+    """
+
+    option: str
+    filename: str
+    hub: str | None = None
+    subfolder: str = ""
+    role: str = "weights"
+    when: tuple[tuple[str, object], ...] = ()
+
+
 class Method:
     """Base class. A method sets ``name`` and ``defaults`` and implements :meth:`setup`,
     :meth:`save_weights` and :meth:`apply`; the shared :meth:`personalize` does the rest
     (photos, training loop, manifest). Methods that do not fit may override :meth:`personalize`."""
 
     name: ClassVar[str] = ""
+    # The base-model families it runs on (likeness.models.families names: sd1, sd2, sdxl, flux1, flux2, sd3,
+    # qwen-image); empty: every family the shared training supports.
+    families: ClassVar[tuple[str, ...]] = ()
+    # The published files it needs besides the base model (tuning methods: none).
+    published_files: ClassVar[tuple[PublishedFile, ...]] = ()
     # Method options and TrainingConfig overrides, from the method's paper / diffusers example.
     defaults: ClassVar[dict] = {}
     # Sampling defaults recorded in the manifest (a user's explicit values always win): either one
