@@ -209,8 +209,9 @@ class IDFormer(nn.Module):
         return latents[:, :self.queries] @ self.proj_out
 
 
-def id_encoder_from(path, state: dict) -> nn.Module:
-    """The ID encoder the file's ``id_adapter.*`` shapes describe (v1 ``body.*``, v1.1 ``latents``), checked key by key."""
+def id_encoder_from(path, state: dict, prefix: str = "id_adapter") -> nn.Module:
+    """The ID encoder the file's ``<prefix>.*`` shapes describe (v1 ``body.*``, v1.1 ``latents``), checked key by key
+    (PuLID-FLUX publishes the same IDFormer as ``pulid_encoder.*``)."""
     from accelerate import init_empty_weights
 
     kind = IDFormer if "latents" in state else IDEncoder
@@ -219,11 +220,11 @@ def id_encoder_from(path, state: dict) -> nn.Module:
         with init_empty_weights():
             shapes = {k: tuple(v.shape) for k, v in kind.from_shapes(given).state_dict().items()}
     except KeyError as exc:
-        raise CheckpointError(f"{path}: not a valid PuLID {kind.version} checkpoint; missing key id_adapter.{exc.args[0]}") from None
+        raise CheckpointError(f"{path}: not a valid PuLID {kind.version} checkpoint; missing key {prefix}.{exc.args[0]}") from None
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    check_layout(path, {f"id_adapter.{k}": v for k, v in state.items()}, {f"id_adapter.{k}": v for k, v in shapes.items()},
-                 f"PuLID {kind.version} id_adapter")
+    check_layout(path, {f"{prefix}.{k}": v for k, v in state.items()}, {f"{prefix}.{k}": v for k, v in shapes.items()},
+                 f"PuLID {kind.version} {prefix}")
     encoder = kind.from_shapes(given)
     encoder.load_state_dict(state, strict=True)
     return encoder.eval()
@@ -499,6 +500,12 @@ class PuLID(TuningFreeMethod):
         spec = options["weights"] or HUB
         path = resolve_file(spec, WEIGHT_NAMES[version], what="PuLID weights")
         encoder, _ = load_pulid(path, empty_unet(base_model), version)
+        context, eva_record = self.encoding_context(path, encoder, backend, options)
+        return context, [weights_record(path, "pulid weights", spec), eva_record]
+
+    def encoding_context(self, path: Path, encoder: nn.Module, backend, options: dict) -> tuple[dict, dict]:
+        """What :meth:`encode` needs besides ``encoder`` (read from ``path``): the EVA02-CLIP tower (checked against the
+        encoder's widths), the face backend and parser; and the EVA file's manifest record."""
         eva_spec = options["eva_clip"] or EVA_HUB
         eva_path = resolve_file(eva_spec, EVA_FILE, what="EVA02-CLIP checkpoint")
         tower = load_eva(eva_path)
@@ -514,7 +521,7 @@ class PuLID(TuningFreeMethod):
         eva_record["needed_at_generation"] = False  # it only made the stored embeddings
         context = {"backend": backend, "encoder": encoder, "tower": tower, "parser": FaceParser(options["parsing_model"]),
                    "antialias": bool(options["resize_antialias"])}
-        return context, [weights_record(path, "pulid weights", spec), eva_record]
+        return context, eva_record
 
     @torch.no_grad()
     def photo_features(self, photo: Path, context: dict, out_dir: Path, name: str, k: int):
