@@ -225,6 +225,24 @@ def test_pulid_generates_in_half_precision(tiny_models, tmp_path):
     _within(_images(art, "unet", num_inference_steps=2))
 
 
+def test_pulid_flux_generates_in_half_precision(tiny_models, tmp_path):
+    """PuLID-FLUX on tiny-flux with tiny published-layout weights: ID tokens computed at personalization, the
+    pulid_ca blocks hooked into the transformer then run in bf16 / fp16 (their own weights too)."""
+    from PIL import Image
+
+    from likeness.testing.pulid_flux_layout import write_published_files
+    from likeness.testing.tiny_arcface import export_tiny_arcface, face_image
+
+    Image.fromarray(face_image(0)).save(tmp_path / "ann.png")
+    options = write_published_files(tmp_path / "w", "likeness/tiny-flux")
+    art = personalize("pulid-flux", {"ann": [tmp_path / "ann.png"]}, tmp_path / "art", "likeness/tiny-flux",
+                      face_model_dir=str(export_tiny_arcface(tmp_path / "arc")), **options)
+    for dtype in HALF:
+        ours = load_artifact(art, plan=resolve_plan("cpu", dtype, "no"))
+        assert {p.dtype for p in ours.pipe.transformer.pulid_ca.parameters()} == {getattr(torch, dtype)}
+    _within(_images(art, "transformer", num_inference_steps=2))
+
+
 def test_judge_runs_in_half_precision_and_keys_its_answers_by_dtype(tmp_path, monkeypatch):
     """The tiny Qwen2.5-VL judge in float32, bf16 and fp16 with one answer cache: each dtype loads in it, generates
     its own answers (the cache key holds the dtype, so a bf16 answer is never served as a float32 one) and the

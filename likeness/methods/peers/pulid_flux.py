@@ -156,6 +156,8 @@ class IDInsertion:
             if not self.active:
                 return None
             encoder_states, image = output  # diffusers' FLUX blocks, double and single: (text, image) tokens
+            if ca.to_q.weight.device != image.device:  # sequential CPU offload hooks only the base's own layers
+                ca.to(image.device)
             tokens = self.tokens.to(device=image.device, dtype=image.dtype)
             if tokens.shape[0] != image.shape[0]:
                 tokens = tokens.expand(image.shape[0], -1, -1)
