@@ -103,10 +103,12 @@ def golden():
     transformer.load_state_dict(bfl_to_diffusers(load_file(str(GOLDEN / "flux_bfl.safetensors")), f["hidden_size"]),
                                 strict=True)
     # The published file, through the method's own loading path and checks.
-    encoder, ca = load_pulid_flux(GOLDEN / "pulid_flux_v0.9.1.safetensors", dict(transformer.config), "v0.9.1")
+    encoder, id_width, ca = load_pulid_flux(GOLDEN / "pulid_flux_v0.9.1.safetensors", dict(transformer.config), "v0.9.1")
     state = IDInsertion(meta["id_weight"], 0)
-    install(transformer, ca, encoder.output_width, state)
-    return meta, load_file(str(GOLDEN / "cases.safetensors")), encoder, transformer, state
+    install(transformer, ca, id_width, state)
+    cases = load_file(str(GOLDEN / "cases.safetensors"))
+    assert id_width == encoder.output_width == cases["id_tokens"].shape[-1]
+    return meta, cases, encoder, transformer, state
 
 
 def _close(ours: torch.Tensor, theirs: torch.Tensor, relative: float = 1e-5) -> None:
@@ -234,6 +236,10 @@ def test_bad_bases_files_and_photos_are_named(tiny_models, setup, tmp_path):
     _refused(tmp_path, setup, r"deeper\.safetensors: made for another FLUX transformer \(20 ID blocks, width 32\); this "
              r"base's \(1 double \+ 1 single blocks, width 32\) takes 2", weights=str(deeper))
     state = load_file(weights)
+    encoderless = save_flat({k: v for k, v in state.items() if k != "pulid_encoder.mapping_2.3.weight"},
+                            tmp_path / "encoderless.safetensors")
+    _refused(tmp_path, setup, r"encoderless\.safetensors: not a valid PuLID v1\.1 pulid_encoder checkpoint.*missing "
+             r"keys: pulid_encoder\.mapping_2\.3\.weight", weights=str(encoderless))
     del state["pulid_ca.1.to_kv.weight"]
     broken = save_flat(state, tmp_path / "broken.safetensors")
     _refused(tmp_path, setup, r"broken\.safetensors: not a valid PuLID-FLUX pulid_ca checkpoint.*missing keys: "

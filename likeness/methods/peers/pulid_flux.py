@@ -103,9 +103,11 @@ def expected_ca_shapes(config: dict, id_width: int, heads: int) -> dict[str, tup
     return shapes
 
 
-def load_pulid_flux(path: Path, config: dict, version: str | None = None) -> tuple[IDFormer, dict[str, torch.Tensor]]:
-    """Read and check a published PuLID-FLUX file against a FLUX transformer ``config``; returns (IDFormer with
-    weights, the ``pulid_ca.*`` tensors)."""
+def load_pulid_flux(path: Path, config: dict, version: str | None = None,
+                    encoder: bool = True) -> tuple[IDFormer | None, int, dict[str, torch.Tensor]]:
+    """Read and check a published PuLID-FLUX file against a FLUX transformer ``config``; returns (the IDFormer with
+    weights, or None when ``encoder`` is false: generation needs only the ID tokens' width; that width; the
+    ``pulid_ca.*`` tensors)."""
     path = Path(path)
     if version is not None:
         other = {name: v for v, name in WEIGHT_NAMES.items() if v != version}
@@ -122,7 +124,8 @@ def load_pulid_flux(path: Path, config: dict, version: str | None = None) -> tup
                               f"{', '.join(sorted(state)[:5]) or 'no keys'})")
     if "latents" not in nested["pulid_encoder"]:
         raise CheckpointError(f"{path}: pulid_encoder is not an IDFormer (no pulid_encoder.latents); PuLID-FLUX files hold one")
-    encoder = id_encoder_from(path, nested["pulid_encoder"], prefix="pulid_encoder")
+    ids = id_encoder_from(path, nested["pulid_encoder"], prefix="pulid_encoder") if encoder else None
+    id_width = tuple(nested["pulid_encoder"]["proj_out"].shape)[-1] if "proj_out" in nested["pulid_encoder"] else -1
     ca = {f"pulid_ca.{k}": v for k, v in nested["pulid_ca"].items()}
     found = 1 + max(int(k.split(".")[1]) for k in ca)
     want = len(ca_positions(config["num_layers"], config["num_single_layers"]))
@@ -133,8 +136,8 @@ def load_pulid_flux(path: Path, config: dict, version: str | None = None) -> tup
                               f"this base's ({config['num_layers']} double + {config['num_single_layers']} single blocks, "
                               f"width {dim}) takes {want} of width {dim}. PuLID-FLUX is published for FLUX.1 [dev]")
     inner = tuple(ca.get("pulid_ca.0.to_q.weight", torch.empty(0, 0)).shape)[0]
-    check_layout(path, ca, expected_ca_shapes(config, encoder.output_width, max(1, inner // CA_HEAD_WIDTH)), "PuLID-FLUX pulid_ca")
-    return encoder, ca
+    check_layout(path, ca, expected_ca_shapes(config, id_width, max(1, inner // CA_HEAD_WIDTH)), "PuLID-FLUX pulid_ca")
+    return ids, id_width, ca
 
 
 class IDInsertion:
@@ -218,7 +221,7 @@ class PuLIDFlux(PuLID):
         if info.family != "flux1":
             raise ValueError(f"{path}: PuLID-FLUX weights are made for FLUX.1 [dev]; {base_model!r} is a {info.family} base. "
                              f"Use a FLUX.1 base (black-forest-labs/FLUX.1-dev), or method pulid for SDXL")
-        encoder, _ = load_pulid_flux(path, transformer_config(base_model), version)
+        encoder, _, _ = load_pulid_flux(path, transformer_config(base_model), version)
         context, eva_record = self.encoding_context(path, encoder, backend, options)
         return context, [weights_record(path, "pulid-flux weights", spec), eva_record]
 
@@ -226,9 +229,9 @@ class PuLIDFlux(PuLID):
         options = manifest.config["options"]
         record = next(r for r in manifest.config["weights"] if r["role"] == "pulid-flux weights")
         transformer = pipe.transformer
-        encoder, ca = load_pulid_flux(Path(record["path"]), dict(transformer.config), options["version"])
+        _, id_width, ca = load_pulid_flux(Path(record["path"]), dict(transformer.config), options["version"], encoder=False)
         state = IDInsertion(float(options["id_weight"]), int(options["start_step"]))
-        install(transformer, ca, encoder.output_width, state)
+        install(transformer, ca, id_width, state)
         pipe.pulid_flux_state = state
         return pipe
 
