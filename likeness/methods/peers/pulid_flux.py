@@ -171,6 +171,8 @@ class IDInsertion:
 
 def install(transformer, ca_state: dict[str, torch.Tensor], id_width: int, state: IDInsertion) -> nn.ModuleList:
     """The ``pulid_ca`` blocks (published weights) as ``transformer.pulid_ca``, hooked after their blocks."""
+    if "pulid_ca" in transformer._modules:  # a second set of hooks would insert the ID twice
+        raise ValueError("this FLUX transformer already carries PuLID-FLUX blocks; load the base pipeline afresh")
     config = transformer.config
     positions = ca_positions(config.num_layers, config.num_single_layers)
     dim = config.num_attention_heads * config.attention_head_dim
