@@ -127,7 +127,7 @@ def load_pulid_flux(path: Path, config: dict, version: str | None = None,
     ids = id_encoder_from(path, nested["pulid_encoder"], prefix="pulid_encoder") if encoder else None
     id_width = tuple(nested["pulid_encoder"]["proj_out"].shape)[-1] if "proj_out" in nested["pulid_encoder"] else -1
     ca = {f"pulid_ca.{k}": v for k, v in nested["pulid_ca"].items()}
-    found = 1 + max(int(k.split(".")[1]) for k in ca)
+    found = 1 + max((int(k.split(".")[1]) for k in ca if k.split(".")[1].isdigit()), default=-1)
     want = len(ca_positions(config["num_layers"], config["num_single_layers"]))
     dim = config["num_attention_heads"] * config["attention_head_dim"]
     width = tuple(ca.get("pulid_ca.0.norm2.weight", torch.empty(0)).shape)
