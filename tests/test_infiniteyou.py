@@ -1,0 +1,150 @@
+"""InfiniteYou on the tiny FLUX.1 base: published layout (random weights), identity through InfuseNet,
+save/load, scale 0 = plain FLUX, bad input, and the reference code's goldens (tests/golden/infiniteyou)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from likeness.methods import load_artifact, personalize
+from likeness.methods.peers.common import CheckpointError, MissingFaceModelError
+from likeness.methods.preparation import NoFaceError
+from likeness.testing.infiniteyou_layout import write_published_files
+from likeness.testing.tiny_arcface import export_tiny_arcface, face_image
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+BASE = "likeness/tiny-flux"
+SIZE = dict(height=32, width=32, num_inference_steps=3)
+GOLDEN = Path(__file__).parent / "golden" / "infiniteyou"
+
+
+def _pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=int)
+
+
+@pytest.fixture(scope="module")
+def arcface_dir(tmp_path_factory):
+    return export_tiny_arcface(tmp_path_factory.mktemp("arcface"))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Two 'people' the tiny detector finds (the same bright face on a dark and on a light grey background, so the
+    tiny recogniser's unit embeddings differ: cosine about 0.56) and a photo without a face."""
+    folder = tmp_path_factory.mktemp("infu-faces")
+    bob = face_image(1)
+    background = (bob < 255).all(-1, keepdims=True)
+    bob = np.where(background, (120 + 0.3 * bob).clip(0, 230), bob).astype(np.uint8)
+    paths = {"ann": folder / "ann.png", "bob": folder / "bob.png", "wall": folder / "wall.png"}
+    Image.fromarray(face_image(0)).save(paths["ann"])
+    Image.fromarray(bob).save(paths["bob"])
+    Image.new("RGB", (320, 320), (40, 40, 40)).save(paths["wall"])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_models, tmp_path_factory):
+    return write_published_files(tmp_path_factory.mktemp("infu-hub"), BASE, variant="sim_stage1")
+
+
+def _people(photos):
+    return {"ann": [photos["ann"]], "bob": [photos["bob"]]}
+
+
+def test_identity_changes_the_image_reproduces_and_scale_zero_is_plain_flux(tiny_models, weights, arcface_dir, photos, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from likeness.data.images import image_to_array, load_image
+    from likeness.faces import get_backend
+
+    art = personalize("infiniteyou", _people(photos), tmp_path / "a", BASE, face_model_dir=str(arcface_dir), **weights)
+    manifest = json.loads((art / "likeness.json").read_text())
+    roles = [r["role"] for r in manifest["config"]["weights"]]
+    assert roles == ["infiniteyou ID projection", "infiniteyou InfuseNet config"] + ["infiniteyou InfuseNet weights"] * 2
+    assert manifest["sampling"] == {"num_inference_steps": 30, "guidance_scale": 3.5}  # the published test.py defaults
+    # As published: the recogniser sees the aligned crop in BGR order, and the embedding is L2-normalised.
+    backend = get_backend("arcface", model_dir=str(arcface_dir))
+    array = image_to_array(load_image(photos["ann"]))
+    face = max(backend.detect(array), key=lambda f: f.area)
+    bgr = backend.embed(np.ascontiguousarray(array[..., ::-1]), [face])[0].raw_embedding
+    stored = load_file(str(art / "embeddings.safetensors"))["ann.id_embedding"].flatten().numpy()
+    np.testing.assert_allclose(stored, bgr / np.linalg.norm(bgr), rtol=1e-5, atol=1e-6)
+    rgb = backend.embed(array, [face])[0].embedding
+    assert np.abs(stored - rgb).max() > 1e-3  # the channel order matters
+
+    ours = load_artifact(art)
+    ann = _pixels(ours.generate(["a photo of {}"], [4], identity="ann", **SIZE)[0])
+    # The person changes the result: compared on the latents, where the tiny random InfuseNet's identity effect
+    # (about 1e-2) stands far above any rounding (1e-6) but may stay under one 8-bit level once decoded.
+    latents = {name: ours.call_pipe(["a photo of a person"], identity=name, output_type="latent", guidance_scale=3.5,
+                                    generator=[torch.Generator("cpu").manual_seed(4)], **SIZE).images
+               for name in ("ann", "bob")}
+    assert (latents["ann"] - latents["bob"]).abs().max() > 2e-3
+    np.testing.assert_array_equal(ann, _pixels(load_artifact(art).generate(["a photo of {}"], [4], identity="ann", **SIZE)[0]))
+
+    plain = DiffusionPipeline.from_pretrained(tiny_models[BASE])
+    plain.set_progress_bar_config(disable=True)
+    flux = _pixels(plain("a photo of a person", guidance_scale=3.5, generator=torch.Generator("cpu").manual_seed(4), **SIZE).images[0])
+    assert np.abs(ann - flux).max() > 10
+    # Scale 0: every residual is exactly 0, so FLUX's blocks add exact zeros; the initial noise is drawn as plain
+    # FLUX draws it (before the control image is encoded), so the pixels are plain FLUX's, bit for bit.
+    off = personalize("infiniteyou", _people(photos), tmp_path / "off", BASE, face_model_dir=str(arcface_dir),
+                      conditioning_scale=0.0, **weights)
+    np.testing.assert_array_equal(_pixels(load_artifact(off).generate(["a photo of {}"], [4], identity="bob", **SIZE)[0]), flux)
+
+
+def _refused(tmp_path, match, photo, error=CheckpointError, base=BASE, **options):
+    with pytest.raises(error, match=match):
+        personalize("infiniteyou", {"ann": [photo]}, tmp_path / "refused", base, **options)
+    assert not (tmp_path / "refused" / "likeness.json").exists()
+
+
+def test_bad_input_is_named(tiny_models, weights, arcface_dir, photos, tmp_path):
+    ann, face_dir = photos["ann"], str(arcface_dir)
+    variant_dir = Path(weights["weights"]) / "infu_flux_v1.0" / "sim_stage1"
+    for base, family in (("likeness/tiny-flux2-klein", "flux2"), ("likeness/tiny-sdxl", "sdxl")):
+        _refused(tmp_path, f"published for FLUX.1 \\[dev\\] only .* is {family}: pass a FLUX.1 base model", ann, ValueError,
+                 base=base, face_model_dir=face_dir, **weights)
+    _refused(tmp_path, "needs an ArcFace model folder", ann, MissingFaceModelError, **weights)
+    _refused(tmp_path, "nowhere: ArcFace model folder does not exist", ann, MissingFaceModelError,
+             face_model_dir=str(tmp_path / "nowhere"), **weights)
+    _refused(tmp_path, "wall.png: no face found", photos["wall"], NoFaceError, face_model_dir=face_dir, **weights)
+    _refused(tmp_path, "variant must be one of aes_stage2, sim_stage1", ann, ValueError, face_model_dir=face_dir,
+             weights=weights["weights"], variant="stage3")
+
+    # A variant folder without its projection file: the file, where it is published, and the fix.
+    lonely = tmp_path / "sim_stage1"
+    shutil.copytree(variant_dir / "InfuseNetModel", lonely / "InfuseNetModel")
+    _refused(tmp_path, r"sim_stage1 folder has no image_proj_model\.bin .*ByteDance/InfiniteYou "
+             r"infu_flux_v1\.0/sim_stage1/image_proj_model\.bin\); download it into .*, or pass projection=FILE",
+             ann, FileNotFoundError, face_model_dir=face_dir, weights=str(lonely), variant="sim_stage1")
+    _refused(tmp_path, "holds the sim_stage1 variant, but variant='aes_stage2'", ann, ValueError, face_model_dir=face_dir,
+             weights=str(lonely), variant="aes_stage2")
+    # The snapshot layout with only the other variant.
+    _refused(tmp_path, "expected infu_flux_v1.0/aes_stage2/", ann, FileNotFoundError, face_model_dir=face_dir,
+             weights=weights["weights"], variant="aes_stage2")
+
+    # A missing shard, an InfuseNet for another base, a projection of another width: named before any loading.
+    (lonely / "InfuseNetModel" / "diffusion_pytorch_model-00002-of-00002.safetensors").unlink()
+    _refused(tmp_path, "index names diffusion_pytorch_model-00002-of-00002.safetensors, which is missing", ann,
+             face_model_dir=face_dir, infusenet=str(lonely / "InfuseNetModel"), **weights)
+    other = tmp_path / "other"
+    shutil.copytree(variant_dir, other)
+    config = json.loads((other / "InfuseNetModel" / "config.json").read_text())
+    (other / "InfuseNetModel" / "config.json").write_text(json.dumps({**config, "joint_attention_dim": 48}))
+    _refused(tmp_path, "InfuseNet made for another base model; joint_attention_dim: InfuseNet 48, transformer 32", ann,
+             face_model_dir=face_dir, weights=str(other), variant="sim_stage1")
+    wide = write_published_files(tmp_path / "wide", BASE, variant="sim_stage1", face_dim=24)
+    _refused(tmp_path, "expects a 24-d face embedding, but the ArcFace model .* gives 16-d", ann, face_model_dir=face_dir, **wide)
+    state = torch.load(str(variant_dir / "image_proj_model.bin"), weights_only=True)
+    state["image_proj"].pop("norm_out.bias")
+    torch.save(state, str(tmp_path / "broken.bin"))
+    _refused(tmp_path, "missing keys: image_proj.norm_out.bias", ann, face_model_dir=face_dir,
+             projection=str(tmp_path / "broken.bin"), **weights)
