@@ -82,11 +82,11 @@ def test_identity_changes_the_image_reproduces_and_scale_zero_is_plain_flux(tiny
     ours = load_artifact(art)
     ann = _pixels(ours.generate(["a photo of {}"], [4], identity="ann", **SIZE)[0])
     # The person changes the result: compared on the latents, where the tiny random InfuseNet's identity effect
-    # (about 1e-2) stands far above any rounding (1e-6) but may stay under one 8-bit level once decoded.
+    # (6e-3 here) stands far above any rounding (1e-6) but may stay under one 8-bit level once decoded.
     latents = {name: ours.call_pipe(["a photo of a person"], identity=name, output_type="latent", guidance_scale=3.5,
                                     generator=[torch.Generator("cpu").manual_seed(4)], **SIZE).images
                for name in ("ann", "bob")}
-    assert (latents["ann"] - latents["bob"]).abs().max() > 2e-3
+    assert (latents["ann"] - latents["bob"]).abs().max() > 1e-3
     np.testing.assert_array_equal(ann, _pixels(load_artifact(art).generate(["a photo of {}"], [4], identity="ann", **SIZE)[0]))
 
     plain = DiffusionPipeline.from_pretrained(tiny_models[BASE])

@@ -68,6 +68,8 @@ def write_infusenet(folder: Path, config: dict, seed: int = 0, shards: int = 2) 
             for name, param in model.named_parameters():
                 if name.startswith(("controlnet_blocks", "controlnet_single_blocks", "controlnet_x_embedder")):
                     param.normal_(0.0, 0.2)  # zero-initialised for training: random here, so residuals flow
+                elif name.startswith("context_embedder") or ".add_k_proj." in name or ".add_v_proj." in name:
+                    param.mul_(4.0)  # the ID tokens' keys and values: weightier than a default init makes them
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(folder), max_shard_size=max(1, total // shards + total // (4 * shards)))
