@@ -148,3 +148,80 @@ def test_bad_input_is_named(tiny_models, weights, arcface_dir, photos, tmp_path)
     torch.save(state, str(tmp_path / "broken.bin"))
     _refused(tmp_path, "missing keys: image_proj.norm_out.bias", ann, face_model_dir=face_dir,
              projection=str(tmp_path / "broken.bin"), **weights)
+
+
+# -- the reference code's goldens (tests/golden/make_infiniteyou_goldens.py) --------------------------------
+
+
+def _close(ours: torch.Tensor, golden: torch.Tensor, what: str, rel: float = 1e-5) -> None:
+    """fp32, the same weights and inputs, diffusers 0.42 here and 0.31 in the reference run: only the order of
+    floating-point sums may differ, so within ``rel`` of the golden's largest magnitude."""
+    bound = rel * float(golden.abs().max())
+    error = float((ours.detach().float() - golden).abs().max())
+    assert ours.shape == golden.shape and error <= bound, f"{what}: max error {error:.3g} > {bound:.3g}"
+
+
+def test_matches_the_reference_code_goldens(tmp_path, one_thread):
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    from likeness.methods.peers.infiniteyou import InfiniteYou, _infusenet_class, check_infusenet, load_projection, run_infusenet
+
+    g = load_file(str(GOLDEN / "goldens.safetensors"))
+    settings = json.loads((GOLDEN / "goldens.json").read_text())["settings"]
+    # The weights the reference code wrote, found and checked through likeness' own path (the hub snapshot layout).
+    method = InfiniteYou()
+    projection_file, folder = method.locate({**method.defaults, "weights": str(GOLDEN), "variant": "sim_stage1"})
+    base = tmp_path / "base"  # a base folder holding the reference run's FLUX transformer
+    shutil.copytree(GOLDEN / "transformer", base / "transformer")
+    (base / "model_index.json").write_text("{}")
+    assert len(check_infusenet(folder, str(base))) == 2  # two shards, as published
+
+    projection = load_projection(projection_file)
+    with torch.no_grad():
+        tokens = projection(g["embedding"].reshape(1, 1, -1))
+    _close(tokens, g["id_tokens"], "ID tokens")
+
+    # InfuseNet called as diffusers' FluxControlNetPipeline calls it (the prompt as context, FLUX's guidance 3.5):
+    # the identity tokens, zero text positions and guidance 1.0 replace them, as the reference pipeline passes them.
+    infusenet = _infusenet_class().from_pretrained(str(folder)).eval()
+    infusenet.identity_tokens = tokens
+    timestep = torch.tensor([settings["timestep"] / 1000])
+    text_ids = torch.zeros(g["prompt_embeds"].shape[1], 3)
+    with torch.no_grad():
+        blocks, singles = infusenet(hidden_states=g["latents"], controlnet_cond=g["control_latents"],
+                                    conditioning_scale=settings["residual_scale"], timestep=timestep,
+                                    guidance=torch.tensor([3.5]), pooled_projections=g["pooled"],
+                                    encoder_hidden_states=g["prompt_embeds"], txt_ids=text_ids, img_ids=g["img_ids"],
+                                    return_dict=False)
+    assert len(blocks) == 2 and len(singles) == 2
+    for i, sample in enumerate(blocks):
+        _close(sample, g[f"block_sample.{i}"], f"double-stream residual {i}")
+    for i, sample in enumerate(singles):
+        _close(sample, g[f"single_block_sample.{i}"], f"single-stream residual {i}")
+    transformer = FluxTransformer2DModel.from_pretrained(str(GOLDEN / "transformer")).eval()
+    with torch.no_grad():
+        noise = transformer(hidden_states=g["latents"], timestep=timestep, guidance=torch.tensor([3.5]),
+                            pooled_projections=g["pooled"], encoder_hidden_states=g["prompt_embeds"],
+                            controlnet_block_samples=blocks, controlnet_single_block_samples=singles, txt_ids=text_ids,
+                            img_ids=g["img_ids"], return_dict=False)[0]
+    _close(noise, g["noise_pred"], "noise prediction with the residuals")
+
+    # Two steps of the whole generation path (apply + run_infusenet) against the reference pipeline's __call__.
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(str(GOLDEN / "scheduler")),
+                        vae=AutoencoderKL.from_pretrained(str(GOLDEN / "vae")), text_encoder=None, tokenizer=None,
+                        text_encoder_2=None, tokenizer_2=None, transformer=transformer)
+    pipe.likeness_info = None
+    options = {**method.defaults, "conditioning_scale": settings["pipeline_scale"],
+               "guidance_end": settings["pipeline_guidance_end"]}
+    manifest = SimpleNamespace(config={"options": options, "weights": [
+        {"role": "infiniteyou ID projection", "path": str(projection_file)},
+        {"role": "infiniteyou InfuseNet config", "path": str(folder / "config.json")}]})
+    infused = method.apply(pipe, None, manifest)
+    side = settings["side"]
+    out = run_infusenet(infused, options, {"id_embedding": g["embedding"].reshape(1, 1, -1)}, 1,
+                        prompt_embeds=g["prompt_embeds"], pooled_prompt_embeds=g["pooled"], height=side, width=side,
+                        num_inference_steps=settings["pipeline_steps"], guidance_scale=3.5, latents=g["latents"].clone(),
+                        generator=torch.Generator("cpu").manual_seed(settings["seed"]), output_type="latent").images
+    _close(out, g["pipeline_latents"], "latents after two steps", rel=1e-4)

@@ -349,37 +349,44 @@ class InfiniteYou(TuningFreeMethod):
         return identity_pipe
 
     def call(self, personalized, prompts, tensors, **kwargs):
-        from likeness.models.families import native_resolution
+        return run_infusenet(personalized.pipe, personalized.manifest.config["options"], tensors, len(prompts),
+                             prompt=prompts, **kwargs)
 
-        pipe = personalized.pipe
-        options = personalized.manifest.config["options"]
-        n = len(prompts)
-        default = native_resolution(pipe)
-        height, width = kwargs.pop("height", None) or default, kwargs.pop("width", None) or default
-        generator = kwargs.pop("generator", None)
-        device = pipe.device
-        with torch.no_grad():
-            projection = pipe.id_projection
-            embedding = tensors["id_embedding"].to(device=device, dtype=projection.latents.dtype)
-            tokens = projection(embedding)  # (1, queries, joint width)
-        if options.get("keypoints"):
-            side = min(width, height)  # the head-and-shoulders square, centred horizontally, at the top
-            points = tensors["keypoints"].cpu().numpy() * side + np.array([(width - side) / 2, 0.0])
-            control = draw_keypoints(points, (width, height))
-        else:
-            control = Image.new("RGB", (width, height))
-        # The initial noise first, from each image's generator, exactly as plain FLUX draws it; the pipeline then
-        # samples the control image's VAE latents from the same generators.
-        latents, _ = pipe.prepare_latents(n, pipe.transformer.config.in_channels // 4, height, width,
-                                          pipe.text_encoder_2.dtype, device, generator)
-        pipe.controlnet.identity_tokens = tokens.expand(n, -1, -1)
-        try:
-            return pipe(prompt=prompts, control_image=control, height=height, width=width, generator=generator,
-                        latents=latents, controlnet_conditioning_scale=float(options["conditioning_scale"]),
-                        control_guidance_start=float(options["guidance_start"]),
-                        control_guidance_end=float(options["guidance_end"]), **kwargs)
-        finally:
-            pipe.controlnet.identity_tokens = None
+
+def run_infusenet(pipe, options: dict, tensors: dict, batch: int, **kwargs):
+    """One ``FluxControlNetPipeline`` call with a person's ``tensors`` (``id_embedding``, ``keypoints``) for
+    ``batch`` images: the ID tokens projected now, the control image black (or the keypoints), the initial noise
+    drawn from ``generator`` before the pipeline samples the control image's latents from it (unless ``latents``
+    are given), InfuseNet's scale and step range from ``options``."""
+    from likeness.models.families import native_resolution
+
+    default = native_resolution(pipe)
+    height, width = kwargs.pop("height", None) or default, kwargs.pop("width", None) or default
+    device = pipe.device
+    with torch.no_grad():
+        projection = pipe.id_projection
+        embedding = tensors["id_embedding"].to(device=device, dtype=projection.latents.dtype)
+        tokens = projection(embedding)  # (1, queries, joint width)
+    if options.get("keypoints"):
+        side = min(width, height)  # the head-and-shoulders square, centred horizontally, at the top
+        points = tensors["keypoints"].cpu().numpy() * side + np.array([(width - side) / 2, 0.0])
+        control = draw_keypoints(points, (width, height))
+    else:
+        control = Image.new("RGB", (width, height))
+    if kwargs.get("latents") is None:
+        # Plain FLUX's initial noise, drawn first from each image's generator; the pipeline then samples the
+        # control image's VAE latents from the same generators.
+        dtype = pipe.text_encoder_2.dtype if pipe.text_encoder_2 is not None else pipe.transformer.dtype  # as FluxPipeline
+        kwargs["latents"], _ = pipe.prepare_latents(batch, pipe.transformer.config.in_channels // 4, height, width,
+                                                    dtype, device, kwargs.get("generator"))
+    pipe.controlnet.identity_tokens = tokens.expand(batch, -1, -1)
+    try:
+        return pipe(control_image=control, height=height, width=width,
+                    controlnet_conditioning_scale=float(options["conditioning_scale"]),
+                    control_guidance_start=float(options["guidance_start"]),
+                    control_guidance_end=float(options["guidance_end"]), **kwargs)
+    finally:
+        pipe.controlnet.identity_tokens = None
 
 
 def _infusenet_config(folder: Path) -> dict:
