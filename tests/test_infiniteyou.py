@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from likeness.methods import load_artifact, personalize
 from likeness.methods.peers.common import CheckpointError, MissingFaceModelError
@@ -133,8 +133,16 @@ def test_bad_input_is_named(tiny_models, weights, arcface_dir, photos, tmp_path)
 
     # A missing shard, an InfuseNet for another base, a projection of another width: named before any loading.
     (lonely / "InfuseNetModel" / "diffusion_pytorch_model-00002-of-00002.safetensors").unlink()
-    _refused(tmp_path, "index names diffusion_pytorch_model-00002-of-00002.safetensors, which is missing", ann,
+    _refused(tmp_path, "index names diffusion_pytorch_model-00002-of-00002.safetensors, not in the folder", ann,
              face_model_dir=face_dir, infusenet=str(lonely / "InfuseNetModel"), **weights)
+    shutil.copy(variant_dir / "InfuseNetModel" / "diffusion_pytorch_model-00002-of-00002.safetensors", lonely / "InfuseNetModel")
+    shard = lonely / "InfuseNetModel" / "diffusion_pytorch_model-00001-of-00002.safetensors"
+    state = load_file(str(shard))
+    dropped = sorted(state)[0]
+    state.pop(dropped)
+    save_file(state, str(shard))
+    _refused(tmp_path, f"missing keys: {dropped}", ann, face_model_dir=face_dir, infusenet=str(lonely / "InfuseNetModel"),
+             **weights)
     other = tmp_path / "other"
     shutil.copytree(variant_dir, other)
     config = json.loads((other / "InfuseNetModel" / "config.json").read_text())

@@ -19,7 +19,6 @@ tokens move a tiny InfuseNet's residuals by well under 1 %).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -98,9 +97,3 @@ def write_projection(path: Path, *, embed: int, dim: int, heads: int, queries: i
     torch.save({"image_proj": projection_state(embed, dim, heads, queries, output, seed)}, str(path))
     return path
 
-
-def shard_names(folder: Path) -> list[str]:
-    index = folder / "diffusion_pytorch_model.safetensors.index.json"
-    if not index.is_file():
-        return ["diffusion_pytorch_model.safetensors"]
-    return sorted(set(json.loads(index.read_text())["weight_map"].values()))

@@ -52,7 +52,7 @@ from likeness.methods.peers.common import (
     save_crop,
     weights_record,
 )
-from likeness.methods.peers.instantid import draw_keypoints, frame_points
+from likeness.methods.peers.instantid import _norm, draw_keypoints, frame_points
 from likeness.methods.peers.ip_adapter import RESAMPLER_DEPTH, resampler_layout
 from likeness.methods.peers.photomaker import PerceiverAttention
 from likeness.models.loading import resolve_model_path
@@ -169,7 +169,7 @@ def infusenet_files(folder: Path) -> list[Path]:
             raise CheckpointError(f"{index}: not a safetensors index (no weight_map)") from None
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
-            raise CheckpointError(f"{folder}: the InfuseNet index names {', '.join(missing)}, which is missing; download "
+            raise CheckpointError(f"{folder}: the InfuseNet index names {', '.join(missing)}, not in the folder; download "
                                   f"every shard of {INFUSENET_FOLDER}/ (hub {HUB})")
         return [folder / n for n in names]
     if (folder / SINGLE_FILE).is_file():
@@ -199,10 +199,6 @@ def check_infusenet(folder: Path, base_model: str) -> list[Path]:
         shapes.update(read_shapes(path))
     check_layout(files[0] if len(files) == 1 else folder, shapes, expected, "InfuseNet (FluxControlNetModel)")
     return files
-
-
-def _norm(value):
-    return [_norm(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 # -- the method --------------------------------------------------------------------------------------------
