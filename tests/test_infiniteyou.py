@@ -233,3 +233,29 @@ def test_matches_the_reference_code_goldens(tmp_path, one_thread):
                         num_inference_steps=settings["pipeline_steps"], guidance_scale=3.5, latents=g["latents"].clone(),
                         generator=torch.Generator("cpu").manual_seed(settings["seed"]), output_type="latent").images
     _close(out, g["pipeline_latents"], "latents after two steps", rel=1e-4)
+
+
+def test_the_default_hub_id_resolves_from_the_local_hub_cache(tiny_models, arcface_dir, photos, tmp_path, monkeypatch):
+    """No ``weights``: ``ByteDance/InfiniteYou`` through huggingface_hub (offline: its local cache), file by file in
+    the published subfolders; a variant the cache lacks is named with its hub path."""
+    import huggingface_hub.constants
+
+    from likeness.models.pretrained import ModelUnavailableError
+
+    repo = tmp_path / "hub" / "models--ByteDance--InfiniteYou"
+    commit = "0" * 40
+    write_published_files(repo / "snapshots" / commit, BASE, variant="aes_stage2")
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    art = personalize("infiniteyou", {"ann": [photos["ann"]]}, tmp_path / "a", BASE, face_model_dir=str(arcface_dir))
+    paths = [Path(r["path"]) for r in json.loads((art / "likeness.json").read_text())["config"]["weights"]]
+    snapshot = (repo / "snapshots" / commit / "infu_flux_v1.0" / "aes_stage2").resolve()
+    assert [p.relative_to(snapshot).as_posix() for p in paths] == [
+        "image_proj_model.bin", "InfuseNetModel/config.json",
+        "InfuseNetModel/diffusion_pytorch_model-00001-of-00002.safetensors",
+        "InfuseNetModel/diffusion_pytorch_model-00002-of-00002.safetensors"]
+    load_artifact(art)  # the recorded files check out
+    with pytest.raises(ModelUnavailableError, match="infu_flux_v1.0/sim_stage1/image_proj_model.bin"):
+        personalize("infiniteyou", {"ann": [photos["ann"]]}, tmp_path / "b", BASE, face_model_dir=str(arcface_dir),
+                    variant="sim_stage1")
