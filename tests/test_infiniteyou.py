@@ -87,6 +87,13 @@ def test_identity_changes_the_image_reproduces_and_scale_zero_is_plain_flux(tiny
                                     generator=[torch.Generator("cpu").manual_seed(4)], **SIZE).images
                for name in ("ann", "bob")}
     assert (latents["ann"] - latents["bob"]).abs().max() > 1e-3
+    # keypoints=true: InfuseNet's control image is the photo's keypoints instead of black.
+    drawn = personalize("infiniteyou", _people(photos), tmp_path / "kps", BASE, face_model_dir=str(arcface_dir),
+                        keypoints=True, **weights)
+    with_points = load_artifact(drawn).call_pipe(["a photo of a person"], identity="ann", output_type="latent",
+                                                 guidance_scale=3.5, generator=[torch.Generator("cpu").manual_seed(4)],
+                                                 **SIZE).images
+    assert (with_points - latents["ann"]).abs().max() > 1e-3
     np.testing.assert_array_equal(ann, _pixels(load_artifact(art).generate(["a photo of {}"], [4], identity="ann", **SIZE)[0]))
 
     plain = DiffusionPipeline.from_pretrained(tiny_models[BASE])
