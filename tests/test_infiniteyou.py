@@ -263,6 +263,13 @@ def test_the_default_hub_id_resolves_from_the_local_hub_cache(tiny_models, arcfa
         "InfuseNetModel/diffusion_pytorch_model-00001-of-00002.safetensors",
         "InfuseNetModel/diffusion_pytorch_model-00002-of-00002.safetensors"]
     load_artifact(art)  # the recorded files check out
+    # What the method declares it loads (the demo's weights discovery) is exactly this layout.
+    from likeness.methods import METHODS
+
+    declared = [f for f in METHODS.get("infiniteyou").published_files if dict(f.when)["variant"] == "aes_stage2"]
+    assert all(f.hub == "ByteDance/InfiniteYou" and f.option == "weights" for f in declared)
+    assert sorted((repo / "snapshots" / commit / f.subfolder / f.filename).resolve() for f in declared) == sorted(
+        [*paths, snapshot / "InfuseNetModel" / "diffusion_pytorch_model.safetensors.index.json"])
     with pytest.raises(ModelUnavailableError, match="infu_flux_v1.0/sim_stage1/image_proj_model.bin"):
         personalize("infiniteyou", {"ann": [photos["ann"]]}, tmp_path / "b", BASE, face_model_dir=str(arcface_dir),
                     variant="sim_stage1")
