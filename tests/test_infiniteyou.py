@@ -176,7 +176,7 @@ def _close(ours: torch.Tensor, golden: torch.Tensor, what: str, rel: float = 1e-
     assert ours.shape == golden.shape and error <= bound, f"{what}: max error {error:.3g} > {bound:.3g}"
 
 
-def test_matches_the_reference_code_goldens(tmp_path, one_thread):
+def test_matches_the_reference_code_goldens(tmp_path):
     from types import SimpleNamespace
 
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
