@@ -3,6 +3,7 @@ save/load, scale 0 = plain FLUX, bad input, and the reference code's goldens (te
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from likeness.methods import load_artifact, personalize
 from likeness.methods.peers.common import CheckpointError, MissingFaceModelError
 from likeness.methods.preparation import NoFaceError
+from likeness.models.runtime import resolve_plan
 from likeness.testing.infiniteyou_layout import write_published_files
 from likeness.testing.tiny_arcface import export_tiny_arcface, face_image
 
@@ -95,6 +97,12 @@ def test_identity_changes_the_image_reproduces_and_scale_zero_is_plain_flux(tiny
                                                  **SIZE).images
     assert (with_points - latents["ann"]).abs().max() > 1e-3
     np.testing.assert_array_equal(ann, _pixels(load_artifact(art).generate(["a photo of {}"], [4], identity="ann", **SIZE)[0]))
+    # Model CPU offload (simulated on the CPU: the hooks move nothing, but InfuseNet must be hooked in and the ID
+    # tokens found where the hooks put the weights): the same pixels.
+    plan = resolve_plan("cpu", "float32", "no")
+    offloaded = load_artifact(art, plan=dataclasses.replace(plan, offload="model"))
+    assert getattr(offloaded.pipe.controlnet, "_hf_hook", None) is not None
+    np.testing.assert_array_equal(ann, _pixels(offloaded.generate(["a photo of {}"], [4], identity="ann", **SIZE)[0]))
 
     plain = DiffusionPipeline.from_pretrained(tiny_models[BASE])
     plain.set_progress_bar_config(disable=True)

@@ -148,7 +148,7 @@ def _infusenet_class():
         def forward(self, hidden_states, controlnet_cond, *args, encoder_hidden_states=None, txt_ids=None,
                     guidance=None, **kwargs):
             if self.identity_tokens is not None:
-                encoder_hidden_states = self.identity_tokens.to(hidden_states.dtype)
+                encoder_hidden_states = self.identity_tokens.to(device=hidden_states.device, dtype=hidden_states.dtype)
                 txt_ids = torch.zeros(encoder_hidden_states.shape[1], 3, device=hidden_states.device,
                                       dtype=hidden_states.dtype)
                 if guidance is not None:
@@ -329,19 +329,35 @@ class InfiniteYou(TuningFreeMethod):
     def apply(self, pipe, artifact, manifest):
         from diffusers import FluxControlNetPipeline
 
+        from likeness.models.loading import place_pipeline
+
         options = manifest.config["options"]
         records = manifest.config["weights"]
         projection_path = next(Path(r["path"]) for r in records if r["role"] == "infiniteyou ID projection")
         folder = next(Path(r["path"]).parent for r in records if r["role"] == "infiniteyou InfuseNet config")
-        dtype, device = pipe.transformer.dtype, pipe.device
+        dtype = pipe.transformer.dtype
+        plan = getattr(pipe, "likeness_plan", None)
+        offload = plan.offload if plan is not None else "none"
         with diffusers_loading(folder, "InfuseNet"):
-            infusenet = _infusenet_class().from_pretrained(str(folder), dtype=dtype).to(device)
+            infusenet = _infusenet_class().from_pretrained(str(folder), dtype=dtype)
+        if offload == "none":
+            infusenet.to(pipe.device)
         infusenet.guidance_value = float(options["infusenet_guidance"])
         components = {k: v for k, v in pipe.components.items() if k != "controlnet"}
         identity_pipe = FluxControlNetPipeline(**components, controlnet=infusenet)
         identity_pipe.set_progress_bar_config(disable=True)
         identity_pipe.likeness_info = pipe.likeness_info
-        identity_pipe.id_projection = load_projection(projection_path).to(device=device, dtype=dtype)
+        if plan is not None:
+            identity_pipe.likeness_plan = plan
+        if offload == "model":  # the new pipeline's hooks, InfuseNet's included, replace the base pipeline's
+            place_pipeline(identity_pipe, plan)
+        elif offload == "sequential":  # the base's layers keep their hooks; InfuseNet gets its own
+            from accelerate import cpu_offload
+
+            cpu_offload(infusenet, execution_device=identity_pipe._execution_device)
+        # The projection runs once per call (8 tokens): it stays on the execution device.
+        identity_pipe.id_projection = load_projection(projection_path).to(device=identity_pipe._execution_device,
+                                                                          dtype=dtype)
         return identity_pipe
 
     def call(self, personalized, prompts, tensors, **kwargs):
@@ -358,10 +374,10 @@ def run_infusenet(pipe, options: dict, tensors: dict, batch: int, **kwargs):
 
     default = native_resolution(pipe)
     height, width = kwargs.pop("height", None) or default, kwargs.pop("width", None) or default
-    device = pipe.device
+    device = pipe._execution_device  # the GPU under CPU offload, else where the pipeline is
     with torch.no_grad():
         projection = pipe.id_projection
-        embedding = tensors["id_embedding"].to(device=device, dtype=projection.latents.dtype)
+        embedding = tensors["id_embedding"].to(device=projection.latents.device, dtype=projection.latents.dtype)
         tokens = projection(embedding)  # (1, queries, joint width)
     if options.get("keypoints"):
         side = min(width, height)  # the head-and-shoulders square, centred horizontally, at the top
