@@ -278,6 +278,16 @@ def test_the_default_hub_id_resolves_from_the_local_hub_cache(tiny_models, arcfa
     assert all(f.hub == "ByteDance/InfiniteYou" and f.option == "weights" for f in declared)
     assert sorted((repo / "snapshots" / commit / f.subfolder / f.filename).resolve() for f in declared) == sorted(
         [*paths, snapshot / "InfuseNetModel" / "diffusion_pytorch_model.safetensors.index.json"])
+    # A repository with InfuseNet in one file (not the published shards) works too.
+    infusenet = snapshot / "InfuseNetModel"
+    shards = sorted(infusenet.glob("*-of-00002.safetensors"))
+    merged = {k: v for shard in shards for k, v in load_file(str(shard)).items()}
+    for path in [*shards, infusenet / "diffusion_pytorch_model.safetensors.index.json"]:
+        path.unlink()
+    save_file(merged, str(infusenet / "diffusion_pytorch_model.safetensors"))
+    single = personalize("infiniteyou", {"ann": [photos["ann"]]}, tmp_path / "c", BASE, face_model_dir=str(arcface_dir))
+    assert [Path(r["path"]).name for r in json.loads((single / "likeness.json").read_text())["config"]["weights"]][-1] == \
+        "diffusion_pytorch_model.safetensors"
     with pytest.raises(ModelUnavailableError, match="infu_flux_v1.0/sim_stage1/image_proj_model.bin"):
         personalize("infiniteyou", {"ann": [photos["ann"]]}, tmp_path / "b", BASE, face_model_dir=str(arcface_dir),
                     variant="sim_stage1")

@@ -56,6 +56,7 @@ from likeness.methods.peers.instantid import _norm, draw_keypoints, frame_points
 from likeness.methods.peers.ip_adapter import RESAMPLER_DEPTH, resampler_layout
 from likeness.methods.peers.photomaker import PerceiverAttention
 from likeness.models.loading import resolve_model_path
+from likeness.models.pretrained import ModelUnavailableError
 
 HUB = "ByteDance/InfiniteYou"
 RELEASE = "infu_flux_v1.0"
@@ -290,9 +291,13 @@ class InfiniteYou(TuningFreeMethod):
         if infusenet is None:
             config = resolve_file(spec, "config.json", (f"{sub}/{INFUSENET_FOLDER}",), what=f"InfiniteYou {variant} InfuseNet")
             infusenet = config.parent
-            index = resolve_file(spec, INDEX_FILE, (f"{sub}/{INFUSENET_FOLDER}",), what="InfuseNet weights index")
-            for shard in sorted(set(json.loads(index.read_text()).get("weight_map", {}).values())):
-                resolve_file(spec, shard, (f"{sub}/{INFUSENET_FOLDER}",), what="InfuseNet weights")
+            try:
+                index = resolve_file(spec, INDEX_FILE, (f"{sub}/{INFUSENET_FOLDER}",), what="InfuseNet weights index")
+            except ModelUnavailableError:  # not the published two shards: one file, or an error naming it
+                resolve_file(spec, SINGLE_FILE, (f"{sub}/{INFUSENET_FOLDER}",), what="InfuseNet weights")
+            else:
+                for shard in sorted(set(json.loads(index.read_text()).get("weight_map", {}).values())):
+                    resolve_file(spec, shard, (f"{sub}/{INFUSENET_FOLDER}",), what="InfuseNet weights")
         return projection, infusenet
 
     @staticmethod
