@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-PUBLISHED_DEPTH = (4, 10)  # InfuseNet's double- and single-stream blocks in the published config
+PUBLISHED_DEPTH = (4, 10)  # InfuseNet's double- / single-stream blocks (DiffSynth-Studio's loader for the published files)
 TINY_DEPTH = (2, 2)
 
 
