@@ -353,6 +353,18 @@ def test_instantid_generates_in_half_precision(tiny_models, face_and_arcface, tm
     _within(_images(art, "unet", "controlnet", num_inference_steps=2))
 
 
+def test_infiniteyou_generates_in_half_precision(tiny_models, face_and_arcface, tmp_path):
+    """InfiniteYou on tiny-flux: FLUX's transformer, InfuseNet (a FLUX ControlNet) and the ID projection, all in
+    bf16 / fp16 (tiny published-layout weights)."""
+    from likeness.testing.infiniteyou_layout import write_published_files
+
+    face, arcface = face_and_arcface
+    weights = write_published_files(tmp_path / "w", "likeness/tiny-flux")
+    art = personalize("infiniteyou", {"ann": [face]}, tmp_path / "a", "likeness/tiny-flux", face_model_dir=str(arcface),
+                      **weights)
+    _within(_images(art, "transformer", "controlnet", "id_projection", num_inference_steps=2, height=32, width=32))
+
+
 def test_flux2_and_qwen_editors_generate_in_half_precision(tiny_models, astronaut_path, tmp_path, monkeypatch):
     """FLUX.2 [klein] reference editing and Qwen-Image-Edit-2509 (its reference and the Qwen2.5-VL prompt encoder
     through the pipeline) on their tiny bases."""

@@ -46,7 +46,8 @@ def add_parser(subparsers) -> None:
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", required=True,
                    help="method name, e.g. textual-inversion, dreambooth-lora, celeb-basis, or a tuning-free one: "
-                        "photoverse, stellarnet (need --weights), ip-adapter, ip-adapter-faceid, instantid, photomaker, pulid, pulid-flux "
+                        "photoverse, stellarnet (need --weights), ip-adapter, ip-adapter-faceid, instantid, photomaker, pulid, "
+                        "pulid-flux, infiniteyou (FLUX.1) "
                         "(these only encode the photos), or a reference-image editor: flux-kontext, flux2-reference, "
                         "qwen-image-edit (these only record the photo)")
     p.add_argument("--base-model",

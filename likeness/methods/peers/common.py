@@ -350,7 +350,8 @@ class TuningFreeMethod(Method):
         pipe = load_pipeline(base_model or manifest.base_model.model_id, device=device, dtype=dtype, plan=plan,
                              expect_family=manifest.family, quantize=quantize)
         pipe = self.apply(pipe, artifact, manifest) or pipe
-        tensors = {k: v.to(pipe.device) for k, v in load_file(str(embeddings)).items()}
+        device = pipe.device if pipe.device.type != "meta" else "cpu"  # sequential offload leaves weights on "meta"
+        tensors = {k: v.to(device) for k, v in load_file(str(embeddings)).items()}
         return PeerPersonalized(pipe, manifest, artifact, self, tensors)
 
 
