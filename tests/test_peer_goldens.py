@@ -1,0 +1,181 @@
+"""The SDXL peers against their official code: likeness's tensors vs goldens that the reference
+implementations produced (tests/golden/make_<method>_goldens.py, run once in a side environment; each
+script records the reference commit and the exact command).
+
+Both sides use THE SAME weights: seeded random tensors in the published key layouts at reduced size,
+regenerated here from the committed specs (tests/golden/golden_weights.py; numpy's integer stream, the
+same bits on every CPU) and checked by digest before anything is compared, then written in the published
+container and read through likeness's normal loaders (``load_pulid``, ``load_eva``, ...).
+
+Tolerances (fp32): the reference and likeness compute the same formulas with differently ordered
+reductions (manual softmax vs scaled-dot-product attention, fused vs unfused matrix products), so
+outputs agree to float32 rounding amplified by depth: ``atol = rtol = 1e-5`` relative to the tensor's
+scale (max |golden|) for shallow paths; 3e-5 for the 21-block EVA02-CLIP tower and what is computed from
+it; 1e-6 absolute where the same elementwise operations run (the resized, normalised EVA input).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _golden_weights():
+    spec = importlib.util.spec_from_file_location("golden_weights", GOLDEN / "golden_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("golden_weights", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+gw = _golden_weights()
+
+
+def close(ours: torch.Tensor, golden: torch.Tensor, rel: float, what: str) -> None:
+    """|ours - golden| <= rel * max(1, max |golden|) everywhere (shapes equal)."""
+    assert tuple(ours.shape) == tuple(golden.shape), f"{what}: shape {tuple(ours.shape)} vs golden {tuple(golden.shape)}"
+    scale = max(1.0, float(golden.abs().max()))
+    error = float((ours.float() - golden.float()).abs().max())
+    assert error <= rel * scale, f"{what}: max |likeness - reference| = {error:.3g} > {rel:g} x {scale:.3g}"
+
+
+def regenerate(entry: dict, seed: int) -> dict[str, torch.Tensor]:
+    """The weights the reference ran on, rebuilt from their spec; refuses to go on if the bits differ."""
+    state = gw.state_from_spec(entry["spec"], seed)
+    assert gw.digest(state) == entry["digest"], "regenerated weights differ from the ones the reference ran on"
+    return state
+
+
+def golden_unet(record: dict):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(**record["unet"]["config"])
+    unet.load_state_dict(regenerate(record["unet"], record["seed"]), strict=True)
+    return unet.eval()
+
+
+# -- PuLID SDXL (v1, v1.1) ------------------------------------------------------------------------------------
+
+
+PULID = GOLDEN / "pulid"
+
+
+@pytest.fixture(scope="module")
+def pulid_golden(tmp_path_factory):
+    from likeness.methods.peers.pulid import load_eva
+    from likeness.testing.peer_layouts import save_flat
+
+    record = gw.load_json(PULID / "goldens.json")
+    root = tmp_path_factory.mktemp("pulid-golden")
+    eva = regenerate(record["eva_file"], record["seed"])
+    eva.update(load_file(str(PULID / "eva_rope.safetensors")))  # the reference tower's own rotary tables
+    tower = load_eva(save_flat(eva, root / "EVA02_CLIP_L_336_psz14_s6B.pt"))
+    files = {version: save_flat(regenerate(record[version], record["seed"]), root / record[version]["file"])
+             for version in ("v1", "v1.1")}
+    return {"record": record, "goldens": load_file(str(PULID / "goldens.safetensors")), "tower": tower, "files": files,
+            "unet": golden_unet(record), "root": root}
+
+
+class _Recorder:
+    """The EVA tower, keeping what it was given and returned."""
+
+    def __init__(self, tower):
+        self.tower, self.config, self.calls = tower, tower.config, []
+
+    def __call__(self, pixels, taps):
+        embedding, hidden = self.tower(pixels, taps=taps)
+        self.calls.append((pixels, embedding, hidden))
+        return embedding, hidden
+
+
+def _pulid_inputs(record: dict, index: int) -> dict:
+    """The fixed inputs of the golden script (aligned face, BiSeNet labels, ArcFace embedding), regenerated."""
+    seed, face_dim = record["seed"], record["face_dim"]
+    face = gw.integers(seed, f"face{index}", (512, 512, 3), 0, 256).to(torch.uint8)
+    labels = gw.integers(seed, f"labels{index}", (16, 16), 0, len(record["bisenet_labels"]))
+    labels = labels.repeat_interleave(32, 0).repeat_interleave(32, 1)
+    return {"face": face, "labels": labels, "arcface": gw.uniform(seed, f"arcface{index}", (face_dim,), 0.0, 3.0)}
+
+
+@pytest.mark.parametrize("version", ["v1", "v1.1"])
+def test_pulid_matches_the_reference(pulid_golden, monkeypatch, tmp_path, version):
+    """EVA02-CLIP input, embedding and the five tapped levels; the ID tokens and unconditional tokens (v1 one photo,
+    v1.1 two photos through ``PuLID.encode``); the ID attention processor in every mode with the published
+    zero tokens; one UNet call with the processors (CFG batch) and one without ID tokens."""
+    from likeness.methods.peers import pulid
+
+    record, goldens = pulid_golden["record"], pulid_golden["goldens"]
+    unet = pulid_golden["unet"]
+    encoder, attn_state = pulid.load_pulid(pulid_golden["files"][version], unet, version)
+    inputs = [_pulid_inputs(record, i) for i in range(record[version]["photos"])]
+    photos = [tmp_path / f"photo{i}.png" for i in range(len(inputs))]
+    by_photo = dict(zip(photos, inputs))
+    names = np.array(record["bisenet_labels"])
+
+    class Parser:  # facexlib's BiSeNet labels, whitened by likeness's own label names
+        def background(self, crop, face, matrix):
+            labels = next(x["labels"] for x in inputs if np.array_equal(np.asarray(crop), x["face"].numpy()))
+            return np.isin(names[labels.numpy()], pulid.WHITENED)
+
+    # Face detection and alignment are the reference's fixed inputs: the ArcFace embedding and the aligned face.
+    monkeypatch.setattr(pulid, "largest_face", lambda path, backend: (path, SimpleNamespace(landmarks=None)))
+    monkeypatch.setattr(pulid, "raw_embedding", lambda face, path: by_photo[Path(path)]["arcface"].numpy())
+    monkeypatch.setattr(pulid, "align_ffhq", lambda image, landmarks: (Image.fromarray(by_photo[Path(image)]["face"].numpy()), None))
+    monkeypatch.setattr(pulid, "save_crop", lambda *args, **kwargs: None)
+    eva = _Recorder(pulid_golden["tower"])
+    context = {"backend": None, "encoder": encoder, "tower": eva, "parser": Parser(), "antialias": False}
+    with torch.no_grad():
+        tokens = pulid.PuLID().encode("ann", photos, context, {}, tmp_path)
+    for i, (pixels, embedding, hidden) in enumerate(eva.calls):
+        close(pixels, goldens[f"{version}/eva{i}/pixels"], 1e-6, f"{version} EVA input {i}")
+        close(embedding, goldens[f"{version}/eva{i}/embedding"], 3e-5, f"{version} EVA embedding {i}")
+        for level, h in enumerate(hidden):
+            close(h, goldens[f"{version}/eva{i}/hidden{level}"], 3e-5, f"{version} EVA level {level} of photo {i}")
+    assert len(eva.calls) == len(inputs)
+    close(tokens["id_embedding"], goldens[f"{version}/id_embedding"], 3e-5, f"{version} ID tokens")
+    close(tokens["uncond_id_embedding"], goldens[f"{version}/uncond_id_embedding"], 1e-5, f"{version} unconditional tokens")
+
+    state = pulid.IDState(record["id_scale"], 0, "v2")
+    pulid.install_processors(unet, attn_state, state)
+    x = {"latents": gw.uniform(record["seed"], "latents", (1, 4, 8, 8)), "text": gw.uniform(record["seed"], "text", (2, 7, 64)),
+         "pooled": gw.uniform(record["seed"], "pooled", (2, 32)), "hidden": gw.uniform(record["seed"], "attn_hidden", (2, 16, 64))}
+    time_ids = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]] * 2)
+    attn = unet.get_submodule(record["attn_layer"])
+    processor = unet.attn_processors[record["attn_layer"] + ".processor"]
+
+    def step():
+        return unet(x["latents"].repeat(2, 1, 1, 1), torch.tensor(500), encoder_hidden_states=x["text"],
+                    added_cond_kwargs={"text_embeds": x["pooled"], "time_ids": time_ids}).sample
+
+    with torch.no_grad():
+        close(step(), goldens[f"{version}/unet/none"], 1e-5, f"{version} UNet without ID tokens")
+        # The reference's own tokens go in, so each stage is compared on the same inputs.
+        state.embedding = torch.cat([goldens[f"{version}/uncond_id_embedding"], goldens[f"{version}/id_embedding"]])
+        for ortho, num_zero in record[version]["cases"]:
+            state.ortho, state.num_zero = ortho, pulid.num_zero({"version": version, "ortho": ortho, "num_zero": num_zero})
+            what = f"{version} ortho {ortho} with {num_zero} zero tokens"
+            close(processor(attn, x["hidden"], x["text"]), goldens[f"{version}/attn/{ortho}-{num_zero}"], 1e-5, f"{what}: attention")
+            close(step(), goldens[f"{version}/unet/{ortho}-{num_zero}"], 1e-5, f"{what}: UNet")
+
+
+def test_pulid_published_zero_tokens_are_the_reference_apps():
+    """The defaults likeness uses when ``num_zero`` is not given are the ones the golden cases ran with (the published
+    apps' settings): v1 8 in ortho v2, 16 in ortho v1; v1.1 20."""
+    from likeness.methods.peers.pulid import default_num_zero
+
+    record = gw.load_json(PULID / "goldens.json")
+    for version in ("v1", "v1.1"):
+        for ortho, num_zero in record[version]["cases"]:
+            if ortho != "off":
+                assert default_num_zero(version, ortho) == num_zero
