@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 GOLDEN = Path(__file__).parent / "golden"
@@ -179,3 +179,100 @@ def test_pulid_published_zero_tokens_are_the_reference_apps():
         for ortho, num_zero in record[version]["cases"]:
             if ortho != "off":
                 assert default_num_zero(version, ortho) == num_zero
+
+
+# -- PhotoMaker v1 / v2 --------------------------------------------------------------------------------------------
+
+
+PHOTOMAKER = GOLDEN / "photomaker"
+
+
+def _part(record: dict, version: str, part: str) -> dict[str, torch.Tensor]:
+    entry = record[version]
+    return regenerate({"spec": entry["parts"][part], "digest": entry["part_digests"][part]}, record["seed"])
+
+
+def _photomaker_pipe(record: dict, version: str, folder: Path):
+    """The reduced SDXL the reference ran: its text encoders and UNet regenerated, likeness's tiny tokenizer."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from likeness.models.tiny import build_tokenizer
+
+    tokenizers = [build_tokenizer(folder / f"tokenizer{i}") for i in range(2)]
+    encoders = []
+    for i, (cls, part) in enumerate(((CLIPTextModel, "text_encoder"), (CLIPTextModelWithProjection, "text_encoder_2"))):
+        tok = tokenizers[i]
+        config = CLIPTextConfig(vocab_size=len(tok), max_position_embeddings=77, bos_token_id=tok.bos_token_id,
+                                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **record["text"][i])
+        # Saved as a published text encoder is (4.x key names) and read back by from_pretrained, which maps them.
+        config.save_pretrained(folder / part)
+        save_file(_part(record, version, part), str(folder / part / "model.safetensors"), metadata={"format": "pt"})
+        encoder = cls.from_pretrained(folder / part)
+        encoders.append(encoder.eval())
+    unet = UNet2DConditionModel(**record["unet_config"])
+    unet.load_state_dict(_part(record, version, "unet"), strict=True)
+    pipe = StableDiffusionXLPipeline(vae=AutoencoderKL(**record["vae_config"]), text_encoder=encoders[0],
+                                     text_encoder_2=encoders[1], tokenizer=tokenizers[0], tokenizer_2=tokenizers[1],
+                                     unet=unet.eval(), scheduler=EulerDiscreteScheduler(**record["scheduler"]),
+                                     force_zeros_for_empty_prompt=True, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_photomaker_matches_the_reference(monkeypatch, tmp_path, version):
+    """``PhotoMaker.encode`` (CLIP tower, projections; v2 the face perceiver on ArcFace + the tower's last hidden
+    states) and ``merged_embeddings`` (trigger removed, class word repeated per ID token, fuse module) give the
+    reference's merged prompt; after ``apply`` (LoRA fused from the published file) ``call`` runs the reference's
+    two steps (text-only, then merged; CFG with SDXL's zeroed empty negative) to the same UNet inputs, outputs
+    and latents."""
+    from likeness.methods import preparation
+    from likeness.methods.peers import photomaker
+    from likeness.testing.peer_layouts import save_published
+
+    record, goldens = gw.load_json(PHOTOMAKER / "goldens.json"), load_file(str(PHOTOMAKER / "goldens.safetensors"))
+    seed = record["seed"]
+    path = save_published(regenerate(record[version], seed), tmp_path / record[version]["file"])
+    pipe = _photomaker_pipe(record, version, tmp_path)
+    widths = (record["text"][0]["hidden_size"], record["text"][1]["hidden_size"])
+    encoder, _ = photomaker.load_photomaker(path, None, unet=pipe.unet, text_widths=widths, version=version)
+
+    images = [Image.fromarray(gw.integers(seed, f"photo{i}", (224, 224, 3), 0, 256).to(torch.uint8).numpy())
+              for i in range(record["photos"])]
+    faces = gw.uniform(seed, "arcface", (record["photos"], record["face_dim"]), 0.0, 3.0)
+    photos = [tmp_path / f"photo{i}.png" for i in range(len(images))]
+    index = {p: i for i, p in enumerate(photos)}
+    # Face framing and ArcFace are the reference's fixed inputs: the 224 px crops and the embeddings.
+    monkeypatch.setattr(preparation, "prepare_photo", lambda photo, **kw: SimpleNamespace(image=images[index[Path(photo)]]))
+    monkeypatch.setattr(photomaker, "largest_face", lambda photo, backend: (None, index[Path(photo)]))
+    monkeypatch.setattr(photomaker, "raw_embedding", lambda face, photo: faces[face].numpy())
+    context = {"encoder": encoder, "backend": None, **({"faces": None} if version == "v2" else {})}
+    method = photomaker.PhotoMaker()
+    tensors = method.encode("ann", photos, context, {"crop_size": 512}, tmp_path)
+
+    options = {"version": version, "trigger_word": "img", "lora_scale": 1.0, "style_strength": 0.0}
+    manifest = SimpleNamespace(config={"options": options, "weights": [{"path": str(path)}]})
+    pipe = method.apply(pipe, None, manifest)
+    prompt = record["prompt"]
+    merged, _ = method.merged_embeddings(pipe, prompt, tensors["id_embeds"], "img")
+    _, mask = photomaker.trigger_ids(pipe.tokenizer, prompt, "img", tensors["id_embeds"].shape[0])
+    assert torch.equal(mask, goldens[f"{version}/mask"][0].bool())
+    close(merged, goldens[f"{version}/merged"], 1e-5, f"{version} merged prompt embeddings")
+
+    captured = []
+
+    def hook(module, args, kwargs, output):
+        captured.append((args[0].clone(), output[0].clone()))
+
+    pipe.unet.register_forward_hook(hook, with_kwargs=True)
+    latents = gw.uniform(seed, "latents", (1, 4, record["size"] // 2, record["size"] // 2))
+    with torch.no_grad():
+        result = method.call(SimpleNamespace(pipe=pipe, manifest=manifest), [prompt], tensors,
+                             num_inference_steps=record["steps"], guidance_scale=record["guidance"], latents=latents,
+                             height=record["size"], width=record["size"], output_type="latent").images
+    assert len(captured) == record["steps"]
+    for step, (unet_in, unet_out) in enumerate(captured):
+        close(unet_in, goldens[f"{version}/step{step}/unet_in"], 1e-5, f"{version} UNet input, step {step}")
+        close(unet_out, goldens[f"{version}/step{step}/unet_out"], 1e-5, f"{version} UNet output, step {step}")
+    close(result, goldens[f"{version}/latents"], 1e-5, f"{version} latents after {record['steps']} steps")
