@@ -9,9 +9,10 @@ Run in a side environment, never in likeness's (the exact command, from the repo
         tests/golden/make_instantid_goldens.py --ref /tmp/instantid-ref
 
 Side environment: as for make_pulid_goldens.py, with diffusers 0.25.1 first on the path (InstantID's pin in
-gradio_demo/requirements.txt and cog.yaml). cv2 and insightface are names only (:mod:`ref_shims`): the face
-embedding is a fixed input (``image_embeds``), and so is the keypoint picture (``image``), since the
-published ``draw_kps`` needs OpenCV's rasteriser (likeness draws with PIL; see docs/methods.md).
+gradio_demo/requirements.txt and cog.yaml), and opencv-python-headless 4.10.0.84 (the published ``draw_kps``);
+insightface is a name only (:mod:`ref_shims`): the face embedding is a fixed input (``image_embeds``). The
+pipeline gets a fixed keypoint picture (``image``), so IdentityNet is compared apart from the drawing;
+``draw_kps`` itself is run on three fixed faces and its pictures kept (likeness draws with PIL, not OpenCV).
 
 What runs of the reference, unchanged unless said here:
 - ``StableDiffusionXLInstantIDPipeline`` built from reduced SDXL parts (as make_photomaker_goldens.py: two CLIP
@@ -28,7 +29,8 @@ What runs of the reference, unchanged unless said here:
 
 Outputs (tests/golden/instantid/): ``goldens.safetensors``: the face tokens of the image projection (the
 CFG pair), IdentityNet's residuals of step 0, one cross-attention layer's output (text + IP attention) of
-step 0, the UNet's inputs and outputs of both steps and the final latents; ``goldens.json``: specs, digests,
+step 0, the UNet's inputs and outputs of both steps, the final latents and ``draw_kps``'s pictures (uint8);
+``goldens.json``: specs, digests,
 configs.
 """
 
@@ -56,6 +58,8 @@ from make_photomaker_goldens import (  # noqa: E402  (the same reduced SDXL)
 )
 
 REFERENCE = "instantX-research/InstantID"
+COMMAND = ("PYTHONPATH=/work/refenv-goldens/diffusers-0.25.1 /work/refenv-goldens/bin/python "
+           "tests/golden/make_instantid_goldens.py --ref /tmp/instantid-ref")
 REFERENCE_COMMIT = "2145b67"
 OUT = HERE / "instantid"
 SEED = 24
@@ -75,12 +79,19 @@ def control_image() -> np.ndarray:
     return (blocks * keep).repeat_interleave(4, 0).repeat_interleave(4, 1).numpy()
 
 
+# Faces for the drawing golden: (canvas width, height, 5 points), as likeness's call places them (head-and-shoulders
+# square at the top, centred); a frontal face, a turned and tilted one, one near the border.
+DRAWINGS = [(256, 256, [[98.3, 110.6], [157.9, 108.2], [128.4, 141.7], [104.2, 172.5], [151.6, 170.1]]),
+            (320, 256, [[130.0, 90.5], [171.2, 101.9], [139.7, 118.3], [128.9, 151.4], [162.6, 160.8]]),
+            (256, 256, [[5.5, 30.2], [44.1, 22.7], [30.6, 55.5], [12.0, 80.9], [47.3, 75.4]])]
+
+
 def face_embedding() -> torch.Tensor:
     return gw.uniform(SEED, "arcface", (FACE_DIM,), 0.0, 3.0)
 
 
 def import_reference(ref: Path) -> dict:
-    ref_shims.install()
+    ref_shims.install(real=("cv2",))
     sys.path.insert(0, str(ref))
     import ip_adapter.resampler as resampler  # noqa: F401
     import pipeline_stable_diffusion_xl_instantid as pipeline
@@ -97,7 +108,8 @@ def import_reference(ref: Path) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ref", type=Path, required=True, help="a checkout of instantX-research/InstantID at " + REFERENCE_COMMIT)
+    parser.add_argument("--ref", type=Path, required=True,
+                        help="a checkout of instantX-research/InstantID at " + REFERENCE_COMMIT)
     args = parser.parse_args()
     torch.set_num_threads(1)
     counts = import_reference(args.ref.resolve())
@@ -156,7 +168,8 @@ def main():
         pipe.load_ip_adapter_instantid(str(tmp / "ip-adapter.bin"), image_emb_dim=FACE_DIM)
         pipe.set_ip_adapter_scale(IP_SCALE)
         loaded = {f"image_proj.{k}": v for k, v in pipe.image_proj_model.state_dict().items()}
-        loaded.update({f"ip_adapter.{k}": v for k, v in torch.nn.ModuleList(pipe.unet.attn_processors.values()).state_dict().items()})
+        processors = torch.nn.ModuleList(pipe.unet.attn_processors.values())
+        loaded.update({f"ip_adapter.{k}": v for k, v in processors.state_dict().items()})
         assert set(loaded) == set(state) and all(torch.equal(loaded[k], v) for k, v in state.items())
 
         captured = {"unet": [], "control": [], "attn": []}
@@ -188,16 +201,23 @@ def main():
     for step, (unet_in, unet_out) in enumerate(captured["unet"]):
         out[f"step{step}/unet_in"], out[f"step{step}/unet_out"] = unet_in, unet_out
     out["latents"] = result
-    record = {"reference": REFERENCE, "commit": REFERENCE_COMMIT, "seed": SEED, "source_replacements": counts,
+    import pipeline_stable_diffusion_xl_instantid as reference
+
+    for i, (width, height, points) in enumerate(DRAWINGS):  # the published keypoint picture (OpenCV rasteriser)
+        drawing = reference.draw_kps(Image.new("RGB", (width, height)), points)
+        out[f"draw_kps/{i}"] = torch.from_numpy(np.asarray(drawing).copy())
+    record = {"reference": REFERENCE, "commit": REFERENCE_COMMIT, "command": COMMAND, "seed": SEED,
+              "source_replacements": counts,
               "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                            "transformers": transformers.__version__, "numpy": np.__version__},
               "text": TEXT, "unet_config": UNET_CONFIG, "vae_config": VAE_CONFIG, "scheduler": SCHEDULER,
               "identitynet_conditioning": CONDITIONING, "face_dim": FACE_DIM, "prompt": PROMPT, "size": SIZE,
               "steps": STEPS, "guidance": GUIDANCE, "ip_scale": IP_SCALE, "controlnet_scale": CONTROL_SCALE,
-              "attn_layer": ATTN_LAYER, "file": "ip-adapter.bin", "spec": spec, "digest": gw.digest(state),
+              "attn_layer": ATTN_LAYER, "drawings": DRAWINGS, "file": "ip-adapter.bin", "spec": spec, "digest": gw.digest(state),
               "parts": specs, "part_digests": digests, "down_residuals": len(down)}
     OUT.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous().float() for k, v in out.items()}, str(OUT / "goldens.safetensors"))
+    save_file({k: v.contiguous() if v.dtype == torch.uint8 else v.contiguous().float() for k, v in out.items()},
+              str(OUT / "goldens.safetensors"))
     gw.save_json(OUT / "goldens.json", record)
     print(f"wrote {len(out)} tensors to {OUT}")
 

@@ -53,6 +53,8 @@ import golden_weights as gw  # noqa: E402
 import ref_shims  # noqa: E402
 
 REFERENCE = "TencentARC/PhotoMaker"
+COMMAND = ("PYTHONPATH=/work/refenv-goldens/diffusers-0.29.2 /work/refenv-goldens/bin/python "
+           "tests/golden/make_photomaker_goldens.py --ref /tmp/photomaker-ref")
 REFERENCE_COMMIT = "060b4fc"
 OUT = HERE / "photomaker"
 SEED = 24
@@ -232,7 +234,8 @@ def main():
     from safetensors.torch import save_file
 
     out: dict[str, torch.Tensor] = {}
-    record = {"reference": REFERENCE, "commit": REFERENCE_COMMIT, "seed": SEED, "source_replacements": counts,
+    record = {"reference": REFERENCE, "commit": REFERENCE_COMMIT, "command": COMMAND, "seed": SEED,
+              "source_replacements": counts,
               "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                            "transformers": transformers.__version__, "numpy": np.__version__},
               "text": TEXT, "unet_config": UNET_CONFIG, "vae_config": VAE_CONFIG, "scheduler": SCHEDULER,

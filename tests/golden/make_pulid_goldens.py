@@ -50,6 +50,7 @@ import golden_weights as gw  # noqa: E402
 import ref_shims  # noqa: E402
 
 REFERENCE = "ToTheBeginning/PuLID"
+COMMAND = "/work/refenv-goldens/bin/python tests/golden/make_pulid_goldens.py --ref /tmp/pulid-ref"
 REFERENCE_COMMIT = "1aa2fc7"
 OUT = HERE / "pulid"
 SEED = 24
@@ -295,7 +296,8 @@ def main():
     from safetensors.torch import save_file
 
     out: dict[str, torch.Tensor] = {}
-    record = {"reference": REFERENCE, "commit": REFERENCE_COMMIT, "seed": SEED, "source_replacements": modules[3],
+    record = {"reference": REFERENCE, "commit": REFERENCE_COMMIT, "command": COMMAND, "seed": SEED,
+              "source_replacements": modules[3],
               "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "numpy": np.__version__},
               "face_dim": FACE_DIM, "eva": EVA, "idformer": IDFORMER, "attn_layer": ATTN_LAYER, "id_scale": ID_SCALE,
               "bisenet_labels": BISENET}

@@ -13,7 +13,8 @@ Installed into ``sys.modules`` before the reference code is imported:
   (the identity in eval mode, which every golden run is in).
 - ``insightface``, ``facexlib``, ``basicsr``, ``torchsde``, ``cv2``: modules whose names exist; the face
   detector, parser and aligner are replaced by fixed inputs in each script (there are no weights for them
-  offline). ``cv2.cvtColor`` swaps the channel order (RGB <-> BGR), which is all the references use it for.
+  offline). ``cv2.cvtColor`` swaps the channel order (RGB <-> BGR), which is all PuLID uses it for; the
+  InstantID script uses the real OpenCV (opencv-python-headless 4.10.0.84) for the published ``draw_kps``.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def resize(img, size, interpolation=InterpolationMode.BILINEAR, max_size=None, a
         size = [size, size]
     mode = interpolation.value if isinstance(interpolation, InterpolationMode) else str(interpolation)
     kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-    return F.interpolate(img, size=list(size), mode=mode, antialias=bool(antialias) if antialias not in (None, "warn") else False, **kwargs)
+    antialias = bool(antialias) if antialias not in (None, "warn") else False
+    return F.interpolate(img, size=list(size), mode=mode, antialias=antialias, **kwargs)
 
 
 def normalize(tensor, mean, std, inplace=False):
@@ -88,8 +90,9 @@ def _cvt_color(image, code):
     return image[..., ::-1].copy()
 
 
-def install() -> None:
-    """Call after importing diffusers and transformers (their availability checks must not see the shims)."""
+def install(real: tuple[str, ...] = ()) -> None:
+    """Call after importing diffusers and transformers (their availability checks must not see the shims).
+    ``real``: names to leave to the installed package (InstantID's keypoint drawing uses the real ``cv2``)."""
     import diffusers  # noqa: F401
     import transformers  # noqa: F401
 
@@ -109,4 +112,5 @@ def install() -> None:
     for name in ("insightface", "insightface.app", "insightface.data", "insightface.utils", "facexlib", "facexlib.parsing",
                  "facexlib.utils", "facexlib.utils.face_restoration_helper", "basicsr", "basicsr.utils", "torchsde"):
         _module(name)
-    _module("cv2", cvtColor=_cvt_color, COLOR_RGB2BGR=4, COLOR_BGR2RGB=4)
+    if "cv2" not in real:
+        _module("cv2", cvtColor=_cvt_color, COLOR_RGB2BGR=4, COLOR_BGR2RGB=4)
