@@ -115,10 +115,12 @@ def _pulid_inputs(record: dict, index: int) -> dict:
 
 @pytest.mark.parametrize("version", ["v1", "v1.1"])
 def test_pulid_matches_the_reference(pulid_golden, monkeypatch, tmp_path, version):
-    """EVA02-CLIP input, embedding and the five tapped levels; the ID tokens and unconditional tokens (v1 one photo,
-    v1.1 two photos through ``PuLID.encode``); the ID attention processor in every mode with the published
-    zero tokens; one UNet call with the processors (CFG batch) and one without ID tokens."""
+    """EVA02-CLIP input, embedding and the five tapped levels; the ID tokens and unconditional tokens through
+    ``PuLID.encode`` (v1 one photo, and two as the published app combines them; v1.1 two photos in one pass); the ID
+    attention processor in every mode with the published zero tokens; one UNet call with the processors (CFG batch,
+    the tokens paired as ``call`` pairs them) and one without ID tokens."""
     from likeness.methods.peers import pulid
+    from likeness.methods.peers.common import cfg_pair
 
     record, goldens = pulid_golden["record"], pulid_golden["goldens"]
     unet = pulid_golden["unet"]
@@ -151,6 +153,14 @@ def test_pulid_matches_the_reference(pulid_golden, monkeypatch, tmp_path, versio
     assert len(eva.calls) == len(inputs)
     close(tokens["id_embedding"], goldens[f"{version}/id_embedding"], DEEP, f"{version} ID tokens")
     close(tokens["uncond_id_embedding"], goldens[f"{version}/uncond_id_embedding"], SHALLOW, f"{version} unconditional tokens")
+    if version == "v1":  # a second photo: the published app adds its first 5 tokens (ID mix off)
+        inputs.append(_pulid_inputs(record, 1))
+        photos.append(tmp_path / "photo1.png")
+        by_photo[photos[1]] = inputs[1]
+        with torch.no_grad():
+            mixed = pulid.PuLID().encode("ann", photos, context, {}, tmp_path)
+        close(mixed["id_embedding"], goldens["v1/mix/id_embedding"], DEEP, "v1 ID tokens of two photos")
+        close(mixed["uncond_id_embedding"], goldens["v1/mix/uncond_id_embedding"], SHALLOW, "v1 unconditional tokens of two photos")
 
     state = pulid.IDState(record["id_scale"], 0, "v2")
     pulid.install_processors(unet, attn_state, state)
@@ -167,7 +177,8 @@ def test_pulid_matches_the_reference(pulid_golden, monkeypatch, tmp_path, versio
     with torch.no_grad():
         close(step(), goldens[f"{version}/unet/none"], SHALLOW, f"{version} UNet without ID tokens")
         # The reference's own tokens go in, so each stage is compared on the same inputs.
-        state.embedding = torch.cat([goldens[f"{version}/uncond_id_embedding"], goldens[f"{version}/id_embedding"]])
+        state.embedding = cfg_pair(goldens[f"{version}/uncond_id_embedding"], goldens[f"{version}/id_embedding"], 1, True,
+                                   torch.float32, "cpu")
         for ortho, num_zero in record[version]["cases"]:
             state.ortho, state.num_zero = ortho, pulid.num_zero({"version": version, "ortho": ortho, "num_zero": num_zero})
             what = f"{version} ortho {ortho} with {num_zero} zero tokens"

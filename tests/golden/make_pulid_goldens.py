@@ -3,7 +3,7 @@
 
 Run in a side environment, never in likeness's (the exact command, from the repository root):
 
-    git --git-dir=<mirror of ToTheBeginning/PuLID> archive 1aa2fc7 eva_clip pulid | tar -x -C /tmp/pulid-ref
+    git --git-dir=<mirror of ToTheBeginning/PuLID> archive 1aa2fc7 eva_clip pulid app.py | tar -x -C /tmp/pulid-ref
     /work/refenv-goldens/bin/python tests/golden/make_pulid_goldens.py --ref /tmp/pulid-ref
 
 Side environment (/work/refenv-goldens): python 3.11, torch 2.13.0 (CPU), diffusers 0.25.0 (PuLID's pin),
@@ -21,7 +21,9 @@ What runs of the reference, unchanged unless said here:
   EVA features and MLPs, the 1280-wide [ArcFace; EVA] input) are replaced in the source text by the reduced
   ones (``1024`` -> 128, ``1280`` -> 48) before it is executed; nothing else changes.
 - ``PuLIDPipeline.hack_unet_attn_layers``, ``load_pretrain`` (the file read as the pipeline reads it) and
-  ``get_id_embedding`` (v1 one photo, v1.1 two photos) of ``pulid/pipeline.py`` / ``pulid/pipeline_v1_1.py``
+  ``get_id_embedding`` (v1 one photo, v1.1 two photos) of ``pulid/pipeline.py`` / ``pulid/pipeline_v1_1.py``,
+  and for v1 with two photos the ``run`` function of the published ``app.py`` (its source, executed with this
+  pipeline object; importing app.py would build the downloading pipeline and the UI), ID mix off
   on an object made without ``__init__`` (which downloads SDXL, antelopev2, facexlib): its face detector
   returns a fixed ArcFace embedding, facexlib's aligner a fixed 512 px face, the parser fixed BiSeNet labels.
 - ``IDAttnProcessor2_0`` with the module switches ``NUM_ZERO`` / ``ORTHO`` / ``ORTHO_v2`` set as the published
@@ -201,6 +203,39 @@ class FaceApp:
         return [{"bbox": np.array([0, 0, 512, 512]), "embedding": self.inputs[self.index]["arcface"].numpy()}]
 
 
+def app_run(ref: Path):
+    """``run`` of the published v1 app (app.py), taken from its source: app.py itself builds the whole pipeline
+    (downloads) and the gradio UI when imported."""
+    import ast
+
+    source = (ref / "app.py").read_text()
+    node = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "run")
+    return ast.get_source_segment(source, node)
+
+
+APP_RUN: str | None = None
+
+
+def run_app(args_ref):
+    """The app's ``run`` with the first photo as ID image and the second as supplementary one, fidelity mode; the
+    pipeline's ``inference`` records the ID embeddings it is given (batch [uncond, cond])."""
+    import pulid.utils as utils
+    from pulid import attention_processor
+
+    given = {}
+    obj = args_ref
+    inputs = [face_inputs(i) for i in range(2)]
+    obj.face_helper, obj.app = FaceHelper(inputs), FaceApp(inputs)
+    obj.inference = lambda prompt, size, neg, embedding, *rest: given.update(embedding=embedding) or [np.zeros((8, 8, 3))]
+    namespace = {"pipeline": obj, "attention": attention_processor, "torch": torch, "np": np,
+                 "resize_numpy_image_long": utils.resize_numpy_image_long, "seed_everything": utils.seed_everything}
+    exec(APP_RUN, namespace)
+    with torch.no_grad():
+        namespace["run"](inputs[0]["face"].numpy(), inputs[1]["face"].numpy(), None, None, "prompt", "", 1.2, 1, 0, 4,
+                         64, 64, ID_SCALE, "fidelity", False)
+    return given["embedding"][:1], given["embedding"][1:]
+
+
 def run_version(version, modules, eva, unet_cls, tmp, out, record):
     attention_processor, pipeline, pipeline_v1_1, _ = modules
     cls = pipeline.PuLIDPipeline if version == "v1" else pipeline_v1_1.PuLIDPipeline
@@ -262,6 +297,8 @@ def run_version(version, modules, eva, unet_cls, tmp, out, record):
             out[f"{version}/eva{i}/hidden{level}"] = h
     out[f"{version}/id_embedding"], out[f"{version}/uncond_id_embedding"] = cond, uncond
 
+    if version == "v1":  # several photos: the published app's ``run`` (ID mix off, its default)
+        out["v1/mix/uncond_id_embedding"], out["v1/mix/id_embedding"] = run_app(args_ref=obj)
     x = unet_inputs()
     attn = unet.get_submodule(ATTN_LAYER)
     processor = unet.attn_processors[ATTN_LAYER + ".processor"]
@@ -291,6 +328,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     modules = import_reference(args.ref.resolve())
+    global APP_RUN
+    APP_RUN = app_run(args.ref.resolve())
     import diffusers
     from diffusers import UNet2DConditionModel
     from safetensors.torch import save_file
