@@ -29,6 +29,8 @@ What runs of the reference, unchanged unless said here:
 - ``IDAttnProcessor2_0`` with the module switches ``NUM_ZERO`` / ``ORTHO`` / ``ORTHO_v2`` set as the published
   apps set them, called directly on one cross-attention layer, and inside one UNet call (the CFG batch
   [negative, positive], ``id_embedding`` = [uncond; cond] as ``PuLIDPipeline.inference`` passes it).
+- v1's ``PuLIDPipeline.inference`` end to end (``run_pipeline``): a reduced SDXL (text encoders 64 + 192 wide,
+  likeness's tiny tokenizer), the demo's DPM-Solver with trailing timesteps, 2 steps, guidance 1.2.
 
 Outputs: ``tests/golden/pulid/goldens.safetensors`` (tensors), ``goldens.json`` (specs of every weight file,
 digests, sizes, cases), ``eva_rope.safetensors`` (the reference tower's rotary tables).
@@ -322,6 +324,84 @@ def run_version(version, modules, eva, unet_cls, tmp, out, record):
     record["unet"] = {"config": UNET_CONFIG, "spec": unet_spec, "digest": gw.digest(unet_state)}
 
 
+PIPELINE = {"prompt": "a photo of a man in the park", "negative_prompt": "", "size": 16, "steps": 2, "guidance": 1.2,
+            "ortho": "v2", "num_zero": 8,
+            "scheduler": dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              steps_offset=1, timestep_spacing="trailing", prediction_type="epsilon")}
+
+
+def run_pipeline(modules, eva, tmp: Path, out: dict, record: dict) -> None:
+    """v1's ``PuLIDPipeline.inference`` end to end on a reduced SDXL (PhotoMaker's goldens' shape: text tokens 256
+    wide): the published demo's DPM-Solver with trailing timesteps (SDXL-Lightning's sampler; 2 steps here, guidance
+    1.2, the empty negative prompt), fidelity mode (ortho v2, 8 zero tokens), one photo. The latents it drew, the
+    UNet's inputs and outputs and the latents it decodes are kept."""
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from make_photomaker_goldens import TEXT, UNET_CONFIG as SDXL_UNET, VAE_CONFIG, text_config, tiny_tokenizer
+
+    attention_processor, pipeline, _, _ = modules
+    tokenizers = [tiny_tokenizer(tmp / f"pipeline-tokenizer{i}") for i in range(2)]
+    encoders = [CLIPTextModel(text_config(tokenizers[0], 0)), CLIPTextModelWithProjection(text_config(tokenizers[1], 1))]
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**SDXL_UNET)
+    vae = AutoencoderKL(**VAE_CONFIG)  # its own seeded initialisation: only its input is compared
+    parts, digests = {}, {}
+    for part, module in (("unet", unet), ("text_encoder", encoders[0]), ("text_encoder_2", encoders[1])):
+        parts[part] = gw.make_spec({k: tuple(v.shape) for k, v in module.state_dict().items()})
+        state = gw.state_from_spec(parts[part], SEED)
+        module.load_state_dict(state, strict=True)
+        digests[part] = gw.digest(state)
+    obj = pipeline.PuLIDPipeline.__new__(pipeline.PuLIDPipeline)
+    obj.device, obj.debug_img_list = "cpu", []
+    obj.hack_unet_attn_layers(unet)
+    obj.id_adapter = sys.modules["pulid.encoders"].IDEncoder(width=COND, context_dim=SDXL_UNET["cross_attention_dim"])
+    shapes = {f"id_adapter.{k}": tuple(v.shape) for k, v in obj.id_adapter.state_dict().items()}
+    shapes.update({f"id_adapter_attn_layers.{k}": tuple(v.shape) for k, v in obj.id_adapter_attn_layers.state_dict().items()})
+    spec = gw.make_spec(shapes)
+    state = gw.state_from_spec(spec, SEED)
+    folder = tmp / "pipeline"
+    (folder / "models").mkdir(parents=True)
+    torch.save(state, folder / "models" / "pulid_v1.bin")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        obj.load_pretrain()
+    finally:
+        os.chdir(cwd)
+    obj.pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=encoders[0], text_encoder_2=encoders[1],
+                                         tokenizer=tokenizers[0], tokenizer_2=tokenizers[1], unet=unet,
+                                         scheduler=DPMSolverMultistepScheduler(**PIPELINE["scheduler"]))
+    obj.pipe.set_progress_bar_config(disable=True)
+    obj.pipe.watermark = None
+    inputs = [face_inputs(0)]
+    obj.clip_vision_model = Recorder(eva.visual)
+    obj.eva_transform_mean, obj.eva_transform_std = eva.visual.image_mean, eva.visual.image_std
+    obj.face_helper, obj.app = FaceHelper(inputs), FaceApp(inputs)
+    attention_processor.NUM_ZERO, attention_processor.ORTHO, attention_processor.ORTHO_v2 = PIPELINE["num_zero"], False, True
+    captured = {"unet": []}
+
+    def unet_hook(module, args, kwargs, output):
+        captured["unet"].append((args[0].clone(), output[0].clone()))
+
+    unet.register_forward_hook(unet_hook, with_kwargs=True)
+    decode = vae.decode
+    vae.decode = lambda z, *a, **k: (captured.update(decoded=z.clone()), decode(z, *a, **k))[1]
+    size = PIPELINE["size"]
+    with torch.no_grad():
+        embedding = obj.get_id_embedding(inputs[0]["face"].numpy())
+        torch.manual_seed(SEED)  # the pipeline draws its latents from the global generator
+        obj.inference(PIPELINE["prompt"], (1, size, size), PIPELINE["negative_prompt"], embedding, ID_SCALE,
+                      PIPELINE["guidance"], PIPELINE["steps"])
+    out["pipeline/id_embedding"] = embedding
+    out["pipeline/latents"] = captured["unet"][0][0][:1].clone()  # DPM-Solver's first model input is the drawn latents
+    for step, (unet_in, unet_out) in enumerate(captured["unet"]):
+        out[f"pipeline/step{step}/unet_in"], out[f"pipeline/step{step}/unet_out"] = unet_in, unet_out
+    out["pipeline/decoded"] = captured["decoded"]
+    record["pipeline"] = {**PIPELINE, "text": TEXT, "unet_config": SDXL_UNET, "vae_config": VAE_CONFIG, "parts": parts,
+                          "part_digests": digests, "file": "pulid_v1.bin", "spec": spec, "digest": gw.digest(state)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ref", type=Path, required=True, help="a checkout of ToTheBeginning/PuLID at " + REFERENCE_COMMIT)
@@ -346,6 +426,7 @@ def main():
         record["eva_file"] = {"spec": eva_spec, "digest": eva_digest}
         for version in ("v1", "v1.1"):
             run_version(version, modules, eva, UNet2DConditionModel, tmp, out, record)
+        run_pipeline(modules, eva, tmp, out, record)
     OUT.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in rope.items()}, str(OUT / "eva_rope.safetensors"))
     save_file({k: v.contiguous().float() for k, v in out.items()}, str(OUT / "goldens.safetensors"))
