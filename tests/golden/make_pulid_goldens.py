@@ -10,7 +10,14 @@ Side environment (/work/refenv-goldens): python 3.11, torch 2.13.0 (CPU), diffus
 transformers 4.43.3 (its pin), huggingface_hub 0.25.2 (the last with ``cached_download``, which diffusers 0.25
 imports), numpy 1.26.4, einops, safetensors, accelerate, ftfy, regex. torchvision, timm, insightface,
 facexlib, basicsr, torchsde and cv2 are replaced by :mod:`ref_shims` (see there: torchvision's tensor
-``resize`` and ``normalize`` are real, with 0.15's no-antialias default).
+``resize`` and ``normalize`` are real, with 0.15's no-antialias default). Made, for all three golden scripts, with:
+
+    python3.11 -m venv /work/refenv-goldens && . /work/refenv-goldens/bin/activate
+    pip install torch==2.13.0 numpy==1.26.4 einops==0.8.2 safetensors==0.8.0 diffusers==0.25.0 \
+        transformers==4.43.3 tokenizers==0.19.1 huggingface_hub==0.25.2 accelerate==1.16.0 peft==0.10.0 \
+        ftfy==6.3.1 regex opencv-python-headless==4.10.0.84 pillow
+    pip install --no-deps --target /work/refenv-goldens/diffusers-0.25.1 diffusers==0.25.1   # InstantID's pin
+    pip install --no-deps --target /work/refenv-goldens/diffusers-0.29.2 diffusers==0.29.2   # for PhotoMaker
 
 What runs of the reference, unchanged unless said here:
 - EVA02-CLIP: ``eva_clip.create_model_and_transforms`` with a reduced copy of ``EVA02-CLIP-L-14-336.json`` (same
