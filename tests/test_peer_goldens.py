@@ -435,27 +435,18 @@ def test_instantid_matches_the_reference(monkeypatch, tmp_path):
     close(result, goldens["latents"], PIPELINE, f"latents after {record['steps']} steps")
 
 
-def test_instantid_keypoint_picture_is_the_published_one_up_to_rims():
-    """likeness draws IdentityNet's keypoint picture with PIL; the published ``draw_kps`` with OpenCV (integer
-    centres, half-lengths and whole-degree angles for the sticks, integer centres for the dots). Same colours,
-    same sticks and dots: measured, 0.27-0.35% of the pixels differ, all on the 1 px rims of the shapes (bound
-    here: 0.5%, and none more than 1 px from a rim of the published picture)."""
-    from scipy.ndimage import binary_dilation, binary_erosion
-
+def test_instantid_keypoint_picture_is_the_published_one():
+    """IdentityNet's keypoint picture: likeness draws with PIL and numpy what the published ``draw_kps`` draws with
+    OpenCV (integer centres, half-lengths and whole-degree angles; the outline sampled every degree; dots of
+    radius 10 around the truncated points): the same pixels on three faces (a frontal, a turned and tilted, one
+    at the border). Exact: every outline coordinate of these faces lies at least 1e-4 from a rounding tie, so no
+    CPU's last-bit difference in cos/sin can move a pixel."""
     from likeness.methods.peers.instantid import draw_keypoints
 
     record, goldens = gw.load_json(INSTANTID / "goldens.json"), load_file(str(INSTANTID / "goldens.safetensors"))
     for i, (width, height, points) in enumerate(record["drawings"]):
-        published = goldens[f"draw_kps/{i}"].numpy().astype(int)
-        ours = np.asarray(draw_keypoints(np.array(points), (width, height))).astype(int)
+        published = goldens[f"draw_kps/{i}"].numpy()
+        ours = np.asarray(draw_keypoints(np.array(points), (width, height)))
         assert ours.shape == published.shape
-        differ = np.abs(ours - published).max(-1) > 0
-        assert differ.mean() <= 0.005, f"face {i}: {differ.mean():.2%} of the pixels differ"
-        assert {tuple(c) for c in ours.reshape(-1, 3)} == {tuple(c) for c in published.reshape(-1, 3)}
-        # A rim: a pixel whose 3x3 neighbourhood holds more than one colour in the published picture.
-        flat = published[..., 0] * 65536 + published[..., 1] * 256 + published[..., 2]
-        rims = np.zeros_like(differ)
-        for colour in np.unique(flat):
-            inside = flat == colour
-            rims |= binary_dilation(inside) & ~binary_erosion(inside, border_value=1)
-        assert not (differ & ~binary_dilation(rims)).any(), f"face {i}: pixels differ away from the shapes' rims"
+        differ = (ours != published).any(-1)
+        assert not differ.any(), f"face {i}: {differ.mean():.2%} of the pixels differ from the published drawing"

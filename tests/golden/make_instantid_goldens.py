@@ -12,7 +12,7 @@ Side environment: as for make_pulid_goldens.py, with diffusers 0.25.1 first on t
 gradio_demo/requirements.txt and cog.yaml), and opencv-python-headless 4.10.0.84 (the published ``draw_kps``);
 insightface is a name only (:mod:`ref_shims`): the face embedding is a fixed input (``image_embeds``). The
 pipeline gets a fixed keypoint picture (``image``), so IdentityNet is compared apart from the drawing;
-``draw_kps`` itself is run on three fixed faces and its pictures kept (likeness draws with PIL, not OpenCV).
+``draw_kps`` itself is run on three fixed faces and its pictures kept (likeness draws with PIL and numpy).
 
 What runs of the reference, unchanged unless said here:
 - ``StableDiffusionXLInstantIDPipeline`` built from reduced SDXL parts (as make_photomaker_goldens.py: two CLIP
