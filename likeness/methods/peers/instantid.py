@@ -59,26 +59,41 @@ MATCHING_CONFIG = ("in_channels", "block_out_channels", "down_block_types", "cro
 
 
 def draw_keypoints(points: np.ndarray, size: tuple[int, int]) -> Image.Image:
-    """The IdentityNet input: on black, an ellipse ("stick") from each eye and mouth corner to the nose in
-    that point's colour at 60 % intensity, then a filled dot of radius 10 on each point."""
+    """The IdentityNet input, pixel for pixel as the published ``draw_kps`` (OpenCV) draws it: on black, an
+    ellipse ("stick") from each eye and mouth corner to the nose in that point's colour at 60 % intensity,
+    then a filled dot of radius 10 on each point. As there, a stick's centre, half-length and angle (whole
+    degrees) are truncated to integers and its outline is the ellipse sampled every degree with coordinates
+    rounded half to even; a dot covers the pixels within 10 of the point truncated to integers."""
     width, height = size
     sticks = Image.new("RGB", (width, height))
     draw = ImageDraw.Draw(sticks)
     points = np.asarray(points, dtype=np.float64)
     for a, b in STICKS:
         (x0, y0), (x1, y1) = points[a], points[b]
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        half_length = math.hypot(x1 - x0, y1 - y0) / 2
-        angle = math.atan2(y1 - y0, x1 - x0)
-        ts = np.linspace(0, 2 * math.pi, 72, endpoint=False)
-        xs = cx + half_length * np.cos(ts) * math.cos(angle) - STICK_WIDTH * np.sin(ts) * math.sin(angle)
-        ys = cy + half_length * np.cos(ts) * math.sin(angle) + STICK_WIDTH * np.sin(ts) * math.cos(angle)
-        draw.polygon([(float(x), float(y)) for x, y in zip(xs, ys)], fill=KEYPOINT_COLOURS[a])
-    canvas = Image.fromarray((np.asarray(sticks, dtype=np.float64) * STICK_OPACITY).astype(np.uint8))
-    draw = ImageDraw.Draw(canvas)
+        centre = (int((x0 + x1) / 2), int((y0 + y1) / 2))
+        half_length = int(math.hypot(x0 - x1, y0 - y1) / 2)
+        outline = _ellipse_outline(centre, half_length, int(math.degrees(math.atan2(y0 - y1, x0 - x1))))
+        draw.polygon(outline, fill=KEYPOINT_COLOURS[a], outline=KEYPOINT_COLOURS[a])
+    canvas = (np.asarray(sticks, dtype=np.float64) * STICK_OPACITY).astype(np.uint8)
+    rows, columns = np.mgrid[:height, :width]
     for (x, y), colour in zip(points, KEYPOINT_COLOURS):
-        draw.ellipse((x - DOT_RADIUS, y - DOT_RADIUS, x + DOT_RADIUS, y + DOT_RADIUS), fill=colour)
-    return canvas
+        canvas[(columns - int(x)) ** 2 + (rows - int(y)) ** 2 <= DOT_RADIUS ** 2] = colour
+    return Image.fromarray(canvas)
+
+
+def _ellipse_outline(centre: tuple[int, int], half_length: int, degrees: int) -> list[tuple[int, int]]:
+    """Integer outline of a stick: the ellipse (half-axes ``half_length`` and STICK_WIDTH, turned by ``degrees``)
+    at every whole degree, repeated points dropped."""
+    turn_cos, turn_sin = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    ts = np.radians(np.arange(361))
+    along, across = half_length * np.cos(ts), STICK_WIDTH * np.sin(ts)
+    xs = np.rint(centre[0] + along * turn_cos - across * turn_sin).astype(int)
+    ys = np.rint(centre[1] + along * turn_sin + across * turn_cos).astype(int)
+    outline: list[tuple[int, int]] = []
+    for point in zip(xs.tolist(), ys.tolist()):
+        if not outline or point != outline[-1]:
+            outline.append(point)
+    return outline
 
 
 def frame_points(face) -> np.ndarray:
