@@ -404,6 +404,7 @@ class PhotoVersePersonalized(Personalized):
 @METHODS.register("photoverse")
 class PhotoVerse(Method):
     name = "photoverse"
+    families = ("sd1", "sd2")
     defaults = {
         "weights": None,  # a trained encoder folder (required)
         "image_encoder": None,  # default: the one the encoder was trained with

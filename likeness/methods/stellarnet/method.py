@@ -334,6 +334,7 @@ class EncoderSession:
 @METHODS.register("stellarnet")
 class StellarNet(Method):
     name = "stellarnet"
+    families = ("sdxl",)
     # Options of the one-time encoder training (`train_encoder`), besides TrainingConfig's fields.
     encoder_defaults = {
         "image_encoder": None,  # hub id or folder of a CLIP vision model (required, except on the tiny bases)

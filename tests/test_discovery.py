@@ -1,0 +1,130 @@
+"""Which methods a weights folder or the local hub cache can run (likeness.methods.discovery), on tiny files in the
+published layouts: found by name in any folder tree, the version / variant present chosen, ArcFace packs filling
+face_model_dir, hub-cache files found offline, and what is missing said by file name."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from likeness.methods.discovery import FACE_MODEL_NEED, discover
+from likeness.testing.peer_layouts import (
+    clip_vision_encoder,
+    eva_clip_state,
+    identitynet,
+    ip_adapter_state,
+    pulid_state,
+    save_flat,
+    save_published,
+)
+from likeness.testing.tiny_arcface import export_tiny_arcface
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_models, tmp_path_factory):
+    """One folder as a user fills it: h94's layout for IP-Adapter (SD 1.x plus-face), InstantID's repository
+    folder, an ArcFace pack, and unrelated files."""
+    from likeness.methods.peers.common import empty_unet
+
+    root = tmp_path_factory.mktemp("weights")
+    sd, sdxl = empty_unet("likeness/tiny-sd"), empty_unet("likeness/tiny-sdxl")
+    clip_vision_encoder(root / "IP-Adapter" / "models" / "image_encoder")
+    save_published(ip_adapter_state(sd, "resampler", embed=32, seed=1),
+                   root / "IP-Adapter" / "models" / "ip-adapter-plus-face_sd15.safetensors")
+    identitynet("likeness/tiny-sdxl", root / "InstantID" / "ControlNetModel", conditioning_channels=(16, 32))
+    save_published(ip_adapter_state(sdxl, "resampler", embed=16, queries=16, seed=5), root / "InstantID" / "ip-adapter.bin")
+    export_tiny_arcface(root / "antelopev2")
+    (root / "notes").mkdir()
+    (root / "notes" / "config.json").write_text("{}")  # a generic name outside any published subfolder: ignored
+    return root
+
+
+def _cache_file(cache: Path, repo: str, filename: str, source: Path) -> Path:
+    """A file as `hf download` leaves it in the hub cache: blobs, a snapshot of the main ref, refs/main."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    target = folder / "snapshots" / commit / filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source, target)
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+    return target
+
+
+def test_a_weights_folder_offers_the_methods_whose_files_it_holds(weights, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-home"))
+    found = discover([weights])
+    ip = found["ip-adapter"]
+    assert ip.available and ip.families == ("sd1",) and not ip.trains
+    assert ip.options_for("sd1") == {
+        "weights": str(weights / "IP-Adapter" / "models" / "ip-adapter-plus-face_sd15.safetensors"),
+        "image_encoder": str(weights / "IP-Adapter" / "models" / "image_encoder"), "variant": "plus-face"}
+    assert ip.options_for("sdxl") is None
+    instantid = found["instantid"].options_for("sdxl")
+    assert instantid == {"weights": str(weights / "InstantID" / "ip-adapter.bin"),
+                         "controlnet": str(weights / "InstantID" / "ControlNetModel"),
+                         "face_model_dir": str(weights / "antelopev2")}
+    # Trained methods and editors need no published file: always offered, on every family they support.
+    for name, family in (("textual-inversion", "sd1"), ("dreambooth-lora", "flux1"), ("flux-kontext", "flux1")):
+        assert found[name].options_for(family) == {}, name
+    assert found["dreambooth-lora"].trains and not found["flux-kontext"].trains
+    # Not there: said by file name and where it is published.
+    pulid = found["pulid"]
+    assert not pulid.available and pulid.options_for("sdxl") is None
+    assert pulid.missing == ["pulid_v1.bin (PuLID v1; guozinan/PuLID)",
+                             "EVA02_CLIP_L_336_psz14_s6B.pt (EVA02-CLIP-L-336; QuanSun/EVA-CLIP)"]
+    assert "ip-adapter-faceid_sd15.bin" in found["ip-adapter-faceid"].describe()
+    # The same files without the ArcFace pack: InstantID needs one and says so.
+    bare = tmp_path / "bare"
+    shutil.copytree(weights / "InstantID", bare / "InstantID")
+    without = discover([bare])["instantid"]
+    assert not without.available and without.missing == [FACE_MODEL_NEED]
+    with pytest.raises(FileNotFoundError, match="weights folder .*nowhere does not exist"):
+        discover([tmp_path / "nowhere"])
+
+
+def test_the_version_present_is_chosen_and_the_hub_cache_is_searched_offline(tiny_models, weights, monkeypatch, tmp_path):
+    """PuLID v1.1 in a weights folder (not the default v1), its EVA-CLIP file only in the hub cache; IP-Adapter's
+    SDXL plain file (not the default plus-face) with its ViT-bigG encoder, from the cache too."""
+    from likeness.methods.peers.common import empty_unet
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = tmp_path / "home" / "hub"
+    sdxl = empty_unet("likeness/tiny-sdxl")
+    files = tmp_path / "made"
+    eva = _cache_file(cache, "QuanSun/EVA-CLIP", "EVA02_CLIP_L_336_psz14_s6B.pt", save_flat(eva_clip_state(), files / "eva.pt"))
+    plain = _cache_file(cache, "h94/IP-Adapter", "sdxl_models/ip-adapter_sdxl.safetensors",
+                        save_published(ip_adapter_state(sdxl, "plain", embed=32), files / "plain.safetensors"))
+    encoder = clip_vision_encoder(files / "bigg")
+    for name in ("config.json", "model.safetensors"):
+        _cache_file(cache, "h94/IP-Adapter", f"sdxl_models/image_encoder/{name}", encoder / name)
+    mine = tmp_path / "mine"
+    save_flat(pulid_state(sdxl, version="v1.1"), mine / "pulid_v1.1.safetensors")
+    export_tiny_arcface(mine / "buffalo_l")
+
+    found = discover([mine, weights])
+    assert found["pulid"].options_for("sdxl") == {"weights": str(mine / "pulid_v1.1.safetensors"), "eva_clip": str(eva),
+                                                   "version": "v1.1", "face_model_dir": str(mine / "buffalo_l")}
+    ip = found["ip-adapter"]
+    assert ip.families == ("sd1", "sdxl")
+    assert ip.options_for("sdxl") == {"weights": str(plain), "image_encoder": str(plain.parent / "image_encoder"),
+                                      "variant": "plain"}
+    assert ip.options_for("sd1")["variant"] == "plus-face"  # the weights folder's, as before
+    assert not discover([mine], hub_cache=False)["pulid"].available  # without the cache: no EVA-CLIP file
+
+
+def test_discovered_options_run_the_method(tiny_models, weights, astronaut_path, monkeypatch, tmp_path):
+    """The options discovery gives are the ones personalize takes: IP-Adapter runs from them as they are."""
+    from likeness.methods import load_artifact, personalize
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-home"))
+    options = discover([weights], methods=["ip-adapter"])["ip-adapter"].options_for("sd1")
+    art = personalize("ip-adapter", {"astro": [astronaut_path]}, tmp_path / "a", "likeness/tiny-sd", **options)
+    image = load_artifact(art).generate(["a photo of {}"], [1], num_inference_steps=2)[0]
+    assert image.size == (64, 64)
