@@ -207,6 +207,22 @@ def discover_method(method: type[Method], finder: _Finder) -> Discovered:
     return found
 
 
+def check_base(method: str, base_model: str) -> str:
+    """The family of ``base_model``, after checking ``method`` runs on that family (else an error naming both)."""
+    from likeness.methods.base import get_method
+    from likeness.models.families import FAMILY_NAMES
+    from likeness.models.loading import FamilyMismatchError, base_model_info
+
+    families = type(get_method(method)).families
+    family = base_model_info(base_model).family
+    if families and family not in families:
+        names = ", ".join(f"{FAMILY_NAMES.get(f, f)} ({f})" for f in families)
+        raise FamilyMismatchError(f"{method} runs on {names}, but its base {base_model!r} is "
+                                  f"{FAMILY_NAMES.get(family, family)} ({family}); give it a base of its families "
+                                  f"({method}@BASE)")
+    return family
+
+
 def discover(weights_folders=(), *, hub_cache: bool = True, methods=None) -> dict[str, Discovered]:
     """For each registered method (or those named in ``methods``): what the weights folders and (``hub_cache``) the
     local hub cache let it run. A weights folder that does not exist is an error naming it."""
@@ -217,5 +233,5 @@ def discover(weights_folders=(), *, hub_cache: bool = True, methods=None) -> dic
     return {name: discover_method(METHODS.get(name), finder) for name in names}
 
 
-__all__ = ["Discovered", "discover", "discover_method", "hub_cache_dir", "needs_face_model", "trains",
+__all__ = ["Discovered", "check_base", "discover", "discover_method", "hub_cache_dir", "needs_face_model", "trains",
            "GENERIC_NAMES", "FACE_MODEL_NEED"]
