@@ -10,34 +10,17 @@ from pathlib import Path
 import pytest
 
 from likeness.methods.discovery import FACE_MODEL_NEED, discover
-from likeness.testing.peer_layouts import (
-    clip_vision_encoder,
-    eva_clip_state,
-    identitynet,
-    ip_adapter_state,
-    pulid_state,
-    save_flat,
-    save_published,
-)
+from likeness.testing.peer_layouts import clip_vision_encoder, eva_clip_state, ip_adapter_state, pulid_state, save_flat, save_published
 from likeness.testing.tiny_arcface import export_tiny_arcface
+from likeness.testing.weights_folder import write_weights_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def weights(tiny_models, tmp_path_factory):
-    """One folder as a user fills it: h94's layout for IP-Adapter (SD 1.x plus-face), InstantID's repository
-    folder, an ArcFace pack, and unrelated files."""
-    from likeness.methods.peers.common import empty_unet
-
-    root = tmp_path_factory.mktemp("weights")
-    sd, sdxl = empty_unet("likeness/tiny-sd"), empty_unet("likeness/tiny-sdxl")
-    clip_vision_encoder(root / "IP-Adapter" / "models" / "image_encoder")
-    save_published(ip_adapter_state(sd, "resampler", embed=32, seed=1),
-                   root / "IP-Adapter" / "models" / "ip-adapter-plus-face_sd15.safetensors")
-    identitynet("likeness/tiny-sdxl", root / "InstantID" / "ControlNetModel", conditioning_channels=(16, 32))
-    save_published(ip_adapter_state(sdxl, "resampler", embed=16, queries=16, seed=5), root / "InstantID" / "ip-adapter.bin")
-    export_tiny_arcface(root / "antelopev2")
+    """One folder as a user fills it (IP-Adapter SD 1.x plus-face, InstantID, an ArcFace pack), and unrelated files."""
+    root = write_weights_folder(tmp_path_factory.mktemp("weights"))
     (root / "notes").mkdir()
     (root / "notes" / "config.json").write_text("{}")  # a generic name outside any published subfolder: ignored
     return root
