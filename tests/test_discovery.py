@@ -101,13 +101,3 @@ def test_the_version_present_is_chosen_and_the_hub_cache_is_searched_offline(tin
     assert ip.options_for("sd1")["variant"] == "plus-face"  # the weights folder's, as before
     assert not discover([mine], hub_cache=False)["pulid"].available  # without the cache: no EVA-CLIP file
 
-
-def test_discovered_options_run_the_method(tiny_models, weights, astronaut_path, monkeypatch, tmp_path):
-    """The options discovery gives are the ones personalize takes: IP-Adapter runs from them as they are."""
-    from likeness.methods import load_artifact, personalize
-
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-home"))
-    options = discover([weights], methods=["ip-adapter"])["ip-adapter"].options_for("sd1")
-    art = personalize("ip-adapter", {"astro": [astronaut_path]}, tmp_path / "a", "likeness/tiny-sd", **options)
-    image = load_artifact(art).generate(["a photo of {}"], [1], num_inference_steps=2)[0]
-    assert image.size == (64, 64)
