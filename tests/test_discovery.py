@@ -101,3 +101,22 @@ def test_the_version_present_is_chosen_and_the_hub_cache_is_searched_offline(tin
     assert ip.options_for("sd1")["variant"] == "plus-face"  # the weights folder's, as before
     assert not discover([mine], hub_cache=False)["pulid"].available  # without the cache: no EVA-CLIP file
 
+
+
+def test_every_method_declares_its_families_and_files_consistently():
+    """What discovery and `bench METHOD@BASE` rely on, for every registered method (FLUX methods added later too):
+    known families; each published file's option is a method option and its `when` names method options (or the
+    base family) with values of the right kind; methods with files declare their families."""
+    from likeness.methods import METHODS
+    from likeness.methods.baselines.reference_rows import PhotoRow
+    from likeness.models.families import FAMILY_NAMES
+
+    for name in METHODS.names():
+        method = METHODS.get(name)
+        assert set(method.families) <= set(FAMILY_NAMES), name
+        assert method.families or issubclass(method, PhotoRow), f"{name}: no families declared"
+        for file in method.published_files:
+            assert file.option in method.defaults, (name, file)
+            assert file.filename and "/" not in file.filename, (name, file)
+            for key, value in file.when:
+                assert key == "family" and value in method.families or key in method.defaults, (name, file)
