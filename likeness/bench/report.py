@@ -112,7 +112,7 @@ def read_results(run_dir: str | Path) -> RunResults:
             item["meta"] = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.exists() else {}
         except (OSError, json.JSONDecodeError):
             item["meta"] = {}
-    personalize = personalize_seconds(run_dir / "artifacts")
+    personalize = personalize_seconds(run_dir)
     for item in items:  # the sidecar names the item's artifact (artifacts/<unit>)
         item["personalize_seconds"] = personalize.get(str(item["meta"].get("artifact", "")).rpartition("/")[2])
     totals: dict[str, float | None] = {}
