@@ -67,6 +67,8 @@ def test_flux_and_sdxl_methods_fill_one_leaderboard(tiny_models, tmp_path, capsy
     assert main(["bench", "--out", str(tmp_path / "bad"), "--method", f"pulid@{FLUX},textual-inversion", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "pulid runs on SDXL (sdxl), but its base 'likeness/tiny-flux' is FLUX.1 (flux1)" in err
+    assert main(["bench", "--out", str(tmp_path / "bad"), "--method", f"pulid@{FLUX}", "--quiet"]) == 2  # one method too
+    assert "pulid runs on SDXL (sdxl)" in capsys.readouterr().err
     assert main(["bench", "--out", str(tmp_path / "bad"), "--method", f"textual-inversion,textual-inversion@{SDXL}"]) == 2
     assert "names textual-inversion more than once" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

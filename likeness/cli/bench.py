@@ -327,7 +327,14 @@ def run(args) -> int:
         if skipped and not args.quiet:
             print("metrics left out (give their models with the --*-model flags): " + "; ".join(skipped), file=sys.stderr)
     if "@" in args.method and "," not in args.method:  # one method on a base of its own: --base-model, said shorter
+        from likeness.methods.discovery import check_base
+
         args.method, _, args.base_model = args.method.partition("@")
+        try:
+            check_base(args.method, args.base_model)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"likeness bench: {exc}", file=sys.stderr)
+            return 2
     if "," in args.method:
         return run_several(args, models)
     def prepare():
