@@ -66,6 +66,12 @@ def test_a_weights_folder_offers_the_methods_whose_files_it_holds(weights, monke
     shutil.copytree(weights / "InstantID", bare / "InstantID")
     without = discover([bare])["instantid"]
     assert not without.available and without.missing == [FACE_MODEL_NEED]
+    assert "photoverse.json (encoder from `likeness train-encoder --method photoverse`)" in found["photoverse"].missing[0]
+    # A folder marked by a JSON file (a trained encoder's photoverse.json; discovery reads names, loading checks
+    # the contents): the option gets the folder.
+    (bare / "runs" / "encoder").mkdir(parents=True)
+    (bare / "runs" / "encoder" / "photoverse.json").write_text("{}")
+    assert discover([bare])["photoverse"].options_for("sd1") == {"weights": str(bare / "runs" / "encoder")}
     with pytest.raises(FileNotFoundError, match="weights folder .*nowhere does not exist"):
         discover([tmp_path / "nowhere"])
 

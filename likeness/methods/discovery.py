@@ -11,8 +11,9 @@ each file
 - else in the local Hugging Face hub cache (``HF_HUB_CACHE``, or ``HF_HOME/hub``), offline: only what a
   download left there (``huggingface_hub.try_to_load_from_cache``, no network call);
 
-and returns, per method, the method options that point at what was found: the file itself, or, for a folder
-written by ``save_pretrained`` (found by its ``config.json`` or weights file), that folder. ``when`` picks the
+and returns, per method, the method options that point at what was found: the file itself, or, for a model folder
+(found by its ``config.json``, a generic weights name, or another JSON file such as a trained encoder's
+``photoverse.json``), that folder. ``when`` picks the
 version or variant: ``(("version", "v1.1"),)`` is needed only with ``version=v1.1``, and the key ``family`` names
 the base family (``sd1``, ``sdxl``, ``flux1`` ...) a file is published for. The method's default version / variant
 is preferred; when only another one is present, that one is chosen and its option set (``version=v1.1``).
@@ -20,7 +21,7 @@ is preferred; when only another one is present, that one is chosen and its optio
 A method that needs an ArcFace model (its default ``face_backend`` is ``arcface``) also needs an InsightFace-style
 ONNX pack (a folder holding a detector and a recogniser, e.g. an unpacked ``antelopev2`` or ``buffalo_l``) in a
 weights folder: it fills ``face_model_dir``. Methods without published files (the trained ones, the editors) are
-always available. Nothing is loaded here but the ONNX packs' signatures.
+always available; PhotoVerse and StellarNet declare the encoder folder ``likeness train-encoder`` writes (no hub id). Nothing is loaded here but the ONNX packs' signatures.
 """
 
 from __future__ import annotations
@@ -143,8 +144,9 @@ class _Finder:
 
 
 def option_value(file: PublishedFile, path: Path) -> str:
-    """What the file's option gets: the file, or the ``save_pretrained`` folder a generic name marks."""
-    return str(path.parent if file.filename in GENERIC_NAMES else path)
+    """What the file's option gets: the file, or the folder it marks: a JSON file (``config.json``, a trained encoder's
+    ``stellarnet.json``) or a generic weights name is part of a model folder, never the weights themselves."""
+    return str(path.parent if file.filename in GENERIC_NAMES or file.filename.endswith(".json") else path)
 
 
 def needs_face_model(method: type[Method]) -> bool:
