@@ -30,6 +30,7 @@ and OUT/leaderboard.html)
   run.lock                       the running run's host and pid (empty when none runs)
   results.sqlite                 items (pending/done/failed + reason) and per-image metric rows
   artifacts/<identity>-<photo>/  one personalization artifact per reference photo
+  timings/<identity>-<photo>.json  how long that person's personalization took (the leaderboard's s / person)
   images/<identity>/<item_id>.png + .json   canonical layout, item_id = identity-photo-prompt-s<seed>
   report/index.html              leaderboard (IPS APS SIS GOA RFS), protocol, plots, image grids
 
