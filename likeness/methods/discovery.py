@@ -159,15 +159,30 @@ def trains(method: type[Method]) -> bool:
 
 
 def _configurations(method: type[Method]) -> list[dict]:
-    """The versions / variants a method is published in: the ``when`` of each file of its first file's option (its
-    main weights), the method's defaults first. The other files apply where their ``when`` agrees."""
+    """The versions / variants a method is published in: the most specific ``when``s of its files (one not contained
+    in another), each giving every option that has a file for it one (the method's defaults first)."""
     files = method.published_files
-    configs = []
+    whens = []
     for file in files:
-        if file.option == files[0].option and dict(file.when) not in configs:
-            configs.append(dict(file.when))
+        if dict(file.when) not in whens:
+            whens.append(dict(file.when))
+    configs = [w for w in whens if not any(w.items() < other.items() for other in whens)]
+
+    def complete(config: dict) -> bool:
+        for option in {f.option for f in files}:
+            mine = [f for f in files if f.option == option]
+            compatible = [f for f in mine if all(config.get(k, v) == v for k, v in f.when)]
+            if compatible and not any(_applies(f, config) for f in mine):
+                return False
+        return True
+
     defaults = method.defaults
-    return sorted(configs, key=lambda c: -sum(defaults.get(k) == v for k, v in c.items() if k != "family"))
+    return sorted((c for c in configs if complete(c)),
+                  key=lambda c: -sum(defaults.get(k) == v for k, v in c.items() if k != "family"))
+
+
+def _applies(file: PublishedFile, config: dict) -> bool:
+    return all(config.get(key) == value for key, value in file.when)
 
 
 def discover_method(method: type[Method], finder: _Finder) -> Discovered:
@@ -188,7 +203,7 @@ def discover_method(method: type[Method], finder: _Finder) -> Discovered:
     for k, config in enumerate(configs):
         options, missing = {}, []
         for file in method.published_files:
-            if not all(config.get(key) == value for key, value in file.when):
+            if not _applies(file, config):
                 continue
             path = finder.find(file)
             if path is None:
