@@ -126,3 +126,9 @@ def test_every_method_declares_its_families_and_files_consistently():
             assert file.filename and "/" not in file.filename, (name, file)
             for key, value in file.when:
                 assert key == "family" and value in method.families or key in method.defaults, (name, file)
+        if method.published_files:  # each version / variant gives every option its file
+            from likeness.methods.discovery import _configurations
+
+            configs = _configurations(method)
+            assert configs, f"{name}: no version of its published files gives every option a file"
+            assert all(c.get(k, v) == v for c in configs[:1] for k, v in method.defaults.items() if k in c), name
