@@ -13,7 +13,7 @@ each file
 
 and returns, per method, the method options that point at what was found: the file itself, or, for a model folder
 (found by its ``config.json``, a generic weights name, or another JSON file such as a trained encoder's
-``photoverse.json``), that folder. ``when`` picks the
+``photoverse.json``), that folder; an option several files share gets the deepest folder holding them all. ``when`` picks the
 version or variant: ``(("version", "v1.1"),)`` is needed only with ``version=v1.1``, and the key ``family`` names
 the base family (``sd1``, ``sdxl``, ``flux1`` ...) a file is published for. The method's default version / variant
 is preferred; when only another one is present, that one is chosen and its option set (``version=v1.1``).
@@ -149,6 +149,12 @@ def option_value(file: PublishedFile, path: Path) -> str:
     return str(path.parent if file.filename in GENERIC_NAMES or file.filename.endswith(".json") else path)
 
 
+def common_folder(paths: list[Path]) -> str:
+    """The folder an option gets for several files (InfiniteYou's variant folder: its projection file and its
+    ``InfuseNetModel/``): the deepest folder holding all of them."""
+    return os.path.commonpath([str(p.parent) for p in paths])
+
+
 def needs_face_model(method: type[Method]) -> bool:
     return method.defaults.get("face_backend") == "arcface" and FACE_MODEL_OPTION in method.defaults
 
@@ -201,7 +207,8 @@ def discover_method(method: type[Method], finder: _Finder) -> Discovered:
         return found
     configs = _configurations(method)
     for k, config in enumerate(configs):
-        options, missing = {}, []
+        paths: dict[str, list[tuple[PublishedFile, Path]]] = {}
+        missing = []
         for file in method.published_files:
             if not _applies(file, config):
                 continue
@@ -210,7 +217,9 @@ def discover_method(method: type[Method], finder: _Finder) -> Discovered:
                 where = f"{file.hub}/{file.subfolder}" if file.subfolder else file.hub
                 missing.append(f"{file.filename} ({file.role}; {where})" if where else f"{file.filename} ({file.role})")
             else:
-                options.setdefault(file.option, option_value(file, path))
+                paths.setdefault(file.option, []).append((file, path))
+        options = {option: option_value(*found[0]) if len(found) == 1 else common_folder([p for _, p in found])
+                   for option, found in paths.items()}
         if k == 0:
             found.missing = missing + found.missing
         if missing or (needs_face_model(method) and not face):
