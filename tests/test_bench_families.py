@@ -16,7 +16,8 @@ from likeness.cli import main
 FLUX = "likeness/tiny-flux"
 SDXL = "likeness/tiny-sdxl"
 # The methods run on tiny FLUX here: name -> its options, or, for a method with published files, the likeness.testing
-# module whose write_published_files(folder, base_model) writes them in the published layout and returns the options.
+# module whose write_published_files(folder, base_model) writes them in the published layout and returns the options
+# (a method that needs an ArcFace model gets the tiny one).
 FLUX_METHODS = {
     "dreambooth-lora": {},
     "flux-kontext": {"reference_size": 64},
@@ -24,18 +25,31 @@ FLUX_METHODS = {
 
 
 def _options(name, spec, folder) -> dict:
-    if isinstance(spec, str):
-        return importlib.import_module(spec).write_published_files(folder / name, FLUX)
-    return spec
+    from likeness.methods import METHODS
+    from likeness.methods.discovery import needs_face_model
+    from likeness.testing.tiny_arcface import export_tiny_arcface
+
+    options = importlib.import_module(spec).write_published_files(folder / name, FLUX) if isinstance(spec, str) else spec
+    if needs_face_model(METHODS.get(name)):
+        options = {**options, "face_model_dir": str(export_tiny_arcface(folder / "arcface"))}
+    return options
 
 
 def test_flux_and_sdxl_methods_fill_one_leaderboard(tiny_models, tmp_path, capsys):
+    from PIL import Image
+    from skimage.data import astronaut
+
     run = tmp_path / "run"
+    people = tmp_path / "people" / "astro"
+    people.mkdir(parents=True)
+    photo = astronaut().copy()
+    photo[192:232, 192:232] = 255  # where the tiny ArcFace detector finds its "face"; dlib still finds the real one
+    Image.fromarray(photo).save(people / "0.png")
     method = ",".join([f"{name}@{FLUX}" for name in FLUX_METHODS] + [f"textual-inversion@{SDXL}"])
     options = [f"{name}:{key}={json.dumps(value)}" for name, spec in FLUX_METHODS.items()
                for key, value in _options(name, spec, tmp_path / "weights").items()]
-    command = ["bench", "--out", str(run), "--method", method, "--limit", "1", "--train-steps", "2", "--steps", "2",
-               "--resolution", "32", "--metrics", "ips", "--quiet", "--no-report"]
+    command = ["bench", "--out", str(run), "--method", method, "--identities", str(people.parent), "--limit", "1",
+               "--train-steps", "2", "--steps", "2", "--resolution", "32", "--metrics", "ips", "--quiet", "--no-report"]
     for option in options:
         command += ["--method-option", option]
     assert main(command) == 0, capsys.readouterr().err
