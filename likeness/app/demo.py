@@ -135,6 +135,7 @@ class Demo:
         from likeness.methods.discovery import discover
 
         self.weights = [Path(w).expanduser().resolve() for w in weights or ()]
+        self.hub_cache = hub_cache
         self.found = discover(self.weights, hub_cache=hub_cache)  # method -> what the weights let it run
         self.bases = {**DEFAULT_BASES, **(bases or {})}
 
@@ -258,7 +259,7 @@ class Demo:
         if found is None:
             from likeness.methods.discovery import discover
 
-            found = self.found[method] = discover(self.weights, methods=[method])[method]  # registered since
+            found = self.found[method] = discover(self.weights, hub_cache=self.hub_cache, methods=[method])[method]
         if found.any_family and not found.missing:
             return bases.get("sd1") or next(iter(bases.values())), found.options_for(""), ""
         if not found.available:
@@ -285,9 +286,9 @@ class Demo:
             files = [f"`{html.escape(k)}={html.escape(str(v))}`" for k, v in options.items()]
             lines.append(f"- **{html.escape(method)}** on `{html.escape(base)}` ({kind})"
                          + (f": {', '.join(files)}" if files else ""))
-        where = ", ".join(f"`{w}`" for w in self.weights) or "no weights folder"
-        head = f"**{len(lines)} methods found** (in {where} and the local model cache):"
-        return "\n".join([head, *lines] + (["", "**Not offered** (their files were not found):", *missing] if missing else []))
+        where = [f"`{w}`" for w in self.weights] + (["the local model cache"] if self.hub_cache else [])
+        head = f"**{len(lines)} methods found** (in {' and '.join(where) or 'no weights folder'}):"
+        return "\n".join([head, *lines] + (["", "**Not offered**:", *missing] if missing else []))
 
     def _run_method(self, visitor, workspace: Workspace, method: str, request: RunRequest, progress: dict):
         base, options, _ = self.method_plan(method, self.bases_for(request)[0])  # checked by _validate
