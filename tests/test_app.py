@@ -310,3 +310,87 @@ def test_a_second_run_from_the_same_visitor_is_refused_while_the_first_is_going(
     assert "queued" in next(third).status  # free again (its photo is kept)
     third.close()
     assert not demo.jobs.active("v1")
+
+
+# -- the methods a weights folder offers (issue 24) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_models, tmp_path_factory):
+    from likeness.testing.weights_folder import write_weights_folder
+
+    return write_weights_folder(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="module")
+def arcface_photo(tmp_path_factory, astronaut_path):
+    """The astronaut with a bright square where the tiny ArcFace detector finds its "face" (dlib still finds hers)."""
+    photo = np.asarray(Image.open(astronaut_path).convert("RGB")).copy()
+    photo[192:232, 192:232] = 255
+    path = tmp_path_factory.mktemp("arcface-photo") / "astronaut.png"
+    Image.fromarray(photo).save(path)
+    return path
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless chromium not installed")
+def test_the_demo_offers_what_a_weights_folder_holds_and_runs_two_tuning_free_methods(
+        weights, arcface_photo, photos, tmp_path_factory, tmp_path, monkeypatch):
+    """The methods offered are those whose files the weights folder holds (no hub cache here), each on a base of its
+    family; the page (headless Chromium) lists them and what the others miss; IP-Adapter (SD 1.x) and InstantID
+    (SDXL) run from it side by side, and the grid shows each one's base, encode time and scores."""
+    import re
+
+    from gradio_client import Client, handle_file
+
+    from likeness.app.ui import launch
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-home"))  # no hub cache: only the folder counts
+    root = tmp_path_factory.mktemp("demo-weights-root")
+    app, url = launch(str(root), port=None, block=False, weights=[str(weights)])
+    try:
+        demo = app.likeness_demo
+        offered = demo.offered()
+        assert {"ip-adapter", "instantid", "textual-inversion", "dreambooth-lora", "flux-kontext"} <= set(offered)
+        assert "pulid" not in offered and "photomaker" not in offered
+        base, options, problem = demo.method_plan("instantid", demo.bases)
+        assert (base, problem) == ("likeness/tiny-sdxl", "")
+        assert options["face_model_dir"] == str(weights / "antelopev2") and options["controlnet"].endswith("ControlNetModel")
+        assert demo.method_plan("ip-adapter", demo.bases)[0] == "likeness/tiny-sd"  # the family its file is for
+        assert demo.method_plan("dreambooth-lora", {"flux1": "likeness/tiny-flux"})[0] == "likeness/tiny-flux"
+        listing = demo.methods_found()
+        assert "**instantid** on `likeness/tiny-sdxl` (tuning-free: encode time)" in listing
+        assert "**textual-inversion** on `likeness/tiny-sd` (trained: training time)" in listing
+        # A method without its files, or a base that cannot be found, is a message before any work.
+        demo.workspace("v1").save_photos([photos["astronaut"]], "Ada", demo.backend)
+        assert "pulid cannot run here: missing pulid_v1.bin" in demo.check_run("v1", RunRequest(methods=["pulid"]))
+        bad = RunRequest(methods=["instantid"], base_model="sdxl=/nonexistent/sdxl")
+        assert "is not available" in demo.check_run("v1", bad)
+        assert "unknown family 'sdx'" in demo.check_run("v1", RunRequest(methods=["instantid"], base_model="sdx=a/b"))
+
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+        dom = subprocess.run([str(CHROMIUM), *flags, "--virtual-time-budget=15000", "--dump-dom", url],
+                             capture_output=True, text=True, timeout=120).stdout
+        assert "methods found" in dom and "instantid" in dom and "antelopev2" in dom
+        assert "pulid cannot run here: missing pulid_v1.bin (PuLID v1; guozinan/PuLID)" in dom
+        client = Client(url, verbose=False)
+        # photos, name, methods, base models ("": the demo's), prompts, category, open-set prompts, seed, images per
+        # prompt, steps, training steps
+        status, grid, scores, _ = client.predict(
+            [handle_file(str(arcface_photo))], "Ada", ["ip-adapter", "instantid"], "", "{} riding a bicycle", "", 0, 3, 1,
+            2, 0, api_name="/run")
+        client.close()
+    finally:
+        app.close()
+    assert "ip-adapter**: done" in status and "instantid**: done" in status, status
+    assert grid.count("<img") == 3  # the reference and one image per method
+    assert "likeness/tiny-sd<br>" in grid and "likeness/tiny-sdxl<br>" in grid
+    times = re.findall(r'class="personalize" title="per person">encode (\d+\.\d) s<', grid)
+    assert len(times) == 2 and all(float(t) > 0 for t in times), grid[:2000]
+    assert {row["method"] for row in scores} == {"ip-adapter", "instantid"}
+    assert {row["metric"] for row in scores} == {"IPS", "SIS", "APS"} and grid.count("IPS ") == 2
+    page = tmp_path / "grid.html"
+    page.write_text(f"<html><body>{grid}</body></html>", encoding="utf-8")
+    shot = tmp_path / "grid.png"
+    subprocess.run([str(CHROMIUM), *flags, f"--screenshot={shot}", "--window-size=800,600", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    assert np.asarray(Image.open(shot).convert("L"), dtype=np.float32).std() > 10  # images and text drawn

@@ -5,6 +5,12 @@ takes the visitor's photos, prompts and settings, runs each chosen method as a `
 child (one at a time per visitor, at most ``max_concurrent`` across visitors), and yields the page's
 state as it goes: a status line per method, then a grid with one column per method and one row per
 prompt (the reference photo beside it), each image with its scores and their protocol.
+
+The demo offers every registered method whose weights it finds (:mod:`likeness.methods.discovery`: the weights
+folders given with ``likeness demo --weights`` and the local hub cache), each on a base model of a family it runs
+on: one base per family (``--base FAMILY=MODEL``, or ``FAMILY=MODEL`` lines in the page; by default the built-in
+tiny bases, which work offline). Each column says its base and how long the person's personalization took:
+training for trained methods, encoding the photo for tuning-free ones.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import base64
 import csv
 import html
 import io
+import re
 import shutil
 import threading
 import time
@@ -24,6 +31,12 @@ from likeness.app.jobs import JobRegistry, Progress, bench_command, one_run_per_
 from likeness.app.workspace import CACHE_DIR, UploadError, Workspace
 
 DEFAULT_BASE_MODEL = "likeness/tiny-sd"
+# The base model of each family a method may run on, unless --base or the page says otherwise: the built-in tiny
+# ones (random weights: noise, not pictures; they run offline). Qwen-Image's is the edit model: the only method on
+# that family here is the Qwen-Image-Edit editor.
+DEFAULT_BASES = {"sd1": DEFAULT_BASE_MODEL, "sdxl": "likeness/tiny-sdxl", "flux1": "likeness/tiny-flux",
+                 "flux2": "likeness/tiny-flux2-klein", "sd3": "likeness/tiny-sd3",
+                 "qwen-image": "likeness/tiny-qwen-image-edit"}
 DEFAULT_METRICS = ["ips", "sis", "aps"]
 THUMB = 192
 POLL_S = 0.5
@@ -34,6 +47,8 @@ class RunRequest:
     """Everything a visitor sets for one run."""
 
     methods: list[str]
+    # Base models: one model (the base of its own family), or FAMILY=MODEL entries (lines or commas); families not
+    # named keep the demo's bases.
     base_model: str = DEFAULT_BASE_MODEL
     prompts: str = "{} riding a bicycle on the moon"
     category: str | None = None
@@ -87,12 +102,42 @@ def check_base_model(base_model: str) -> str:
     return ""
 
 
+def parse_bases(text: str) -> tuple[dict[str, str], str]:
+    """(``{family: base model}``, "") from ``FAMILY=MODEL`` entries (lines or commas; a bare model is the base of its
+    own family), else ({}, why not)."""
+    from likeness.models.families import FAMILY_NAMES
+    from likeness.models.loading import base_model_info
+
+    bases = {}
+    for entry in (e.strip() for e in re.split(r"[\n,]", text or "")):
+        if not entry:
+            continue
+        family, sep, model = (part.strip() for part in entry.partition("="))
+        if sep and family not in FAMILY_NAMES:
+            return {}, f"base models: unknown family {family!r} in {entry!r}; use one of {', '.join(FAMILY_NAMES)}"
+        model = model if sep else entry
+        problem = check_base_model(model)
+        if problem:
+            return {}, problem
+        bases[family if sep else base_model_info(model).family] = model
+    return bases, ""
+
+
 class Demo:
-    """The demo's state: its root folder, the face backend that checks uploads, the running jobs."""
+    """The demo's state: its root folder, the face backend that checks uploads, the running jobs, the methods the
+    weights found let it run (``weights``: folders; ``hub_cache``: also the local hub cache) and the base model of
+    each family (``bases`` over :data:`DEFAULT_BASES`)."""
 
     def __init__(self, root: str | Path, *, max_concurrent: int = 1, face_backend: str = "dlib",
-                 metrics: list[str] | None = None, runtime: list[str] | None = None):
+                 metrics: list[str] | None = None, runtime: list[str] | None = None, weights=(),
+                 bases: dict[str, str] | None = None, hub_cache: bool = True):
         from likeness.faces import get_backend
+        from likeness.methods.discovery import discover
+
+        self.weights = [Path(w).expanduser().resolve() for w in weights or ()]
+        self.hub_cache = hub_cache
+        self.found = discover(self.weights, hub_cache=hub_cache)  # method -> what the weights let it run
+        self.bases = {**DEFAULT_BASES, **(bases or {})}
 
         self.runtime = list(runtime or [])  # --device / --dtype ... words for every run's command
         self.root = Path(root).resolve()  # (gradio compares resolved paths with its cache folder)
@@ -194,13 +239,63 @@ class Demo:
             workspace.write_prompts(request.prompts, request.category, request.from_open_set)
         except (UploadError, ValueError) as exc:
             return str(exc)
-        return check_base_model(request.base_model)
+        bases, problem = self.bases_for(request)
+        if problem:
+            return problem
+        problems = [self.method_plan(method, bases)[2] for method in request.methods]
+        return "; ".join(p for p in problems if p)
+
+    # -- methods and their bases --------------------------------------------------------------------
+
+    def bases_for(self, request: RunRequest) -> tuple[dict[str, str], str]:
+        """The base model of each family for ``request``: its entries over the demo's (and why not, if they are bad)."""
+        bases, problem = parse_bases(request.base_model)
+        return {**self.bases, **bases}, problem
+
+    def method_plan(self, method: str, bases: dict[str, str]) -> tuple[str, dict, str]:
+        """(base model, method options, "") for running ``method``: the first family it runs on (in its own order)
+        that has a base, with the options pointing at the weights found; else ("", {}, why not)."""
+        found = self.found.get(method)
+        if found is None:
+            from likeness.methods.discovery import discover
+
+            found = self.found[method] = discover(self.weights, hub_cache=self.hub_cache, methods=[method])[method]
+        if found.any_family and not found.missing:
+            return bases.get("sd1") or next(iter(bases.values())), found.options_for(""), ""
+        if not found.available:
+            return "", {}, f"{method} cannot run here: missing {'; '.join(found.missing)}"
+        for family in found.families:
+            if family in bases:
+                return bases[family], found.options_for(family), ""
+        return "", {}, (f"{method} runs on {', '.join(found.families)}: give a base model for one of them "
+                        f"(FAMILY=MODEL)")
+
+    def offered(self) -> list[str]:
+        """The methods the page offers: those the weights found let run on one of the demo's bases."""
+        return [m for m in self.found if not self.method_plan(m, self.bases)[2]]
+
+    def methods_found(self) -> str:
+        """The page's list (markdown): each method offered with its base and kind, then the others and what they miss."""
+        lines, missing = [], []
+        for method, found in self.found.items():
+            base, options, problem = self.method_plan(method, self.bases)
+            kind = "trained: training time" if found.trains else "tuning-free: encode time"
+            if problem:
+                missing.append(f"- {html.escape(problem)}")
+                continue
+            files = [f"`{html.escape(k)}={html.escape(str(v))}`" for k, v in options.items()]
+            lines.append(f"- **{html.escape(method)}** on `{html.escape(base)}` ({kind})"
+                         + (f": {', '.join(files)}" if files else ""))
+        where = [f"`{w}`" for w in self.weights] + (["the local model cache"] if self.hub_cache else [])
+        head = f"**{len(lines)} methods found** (in {' and '.join(where) or 'no weights folder'}):"
+        return "\n".join([head, *lines] + (["", "**Not offered**:", *missing] if missing else []))
 
     def _run_method(self, visitor, workspace: Workspace, method: str, request: RunRequest, progress: dict):
+        base, options, _ = self.method_plan(method, self.bases_for(request)[0])  # checked by _validate
         command = bench_command(
-            workspace.run_dir(method), method, base_model=request.base_model, identities=workspace.identities,
+            workspace.run_dir(method), method, base_model=base, identities=workspace.identities,
             prompts=workspace.folder / "prompts.json", seeds=request.images_per_prompt, base_seed=request.seed,
-            steps=request.steps, train_steps=request.train_steps, metrics=self.metrics) + self.runtime
+            steps=request.steps, train_steps=request.train_steps, metrics=self.metrics, options=options) + self.runtime
         process = self.jobs.start(visitor, command, progress[method])
         try:
             while process.poll() is None:
@@ -280,7 +375,7 @@ class Demo:
                     body = f'<div class="failed">{html.escape(item["status"])}: {html.escape(item.get("reason") or "")}</div>'
                 cells.setdefault((prompt_id, method), []).append(body)
         methods = list(per_method)
-        head = "".join(f"<th>{html.escape(m)}</th>" for m in methods)
+        head = "".join(f"<th>{html.escape(m)}{self._column_note(m, per_method[m])}</th>" for m in methods)
         rows = []
         for prompt_id, text in prompts.items():
             row = "".join(f"<td>{''.join(cells.get((prompt_id, m), ['—']))}</td>" for m in methods)
@@ -290,11 +385,22 @@ class Demo:
         return (
             "<div class='likeness-grid'><style>.likeness-grid td{vertical-align:top;padding:4px;text-align:center}"
             ".likeness-grid .scores{font-size:12px}.likeness-grid .prompt{font-size:12px;max-width:200px}"
-            ".likeness-grid .failed{color:#a00;font-size:12px;max-width:200px}.likeness-grid .status{color:#a60}</style>"
+            ".likeness-grid .failed{color:#a00;font-size:12px;max-width:200px}.likeness-grid .status{color:#a60}"
+            ".likeness-grid .method-note{font-size:11px;font-weight:normal}</style>"
             f"<table><tr><th>reference / prompt</th>{head}</tr>{''.join(rows)}</table>"
             f"<details><summary>protocols behind the scores</summary><ul>{protocol_list}</ul>"
             "<p>Scores from different protocols are not comparable. Hover a score for its status.</p></details></div>"
         )
+
+    def _column_note(self, method: str, res) -> str:
+        """Under a column's method name: its base model and how long the person's personalization took (training
+        for trained methods, encoding the photo for tuning-free ones), from the run folder."""
+        found = self.found.get(method)
+        seconds = list(res.personalize.values())
+        kind = "training" if found is not None and found.trains else "encode"
+        took = f"{kind} {sum(seconds) / len(seconds):.1f} s" if seconds else f"{kind} time —"
+        base = html.escape(str(res.config.get("base_model", "")))
+        return f'<div class="method-note">{base}<br><span class="personalize" title="per person">{took}</span></div>'
 
     def _downloads(self, workspace: Workspace, per_method: dict, rows: list[dict]) -> list[str]:
         """``results.zip`` (images, sidecars, scores.csv) and ``artifacts.zip`` (every method's artifact folders)."""

@@ -10,6 +10,7 @@ progress bars (tqdm lines on stderr): stage, items done, estimated time left.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import signal
@@ -66,8 +67,10 @@ class Progress:
 
 
 def bench_command(run_dir: Path, method: str, *, base_model: str, identities: Path, prompts: Path, seeds: int,
-                  base_seed: int, steps: int | None, train_steps: int | None, metrics: list[str]) -> list[str]:
-    """The ``likeness bench`` command line the demo runs for one method (also what a user would type)."""
+                  base_seed: int, steps: int | None, train_steps: int | None, metrics: list[str],
+                  options: dict | None = None) -> list[str]:
+    """The ``likeness bench`` command line the demo runs for one method (also what a user would type); ``options``:
+    method options (the weights files found), as ``--method-option KEY=JSON``."""
     command = [sys.executable, "-m", "likeness", "bench", "--out", str(run_dir), "--method", method,
                "--base-model", base_model, "--identities", str(identities), "--prompts", str(prompts),
                "--limit", "0", "--seeds", str(seeds), "--base-seed", str(base_seed), "--no-report"]
@@ -77,6 +80,8 @@ def bench_command(run_dir: Path, method: str, *, base_model: str, identities: Pa
         command += ["--train-steps", str(train_steps)]
     if metrics:
         command += ["--metrics", ",".join(metrics)]
+    for key, value in (options or {}).items():
+        command += ["--method-option", f"{key}={json.dumps(value)}"]
     return command
 
 

@@ -21,15 +21,17 @@ from pathlib import Path
 
 import gradio as gr  # at module level: gradio resolves the `gr.Request` annotations below against it
 
-from likeness.app.demo import DEFAULT_BASE_MODEL, Demo, PageState, RunRequest
+from likeness.app.demo import Demo, PageState, RunRequest
 from likeness.app.workspace import MAX_UPLOAD_BYTES, mebibytes
 
 TITLE = "likeness: put a person in any scene, compare methods, see the scores"
 INTRO = """Upload a photo of one person, pick methods and prompts (`{}` is where the person goes), run.
-Each method personalizes on your photo (trained methods show training progress), then every image is
-scored for identity (IPS, SIS, APS) under the protocol shown below the grid. The built-in base model
-`likeness/tiny-sd` has random weights and makes noise: point *base model* at a real Stable Diffusion
-checkpoint (hub id or local folder) for pictures."""
+Each method personalizes on your photo (trained methods show their training time, tuning-free ones the time
+to encode the photo), then every image is scored for identity (IPS, SIS, APS) under the protocol shown below
+the grid. The methods offered are those whose weights were found (`likeness demo --weights DIR` and the local
+model cache), each on a base model of a family it runs on. The built-in tiny bases have random weights and
+make noise: set *base models* to real checkpoints (`sdxl=stabilityai/stable-diffusion-xl-base-1.0`, one
+`FAMILY=MODEL` per line; hub id or local folder) for pictures."""
 
 
 def _photo_path(component, f):
@@ -66,14 +68,13 @@ def _number(value) -> int | None:
 def build_app(demo: Demo):
     """The gradio Blocks app for ``demo`` (not launched)."""
     from likeness.data.prompts import CATEGORIES
-    from likeness.methods import METHODS
 
     def check_photos(photos, name, request: gr.Request):
         return demo.check_photos(_visitor(request), photos or [], name or "me")
 
     def run_request(methods, base_model, prompts, category, from_open_set, seed, images_per_prompt, steps, train_steps):
         return RunRequest(
-            methods=list(methods or []), base_model=(base_model or DEFAULT_BASE_MODEL).strip(), prompts=prompts or "",
+            methods=list(methods or []), base_model=(base_model or "").strip(), prompts=prompts or "",
             category=category or None, from_open_set=int(from_open_set or 0), seed=int(seed or 0),
             images_per_prompt=int(images_per_prompt or 1), steps=_number(steps), train_steps=_number(train_steps))
 
@@ -117,8 +118,13 @@ def build_app(demo: Demo):
                 photos._process_single_file = functools.partial(_photo_path, photos)
                 name = gr.Textbox(label="name", value="me")
                 photo_status = gr.Markdown()
-                methods = gr.CheckboxGroup(choices=METHODS.names(), value=["textual-inversion"], label="methods")
-                base_model = gr.Textbox(label="base model (hub id or local folder)", value=DEFAULT_BASE_MODEL)
+                offered = demo.offered()
+                methods = gr.CheckboxGroup(choices=offered, value=[m for m in ("textual-inversion",) if m in offered],
+                                           label="methods (those whose weights were found)")
+                gr.Markdown(demo.methods_found(), elem_id="methods-found")
+                base_model = gr.Textbox(label="base models: FAMILY=MODEL per line (hub id or local folder; a bare MODEL "
+                                              "is the base of its own family)", lines=3,
+                                        value="\n".join(f"{family}={model}" for family, model in demo.bases.items()))
             with gr.Column(scale=1):
                 prompts = gr.Textbox(label="prompts, one per line ({} = the person)", lines=4,
                                      value="{} riding a bicycle on the moon")
@@ -154,10 +160,12 @@ def build_app(demo: Demo):
 
 
 def launch(root: str, *, host: str = "127.0.0.1", port: int | None = None, max_concurrent: int = 1,
-           queue_size: int = 16, block: bool = True, runtime: list[str] | None = None):
+           queue_size: int = 16, block: bool = True, runtime: list[str] | None = None, weights=(),
+           bases: dict[str, str] | None = None, hub_cache: bool = True):
     """Build and serve the demo; returns (gradio app, local URL). ``runtime``: device / precision options
-    given to every run (e.g. ``["--dtype", "bfloat16"]``)."""
-    demo = Demo(root, max_concurrent=max_concurrent, runtime=runtime)
+    given to every run (e.g. ``["--dtype", "bfloat16"]``); ``weights``: folders to find methods' published files in
+    (and, with ``hub_cache``, the local hub cache); ``bases``: the base model of each family (over the tiny ones)."""
+    demo = Demo(root, max_concurrent=max_concurrent, runtime=runtime, weights=weights, bases=bases, hub_cache=hub_cache)
     demo.cache.mkdir(parents=True, exist_ok=True)
     # gradio reads its cache folder when each Blocks and the server are made: set it first, to a folder the demo
     # cleans with its visitors (not the system-wide /tmp/gradio, where uploads outlived them).

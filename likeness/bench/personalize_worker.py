@@ -16,6 +16,10 @@ stdout, as soon as it is done: ``{"work": ..., "error": null | "reason"}``. The 
 results of a few units at a time (:meth:`ForkedWorker.collect`) and generates their images while the
 child trains the next ones.
 
+How long each unit's personalization took (``method.personalize``: loading, then training or, for tuning-free
+methods, encoding the photo) is kept in the run folder, ``timings/<unit>.json`` (not in the artifact, which is
+shared as it is; :func:`personalize_seconds` reads them): the report, the leaderboard and the demo show it per person.
+
 Starting that child costs an interpreter and the diffusers imports again (~6 s here, as much as a
 whole smoke run's work), so on Linux a rank instead forks its worker (:class:`ForkedWorker`) right
 after its own imports and *before* it joins the process group: the child inherits the imported
@@ -34,6 +38,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 # Variables that make torch.distributed / accelerate join a process group.
@@ -89,6 +94,32 @@ def keep_artifact(work: str | Path, final: str | Path) -> None:
         pass
 
 
+TIMINGS = "timings"  # RUN/timings/<unit>.json: {"seconds": how long the unit's personalization took}
+
+
+def _timing_file(final: str | Path) -> Path:
+    """Where the personalization time of the artifact ``RUN/artifacts/<unit>`` is kept: ``RUN/timings/<unit>.json``."""
+    final = Path(final)
+    return final.parent.parent / TIMINGS / f"{final.name}.json"
+
+
+def personalize_seconds(run_dir: str | Path) -> dict[str, float]:
+    """``{unit: seconds}`` of the run's finished artifacts whose personalization time was recorded (artifacts made
+    before it was: left out)."""
+    from likeness.methods.base import MANIFEST_NAME
+
+    seconds = {}
+    artifacts = Path(run_dir) / "artifacts"
+    for folder in sorted(artifacts.iterdir()) if artifacts.is_dir() else []:
+        record = _timing_file(folder)
+        if (folder / MANIFEST_NAME).is_file() and record.is_file():
+            try:
+                seconds[folder.name] = float(json.loads(record.read_text(encoding="utf-8"))["seconds"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a damaged record: no time shown, nothing else lost
+    return seconds
+
+
 def train_unit(method, unit: dict, base_model: str, options: dict) -> str | None:
     """Train one unit into its work folder and keep it under its final name; None, or the failure reason
     (the work folder is then removed)."""
@@ -97,8 +128,13 @@ def train_unit(method, unit: dict, base_model: str, options: dict) -> str | None
 
     try:
         person = Identity(name=unit["identity"], photos=[Path(unit["photo"])])
+        started = time.perf_counter()
         method.personalize([person], unit["work"], base_model, **options)
+        seconds = time.perf_counter() - started
         keep_artifact(unit["work"], unit["final"])
+        record = _timing_file(unit["final"])
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"seconds": round(seconds, 3)}), encoding="utf-8")
         return None
     except Exception as exc:  # the runner fails the unit's items with this reason; the run goes on
         shutil.rmtree(unit["work"], ignore_errors=True)

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from likeness.bench.personalize_worker import personalize_seconds
 from likeness.bench.plan import load_run_config
 from likeness.bench.rankstore import merge_rank_stores, recorded_digest
 from likeness.bench.runner import STORE_FILE, SUMMARY_KEY
@@ -60,6 +61,7 @@ class RunResults:
     counts: dict[str, int] = field(default_factory=dict)
     face_protocol: str = ""
     summaries: dict[str, dict] = field(default_factory=dict)  # upper-case metric -> its stored summary
+    personalize: dict[str, float] = field(default_factory=dict)  # artifact (unit) -> seconds its personalization took
 
 
 def _mean(values) -> float | None:
@@ -110,13 +112,16 @@ def read_results(run_dir: str | Path) -> RunResults:
             item["meta"] = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.exists() else {}
         except (OSError, json.JSONDecodeError):
             item["meta"] = {}
+    personalize = personalize_seconds(run_dir)
+    for item in items:  # the sidecar names the item's artifact (artifacts/<unit>)
+        item["personalize_seconds"] = personalize.get(str(item["meta"].get("artifact", "")).rpartition("/")[2])
     totals: dict[str, float | None] = {}
     for metric in COLUMNS:
         if metric in set_totals:
             totals[metric] = set_totals[metric]
         else:
             totals[metric] = _mean(i["scores"][metric][0] for i in items if metric in i["scores"])
-    return RunResults(run_dir, config, items, totals, dict(protocols), counts, face_protocol, summaries)
+    return RunResults(run_dir, config, items, totals, dict(protocols), counts, face_protocol, summaries, personalize)
 
 
 def metric_columns(configs: list[dict], totals: list[dict]) -> tuple[str, ...]:

@@ -30,6 +30,7 @@ and OUT/leaderboard.html)
   run.lock                       the running run's host and pid (empty when none runs)
   results.sqlite                 items (pending/done/failed + reason) and per-image metric rows
   artifacts/<identity>-<photo>/  one personalization artifact per reference photo
+  timings/<identity>-<photo>.json  how long that person's personalization took (the leaderboard's s / person)
   images/<identity>/<item_id>.png + .json   canonical layout, item_id = identity-photo-prompt-s<seed>
   report/index.html              leaderboard (IPS APS SIS GOA RFS), protocol, plots, image grids
 
@@ -72,7 +73,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--retry-failed", action="store_true", help="give failed items another try (they are final otherwise)")
     parser.add_argument("--method",
                         help="personalization method, or several comma-separated: each runs into OUT/<method>/ with the "
-                             "same plan and OUT/leaderboard.html ranks them (default: " + ",".join(DEFAULT_METHODS)
+                             "same plan and OUT/leaderboard.html ranks them; METHOD@BASE runs that method on a base model "
+                             "of its own (hub id, local folder or tiny id), so methods of different families share one "
+                             "leaderboard, e.g. pulid@likeness/tiny-sdxl,dreambooth-lora@likeness/tiny-flux (the others run "
+                             "on --base-model; rerunning the same command continues each on its base) (default: "
+                             + ",".join(DEFAULT_METHODS)
                              + ", and real-photos when an identity has a second photo: the method beside the reference "
                              "rows; a folder made by a one-method run (OUT/run.json) goes on with " + DEFAULT_METHODS[0] + ")")
     parser.add_argument("--base-model", default="likeness/tiny-sd", help="hub id, local folder or tiny id (default: %(default)s)")
@@ -169,11 +174,27 @@ def default_metrics(models) -> tuple[list[str], list[str]]:
     return chosen, skipped
 
 
-def config_from_args(args):
+def method_bases(text: str) -> list[tuple[str, str | None]]:
+    """``--method a,b@BASE``: ``[(a, None), (b, BASE)]``; a method named twice is refused (one run folder each)."""
+    entries = []
+    for part in _csv(text):
+        method, _, base = part.partition("@")
+        entries.append((method.strip(), base.strip() or None))
+    names = [m for m, _ in entries]
+    twice = sorted({m for m in names if names.count(m) > 1})
+    if twice:
+        raise ValueError(f"--method names {', '.join(twice)} more than once; each method runs into OUT/<method>/ once "
+                         "(for another base, run it again with another --out)")
+    return entries
+
+
+def config_from_args(args, bases: list[str] | None = None):
+    """The run's configuration; ``bases``: the base models of a run with per-method bases (tiny-model defaults for
+    steps and resolution only when every one of them is tiny)."""
     from likeness.bench.plan import RunConfig
     from likeness.models.tiny import is_tiny
 
-    tiny = is_tiny(args.base_model)
+    tiny = all(is_tiny(b) for b in (bases or [args.base_model]))
     options = {k: v for k, v in args.method_option if ":" not in k}
     if args.train_steps is not None or tiny:
         options.setdefault("max_steps", args.train_steps if args.train_steps is not None else 20)
@@ -306,6 +327,15 @@ def run(args) -> int:
         args.metrics, skipped = default_metrics(models)
         if skipped and not args.quiet:
             print("metrics left out (give their models with the --*-model flags): " + "; ".join(skipped), file=sys.stderr)
+    if "@" in args.method and "," not in args.method:  # one method on a base of its own: --base-model, said shorter
+        from likeness.methods.discovery import check_base
+
+        args.method, _, args.base_model = args.method.partition("@")
+        try:
+            check_base(args.method, args.base_model)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"likeness bench: {exc}", file=sys.stderr)
+            return 2
     if "," in args.method:
         return run_several(args, models)
     def prepare():
@@ -369,8 +399,15 @@ def run_several(args, models=None) -> int:
     """``--method a,b,c``: one run folder per method under --out, one leaderboard over them."""
     from likeness.bench.leaderboard import build_leaderboard, method_folder, run_methods
     from likeness.methods.base import get_method
+    from likeness.methods.discovery import check_base
 
-    methods = _csv(args.method)
+    try:
+        entries = method_bases(args.method)
+    except ValueError as exc:
+        print(f"likeness bench: {exc}", file=sys.stderr)
+        return 2
+    methods = [m for m, _ in entries]
+    bases = {m: b for m, b in entries if b}
     per_method: dict[str, dict] = {m: {} for m in methods}
     for key, value in args.method_option:
         if ":" in key:
@@ -382,13 +419,16 @@ def run_several(args, models=None) -> int:
     def prepare():
         for method in methods:
             get_method(method)  # an unknown name fails before any work
+        for method, base in bases.items():
+            check_base(method, base)
         args.method = methods[0]
-        return config_from_args(args)
+        return config_from_args(args, [bases.get(m, args.base_model) for m in methods])
 
     def work(config):
         main = int(os.environ.get("RANK", "0") or 0) == 0  # forked or launched by accelerate
         return main, run_methods(config, per_method, args.out, progress=not args.quiet, retry_failed=args.retry_failed,
-                                 report=not args.no_report and main, models=models)
+                                 report=not args.no_report and main, models=models,
+                                 bases={m: str(Path(b).resolve()) if Path(b).is_dir() else b for m, b in bases.items()})
 
     code, result = on_ranks(args, prepare, work)
     if code or not result[0]:

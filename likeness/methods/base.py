@@ -320,8 +320,8 @@ class PublishedFile:
     """One published weights file a method loads: where users get it and which option takes it.
 
     ``option`` is the method option that accepts the file, a folder holding it, or a hub id (``hub`` is the
-    default); ``when`` the option values under which this file is the one needed (``{"version": "v1.1"}``).
-    The demo and ``likeness methods`` use these to say which methods a weights folder or the local hub
+    default); ``when`` the option values under which this file is the one needed (``{"version": "v1.1"}``; the key
+    ``family`` names the base family it is published for). The demo (:mod:`likeness.methods.discovery`) uses these to say which methods a weights folder or the local hub
     cache can run; loading itself always goes through :func:`likeness.models.pretrained.resolve_file`.
     """
 

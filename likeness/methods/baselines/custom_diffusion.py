@@ -121,6 +121,7 @@ def add_custom_diffusion_processors(unet) -> dict[str, torch.nn.Parameter]:
 @METHODS.register("custom-diffusion")
 class CustomDiffusion(Method):
     name = "custom-diffusion"
+    families = ("sd1", "sd2", "sdxl")
     defaults = {
         "class_nouns": None,  # {name: class noun}; default "person" (photos of people)
         "global_token": None,  # e.g. "<gen4gen>": a learned token shared by every composed image

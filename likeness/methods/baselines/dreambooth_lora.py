@@ -77,6 +77,7 @@ def class_images(pipe, prompt: str, count: int, folder: Path, size: int, steps: 
 @METHODS.register("dreambooth-lora")
 class DreamBoothLoRA(Method):
     name = "dreambooth-lora"
+    families = ("sd1", "sd2", "sdxl", "flux1", "flux2", "sd3", "qwen-image")
     defaults = {
         "rank": 4,
         "train_text_encoder": False,

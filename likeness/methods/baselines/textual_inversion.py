@@ -59,6 +59,7 @@ class FrozenRows:
 @METHODS.register("textual-inversion")
 class TextualInversion(Method):
     name = "textual-inversion"
+    families = ("sd1", "sd2", "sdxl")
     defaults = {
         "num_vectors": 1,
         "initializer_token": "person",

@@ -137,6 +137,7 @@ def face_embedding(photos: list[str | Path], backend, encoder=None) -> torch.Ten
 @METHODS.register("celeb-basis")
 class CelebBasisMethod(Method):
     name = "celeb-basis"
+    families = ("sd1", "sd2", "sdxl")
     defaults = {
         "rank": DEFAULT_RANK,  # basis directions per token position (clipped to what the names support)
         "names": None,  # None = the built-in list; or a file / list of "First Last" names

@@ -20,6 +20,7 @@ from likeness.models.loading import resolve_model_path
 class Flux2Reference(EditorMethod):
     name = "flux2-reference"
     family = "flux2"
+    families = ("flux2",)
     pipeline = "Flux2KleinPipeline"
     accepted_classes = ("Flux2Pipeline", "Flux2KleinPipeline")
     subject_phrase = "the person in image 1"

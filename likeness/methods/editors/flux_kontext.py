@@ -17,6 +17,7 @@ from likeness.methods.editors.common import EditorMethod
 class FluxKontext(EditorMethod):
     name = "flux-kontext"
     family = "flux1"
+    families = ("flux1",)
     pipeline = "FluxKontextPipeline"
     accepted_classes = ("FluxKontextPipeline",)
     subject_phrase = "the person in this image"

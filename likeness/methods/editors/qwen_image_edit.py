@@ -17,6 +17,7 @@ from likeness.methods.editors.common import EditorMethod
 class QwenImageEdit(EditorMethod):
     name = "qwen-image-edit"
     family = "qwen-image"
+    families = ("qwen-image",)
     pipeline = "QwenImageEditPlusPipeline"
     accepted_classes = ("QwenImageEditPlusPipeline",)
     subject_phrase = "the person in Picture 1"

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from likeness.methods.base import METHODS
+from likeness.methods.base import METHODS, PublishedFile
 from likeness.methods.peers.ip_adapter import load_checked, load_into
 from likeness.methods.peers.common import (
     CheckpointError,
@@ -149,6 +149,12 @@ def _norm(value):
 @METHODS.register("instantid")
 class InstantID(TuningFreeMethod):
     name = "instantid"
+    families = ("sdxl",)
+    published_files = (
+        PublishedFile("weights", ADAPTER_FILE, HUB, "", "ip-adapter"),
+        PublishedFile("controlnet", "config.json", HUB, CONTROLNET_FOLDER, "IdentityNet"),
+        PublishedFile("controlnet", "diffusion_pytorch_model.safetensors", HUB, CONTROLNET_FOLDER, "IdentityNet weights"),
+    )
     defaults = {
         "weights": None,  # ip-adapter.bin: file, folder or hub id (default InstantX/InstantID)
         "controlnet": None,  # IdentityNet folder (default: ControlNetModel/ beside ip-adapter.bin, or on the hub)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from likeness.methods.base import METHODS
+from likeness.methods.base import METHODS, PublishedFile
 from likeness.methods.peers.common import (
     CheckpointError,
     TuningFreeMethod,
@@ -70,6 +70,20 @@ KIND = {"plain": "plain", "plus": "resampler", "plus-face": "resampler", "faceid
 KIND_NAMES = {"plain": "IP-Adapter (plain)", "resampler": "IP-Adapter Plus / Plus-Face (resampler)",
               "faceid": "IP-Adapter-FaceID", "faceid-plus": "IP-Adapter-FaceID-Plus", "full": "IP-Adapter Full-Face"}
 RESAMPLER_DEPTH = 4
+# The CLIP image encoder FaceID-Plus was trained with (the others use h94/IP-Adapter's: ViT-H in models/image_encoder,
+# ViT-bigG in sdxl_models/image_encoder for SDXL plain).
+FACEID_PLUS_ENCODER = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+
+
+def published_weights(hub: str, variants: tuple[str, ...]) -> tuple[PublishedFile, ...]:
+    """The published adapter files of ``variants`` (one per base family and variant), as ``Method.published_files``."""
+    files = []
+    for (family, variant), name in WEIGHT_NAMES.items():
+        if variant in variants:
+            subfolder = ("models" if family == "sd1" else "sdxl_models") if hub == HUB_IP_ADAPTER else ""
+            files.append(PublishedFile("weights", name, hub, subfolder, f"{variant} weights",
+                                       (("family", family), ("variant", variant))))
+    return tuple(files)
 FAMILY_DIMS = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
 
 
@@ -310,7 +324,16 @@ class IPAdapter(_IPAdapterBase):
     """IP-Adapter with a CLIP image encoder; ``plus-face`` is the face-crop variant people use for likeness."""
 
     name = "ip-adapter"
+    families = ("sd1", "sdxl")
     variants = ("plain", "plus", "plus-face")
+    published_files = published_weights(HUB_IP_ADAPTER, variants) + (
+        PublishedFile("image_encoder", "config.json", HUB_IP_ADAPTER, "models/image_encoder", "image encoder (ViT-H)",
+                      (("family", "sd1"),)),
+        *(PublishedFile("image_encoder", "config.json", HUB_IP_ADAPTER, "models/image_encoder", "image encoder (ViT-H)",
+                        (("family", "sdxl"), ("variant", v))) for v in ("plus", "plus-face")),
+        PublishedFile("image_encoder", "config.json", HUB_IP_ADAPTER, "sdxl_models/image_encoder",
+                      "image encoder (ViT-bigG)", (("family", "sdxl"), ("variant", "plain"))),
+    )
     defaults = {
         "variant": "plus-face",
         "weights": None,  # file, folder or hub id (default h94/IP-Adapter, the published file for the family/variant)
@@ -365,7 +388,11 @@ class IPAdapterFaceID(_IPAdapterBase):
 
     name = "ip-adapter-faceid"
     hub = HUB_FACEID
+    families = ("sd1", "sdxl")
     variants = ("faceid", "faceid-plus", "faceid-plusv2")
+    published_files = published_weights(HUB_FACEID, variants) + tuple(
+        PublishedFile("image_encoder", "config.json", FACEID_PLUS_ENCODER, "", "image encoder (ViT-H)", (("variant", v),))
+        for v in ("faceid-plus", "faceid-plusv2"))
     defaults = {
         "variant": "faceid",
         "weights": None,  # file, folder or hub id (default h94/IP-Adapter-FaceID)
@@ -390,7 +417,7 @@ class IPAdapterFaceID(_IPAdapterBase):
         if context["kind"] == "faceid-plus":
             if options["image_encoder"] is None:
                 raise FileNotFoundError(f"{options['variant']} also needs the CLIP image encoder it was trained with: "
-                                        f"pass image_encoder=FOLDER_OR_HUB_ID (published: laion/CLIP-ViT-H-14-laion2B-s32B-b79K)")
+                                        f"pass image_encoder=FOLDER_OR_HUB_ID (published: {FACEID_PLUS_ENCODER})")
             encoder, spec, subfolder = resolve_encoder(options["image_encoder"], options["image_encoder_subfolder"],
                                                        context["path"], None)
             wanted = state["image_proj.perceiver_resampler.proj_in.weight"].shape[1]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from likeness.methods.base import METHODS
+from likeness.methods.base import METHODS, PublishedFile
 from likeness.methods.peers.common import (
     CheckpointError,
     TuningFreeMethod,
@@ -323,6 +323,9 @@ def trigger_ids(tokenizer, prompt: str, trigger: str, copies: int) -> tuple[torc
 @METHODS.register("photomaker")
 class PhotoMaker(TuningFreeMethod):
     name = "photomaker"
+    families = ("sdxl",)
+    published_files = tuple(PublishedFile("weights", file, HUB if version == "v1" else HUB + "-V2", "", f"PhotoMaker {version}",
+                                          (("version", version),)) for version, file in WEIGHT_NAMES.items())
     defaults = {
         "version": "v1",  # v1, or v2 (adds the ArcFace embedding: face_backend=arcface + face_model_dir)
         "weights": None,  # photomaker-v1.bin / -v2.bin: file, folder or hub id (default TencentARC/PhotoMaker(-V2))

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from likeness.methods.base import METHODS
+from likeness.methods.base import METHODS, PublishedFile
 from likeness.methods.peers.common import (
     CheckpointError,
     TuningFreeMethod,
@@ -474,6 +474,10 @@ def install_processors(unet, attn_state: dict[str, torch.Tensor], state: IDState
 @METHODS.register("pulid")
 class PuLID(TuningFreeMethod):
     name = "pulid"
+    families = ("sdxl",)
+    published_files = tuple(PublishedFile("weights", file, HUB, "", f"PuLID {version}", (("version", version),))
+                            for version, file in WEIGHT_NAMES.items()) + (
+        PublishedFile("eva_clip", EVA_FILE, EVA_HUB, "", "EVA02-CLIP-L-336"),)
     defaults = {
         "version": "v1",  # v1 (IDEncoder, pulid_v1.bin) or v1.1 (IDFormer, pulid_v1.1.safetensors)
         "weights": None,  # the PuLID file: file, folder or hub id (default guozinan/PuLID)

@@ -46,6 +46,7 @@ from safetensors.torch import load_file, save_file
 
 from likeness.methods.base import (
     METHODS,
+    PublishedFile,
     ArtifactError,
     IdentityEntry,
     Manifest,
@@ -404,6 +405,9 @@ class PhotoVersePersonalized(Personalized):
 @METHODS.register("photoverse")
 class PhotoVerse(Method):
     name = "photoverse"
+    families = ("sd1", "sd2")
+    # Not published: the encoder folder `likeness train-encoder --method photoverse` writes (found by its photoverse.json).
+    published_files = (PublishedFile("weights", ENCODER_CONFIG, None, "", "encoder from `likeness train-encoder --method photoverse`"),)
     defaults = {
         "weights": None,  # a trained encoder folder (required)
         "image_encoder": None,  # default: the one the encoder was trained with

@@ -43,6 +43,7 @@ from safetensors.torch import load_file, save_file
 from likeness.methods.base import (
     MANIFEST_NAME,
     METHODS,
+    PublishedFile,
     ArtifactError,
     IdentityEntry,
     Manifest,
@@ -334,6 +335,9 @@ class EncoderSession:
 @METHODS.register("stellarnet")
 class StellarNet(Method):
     name = "stellarnet"
+    families = ("sdxl",)
+    # Not published: the encoder folder `likeness train-encoder --method stellarnet` writes (found by its stellarnet.json).
+    published_files = (PublishedFile("weights", CONFIG_FILE, None, "", "encoder from `likeness train-encoder --method stellarnet`"),)
     # Options of the one-time encoder training (`train_encoder`), besides TrainingConfig's fields.
     encoder_defaults = {
         "image_encoder": None,  # hub id or folder of a CLIP vision model (required, except on the tiny bases)
