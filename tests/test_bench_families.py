@@ -19,8 +19,8 @@ SDXL = "likeness/tiny-sdxl"
 # module whose write_published_files(folder, base_model) writes them in the published layout and returns the options
 # (a method that needs an ArcFace model gets the tiny one).
 FLUX_METHODS = {
-    "dreambooth-lora": {},
-    "flux-kontext": {"reference_size": 64},
+    "pulid-flux": "likeness.testing.pulid_flux_layout",
+    "infiniteyou": "likeness.testing.infiniteyou_layout",
 }
 
 
