@@ -163,6 +163,10 @@ def test_bad_input_is_named(tiny_models, files, photos, tmp_path):
              error=FileNotFoundError, weights=str(tmp_path / "wide" / "image_encoder"))
     _refused(tmp_path, "hub repository did not provide.*HF_HUB_OFFLINE", photo=astro, error=FileNotFoundError,
              weights="someone/flux-ip-adapter-copy")
+    alone = tmp_path / "alone" / "ip_adapter.safetensors"  # no image_encoder/ beside it: the published encoder's hub id
+    alone.parent.mkdir()
+    shutil.copy(weights, alone)
+    _refused(tmp_path, "openai/clip-vit-large-patch14", photo=astro, error=FileNotFoundError, weights=str(alone.parent))
 
 
 def test_changed_file_is_refused_at_load(files, photos, tmp_path):

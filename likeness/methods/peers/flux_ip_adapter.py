@@ -157,11 +157,9 @@ class FluxIPAdapter(TuningFreeMethod):
         path = resolve_file(options["weights"] or HUB, options["weight_name"] or WEIGHT_NAME,
                             what=f"{self.name} weights")
         shapes = check_file(path, base_model, transformer_config(base_model))
-        hub_default = None
-        if options["image_encoder"] is None and not Path(str(options["weights"] or HUB)).exists():
-            hub_default = (HUB_ENCODER, None)
+        # The encoder: given, else image_encoder/ beside the file, else the published one (its own hub repository).
         encoder, spec, subfolder = resolve_encoder(options["image_encoder"], options["image_encoder_subfolder"], path,
-                                                   hub_default)
+                                                   (HUB_ENCODER, None))
         if options.get("device"):
             encoder.to(options["device"])  # float32 as loaded: the embeddings are stored in float32
         wanted = shapes[f"{PROJ}proj.weight"][1]
