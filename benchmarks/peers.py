@@ -46,12 +46,16 @@ Run (one heavy job at a time on a shared machine; SDXL separately if memory is s
     flock /tmp/likeness-heavy.lock python benchmarks/peers.py --only flux-ip-adapter,pulid-flux,infiniteyou \
         --flux-depth-scale 0.1 --resolution 128 --gen-steps 2 --images 3 --text-tokens 64 --threads 1
 
-FLUX.1, flux-ip-adapter (last run; CPU, 1 thread, 128 px, 2 steps, 64 T5 tokens, machine shared, so the process's
-CPU seconds are the steady measure): plain 3.16 / 3.27 CPU s per image (before / after); flux-ip-adapter as published
-(true CFG 4.0) 5.59 (1.74x: the second transformer pass per step; VAE and text encoders are paid once), without true
-CFG 3.24 (1.01x); peak RSS 3.48 GB plain, 3.83 GB with the adapter; per person 0.16 s face detection + 7.94 s CLIP
-ViT-L/14 (photo + black negative), ``personalize`` 13.4 s. pulid-flux / infiniteyou: skipped in that run (their
-builders were on other branches).
+FLUX.1 (last run, quiet machine: wall = CPU seconds; CPU bf16, 1 thread, 128 px, 2 steps, 64 T5 tokens; median of 3):
+
+- flux-ip-adapter: plain 3.11 / 3.29 s per image (before / after); as published (true CFG 4.0) 5.63 s, **1.76x** (the
+  second transformer pass per step; VAE and text encoders are paid once); without true CFG 3.18 s, **0.99x**; peak
+  RSS 3.47 GB plain, 3.82 GB with the adapter; per person 0.08 s face detection + 4.34 s CLIP ViT-L/14 (photo +
+  black negative), ``personalize`` 10.6 s.
+- in the same run, on a scratch merge with the other branches (pulid-flux at 1a42e8f, infiniteyou at 44c1a8d; to be
+  rerun once they are merged): pulid-flux 3.19 vs 3.16 s plain (**1.01x**), 3.76 GB; infiniteyou 4.92 vs 3.10 /
+  3.09 s (**1.59x**), 8.08 GB; per person pulid-flux 7.16 s encode (18.3 s ``personalize``), infiniteyou 0.17 s
+  (6.1 s). The encode part's peak RSS with all three: 5.83 GB.
 """
 
 from __future__ import annotations

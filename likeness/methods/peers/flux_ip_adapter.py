@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
+from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 
 from likeness.methods.base import METHODS, PublishedFile
@@ -189,8 +189,6 @@ class FluxIPAdapter(TuningFreeMethod):
         options = manifest.config["options"]
         path = Path(manifest.config["weights"][0]["path"])
         check_file(path, manifest.base_model.model_id, dict(pipe.transformer.config))
-        from diffusers.utils import logging as diffusers_logging
-
         verbosity = diffusers_logging.get_verbosity()
         diffusers_logging.set_verbosity_error()  # its warning that no image encoder is loaded: none is needed here
         try:
