@@ -46,16 +46,19 @@ Run (one heavy job at a time on a shared machine; SDXL separately if memory is s
     flock /tmp/likeness-heavy.lock python benchmarks/peers.py --only flux-ip-adapter,pulid-flux,infiniteyou \
         --flux-depth-scale 0.1 --resolution 128 --gen-steps 2 --images 3 --text-tokens 64 --threads 1
 
-FLUX.1 (last run, quiet machine: wall = CPU seconds; CPU bf16, 1 thread, 128 px, 2 steps, 64 T5 tokens; median of 3):
+FLUX.1 (last run, on main at dedfe7c with this branch merged in, quiet machine: wall = CPU seconds; CPU bf16,
+1 thread, 128 px, 2 steps, 64 T5 tokens; median of 3; each method's plain before / after in its own process):
 
-- flux-ip-adapter: plain 3.11 / 3.29 s per image (before / after); as published (true CFG 4.0) 5.63 s, **1.76x** (the
-  second transformer pass per step; VAE and text encoders are paid once); without true CFG 3.18 s, **0.99x**; peak
-  RSS 3.47 GB plain, 3.82 GB with the adapter; per person 0.08 s face detection + 4.34 s CLIP ViT-L/14 (photo +
-  black negative), ``personalize`` 10.6 s.
-- in the same run, on a scratch merge with the other branches (pulid-flux at 1a42e8f, infiniteyou at 44c1a8d; to be
-  rerun once they are merged): pulid-flux 3.19 vs 3.16 s plain (**1.01x**), 3.76 GB; infiniteyou 4.92 vs 3.10 /
-  3.09 s (**1.59x**), 8.08 GB; per person pulid-flux 7.16 s encode (18.3 s ``personalize``), infiniteyou 0.17 s
-  (6.1 s). The encode part's peak RSS with all three: 5.83 GB.
+| pipeline | s/image | / plain | peak RSS | per person: face + encode s (``personalize`` s) |
+|---|---|---|---|---|
+| flux-ip-adapter, published (true CFG 4.0) | 5.44 vs 3.10 / 3.08 | **1.76x** | 3.81 vs 3.46 GB | 0.09 + 3.89 (8.9) |
+| flux-ip-adapter, ``true_cfg_scale=1`` | 3.18 | **1.03x** | 3.82 GB | |
+| pulid-flux (v0.9.1) | 3.24 vs 3.14 (no plain after: it changed the transformer) | **1.03x** | 3.78 vs 3.47 GB | 0.02 + 6.42 (17.1) |
+| infiniteyou (sim_stage1) | 5.03 vs 3.14 / 3.16 | **1.59x** | 8.15 vs 3.47 GB | 0.01 + 0.17 (5.0) |
+
+flux-ip-adapter's published true CFG runs the transformer twice per step (VAE and text encoders are paid once, so
+2-step 128 px runs show less than 2x); InfuseNet is a 4 + 10-block FLUX ControlNet run at every step. The encode
+part's peak RSS with all three: 4.76 GB.
 """
 
 from __future__ import annotations
