@@ -159,14 +159,27 @@ def test_bad_input_is_named(tiny_models, files, photos, tmp_path):
     _refused(tmp_path, "framing must be one of face, upper_body, full", photo=astro, error=ValueError, framing="head", **files)
     _refused(tmp_path, "nowhere.safetensors.*no such file or folder", photo=astro, error=FileNotFoundError,
              weights=str(tmp_path / "nowhere.safetensors"))
-    _refused(tmp_path, r"folder has no flux-ip-adapter weights file \(looked for ip_adapter.safetensors\)", photo=astro,
-             error=FileNotFoundError, weights=str(tmp_path / "wide" / "image_encoder"))
+    _refused(tmp_path, r"image_encoder: folder has no flux-ip-adapter weights file \(looked for ip_adapter.safetensors, "
+             r"flux-ip-adapter.safetensors\); pass the file itself", photo=astro, error=FileNotFoundError,
+             weights=str(tmp_path / "wide" / "image_encoder"))
     _refused(tmp_path, "hub repository did not provide.*HF_HUB_OFFLINE", photo=astro, error=FileNotFoundError,
              weights="someone/flux-ip-adapter-copy")
     alone = tmp_path / "alone" / "ip_adapter.safetensors"  # no image_encoder/ beside it: the published encoder's hub id
     alone.parent.mkdir()
     shutil.copy(weights, alone)
     _refused(tmp_path, "openai/clip-vit-large-patch14", photo=astro, error=FileNotFoundError, weights=str(alone.parent))
+
+
+def test_a_folder_with_x_flux_s_file_name_resolves(files):
+    """The hub repository has carried the weights as ip_adapter.safetensors (diffusers' docs) and as
+    flux-ip-adapter.safetensors (x-flux's scripts): a folder with either is found."""
+    from likeness.methods.peers.flux_ip_adapter import FluxIPAdapter
+
+    folder = Path(files["weights"]).parent.parent / "x-flux-named"
+    folder.mkdir(exist_ok=True)
+    shutil.copy(files["weights"], folder / "flux-ip-adapter.safetensors")
+    assert FluxIPAdapter.weights_path({"weights": str(folder), "weight_name": None}).name == "flux-ip-adapter.safetensors"
+    assert FluxIPAdapter.weights_path({"weights": str(Path(files["weights"]).parent), "weight_name": None}) == Path(files["weights"])
 
 
 def test_changed_file_is_refused_at_load(files, photos, tmp_path):

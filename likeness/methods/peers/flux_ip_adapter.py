@@ -1,7 +1,7 @@
 """FLUX IP-Adapter (XLabs, 2024): IP-Adapter's decoupled image attention on FLUX.1 [dev]'s double-stream blocks.
 
-The published file (hub ``XLabs-AI/flux-ip-adapter``, ``ip_adapter.safetensors``; x-flux's own scripts call the
-same weights ``flux-ip-adapter.safetensors``) holds
+The published file (hub ``XLabs-AI/flux-ip-adapter``, ``ip_adapter.safetensors`` in diffusers' docs,
+``flux-ip-adapter.safetensors`` in x-flux's scripts: either is found) holds
 
 - ``ip_adapter_proj_model.proj`` (Linear: CLIP ViT-L/14 image embedding, 768 -> 4 tokens x 4096) and
   ``ip_adapter_proj_model.norm`` (LayerNorm 4096): the image tokens, in T5's width (FLUX's joint-attention dim);
@@ -50,7 +50,8 @@ from likeness.methods.peers.ip_adapter import clip_features, clip_processor, enc
 from likeness.models.families import FAMILY_NAMES
 
 HUB = "XLabs-AI/flux-ip-adapter"
-WEIGHT_NAME = "ip_adapter.safetensors"
+WEIGHT_NAME = "ip_adapter.safetensors"  # diffusers' FLUX docs
+XFLUX_WEIGHT_NAME = "flux-ip-adapter.safetensors"  # x-flux's scripts
 HUB_ENCODER = "openai/clip-vit-large-patch14"
 PROJ = "ip_adapter_proj_model."
 LAYERS = "double_blocks."
@@ -133,7 +134,7 @@ class FluxIPAdapter(TuningFreeMethod):
     )
     defaults = {
         "weights": None,  # file, folder or hub id (default XLabs-AI/flux-ip-adapter, ip_adapter.safetensors)
-        "weight_name": None,  # the file's name inside a folder / hub repository (x-flux: flux-ip-adapter.safetensors)
+        "weight_name": None,  # the file's name in a folder / hub repository (default: either published name)
         "image_encoder": None,  # folder or hub id; default image_encoder/ beside the weights, else openai/clip-vit-large-patch14
         "image_encoder_subfolder": None,
         "scale": 1.0,  # the published usage (diffusers' FLUX docs)
@@ -154,8 +155,7 @@ class FluxIPAdapter(TuningFreeMethod):
             raise ValueError(f"{self.name}: the XLabs FLUX IP-Adapter ({options['weights'] or HUB}) is made for FLUX.1 "
                              f"[dev]'s transformer; {base_model!r} is {FAMILY_NAMES.get(info.family, info.family)}. Use a "
                              f"FLUX.1 base (black-forest-labs/FLUX.1-dev), or method ip-adapter on an SD 1.x / SDXL base")
-        path = resolve_file(options["weights"] or HUB, options["weight_name"] or WEIGHT_NAME,
-                            what=f"{self.name} weights")
+        path = self.weights_path(options)
         shapes = check_file(path, base_model, transformer_config(base_model))
         # The encoder: given, else image_encoder/ beside the file, else the published one (its own hub repository).
         encoder, spec, subfolder = resolve_encoder(options["image_encoder"], options["image_encoder_subfolder"], path,
@@ -171,6 +171,22 @@ class FluxIPAdapter(TuningFreeMethod):
         records = [weights_record(path, f"{self.name} weights", options["weights"] or HUB),
                    encoder_record(encoder, spec, subfolder)]
         return {"path": path, "encoder": encoder, "backend": backend}, records
+
+    @staticmethod
+    def weights_path(options) -> Path:
+        """The weights file: ``weight_name`` in the folder / hub repository, else diffusers' documented name, else
+        x-flux's (the hub repository has carried both)."""
+        spec = options["weights"] or HUB
+        names = [options["weight_name"]] if options["weight_name"] else [WEIGHT_NAME, XFLUX_WEIGHT_NAME]
+        for name in names:
+            try:
+                return resolve_file(spec, name, what=f"{FluxIPAdapter.name} weights")
+            except FileNotFoundError as exc:
+                error = exc
+        if Path(str(spec)).expanduser().is_dir():
+            raise FileNotFoundError(f"{spec}: folder has no {FluxIPAdapter.name} weights file (looked for "
+                                    f"{', '.join(names)}); pass the file itself, or weight_name=NAME") from None
+        raise error
 
     def encode(self, name, photos, context, options, out_dir):
         from likeness.data.images import load_image
