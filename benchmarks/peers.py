@@ -1,4 +1,4 @@
-"""Tuning-free peers on real-size SD-1.5 / SDXL architectures (random weights, CPU): what they add per image and per person.
+"""Tuning-free peers on real-size SD-1.5 / SDXL and real-width FLUX.1 architectures (random weights, CPU): what they add per image and per person.
 
 Nothing is downloaded. The SD-1.5-shaped pipeline is the one ``benchmarks/generation.py`` builds, the
 SDXL-shaped one the one ``benchmarks/stellarnet.py`` builds (``--sdxl-model`` reuses an existing copy).
@@ -13,6 +13,17 @@ The published files are written by :mod:`likeness.testing.peer_layouts` at their
   IdentityNet ControlNet of the SDXL UNet's shape (1.25 B parameters);
 - PuLID v1 (SDXL): EVA02-CLIP-L-14-336 vision tower (24 blocks, 1024 wide, 336 px, our own torch port), the
   ``IDEncoder`` (1280 -> 10 tokens of 2048) and ``id_to_k`` / ``id_to_v`` on all 70 cross-attention layers.
+
+- FLUX.1 [dev] family (``--only flux-ip-adapter,pulid-flux,infiniteyou``): the full FLUX.1 [dev] transformer (12 B
+  parameters: 48 GB in fp32, 24 GB in bf16) does not fit this 24 GB shared machine, so the pipeline is
+  ``benchmarks/flux.py``'s **real-width, reduced-depth** FLUX.1 (24 heads x 128, joint dim 4096, real VAE;
+  ``--flux-depth-scale`` of the 19 double + 38 single blocks, default 0.1: 2 + 4, 1.31 B parameters) in bf16, with
+  one-layer text encoders of the real widths and ``--text-tokens`` T5 tokens. Each method's files come from
+  ``likeness.testing.<method>_layout.write_published_files(..., size="published")`` (its published widths, one IP /
+  ID layer per block of this depth); a method whose builder module is missing is skipped with a note. Each method
+  generates in its own process (plain, the method, plain again when the method left the transformer as it was), so
+  its peak memory is its own; ``flux-ip-adapter`` is also measured without true CFG (its published setting runs the
+  transformer twice per step).
 
 The ArcFace models are random-weight iresnet recognisers exported to ONNX at their published sizes (r50
 as in buffalo_l for FaceID, r100 as in antelopev2 for InstantID: 512-d), run by the ``arcface`` backend
@@ -32,6 +43,22 @@ Run (one heavy job at a time on a shared machine; SDXL separately if memory is s
     flock /tmp/likeness-heavy.lock python benchmarks/peers.py --images 2 --gen-steps 2 --threads 1
     flock /tmp/likeness-heavy.lock python benchmarks/peers.py --only photomaker,instantid --images 1 --gen-steps 2 --threads 1
     flock /tmp/likeness-heavy.lock python benchmarks/peers.py --only pulid --images 1 --gen-steps 2 --threads 1
+    flock /tmp/likeness-heavy.lock python benchmarks/peers.py --only flux-ip-adapter,pulid-flux,infiniteyou \
+        --flux-depth-scale 0.1 --resolution 128 --gen-steps 2 --images 3 --text-tokens 64 --threads 1
+
+FLUX.1 (last run, on main at dedfe7c with this branch merged in, quiet machine: wall = CPU seconds; CPU bf16,
+1 thread, 128 px, 2 steps, 64 T5 tokens; median of 3; each method's plain before / after in its own process):
+
+| pipeline | s/image | / plain | peak RSS | per person: face + encode s (``personalize`` s) |
+|---|---|---|---|---|
+| flux-ip-adapter, published (true CFG 4.0) | 5.44 vs 3.10 / 3.08 | **1.76x** | 3.81 vs 3.46 GB | 0.09 + 3.89 (8.9) |
+| flux-ip-adapter, ``true_cfg_scale=1`` | 3.18 | **1.03x** | 3.82 GB | |
+| pulid-flux (v0.9.1) | 3.24 vs 3.14 (no plain after: it changed the transformer) | **1.03x** | 3.78 vs 3.47 GB | 0.02 + 6.42 (17.1) |
+| infiniteyou (sim_stage1) | 5.03 vs 3.14 / 3.16 | **1.59x** | 8.15 vs 3.47 GB | 0.01 + 0.17 (5.0) |
+
+flux-ip-adapter's published true CFG runs the transformer twice per step (VAE and text encoders are paid once, so
+2-step 128 px runs show less than 2x); InfuseNet is a 4 + 10-block FLUX ControlNet run at every step. The encode
+part's peak RSS with all three: 4.76 GB.
 """
 
 from __future__ import annotations
@@ -49,8 +76,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from generation import benchmark_parser, peak_rss_gb  # noqa: E402
 
 TEMPLATE = "{} reading a book in a library"
-FAMILY = {"ip-adapter": "sd15", "ip-adapter-faceid": "sd15", "photomaker": "sdxl", "instantid": "sdxl", "pulid": "sdxl"}
-GUIDANCE = {"sd15": 7.5, "sdxl": 5.0}
+FAMILY = {"ip-adapter": "sd15", "ip-adapter-faceid": "sd15", "photomaker": "sdxl", "instantid": "sdxl", "pulid": "sdxl",
+          "flux-ip-adapter": "flux1", "pulid-flux": "flux1", "infiniteyou": "flux1"}
+GUIDANCE = {"sd15": 7.5, "sdxl": 5.0, "flux1": 3.5}  # FLUX.1 [dev]: its distilled-guidance input
+LABELS = {"sd15": "SD-1.5", "sdxl": "SDXL", "flux1": "FLUX.1 [dev]"}
+# The FLUX methods' published-size files come from these builders (likeness.testing.<module>.write_published_files).
+FLUX_LAYOUTS = {"flux-ip-adapter": "flux_ip_adapter_layout", "pulid-flux": "pulid_flux_layout",
+                "infiniteyou": "infiniteyou_layout"}
+# Extra settings measured beside a method's published one: {method: {label: option overrides}}.
+FLUX_VARIANTS = {"flux-ip-adapter": {"flux-ip-adapter (no true CFG)": {"true_cfg_scale": 1.0}}}
 PHOTOMAKER_LORA_RANK = 64
 
 
@@ -103,6 +137,168 @@ def pulid_files(unet, work: Path) -> dict:
         save_flat(eva_clip_state(width=1024, layers=24, mlp_hidden=2730, patch=14, image_size=336, embed_dim=768),
                   files["eva"])
     return files
+
+
+# -- FLUX.1 ----------------------------------------------------------------------------------------------
+
+
+def build_flux1_random(folder: Path, depth_scale: float) -> Path:
+    """A FLUX.1 [dev]-shaped pipeline with random weights in bf16, saved with save_pretrained: ``benchmarks/flux.py``'s
+    real-width transformer (24 heads x 128, joint dim 4096, pooled 768) and real VAE at ``depth_scale`` of the
+    19 + 38 blocks, plus one-layer text encoders of the real widths (CLIP-L text 768, T5-XXL 4096; their cost is
+    once per prompt) on the tiny word-list tokenizers."""
+    from types import SimpleNamespace
+
+    import torch
+    from diffusers import FluxPipeline
+    from flux import flux1_pipe
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from likeness.models.tiny import build_tokenizer
+    from likeness.models.tiny_flow import build_t5_tokenizer
+
+    pipe = flux1_pipe(SimpleNamespace(depth_scale=depth_scale, device=torch.device("cpu"), dtype=torch.bfloat16))
+    tokenizer = build_tokenizer(folder.parent / f"{folder.name}-tokenizers" / "clip")
+    tokenizer_2 = build_t5_tokenizer(folder.parent / f"{folder.name}-tokenizers" / "t5")
+    torch.manual_seed(1)
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072,
+                                       num_hidden_layers=1, num_attention_heads=12, max_position_embeddings=77,
+                                       projection_dim=768, bos_token_id=tokenizer.bos_token_id,
+                                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=4096, d_kv=64, d_ff=10240, num_layers=1,
+                                 num_heads=64, feed_forward_proj="gated-gelu", pad_token_id=tokenizer_2.pad_token_id,
+                                 eos_token_id=tokenizer_2.eos_token_id, decoder_start_token_id=tokenizer_2.pad_token_id))
+    full = FluxPipeline(scheduler=pipe.scheduler, vae=pipe.vae, transformer=pipe.transformer, tokenizer=tokenizer,
+                        tokenizer_2=tokenizer_2, text_encoder=clip.to(torch.bfloat16), text_encoder_2=t5.to(torch.bfloat16))
+    full.save_pretrained(folder)
+    return folder
+
+
+def flux_weights(methods: list[str], model: Path, work: Path) -> dict:
+    """Published-size random files for each FLUX method whose layout builder is there (written once); a method
+    whose builder module is missing is skipped with the reason (the builders come with the methods' branches)."""
+    import importlib
+
+    from likeness.methods import get_method
+
+    options, skipped = {}, {}
+    for method in methods:
+        module = f"likeness.testing.{FLUX_LAYOUTS[method]}"
+        try:
+            layout = importlib.import_module(module)
+            defaults = get_method(method).defaults
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            skipped[method] = f"{module} is not there yet (it comes with the method's branch)"
+            continue
+        except KeyError:
+            skipped[method] = f"method {method!r} is not registered in this checkout"
+            continue
+        chosen = dict(layout.write_published_files(work / method, str(model), size="published"))
+        if defaults.get("face_backend") == "arcface" and "face_model_dir" not in chosen:
+            chosen["face_model_dir"] = str(arcface_folder(work, "r100"))
+        options[method] = chosen
+    return {"options": options, "skipped": skipped}
+
+
+def encode_generic(method_name: str, options: dict, model: str, photo: Path) -> tuple[float, float]:
+    """(face detection seconds, the rest of the encode step) with the method's encoders loaded (one untimed
+    warm-up); detection is timed where the method's context holds its face backend (``context["backend"]``)."""
+    import tempfile
+
+    from likeness.data.images import image_to_array, load_image
+    from likeness.methods import get_method
+    from likeness.models import base_model_info
+
+    method = get_method(method_name)
+    chosen = {"device": None, "overwrite": False, **method.defaults, **options}
+    context, _ = method.prepare(model, base_model_info(model), chosen)
+    with tempfile.TemporaryDirectory() as out:
+        method.encode("astro", [photo], context, chosen, Path(out))  # warm-up
+        face_s = 0.0
+        backend = context.get("backend") if isinstance(context, dict) else None
+        if backend is not None and hasattr(backend, "detect"):
+            array = image_to_array(load_image(photo))
+            tic = time.perf_counter()
+            backend.detect(array)
+            face_s = time.perf_counter() - tic
+        tic = time.perf_counter()
+        method.encode("astro", [photo], context, chosen, Path(out))
+        total = time.perf_counter() - tic
+    return face_s, total - face_s
+
+
+def part_generate_flux(labels: dict, model: Path, resolution: int, steps: int, images: int, dtype: str, device: str,
+                       text_tokens: int) -> dict:
+    """One FLUX method (and its extra settings) on one pipeline: plain, the method, plain again when the method
+    left the transformer as it found it; seconds per image, and peak memory after plain and after each setting
+    (max RSS on CPU: it only grows, so the step is what the method adds; ``max_memory_allocated`` on CUDA, reset
+    before each setting)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from likeness.methods import Manifest, get_method
+    from likeness.methods.peers.common import EMBEDDINGS_FILE, PeerPersonalized
+    from likeness.models import load_pipeline
+
+    dev = torch.device(device)
+    pipe = load_pipeline(str(model), device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    sampling = dict(num_inference_steps=steps, height=resolution, width=resolution, guidance_scale=GUIDANCE["flux1"],
+                    max_sequence_length=text_tokens)
+
+    def peak() -> float:
+        return torch.cuda.max_memory_allocated() / 1024**3 if dev.type == "cuda" else peak_rss_gb()
+
+    cpu: dict[str, list[float]] = {}
+
+    def timed(run, label: str) -> list[float]:
+        times = []
+        for seed in range(images + 1):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            tic, cpu_tic = time.perf_counter(), time.process_time()
+            run(seed)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if seed:
+                times.append(time.perf_counter() - tic)
+                cpu.setdefault(label, []).append(time.process_time() - cpu_tic)
+        return times
+
+    def plain(seed):
+        pipe(TEMPLATE.replace("{}", "a person"), generator=torch.Generator("cpu").manual_seed(seed), **sampling)
+
+    def shape() -> tuple:
+        return (sum(p.numel() for p in pipe.transformer.parameters()),
+                tuple(type(p).__name__ for p in pipe.transformer.attn_processors.values()))
+
+    before, processors = shape(), dict(pipe.transformer.attn_processors)
+    timings = {"plain": timed(plain, "plain")}
+    memory = {"plain": peak()}
+    for label, folder in labels.items():
+        folder = Path(folder)
+        manifest = Manifest.load(folder)
+        peer = get_method(manifest.method)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        peer_pipe = peer.apply(pipe, folder, manifest) or pipe
+        tensors = {k: v.to(peer_pipe.device) for k, v in load_file(str(folder / EMBEDDINGS_FILE)).items()}
+        person = PeerPersonalized(peer_pipe, manifest, folder, peer, tensors)
+        text = person.prompt(TEMPLATE)
+        timings[label] = timed(lambda seed: person.call_pipe([text], generator=[torch.Generator("cpu").manual_seed(seed)],
+                                                             **sampling), label)
+        memory[label] = peak()
+        if getattr(pipe.transformer, "encoder_hid_proj", None) is not None:
+            pipe.unload_ip_adapter()
+        pipe.transformer.set_attn_processor(dict(processors))
+        del person, peer_pipe, tensors
+    if shape() == before:  # the transformer is as it was: the sandwich shows drift from other jobs
+        timings["plain (again)"] = timed(plain, "plain (again)")
+    return {k: statistics.median(v) for k, v in timings.items()} | {
+        "all": timings, "cpu": {k: statistics.median(v) for k, v in cpu.items()}, "memory_gb": memory,
+        "transformer_params_m": before[0] / 1e6}
 
 
 def arcface_folder(work: Path, arch: str) -> Path:
@@ -206,17 +402,28 @@ def encode_pulid(files: dict, photo: Path) -> tuple[float, float]:
 
 
 def part_encode(methods: list[str], model: Path, files: dict, work: Path) -> dict:
-    """Per person: personalize wall time, and the encode step alone (timed again after the models are loaded)."""
+    """Per person: personalize wall time, and the encode step alone (timed again after the models are loaded).
+    FLUX methods: ``files`` holds each method's options (from its layout builder); their extra settings
+    (``FLUX_VARIANTS``) get artifacts of their own, encoded the same way."""
     from likeness.methods import personalize
 
     photo = face_photo(work)
     out = {}
     for method in methods:
+        flux = FAMILY[method] == "flux1"
+        options = files[method] if flux else peer_options(method, files)
         tic = time.perf_counter()
         artifact = personalize(method, {"astro": [photo]}, work / f"artifact-{method}", str(model), overwrite=True,
-                               **peer_options(method, files))
-        out[method] = {"personalize_s": time.perf_counter() - tic, "artifact": str(artifact)}
-        face_s, encode_s = encode_once(method, {**files, "model": str(model)}, photo)
+                               **options)
+        out[method] = {"personalize_s": time.perf_counter() - tic, "artifact": str(artifact),
+                       "artifacts": {method: str(artifact)}}
+        for i, (label, overrides) in enumerate(FLUX_VARIANTS.get(method, {}).items() if flux else ()):
+            out[method]["artifacts"][label] = str(personalize(method, {"astro": [photo]}, work / f"artifact-{method}-{i}",
+                                                              str(model), overwrite=True, **{**options, **overrides}))
+        if flux:
+            face_s, encode_s = encode_generic(method, options, str(model), photo)
+        else:
+            face_s, encode_s = encode_once(method, {**files, "model": str(model)}, photo)
         out[method].update(face_s=face_s, encode_s=encode_s)
     out["peak_rss_gb"] = peak_rss_gb()
     return out
@@ -281,11 +488,12 @@ def subprocess_part(script: str, args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def build_model(family: str, model: Path) -> None:
+def build_model(family: str, model: Path, depth_scale: float = 1.0) -> None:
     if (model / "model_index.json").exists():
         return
-    builder = "from generation import build_sd15_random as build" if family == "sd15" else \
-        "from stellarnet import build_sdxl_random as build"
+    builder = {"sd15": "from generation import build_sd15_random as build",
+               "sdxl": "from stellarnet import build_sdxl_random as build",
+               "flux1": f"from peers import build_flux1_random; build = lambda f: build_flux1_random(f, {depth_scale!r})"}[family]
     subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); {builder}; "
                     f"from pathlib import Path; build(Path({str(model)!r}))"], check=True)
 
@@ -297,9 +505,15 @@ def main() -> int:
     parser.add_argument("--only", default="ip-adapter,ip-adapter-faceid",
                         help=f"peers to measure, comma-separated (default the SD-1.5 ones); any of {', '.join(FAMILY)}")
     parser.add_argument("--sdxl-model", type=Path, help="an SDXL-shaped pipeline folder to reuse (default WORKDIR/sdxl-random)")
-    parser.add_argument("--dtype", default="fp32", help="generation dtype (default fp32)")
+    parser.add_argument("--dtype", help="generation dtype (default fp32; bf16 for the FLUX methods)")
     parser.add_argument("--threads", type=int, help="torch threads per part (1 keeps timings steady on a shared machine: "
                                                      "a core taken by another job then slows nothing but that core)")
+    parser.add_argument("--flux-depth-scale", type=float, default=0.1,
+                        help="FLUX methods: fraction of FLUX.1's 19 double + 38 single blocks built (default 0.1: 2 + 4; "
+                             "the whole 12 B transformer does not fit a 24 GB machine)")
+    parser.add_argument("--text-tokens", type=int, default=64,
+                        help="FLUX methods: T5 prompt length (max_sequence_length; FLUX.1 [dev] uses 512; default 64)")
+    parser.add_argument("--device", default="cpu", help="FLUX methods: device of the generate part (default cpu; the encode part runs on the CPU)")
     parser.add_argument("--files", help=argparse.SUPPRESS)
     parser.add_argument("--artifacts", help=argparse.SUPPRESS)
     parser.add_argument("--family", help=argparse.SUPPRESS)
@@ -308,7 +522,8 @@ def main() -> int:
     unknown = [m for m in methods if m not in FAMILY]
     if unknown:
         parser.error(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(FAMILY)}")
-    models = {"sd15": args.workdir / "sd15-random", "sdxl": args.sdxl_model or args.workdir / "sdxl-random"}
+    models = {"sd15": args.workdir / "sd15-random", "sdxl": args.sdxl_model or args.workdir / "sdxl-random",
+              "flux1": args.workdir / f"flux1-random-depth{args.flux_depth_scale:g}"}
     if args.part:
         if args.threads:
             import torch
@@ -316,44 +531,60 @@ def main() -> int:
             torch.set_num_threads(args.threads)
         family = args.family
         chosen = [m for m in methods if FAMILY[m] == family]
+        dtype = args.dtype or ("bf16" if family == "flux1" else "fp32")
         if args.part == "weights":
-            result = build_weights(family, models[family], args.workdir)
+            result = flux_weights(chosen, models[family], args.workdir) if family == "flux1" else \
+                build_weights(family, models[family], args.workdir)
         elif args.part == "encode":
             result = part_encode(chosen, models[family], json.loads(args.files), args.workdir)
+        elif family == "flux1":
+            result = part_generate_flux(json.loads(args.artifacts), models[family], args.resolution, args.gen_steps,
+                                        args.images, dtype, args.device, args.text_tokens)
         else:
             result = part_generate(chosen, models[family], json.loads(args.artifacts), args.resolution, args.gen_steps,
-                                   args.images, GUIDANCE[family], args.dtype)
+                                   args.images, GUIDANCE[family], dtype)
         print(json.dumps(result))
         return 0
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    for family in ("sd15", "sdxl"):
+    for family in ("sd15", "sdxl", "flux1"):
         chosen = [m for m in methods if FAMILY[m] == family]
         if not chosen:
             continue
+        dtype = args.dtype or ("bf16" if family == "flux1" else "fp32")
         tic = time.perf_counter()
-        build_model(family, models[family])
-        common = ["--workdir", str(args.workdir), "--family", family, "--only", ",".join(chosen)]
+        build_model(family, models[family], args.flux_depth_scale)
+        common = ["--workdir", str(args.workdir), "--family", family, "--resolution", str(args.resolution),
+                  "--gen-steps", str(args.gen_steps), "--images", str(args.images), "--dtype", dtype]
         if args.sdxl_model:
             common += ["--sdxl-model", str(args.sdxl_model)]
         if args.threads:
             common += ["--threads", str(args.threads)]
-        files = subprocess_part(__file__, ["--part", "weights", *common])
+        if family == "flux1":
+            common += ["--flux-depth-scale", str(args.flux_depth_scale), "--text-tokens", str(args.text_tokens),
+                       "--device", args.device]
+        files = subprocess_part(__file__, ["--part", "weights", "--only", ",".join(chosen), *common])
+        if family == "flux1":
+            for method, reason in files["skipped"].items():
+                print(f"flux1: skipping {method}: {reason}", flush=True)
+            files = files["options"]
+            chosen = [m for m in chosen if m in files]
+            if not chosen:
+                continue
         print(f"{family}: model and published-size weights ready in {time.perf_counter() - tic:.0f} s", flush=True)
-        enc = subprocess_part(__file__, ["--part", "encode", "--files", json.dumps(files), *common])
+        only = ["--only", ",".join(chosen)]
+        enc = subprocess_part(__file__, ["--part", "encode", "--files", json.dumps(files), *only, *common])
         print(f"{family}: encode part done (peak RSS {enc['peak_rss_gb']:.2f} GB)", flush=True)
+        if family == "flux1":  # each method on its own pipeline process: its own peak memory, no state left behind
+            gens = {m: subprocess_part(__file__, ["--part", "generate", "--artifacts", json.dumps(enc[m]["artifacts"]),
+                                                  "--only", m, *common]) for m in chosen}
+            report_flux(args, chosen, enc, gens, dtype)
+            continue
         artifacts = {m: enc[m]["artifact"] for m in chosen}
-        gen = subprocess_part(__file__, ["--part", "generate", "--artifacts", json.dumps(artifacts), "--resolution",
-                                         str(args.resolution), "--gen-steps", str(args.gen_steps), "--images",
-                                         str(args.images), "--dtype", args.dtype, *common])
-        label = {"sd15": "SD-1.5", "sdxl": "SDXL"}[family]
-        print(f"\n{label}-shaped pipeline, random weights, CPU {args.dtype}, {args.threads or 'default'} thread(s) "
+        gen = subprocess_part(__file__, ["--part", "generate", "--artifacts", json.dumps(artifacts), *only, *common])
+        print(f"\n{LABELS[family]}-shaped pipeline, random weights, CPU {dtype}, {args.threads or 'default'} thread(s) "
               f"({args.resolution} px, {args.gen_steps} steps, guidance {GUIDANCE[family]})")
-        print(f"per person (peak RSS {enc['peak_rss_gb']:.2f} GB):")
-        print(f"  {'method':<20} {'personalize s':>14} {'face s':>7} {'encode s':>9}")
-        for method in chosen:
-            r = enc[method]
-            print(f"  {method:<20} {r['personalize_s']:>14.2f} {r['face_s']:>7.2f} {r['encode_s']:>9.2f}")
+        report_encode(chosen, enc)
         plain = (gen["plain"] + gen["plain (again)"]) / 2
         plain_cpu = (gen["cpu"]["plain"] + gen["cpu"]["plain (again)"]) / 2
         print(f"per image (median of {args.images} after a warm-up; peak RSS {gen['peak_rss_gb']:.2f} GB):")
@@ -362,6 +593,38 @@ def main() -> int:
             print(f"  {name:<20} {gen[name]:>8.2f} {gen[name] / plain:>6.3f} {gen['cpu'][name]:>12.2f} "
                   f"{gen['cpu'][name] / plain_cpu:>10.3f}   {', '.join(f'{t:.2f}' for t in gen['all'][name])}", flush=True)
     return 0
+
+
+def report_encode(chosen: list[str], enc: dict) -> None:
+    print(f"per person (peak RSS {enc['peak_rss_gb']:.2f} GB):")
+    print(f"  {'method':<20} {'personalize s':>14} {'face s':>7} {'encode s':>9}")
+    for method in chosen:
+        r = enc[method]
+        print(f"  {method:<20} {r['personalize_s']:>14.2f} {r['face_s']:>7.2f} {r['encode_s']:>9.2f}")
+
+
+def report_flux(args, chosen: list[str], enc: dict, gens: dict, dtype: str) -> None:
+    print(f"\nFLUX.1 [dev]-shaped pipeline (real width, {args.flux_depth_scale:g} of the depth), random weights, "
+          f"{args.device} {dtype}, {args.threads or 'default'} thread(s) ({args.resolution} px, {args.gen_steps} steps, "
+          f"distilled guidance {GUIDANCE['flux1']}, {args.text_tokens} T5 tokens)")
+    report_encode(chosen, enc)
+    memory = "peak memory (GB, max allocated)" if args.device.startswith("cuda") else "peak RSS (GB, after)"
+    print(f"per image (median of {args.images} after a warm-up), each method on its own pipeline process:")
+    print(f"  {'pipeline':<32} {'s/image':>8} {'ratio':>6} {'CPU s/image':>12} {'CPU ratio':>10} {memory:>22}   all s/image")
+    for method in chosen:
+        gen = gens[method]
+        again = "plain (again)" in gen
+        plain = (gen["plain"] + gen["plain (again)"]) / 2 if again else gen["plain"]
+        plain_cpu = (gen["cpu"]["plain"] + gen["cpu"]["plain (again)"]) / 2 if again else gen["cpu"]["plain"]
+        rows = ["plain", *enc[method]["artifacts"], *(["plain (again)"] if again else [])]
+        for name in rows:
+            mem = gen["memory_gb"].get(name)
+            print(f"  {name:<32} {gen[name]:>8.2f} {gen[name] / plain:>6.3f} {gen['cpu'][name]:>12.2f} "
+                  f"{gen['cpu'][name] / plain_cpu:>10.3f} {'' if mem is None else f'{mem:.2f}':>22}   "
+                  f"{', '.join(f'{t:.2f}' for t in gen['all'][name])}", flush=True)
+        if not again:
+            print(f"  ({method} changed the transformer, so plain was not run again after it)")
+        print(f"  (transformer: {gen['transformer_params_m']:.0f} M parameters)")
 
 
 if __name__ == "__main__":

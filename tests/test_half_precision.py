@@ -58,6 +58,14 @@ def test_ip_adapter_generates_in_half_precision(tiny_models, astronaut_path, tmp
     _within(_images(art, "unet", num_inference_steps=2))
 
 
+def test_flux_ip_adapter_generates_in_half_precision(tiny_models, astronaut_path, tmp_path):
+    from likeness.testing.flux_ip_adapter_layout import write_published_files
+
+    files = write_published_files(tmp_path / "xlabs", "likeness/tiny-flux")
+    art = personalize("flux-ip-adapter", {"astro": [astronaut_path]}, tmp_path / "a", "likeness/tiny-flux", **files)
+    _within(_images(art, "transformer", num_inference_steps=2, height=32, width=32))
+
+
 def test_flux_lora_and_kontext_generate_in_half_precision(tiny_models, astronaut_path, tmp_path):
     art = personalize("dreambooth-lora", {"astro": [astronaut_path]}, tmp_path / "lora", "likeness/tiny-flux",
                       max_steps=2, resolution=32, progress=False)

@@ -47,7 +47,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--method", required=True,
                    help="method name, e.g. textual-inversion, dreambooth-lora, celeb-basis, or a tuning-free one: "
                         "photoverse, stellarnet (need --weights), ip-adapter, ip-adapter-faceid, instantid, photomaker, pulid, "
-                        "pulid-flux, infiniteyou (FLUX.1) "
+                        "pulid-flux, infiniteyou, flux-ip-adapter (FLUX.1) "
                         "(these only encode the photos), or a reference-image editor: flux-kontext, flux2-reference, "
                         "qwen-image-edit (these only record the photo)")
     p.add_argument("--base-model",

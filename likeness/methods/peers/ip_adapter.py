@@ -268,7 +268,7 @@ def clip_processor(encoder):
 def clip_features(encoder, image, hidden_states: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(positive, negative) as diffusers' ``encode_image``: the projected embedding with zeros as negative,
     or the penultimate hidden states with the encoder's answer to a black image as negative."""
-    pixels = clip_processor(encoder)(image, return_tensors="pt").pixel_values.to(torch.float32)
+    pixels = clip_processor(encoder)(image, return_tensors="pt").pixel_values.to(encoder.device, torch.float32)
     if hidden_states:
         positive = encoder(pixels, output_hidden_states=True).hidden_states[-2]
         negative = encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2]
