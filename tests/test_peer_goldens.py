@@ -134,7 +134,7 @@ def _pulid_photos(record: dict, count: int, monkeypatch, folder: Path):
 
     photos = [folder / f"photo{i}.png" for i in range(count)]
     by_photo = {p: _pulid_inputs(record, i) for i, p in enumerate(photos)}
-    monkeypatch.setattr(pulid, "largest_face", lambda path, backend: (path, SimpleNamespace(landmarks=None)))
+    monkeypatch.setattr(pulid, "largest_face", lambda path, backend, notes=None: (path, SimpleNamespace(landmarks=None)))
     monkeypatch.setattr(pulid, "raw_embedding", lambda face, path: by_photo[Path(path)]["arcface"].numpy())
     monkeypatch.setattr(pulid, "align_ffhq",
                         lambda image, landmarks: (Image.fromarray(by_photo[Path(image)]["face"].numpy()), None))
@@ -327,7 +327,7 @@ def test_photomaker_matches_the_reference(monkeypatch, tmp_path, version):
     # Face framing and ArcFace are the reference's fixed inputs: the 224 px crops and the embeddings.
     monkeypatch.setattr(preparation, "prepare_photo",
                         lambda photo, **kw: SimpleNamespace(image=images[index[Path(photo)]]))
-    monkeypatch.setattr(photomaker, "largest_face", lambda photo, backend: (None, index[Path(photo)]))
+    monkeypatch.setattr(photomaker, "largest_face", lambda photo, backend, notes=None: (None, index[Path(photo)]))
     monkeypatch.setattr(photomaker, "raw_embedding", lambda face, photo: faces[face].numpy())
     context = {"encoder": encoder, "backend": None, **({"faces": None} if version == "v2" else {})}
     method = photomaker.PhotoMaker()
@@ -393,7 +393,7 @@ def test_instantid_matches_the_reference(monkeypatch, tmp_path):
     face = SimpleNamespace(box=(10.0, 10.0, 30.0, 30.0),
                            landmarks=np.array([[15, 15], [25, 15], [20, 20], [16, 25], [24, 25.0]]))
     # The face embedding and the keypoint picture are the reference's fixed inputs (its draw_kps needs OpenCV).
-    monkeypatch.setattr(instantid, "largest_face", lambda photo, backend: (None, face))
+    monkeypatch.setattr(instantid, "largest_face", lambda photo, backend, notes=None: (None, face))
     monkeypatch.setattr(instantid, "raw_embedding", lambda face, photo: embedding.numpy())
     monkeypatch.setattr(instantid, "draw_keypoints",
                         lambda points, size: picture if size == picture.size else Image.new("RGB", size))

@@ -225,6 +225,25 @@ def test_no_face_missing_face_model_and_missing_weights(weights, face_photos, ar
              weights="someone/ip-adapter-copy")
 
 
+def test_photo_with_several_faces_encodes_the_largest_and_says_so(weights, face_photos, arcface_dir, tmp_path, capsys):
+    """Several faces in a photo: the largest is encoded (as the published pipelines do), the artifact's manifest
+    and stderr say which photo and how to choose another; the manifest keeps file names and hashes, never paths."""
+    group = tmp_path / "photos" / "two people.png"
+    group.parent.mkdir()
+    pixels = _face_image(0)
+    pixels[96:112, 64:80] = 255  # a second face: another stride-32 cell of the tiny detector's canvas
+    Image.fromarray(pixels).save(group)
+    art = personalize("ip-adapter-faceid", {"ann": [group]}, tmp_path / "a", "likeness/tiny-sd", variant="faceid",
+                      weights=str(weights["faceid"]), face_model_dir=str(arcface_dir))
+    manifest = json.loads((art / "likeness.json").read_text())
+    (note,) = manifest["config"]["notes"]
+    assert note.startswith("two people.png: 2 faces found; encoded the largest") and "crop the photo" in note
+    assert "two people.png: 2 faces found" in capsys.readouterr().err
+    assert manifest["identities"]["ann"]["photos"] == ["two people.png"]
+    assert len(manifest["identities"]["ann"]["photo_sha256"]) == 1
+    assert str(group.parent) not in (art / "likeness.json").read_text()
+
+
 def test_changed_weights_file_is_refused_at_load(weights, astronaut_path, tmp_path):
     copy = tmp_path / "w.safetensors"
     shutil.copy(weights["plain"], copy)

@@ -17,6 +17,7 @@ missing / unexpected keys, shapes) runs before any generation and names the file
 from __future__ import annotations
 
 import json
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar, Iterable
@@ -225,17 +226,34 @@ def diffusers_loading(path, what: str = "it"):
                               f"{' '.join(str(exc).split())[:400]})") from None
 
 
-def largest_face(path: Path, backend):
-    """(RGB photo, the largest face with landmarks and embedding); a photo without a face is an error naming it."""
-    from likeness.data.images import image_to_array, load_image
+def pick_face(path: Path, faces: list, notes: list[str] | None = None):
+    """The largest of ``faces`` detected in the photo at ``path``, as the published pipelines choose; a photo
+    without a face is an error naming it, and a photo with several faces adds a note (kept in the artifact's
+    manifest and printed) saying which one was used and how to choose another."""
     from likeness.methods.preparation import NoFaceError
+
+    if not faces:
+        raise NoFaceError(path)
+    face = max(faces, key=lambda f: f.area)
+    if len(faces) > 1 and notes is not None:
+        x0, y0, x1, y1 = (int(round(v)) for v in face.box)
+        notes.append(f"{Path(path).name}: {len(faces)} faces found; encoded the largest (box {x0},{y0}-{x1},{y1}); "
+                     f"crop the photo to the one person to encode another")
+    return face
+
+
+def without_folder(note: str, path) -> str:
+    """A note about a photo with its local folder removed (manifests get shared)."""
+    return note.replace(str(path), Path(path).name)
+
+
+def largest_face(path: Path, backend, notes: list[str] | None = None):
+    """(RGB photo, the largest face with landmarks and embedding); see :func:`pick_face`."""
+    from likeness.data.images import image_to_array, load_image
 
     image = load_image(path)
     array = image_to_array(image)
-    faces = backend.detect(array)
-    if not faces:
-        raise NoFaceError(path)
-    face = backend.embed(array, [max(faces, key=lambda f: f.area)])[0]
+    face = backend.embed(array, [pick_face(path, backend.detect(array), notes)])[0]
     return image, face
 
 
@@ -321,18 +339,25 @@ class TuningFreeMethod(Method):
         people = as_identities(identities)
         info = base_model_info(base_model)
         context, records = self.prepare(base_model, info, options)
+        context["notes"] = notes = []  # encode() adds what the user should know (several faces in a photo)
         out_dir = start_artifact(out_dir, options["overwrite"])
         tensors: dict[str, torch.Tensor] = {}
         entries = {}
         for name, photos in people:
             for key, value in self.encode(name, photos, context, options, out_dir).items():
                 tensors[f"{name}.{key}"] = value.detach().float().cpu().contiguous()
-            entries[name] = IdentityEntry(subject=self.subject_for(name, options), tokens=[], photos=[str(p) for p in photos])
+            # file names and content hashes only: the artifact folder can be shared as it is
+            entries[name] = IdentityEntry(subject=self.subject_for(name, options), tokens=[],
+                                          photos=[Path(p).name for p in photos],
+                                          photo_sha256=[sha256_file(p) for p in photos])
+        for note in notes:
+            print(f"{self.name}: {note}", file=sys.stderr, flush=True)
         save_file(tensors, str(Path(out_dir) / EMBEDDINGS_FILE))
         recorded = {k: v for k, v in options.items() if k not in ("device", "overwrite")}
         sampling = dict(self.default_sampling.get(info.family, self.default_sampling))
         Manifest(method=self.name, base_model=info, identities=entries,
-                 config={"options": json.loads(json.dumps(recorded, default=str)), "weights": records, "tuning_free": True},
+                 config={"options": json.loads(json.dumps(recorded, default=str)), "weights": records, "tuning_free": True,
+                         "notes": notes},
                  sampling=sampling).save(out_dir)
         return Path(out_dir)
 

@@ -45,6 +45,7 @@ from likeness.methods.peers.common import (
     resolve_file,
     save_crop,
     weights_record,
+    without_folder,
 )
 from likeness.methods.peers.ip_adapter import clip_features, clip_processor, encoder_record, resolve_encoder
 from likeness.models.families import FAMILY_NAMES
@@ -195,8 +196,10 @@ class FluxIPAdapter(TuningFreeMethod):
         if options["framing"] == "full":
             image = load_image(Path(photos[0]))
         else:
-            image = prepare_photo(photos[0], backend=context["backend"], size=int(options["crop_size"]),
-                                  framing=options["framing"]).image
+            photo = prepare_photo(photos[0], backend=context["backend"], size=int(options["crop_size"]),
+                                  framing=options["framing"])
+            context["notes"].extend(without_folder(note, photos[0]) for note in photo.notes)
+            image = photo.image
         save_crop(image, out_dir, name)
         positive, _ = clip_features(context["encoder"], image, hidden_states=False)
         return {"image_embeds": positive[None], "negative_image_embeds": black_image_embeds(context["encoder"])[None]}

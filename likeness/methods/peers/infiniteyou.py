@@ -46,6 +46,7 @@ from likeness.methods.peers.common import (
     check_face_dim,
     check_layout,
     diffusers_loading,
+    pick_face,
     read_shapes,
     read_state_dict,
     resolve_file,
@@ -316,15 +317,11 @@ class InfiniteYou(TuningFreeMethod):
     def encode(self, name, photos, context, options, out_dir):
         from likeness.data.images import image_to_array, load_image
         from likeness.faces.arcface import aligned_crops
-        from likeness.methods.preparation import NoFaceError
 
         backend = context["backend"]
         path = Path(photos[0])
         array = image_to_array(load_image(path))
-        faces = backend.detect(array)
-        if not faces:
-            raise NoFaceError(path)
-        face = max(faces, key=lambda f: f.area)
+        face = pick_face(path, backend.detect(array), context.get("notes"))
         # As published: the recogniser sees the aligned crop in BGR order (facexlib, fed OpenCV's BGR image).
         face = backend.embed(np.ascontiguousarray(array[..., ::-1]), [face])[0]
         save_crop(Image.fromarray(aligned_crops(array, [face])[0].astype(np.uint8)), out_dir, name)

@@ -199,7 +199,7 @@ class InstantID(TuningFreeMethod):
     def encode(self, name, photos, context, options, out_dir):
         from likeness.methods.peers.common import save_crop
 
-        image, face = largest_face(Path(photos[0]), context["backend"])
+        image, face = largest_face(Path(photos[0]), context["backend"], context.get("notes"))
         points = frame_points(face)
         save_crop(draw_keypoints(points * 256, (256, 256)), out_dir, name, "keypoints")
         embedding = torch.from_numpy(raw_embedding(face, photos[0]))[None, None, None]  # (1, 1, 1, D), un-normalised as published

@@ -46,6 +46,7 @@ from likeness.methods.peers.common import (
     sha256_file,
     split_prefixes,
     weights_record,
+    without_folder,
 )
 
 HUB_IP_ADAPTER = "h94/IP-Adapter"
@@ -370,6 +371,7 @@ class IPAdapter(_IPAdapterBase):
 
         framing = "face" if options["variant"] == "plus-face" else "upper_body"
         photo = prepare_photo(photos[0], backend=context["backend"], size=int(options["crop_size"]), framing=framing)
+        context["notes"].extend(without_folder(note, photos[0]) for note in photo.notes)
         save_crop(photo.image, out_dir, name)
         positive, negative = clip_features(context["encoder"], photo.image, hidden_states=context["kind"] != "plain")
         return {"image_embeds": positive[None], "negative_image_embeds": negative[None]}
@@ -431,7 +433,7 @@ class IPAdapterFaceID(_IPAdapterBase):
     def encode(self, name, photos, context, options, out_dir):
         from likeness.faces.align import align_face
 
-        image, face = largest_face(Path(photos[0]), context["backend"])
+        image, face = largest_face(Path(photos[0]), context["backend"], context.get("notes"))
         embedding = torch.from_numpy(np.asarray(face.embedding, dtype=np.float32))[None, None]  # (1, 1, D)
         tensors = {"image_embeds": embedding, "negative_image_embeds": torch.zeros_like(embedding)}
         if context["kind"] == "faceid-plus":

@@ -375,7 +375,7 @@ class PhotoMaker(TuningFreeMethod):
             save_crop(prepared.image, out_dir, name, f"crop{k}")
             crops.append(prepared.image)
             if "faces" in context:
-                faces.append(raw_embedding(largest_face(Path(photo), context["faces"])[1], photo))  # un-normalised, as published
+                faces.append(raw_embedding(largest_face(Path(photo), context["faces"], context.get("notes"))[1], photo))  # un-normalised, as published
         pixels = processor(crops, return_tensors="pt").pixel_values
         if faces:  # v2: two ID tokens per photo from the ArcFace embedding and the tower's last hidden states
             return {"id_embeds": encoder.id_embeddings(pixels, torch.from_numpy(np.stack(faces)).float())}

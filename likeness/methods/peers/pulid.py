@@ -530,7 +530,7 @@ class PuLID(TuningFreeMethod):
     @torch.no_grad()
     def photo_features(self, photo: Path, context: dict, out_dir: Path, name: str, k: int):
         """(id condition (1, face + EVA width), EVA features per level) of one photo."""
-        image, face = largest_face(Path(photo), context["backend"])
+        image, face = largest_face(Path(photo), context["backend"], context.get("notes"))
         identity = torch.from_numpy(raw_embedding(face, photo))[None]  # InsightFace's raw ``embedding``, as published
         crop, matrix = align_ffhq(image, face.landmarks)
         picture = face_features_image(crop, context["parser"].background(crop, face, matrix))
