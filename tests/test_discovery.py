@@ -109,6 +109,20 @@ def test_the_version_present_is_chosen_and_the_hub_cache_is_searched_offline(tin
 
 
 
+def test_photomaker_v2_alone_brings_the_arcface_stack_it_needs(tmp_path):
+    """PhotoMaker v2 takes the ArcFace embedding: its file alone is offered only with an ArcFace pack, and the
+    options choose the arcface face stack (discovery reads names only, so the file's bytes do not matter here)."""
+    folder = tmp_path / "w"
+    folder.mkdir()
+    (folder / "photomaker-v2.bin").write_bytes(b"")
+    alone = discover([folder], hub_cache=False, methods=["photomaker"])["photomaker"]
+    assert not alone.available  # (what is missing is said for the default version, v1)
+    export_tiny_arcface(folder / "antelopev2")
+    found = discover([folder], hub_cache=False, methods=["photomaker"])["photomaker"]
+    assert found.options_for("sdxl") == {"weights": str(folder / "photomaker-v2.bin"), "version": "v2",
+                                         "face_backend": "arcface", "face_model_dir": str(folder / "antelopev2")}
+
+
 def test_every_method_declares_its_families_and_files_consistently():
     """What discovery and `bench METHOD@BASE` rely on, for every registered method (FLUX methods added later too):
     known families; each published file's option is a method option and its `when` names method options (or the

@@ -155,8 +155,11 @@ def common_folder(paths: list[Path]) -> str:
     return os.path.commonpath([str(p.parent) for p in paths])
 
 
-def needs_face_model(method: type[Method]) -> bool:
-    return method.defaults.get("face_backend") == "arcface" and FACE_MODEL_OPTION in method.defaults
+def needs_face_model(method: type[Method], config: dict | None = None) -> bool:
+    """Whether the method, in the version ``config`` picks (a file's ``when`` may set ``face_backend``), needs an
+    ArcFace model folder."""
+    backend = (config or {}).get("face_backend", method.defaults.get("face_backend"))
+    return backend == "arcface" and FACE_MODEL_OPTION in method.defaults
 
 
 def trains(method: type[Method]) -> bool:
@@ -194,13 +197,11 @@ def _applies(file: PublishedFile, config: dict) -> bool:
 def discover_method(method: type[Method], finder: _Finder) -> Discovered:
     found = Discovered(method.name, (), trains=trains(method), any_family=not method.families)
     families = tuple(method.families)
-    face: dict = {}
-    if needs_face_model(method):
-        packs = finder.face_packs()
-        if packs:
-            face = {FACE_MODEL_OPTION: str(packs[0])}
-        else:
-            found.missing.append(FACE_MODEL_NEED)
+    packs = finder.face_packs() if any(needs_face_model(method, dict(f.when)) for f in method.published_files) \
+        or needs_face_model(method) else []
+    face = {FACE_MODEL_OPTION: str(packs[0])} if packs else {}
+    if needs_face_model(method) and not face:
+        found.missing.append(FACE_MODEL_NEED)
     if not method.published_files:
         found.options = {family: dict(face) for family in families} if families else {"": dict(face)}
         found.families = families if not found.missing else ()
@@ -220,11 +221,14 @@ def discover_method(method: type[Method], finder: _Finder) -> Discovered:
                 paths.setdefault(file.option, []).append((file, path))
         options = {option: option_value(*found[0]) if len(found) == 1 else common_folder([p for _, p in found])
                    for option, found in paths.items()}
+        needs_face = needs_face_model(method, config)
+        if needs_face and not face and FACE_MODEL_NEED not in missing + found.missing:
+            missing.append(FACE_MODEL_NEED)
         if k == 0:
             found.missing = missing + found.missing
-        if missing or (needs_face_model(method) and not face):
+        if missing or (needs_face and not face):
             continue
-        options.update({key: value for key, value in config.items() if key != "family"}, **face)
+        options.update({key: value for key, value in config.items() if key != "family"}, **(face if needs_face else {}))
         for family in ((config["family"],) if "family" in config else families):
             found.options.setdefault(family, options)
     if found.options:

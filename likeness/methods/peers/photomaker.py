@@ -324,8 +324,10 @@ def trigger_ids(tokenizer, prompt: str, trigger: str, copies: int) -> tuple[torc
 class PhotoMaker(TuningFreeMethod):
     name = "photomaker"
     families = ("sdxl",)
-    published_files = tuple(PublishedFile("weights", file, HUB if version == "v1" else HUB + "-V2", "", f"PhotoMaker {version}",
-                                          (("version", version),)) for version, file in WEIGHT_NAMES.items())
+    # v2 also takes the ArcFace embedding: choosing its file chooses the arcface face stack (and its model folder).
+    published_files = (PublishedFile("weights", WEIGHT_NAMES["v1"], HUB, "", "PhotoMaker v1", (("version", "v1"),)),
+                       PublishedFile("weights", WEIGHT_NAMES["v2"], HUB + "-V2", "", "PhotoMaker v2",
+                                     (("version", "v2"), ("face_backend", "arcface"))))
     defaults = {
         "version": "v1",  # v1, or v2 (adds the ArcFace embedding: face_backend=arcface + face_model_dir)
         "weights": None,  # photomaker-v1.bin / -v2.bin: file, folder or hub id (default TencentARC/PhotoMaker(-V2))
