@@ -250,7 +250,7 @@ def personalize_and_generate(work: Path, method: str, photo: Path, device: str, 
 def method_base(method) -> tuple[str, str]:
     """(family, base model) a method runs on here: the built-in tiny base of its first family (the demo's bases;
     SD 1.x for the reference rows, which run on any base)."""
-    from likeness.app.demo import DEFAULT_BASES
+    from likeness.models.tiny import TINY_BASES as DEFAULT_BASES
 
     family = method.families[0] if method.families else "sd1"
     return family, DEFAULT_BASES[family]
@@ -266,7 +266,7 @@ def write_tiny_weights(root: Path, methods: list[str], arcface: bool) -> Path:
     """One weights folder as a user fills it, with tiny random files in the published layouts (the published file
     names and folders) for ``methods`` on the tiny base of their first family; with ``arcface`` also the tiny
     InsightFace-style ArcFace pack. Returns ``root``."""
-    from likeness.app.demo import DEFAULT_BASES
+    from likeness.models.tiny import TINY_BASES as DEFAULT_BASES
     from likeness.methods.peers.common import empty_unet
     from likeness.methods.peers.pulid import EVA_FILE
     from likeness.testing import peer_layouts as layouts

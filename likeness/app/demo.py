@@ -29,14 +29,12 @@ from pathlib import Path
 
 from likeness.app.jobs import JobRegistry, Progress, bench_command, one_run_per_visitor
 from likeness.app.workspace import CACHE_DIR, UploadError, Workspace
+from likeness.models.tiny import TINY_BASES
 
 DEFAULT_BASE_MODEL = "likeness/tiny-sd"
 # The base model of each family a method may run on, unless --base or the page says otherwise: the built-in tiny
-# ones (random weights: noise, not pictures; they run offline). Qwen-Image's is the edit model: the only method on
-# that family here is the Qwen-Image-Edit editor.
-DEFAULT_BASES = {"sd1": DEFAULT_BASE_MODEL, "sdxl": "likeness/tiny-sdxl", "flux1": "likeness/tiny-flux",
-                 "flux2": "likeness/tiny-flux2-klein", "sd3": "likeness/tiny-sd3",
-                 "qwen-image": "likeness/tiny-qwen-image-edit"}
+# ones (random weights: noise, not pictures; they run offline).
+DEFAULT_BASES = dict(TINY_BASES)
 DEFAULT_METRICS = ["ips", "sis", "aps"]
 THUMB = 192
 POLL_S = 0.5

@@ -33,6 +33,10 @@ TINY_MODELS = {"likeness/tiny-sd": "sd1", "likeness/tiny-sdxl": "sdxl"}
 # The flow-matching bases (FLUX.1, FLUX.2 [klein], SD3.5, Qwen-Image): built by likeness.models.tiny_flow.
 TINY_MODELS.update({"likeness/tiny-flux": "flux1", "likeness/tiny-flux2-klein": "flux2", "likeness/tiny-sd3": "sd3",
                     "likeness/tiny-qwen-image": "qwen-image", "likeness/tiny-qwen-image-edit": "qwen-image"})
+# The tiny base of each family, where something must pick one for a method (the demo, the GPU check). Qwen-Image's is
+# the edit model: the only method on that family is the Qwen-Image-Edit editor.
+TINY_BASES = {"sd1": "likeness/tiny-sd", "sdxl": "likeness/tiny-sdxl", "flux1": "likeness/tiny-flux",
+              "flux2": "likeness/tiny-flux2-klein", "sd3": "likeness/tiny-sd3", "qwen-image": "likeness/tiny-qwen-image-edit"}
 # Builders of the other tiny ids, registered by the modules that define them (likeness.models.tiny_flow, imported
 # by the likeness.models package).
 OTHER_BUILDERS: dict = {}
