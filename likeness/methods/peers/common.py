@@ -148,6 +148,13 @@ def empty_unet(base_model: str):
         return UNet2DConditionModel.from_config(config)
 
 
+def flux_transformer_config(base_model: str) -> dict:
+    """The base's FLUX ``transformer/config.json`` (depth and widths; no weights read)."""
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel.load_config(resolve_model_path(base_model), subfolder="transformer")
+
+
 def attention_layout(unet) -> list[tuple[str, int, int | None]]:
     """``(processor name, hidden size, cross-attention dim or None)`` in the order published IP-Adapter files
     number their layers (diffusers' ``attn_processors`` order)."""

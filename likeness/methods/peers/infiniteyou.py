@@ -46,6 +46,7 @@ from likeness.methods.peers.common import (
     check_face_dim,
     check_layout,
     diffusers_loading,
+    flux_transformer_config,
     pick_face,
     read_shapes,
     read_state_dict,
@@ -56,7 +57,6 @@ from likeness.methods.peers.common import (
 from likeness.methods.peers.instantid import _norm, draw_keypoints, frame_points
 from likeness.methods.peers.ip_adapter import RESAMPLER_DEPTH, resampler_layout
 from likeness.methods.peers.photomaker import PerceiverAttention
-from likeness.models.loading import resolve_model_path
 from likeness.models.pretrained import ModelUnavailableError
 
 HUB = "ByteDance/InfiniteYou"
@@ -184,10 +184,10 @@ def check_infusenet(folder: Path, base_model: str) -> list[Path]:
     """InfuseNet's config must fit the base FLUX transformer, and its weights its config (names, shapes, read
     from the safetensors headers). Returns the weights files."""
     from accelerate import init_empty_weights
-    from diffusers import FluxControlNetModel, FluxTransformer2DModel
+    from diffusers import FluxControlNetModel
 
     config = FluxControlNetModel.load_config(str(folder))
-    transformer = FluxTransformer2DModel.load_config(resolve_model_path(base_model), subfolder="transformer")
+    transformer = flux_transformer_config(base_model)
     differ = [f"{k}: InfuseNet {config.get(k)!r}, transformer {transformer.get(k)!r}" for k in MATCHING_CONFIG
               if k in transformer and _norm(config.get(k, transformer[k])) != _norm(transformer[k])]
     if differ:

@@ -36,13 +36,13 @@ from likeness.methods.peers.common import (
     CheckpointError,
     arcface_for,
     check_layout,
+    flux_transformer_config,
     read_state_dict,
     resolve_file,
     split_prefixes,
     weights_record,
 )
 from likeness.methods.peers.pulid import EVA_FILE, EVA_HUB, HUB, IDFormer, PuLID, id_encoder_from
-from likeness.models.loading import resolve_model_path
 
 WEIGHT_NAMES = {"v0.9.0": "pulid_flux_v0.9.0.safetensors", "v0.9.1": "pulid_flux_v0.9.1.safetensors"}
 DOUBLE_INTERVAL = 2  # an ID block after double-stream blocks 0, 2, 4, ...
@@ -81,13 +81,6 @@ class IDCrossAttention(nn.Module):
         scale = self.head_width ** -0.25
         weights = ((q * scale) @ (k * scale).transpose(-1, -2)).float().softmax(dim=-1).to(q.dtype)
         return self.to_out((weights @ v).transpose(1, 2).reshape(batch, n, -1))
-
-
-def transformer_config(base_model: str) -> dict:
-    """The base's ``transformer/config.json`` (no weights read)."""
-    from diffusers import FluxTransformer2DModel
-
-    return FluxTransformer2DModel.load_config(resolve_model_path(base_model), subfolder="transformer")
 
 
 def expected_ca_shapes(config: dict, id_width: int, heads: int) -> dict[str, tuple]:
@@ -223,7 +216,7 @@ class PuLIDFlux(PuLID):
         if info.family != "flux1":
             raise ValueError(f"{path}: PuLID-FLUX weights are made for FLUX.1 [dev]; {base_model!r} is a {info.family} base. "
                              f"Use a FLUX.1 base (black-forest-labs/FLUX.1-dev), or method pulid for SDXL")
-        encoder, _, _ = load_pulid_flux(path, transformer_config(base_model), version)
+        encoder, _, _ = load_pulid_flux(path, flux_transformer_config(base_model), version)
         context, eva_record = self.encoding_context(path, encoder, backend, options)
         return context, [weights_record(path, "pulid-flux weights", spec), eva_record]
 
