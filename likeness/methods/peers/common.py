@@ -1,8 +1,9 @@
 """What the tuning-free peer methods share: published weights by hub id / folder / file, their checks,
 and an artifact that stores the photo's embeddings instead of trained weights.
 
-IP-Adapter(-FaceID), InstantID and PhotoMaker do not train per person: ``personalize`` only encodes
-the photo (CLIP image features, an ArcFace embedding, 5 face keypoints) and writes
+The peers (IP-Adapter(-FaceID), InstantID, PhotoMaker, PuLID; on FLUX.1 PuLID-FLUX, InfiniteYou, FLUX
+IP-Adapter) do not train per person: ``personalize`` only encodes the photo (CLIP image features, an ArcFace
+embedding, 5 face keypoints, ID tokens) and writes
 
 - ``embeddings.safetensors``: per person ``<name>.<tensor>`` (what generation feeds the adapter);
 - ``<name>-crop.png``: the exact crop that was encoded (to reproduce the embedding with plain diffusers);
