@@ -124,9 +124,9 @@ def _refused(tmp_path, match, photo, error=CheckpointError, base=BASE, **options
 def test_bad_input_is_named(tiny_models, weights, arcface_dir, photos, tmp_path):
     ann, face_dir = photos["ann"], str(arcface_dir)
     variant_dir = Path(weights["weights"]) / "infu_flux_v1.0" / "sim_stage1"
-    for base, family in (("likeness/tiny-flux2-klein", "flux2"), ("likeness/tiny-sdxl", "sdxl")):
-        _refused(tmp_path, f"published for FLUX.1 \\[dev\\] only .* is {family}: pass a FLUX.1 base model", ann, ValueError,
-                 base=base, face_model_dir=face_dir, **weights)
+    for base, family in (("likeness/tiny-flux2-klein", "FLUX.2"), ("likeness/tiny-sdxl", "SDXL")):
+        _refused(tmp_path, f"infiniteyou: InfiniteYou .* made for FLUX.1 \\[dev\\]; '{base}' is {family}. Use a FLUX.1 base", ann,
+                 ValueError, base=base, face_model_dir=face_dir, **weights)
     _refused(tmp_path, "needs an ArcFace model folder", ann, MissingFaceModelError, **weights)
     _refused(tmp_path, "nowhere: ArcFace model folder does not exist", ann, MissingFaceModelError,
              face_model_dir=str(tmp_path / "nowhere"), **weights)

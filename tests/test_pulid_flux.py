@@ -6,6 +6,7 @@ own outputs (tests/golden/pulid_flux, made by tests/golden/make_pulid_flux_golde
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -210,9 +211,9 @@ def _refused(tmp_path, setup, match, error=CheckpointError, base=FLUX, photo="an
 
 def test_bad_bases_files_and_photos_are_named(tiny_models, setup, tmp_path):
     weights = setup["options"]["weights"]
-    for base, family in (("likeness/tiny-flux2-klein", "flux2"), ("likeness/tiny-sdxl", "sdxl")):
+    for base, family in (("likeness/tiny-flux2-klein", "FLUX.2"), ("likeness/tiny-sdxl", "SDXL")):
         _refused(tmp_path, setup, rf"pulid_flux_v0\.9\.1\.safetensors: PuLID-FLUX weights are made for FLUX\.1 \[dev\]; "
-                 rf"'{base}' is a {family} base\. Use a FLUX\.1 base", error=ValueError, base=base)
+                 rf"'{base}' is {re.escape(family)}\. Use a FLUX\.1 base .*or method pulid", error=ValueError, base=base)
     _refused(tmp_path, setup, r"is the PuLID-FLUX v0\.9\.1 file, but version 'v0\.9\.0' was asked; pass version=v0\.9\.1",
              version="v0.9.0")
     _refused(tmp_path, setup, r"folder has no PuLID-FLUX weights file \(looked for pulid_flux_v0\.9\.0\.safetensors\)",

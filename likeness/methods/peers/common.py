@@ -149,6 +149,16 @@ def empty_unet(base_model: str):
         return UNet2DConditionModel.from_config(config)
 
 
+def require_flux1(info, base_model: str, what: str, instead: str) -> None:
+    """The FLUX.1 peers' base check, one wording for all: ``what`` is made for FLUX.1 [dev], the base is not;
+    ``instead`` names the method to use on other bases."""
+    from likeness.models.families import FAMILY_NAMES
+
+    if info.family != "flux1":
+        raise ValueError(f"{what} made for FLUX.1 [dev]; {base_model!r} is {FAMILY_NAMES.get(info.family, info.family)}. "
+                         f"Use a FLUX.1 base (black-forest-labs/FLUX.1-dev), or {instead}")
+
+
 def flux_transformer_config(base_model: str) -> dict:
     """The base's FLUX ``transformer/config.json`` (depth and widths; no weights read)."""
     from diffusers import FluxTransformer2DModel

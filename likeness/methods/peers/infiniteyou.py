@@ -50,6 +50,7 @@ from likeness.methods.peers.common import (
     pick_face,
     read_shapes,
     read_state_dict,
+    require_flux1,
     resolve_file,
     save_crop,
     weights_record,
@@ -228,9 +229,8 @@ class InfiniteYou(TuningFreeMethod):
     default_sampling = {"flux1": {"num_inference_steps": 30, "guidance_scale": 3.5}}
 
     def prepare(self, base_model, info, options):
-        if info.family != "flux1":
-            raise ValueError(f"infiniteyou is published for FLUX.1 [dev] only (InfuseNet is a FLUX.1 ControlNet); "
-                             f"{base_model!r} is {info.family}: pass a FLUX.1 base model")
+        require_flux1(info, base_model, f"{self.name}: InfiniteYou (InfuseNet, a FLUX.1 ControlNet) is",
+                      "method instantid, pulid or photomaker on an SDXL base")
         if options["variant"] not in VARIANTS:
             raise ValueError(f"infiniteyou variant must be one of {', '.join(VARIANTS)}, not {options['variant']!r}")
         for key in ("conditioning_scale", "guidance_start", "guidance_end", "infusenet_guidance"):

@@ -38,6 +38,7 @@ from likeness.methods.peers.common import (
     check_layout,
     flux_transformer_config,
     read_state_dict,
+    require_flux1,
     resolve_file,
     split_prefixes,
     weights_record,
@@ -213,9 +214,7 @@ class PuLIDFlux(PuLID):
         backend = arcface_for(self.name, options)
         spec = options["weights"] or HUB
         path = resolve_file(spec, WEIGHT_NAMES[version], what="PuLID-FLUX weights")
-        if info.family != "flux1":
-            raise ValueError(f"{path}: PuLID-FLUX weights are made for FLUX.1 [dev]; {base_model!r} is a {info.family} base. "
-                             f"Use a FLUX.1 base (black-forest-labs/FLUX.1-dev), or method pulid for SDXL")
+        require_flux1(info, base_model, f"{path}: PuLID-FLUX weights are", "method pulid on an SDXL base")
         encoder, _, _ = load_pulid_flux(path, flux_transformer_config(base_model), version)
         context, eva_record = self.encoding_context(path, encoder, backend, options)
         return context, [weights_record(path, "pulid-flux weights", spec), eva_record]
