@@ -232,12 +232,12 @@ class InfiniteYou(TuningFreeMethod):
         require_flux1(info, base_model, f"{self.name}: InfiniteYou (InfuseNet, a FLUX.1 ControlNet) is",
                       "method instantid, pulid or photomaker on an SDXL base")
         if options["variant"] not in VARIANTS:
-            raise ValueError(f"infiniteyou variant must be one of {', '.join(VARIANTS)}, not {options['variant']!r}")
+            raise ValueError(f"{self.name}: variant must be one of {', '.join(VARIANTS)}, not {options['variant']!r}")
         for key in ("conditioning_scale", "guidance_start", "guidance_end", "infusenet_guidance"):
             options[key] = float(options[key])
         if not 0.0 <= options["guidance_start"] < options["guidance_end"] <= 1.0:
-            raise ValueError(f"infiniteyou needs 0 <= guidance_start < guidance_end <= 1 (got {options['guidance_start']}, "
-                             f"{options['guidance_end']})")
+            raise ValueError(f"{self.name}: guidance_start and guidance_end need 0 <= start < end <= 1 (got "
+                             f"{options['guidance_start']}, {options['guidance_end']})")
         backend = arcface_for(self.name, options)
         projection, infusenet = self.locate(options)
         files = check_infusenet(infusenet, base_model)

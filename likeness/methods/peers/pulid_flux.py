@@ -208,9 +208,9 @@ class PuLIDFlux(PuLID):
     def prepare(self, base_model, info, options):
         version = options["version"]
         if version not in WEIGHT_NAMES:
-            raise ValueError(f"pulid-flux: version must be one of {', '.join(WEIGHT_NAMES)}, not {version!r}")
+            raise ValueError(f"{self.name}: version must be one of {', '.join(WEIGHT_NAMES)}, not {version!r}")
         if int(options["start_step"]) < 0:
-            raise ValueError(f"pulid-flux: start_step must be 0 or more, not {options['start_step']!r}")
+            raise ValueError(f"{self.name}: start_step must be 0 or more, not {options['start_step']!r}")
         backend = arcface_for(self.name, options)
         spec = options["weights"] or HUB
         path = resolve_file(spec, WEIGHT_NAMES[version], what="PuLID-FLUX weights")
