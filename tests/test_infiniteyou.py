@@ -20,6 +20,7 @@ from likeness.methods.preparation import NoFaceError
 from likeness.models.runtime import resolve_plan
 from likeness.testing.infiniteyou_layout import write_published_files
 from likeness.testing.tiny_arcface import export_tiny_arcface, face_image
+from likeness.testing.weights_folder import hub_snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BASE = "likeness/tiny-flux"
@@ -257,15 +258,12 @@ def test_the_default_hub_id_resolves_from_the_local_hub_cache(tiny_models, arcfa
 
     from likeness.models.pretrained import ModelUnavailableError
 
-    repo = tmp_path / "hub" / "models--ByteDance--InfiniteYou"
-    commit = "0" * 40
-    write_published_files(repo / "snapshots" / commit, BASE, variant="aes_stage2")
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
+    root = hub_snapshot(tmp_path / "hub", "ByteDance/InfiniteYou")
+    write_published_files(root, BASE, variant="aes_stage2")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     art = personalize("infiniteyou", {"ann": [photos["ann"]]}, tmp_path / "a", BASE, face_model_dir=str(arcface_dir))
     paths = [Path(r["path"]) for r in json.loads((art / "likeness.json").read_text())["config"]["weights"]]
-    snapshot = (repo / "snapshots" / commit / "infu_flux_v1.0" / "aes_stage2").resolve()
+    snapshot = (root / "infu_flux_v1.0" / "aes_stage2").resolve()
     assert [p.relative_to(snapshot).as_posix() for p in paths] == [
         "image_proj_model.bin", "InfuseNetModel/config.json",
         "InfuseNetModel/diffusion_pytorch_model-00001-of-00002.safetensors",
@@ -276,7 +274,7 @@ def test_the_default_hub_id_resolves_from_the_local_hub_cache(tiny_models, arcfa
 
     declared = [f for f in METHODS.get("infiniteyou").published_files if dict(f.when)["variant"] == "aes_stage2"]
     assert all(f.hub == "ByteDance/InfiniteYou" and f.option == "weights" for f in declared)
-    assert sorted((repo / "snapshots" / commit / f.subfolder / f.filename).resolve() for f in declared) == sorted(
+    assert sorted((root / f.subfolder / f.filename).resolve() for f in declared) == sorted(
         [*paths, snapshot / "InfuseNetModel" / "diffusion_pytorch_model.safetensors.index.json"])
     # A repository with InfuseNet in one file (not the published shards) works too.
     infusenet = snapshot / "InfuseNetModel"
