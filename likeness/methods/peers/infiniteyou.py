@@ -1,7 +1,8 @@
 """InfiniteYou (Jiang et al., ICCV 2025; ByteDance): identity on FLUX.1 [dev] through InfuseNet.
 
 InfuseNet is a diffusers ``FluxControlNetModel`` (4 double-stream and 10 single-stream blocks in the
-published files, as DiffSynth-Studio's loader for them records; their config.json was not at hand offline): its residuals are added to FLUX's blocks as any FLUX ControlNet's are, but its text context is
+published files, as DiffSynth-Studio's loader for them records; their config.json was not at hand offline): its
+residuals are added to FLUX's blocks as any FLUX ControlNet's are, but its text context is
 **the identity tokens, not the prompt**. The face's ArcFace embedding (512-d, L2-normalised) goes through
 a Perceiver resampler (``image_proj_model.bin``: ``{"image_proj": {...}}``, 8 queries of width 1280,
 4 blocks of 20 heads, out to 4096 = FLUX's T5 width) giving 8 ID tokens; InfuseNet attends to them with
