@@ -7,8 +7,6 @@ from __future__ import annotations
 import importlib
 import json
 
-import pytest
-
 from bench_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from likeness.bench.leaderboard import PAGE, leaderboard_rows
 from likeness.cli import main
