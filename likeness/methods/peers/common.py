@@ -159,6 +159,14 @@ def require_flux1(info, base_model: str, what: str, instead: str) -> None:
                          f"Use a FLUX.1 base (black-forest-labs/FLUX.1-dev), or {instead}")
 
 
+def config_value(value):
+    """A model-config entry in a comparable form: tuples and lists alike (a saved config.json has lists, a built one
+    may have tuples)."""
+    if isinstance(value, (list, tuple)):
+        return [config_value(v) for v in value]
+    return value
+
+
 def flux_transformer_config(base_model: str) -> dict:
     """The base's FLUX ``transformer/config.json`` (depth and widths; no weights read)."""
     from diffusers import FluxTransformer2DModel

@@ -46,6 +46,7 @@ from likeness.methods.peers.common import (
     arcface_for,
     check_face_dim,
     check_layout,
+    config_value,
     diffusers_loading,
     flux_transformer_config,
     pick_face,
@@ -56,7 +57,7 @@ from likeness.methods.peers.common import (
     save_crop,
     weights_record,
 )
-from likeness.methods.peers.instantid import _norm, draw_keypoints, frame_points
+from likeness.methods.peers.instantid import draw_keypoints, frame_points
 from likeness.methods.peers.ip_adapter import RESAMPLER_DEPTH, resampler_layout
 from likeness.methods.peers.photomaker import PerceiverAttention
 from likeness.models.pretrained import ModelUnavailableError
@@ -191,7 +192,7 @@ def check_infusenet(folder: Path, base_model: str) -> list[Path]:
     config = FluxControlNetModel.load_config(str(folder))
     transformer = flux_transformer_config(base_model)
     differ = [f"{k}: InfuseNet {config.get(k)!r}, transformer {transformer.get(k)!r}" for k in MATCHING_CONFIG
-              if k in transformer and _norm(config.get(k, transformer[k])) != _norm(transformer[k])]
+              if k in transformer and config_value(config.get(k, transformer[k])) != config_value(transformer[k])]
     if differ:
         raise CheckpointError(f"{folder}: InfuseNet made for another base model; " + "; ".join(differ[:4]))
     files = infusenet_files(folder)
