@@ -126,15 +126,14 @@ def build_weights(family: str, model: Path, work: Path) -> dict:
 
 def pulid_files(unet, work: Path) -> dict:
     """PuLID v1 and the EVA02-CLIP checkpoint at their published sizes (random weights), written once."""
-    from likeness.testing.peer_layouts import eva_clip_state, pulid_state, save_flat
+    from likeness.testing.peer_layouts import EVA_SIZES, eva_clip_state, pulid_state, save_flat
 
     files = {"pulid": work / "pulid" / "pulid_v1.bin", "eva": work / "pulid" / "EVA02_CLIP_L_336_psz14_s6B.pt"}
     if not files["pulid"].exists():
         save_flat(pulid_state(unet, version="v1", face_dim=512, eva_width=1024, eva_embed=768, hidden=1024, std=0.02),
                   files["pulid"])
     if not files["eva"].exists():
-        save_flat(eva_clip_state(width=1024, layers=24, mlp_hidden=2730, patch=14, image_size=336, embed_dim=768),
-                  files["eva"])
+        save_flat(eva_clip_state(**EVA_SIZES["published"]), files["eva"])
     return files
 
 

@@ -195,6 +195,14 @@ def photomaker_state(base_model: str, *, hidden: int = 64, layers: int = 2, patc
     return state
 
 
+# EVA02-CLIP vision towers: "tiny" (the defaults of eva_clip_state: 21 blocks, so PuLID's five taps exist) and the
+# published EVA02-CLIP-L-14-336.
+EVA_SIZES = {
+    "tiny": dict(width=32, layers=21, mlp_hidden=48, patch=8, image_size=32, embed_dim=16),
+    "published": dict(width=1024, layers=24, mlp_hidden=2730, patch=14, image_size=336, embed_dim=768),
+}
+
+
 def eva_clip_state(*, width: int = 32, layers: int = 21, mlp_hidden: int = 48, patch: int = 8, image_size: int = 32,
                    embed_dim: int = 16, seed: int = 0, rope_tables_inside: bool = True) -> dict[str, torch.Tensor]:
     """A published-layout EVA02-CLIP checkpoint (``EVA02_CLIP_L_336_psz14_s6B.pt``): the vision tower's tensors

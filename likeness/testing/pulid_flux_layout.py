@@ -14,16 +14,16 @@ from pathlib import Path
 import torch
 
 from likeness.methods.peers.pulid_flux import CA_HEAD_WIDTH, WEIGHT_NAMES, ca_positions
-from likeness.testing.peer_layouts import eva_clip_state, random_idformer, save_flat
+from likeness.testing.peer_layouts import EVA_SIZES, eva_clip_state, random_idformer, save_flat
 
 # Widths per size: IDFormer (dim, queries, depth, heads, MLP width, ID-token width), CA heads, face embedding,
 # EVA02-CLIP tower. "published": PuLID-FLUX's IDFormer (1024, 32 queries, 10 layers, 16 heads of 64, MLPs 1024 wide,
 # 2048-wide ID tokens), 16 CA heads of 128, antelopev2's 512-d ArcFace, EVA02-CLIP-L-14-336.
 SIZES = {
     "tiny": dict(dim=32, queries=8, depth=5, heads=1, hidden=32, id_width=32, ca_heads=1, face_dim=16,
-                 eva=dict(width=32, layers=21, mlp_hidden=48, patch=8, image_size=32, embed_dim=16)),
+                 eva=EVA_SIZES["tiny"]),
     "published": dict(dim=1024, queries=32, depth=10, heads=16, hidden=1024, id_width=2048, ca_heads=16, face_dim=512,
-                      eva=dict(width=1024, layers=24, mlp_hidden=2730, patch=14, image_size=336, embed_dim=768)),
+                      eva=EVA_SIZES["published"]),
 }
 
 
