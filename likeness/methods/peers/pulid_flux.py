@@ -43,7 +43,7 @@ from likeness.methods.peers.common import (
     split_prefixes,
     weights_record,
 )
-from likeness.methods.peers.pulid import EVA_FILE, EVA_HUB, HUB, IDFormer, PuLID, id_encoder_from
+from likeness.methods.peers.pulid import EVA_PUBLISHED, HUB, IDFormer, PuLID, id_encoder_from
 
 WEIGHT_NAMES = {"v0.9.0": "pulid_flux_v0.9.0.safetensors", "v0.9.1": "pulid_flux_v0.9.1.safetensors"}
 DOUBLE_INTERVAL = 2  # an ID block after double-stream blocks 0, 2, 4, ...
@@ -186,11 +186,8 @@ def install(transformer, ca_state: dict[str, torch.Tensor], id_width: int, state
 class PuLIDFlux(PuLID):
     name = "pulid-flux"
     families = ("flux1",)
-    published_files = (
-        PublishedFile("weights", WEIGHT_NAMES["v0.9.1"], HUB, role="pulid-flux weights", when=(("version", "v0.9.1"),)),
-        PublishedFile("weights", WEIGHT_NAMES["v0.9.0"], HUB, role="pulid-flux weights", when=(("version", "v0.9.0"),)),
-        PublishedFile("eva_clip", EVA_FILE, EVA_HUB, role="EVA02-CLIP checkpoint"),
-    )
+    published_files = tuple(PublishedFile("weights", WEIGHT_NAMES[version], HUB, "", f"PuLID-FLUX {version}",
+                                          (("version", version),)) for version in ("v0.9.1", "v0.9.0")) + (EVA_PUBLISHED,)
     defaults = {
         "version": "v0.9.1",  # v0.9.1 (the published app's default) or v0.9.0
         "weights": None,  # pulid_flux_<version>.safetensors: file, folder or hub id (default guozinan/PuLID)
