@@ -306,15 +306,9 @@ def test_judge_default_dtype_on_a_gpu_is_in_its_protocol_name(tmp_path, monkeypa
 
 
 @pytest.fixture(scope="module")
-def face_and_arcface(tmp_path_factory):
-    """A face the tiny ArcFace detector finds, and that ArcFace's folder (the library's test helpers, as test_peers)."""
-    from PIL import Image
-
-    from likeness.testing.tiny_arcface import export_tiny_arcface, face_image
-
-    root = tmp_path_factory.mktemp("face")
-    Image.fromarray(face_image(0)).save(root / "ann.png")
-    return root / "ann.png", export_tiny_arcface(root / "arc")
+def face_and_arcface(face_photos, arcface_dir):
+    """A face the tiny ArcFace detector finds, and that ArcFace's folder (the shared fixtures of conftest.py)."""
+    return face_photos["ann"], arcface_dir
 
 
 def test_ip_adapter_faceid_generates_in_half_precision(tiny_models, face_and_arcface, tmp_path):

@@ -19,7 +19,7 @@ from likeness.methods.peers.common import CheckpointError, MissingFaceModelError
 from likeness.methods.preparation import NoFaceError
 from likeness.models.runtime import resolve_plan
 from likeness.testing.infiniteyou_layout import write_published_files
-from likeness.testing.tiny_arcface import export_tiny_arcface, face_image
+from likeness.testing.tiny_arcface import face_image
 from likeness.testing.weights_folder import hub_snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,11 +30,6 @@ GOLDEN = Path(__file__).parent / "golden" / "infiniteyou"
 
 def _pixels(image) -> np.ndarray:
     return np.asarray(image, dtype=int)
-
-
-@pytest.fixture(scope="module")
-def arcface_dir(tmp_path_factory):
-    return export_tiny_arcface(tmp_path_factory.mktemp("arcface"))
 
 
 @pytest.fixture(scope="module")
