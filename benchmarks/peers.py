@@ -20,10 +20,9 @@ The published files are written by :mod:`likeness.testing.peer_layouts` at their
   ``--flux-depth-scale`` of the 19 double + 38 single blocks, default 0.1: 2 + 4, 1.31 B parameters) in bf16, with
   one-layer text encoders of the real widths and ``--text-tokens`` T5 tokens. Each method's files come from
   ``likeness.testing.<method>_layout.write_published_files(..., size="published")`` (its published widths, one IP /
-  ID layer per block of this depth); a method whose builder module is missing is skipped with a note. Each method
-  generates in its own process (plain, the method, plain again when the method left the transformer as it was), so
-  its peak memory is its own; ``flux-ip-adapter`` is also measured without true CFG (its published setting runs the
-  transformer twice per step).
+  ID layer per block of this depth). Each method generates in its own process (plain, the method, plain again when
+  the method left the transformer as it was), so its peak memory is its own; ``flux-ip-adapter`` is also measured
+  without true CFG (its published setting runs the transformer twice per step).
 
 The ArcFace models are random-weight iresnet recognisers exported to ONNX at their published sizes (r50
 as in buffalo_l for FaceID, r100 as in antelopev2 for InstantID: 512-d), run by the ``arcface`` backend
@@ -127,15 +126,14 @@ def build_weights(family: str, model: Path, work: Path) -> dict:
 
 def pulid_files(unet, work: Path) -> dict:
     """PuLID v1 and the EVA02-CLIP checkpoint at their published sizes (random weights), written once."""
-    from likeness.testing.peer_layouts import eva_clip_state, pulid_state, save_flat
+    from likeness.testing.peer_layouts import EVA_SIZES, eva_clip_state, pulid_state, save_flat
 
     files = {"pulid": work / "pulid" / "pulid_v1.bin", "eva": work / "pulid" / "EVA02_CLIP_L_336_psz14_s6B.pt"}
     if not files["pulid"].exists():
         save_flat(pulid_state(unet, version="v1", face_dim=512, eva_width=1024, eva_embed=768, hidden=1024, std=0.02),
                   files["pulid"])
     if not files["eva"].exists():
-        save_flat(eva_clip_state(width=1024, layers=24, mlp_hidden=2730, patch=14, image_size=336, embed_dim=768),
-                  files["eva"])
+        save_flat(eva_clip_state(**EVA_SIZES["published"]), files["eva"])
     return files
 
 
@@ -175,31 +173,19 @@ def build_flux1_random(folder: Path, depth_scale: float) -> Path:
 
 
 def flux_weights(methods: list[str], model: Path, work: Path) -> dict:
-    """Published-size random files for each FLUX method whose layout builder is there (written once); a method
-    whose builder module is missing is skipped with the reason (the builders come with the methods' branches)."""
+    """Published-size random files for each FLUX method (written once): ``{method: its options}``."""
     import importlib
 
     from likeness.methods import get_method
 
-    options, skipped = {}, {}
+    options = {}
     for method in methods:
-        module = f"likeness.testing.{FLUX_LAYOUTS[method]}"
-        try:
-            layout = importlib.import_module(module)
-            defaults = get_method(method).defaults
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            skipped[method] = f"{module} is not there yet (it comes with the method's branch)"
-            continue
-        except KeyError:
-            skipped[method] = f"method {method!r} is not registered in this checkout"
-            continue
+        layout = importlib.import_module(f"likeness.testing.{FLUX_LAYOUTS[method]}")
         chosen = dict(layout.write_published_files(work / method, str(model), size="published"))
-        if defaults.get("face_backend") == "arcface" and "face_model_dir" not in chosen:
+        if get_method(method).defaults.get("face_backend") == "arcface" and "face_model_dir" not in chosen:
             chosen["face_model_dir"] = str(arcface_folder(work, "r100"))
         options[method] = chosen
-    return {"options": options, "skipped": skipped}
+    return options
 
 
 def encode_generic(method_name: str, options: dict, model: str, photo: Path) -> tuple[float, float]:
@@ -564,13 +550,6 @@ def main() -> int:
             common += ["--flux-depth-scale", str(args.flux_depth_scale), "--text-tokens", str(args.text_tokens),
                        "--device", args.device]
         files = subprocess_part(__file__, ["--part", "weights", "--only", ",".join(chosen), *common])
-        if family == "flux1":
-            for method, reason in files["skipped"].items():
-                print(f"flux1: skipping {method}: {reason}", flush=True)
-            files = files["options"]
-            chosen = [m for m in chosen if m in files]
-            if not chosen:
-                continue
         print(f"{family}: model and published-size weights ready in {time.perf_counter() - tic:.0f} s", flush=True)
         only = ["--only", ",".join(chosen)]
         enc = subprocess_part(__file__, ["--part", "encode", "--files", json.dumps(files), *only, *common])

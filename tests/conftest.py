@@ -43,6 +43,33 @@ def face_cache(dlib_backend):
     return FaceCache(dlib_backend)
 
 
+@pytest.fixture(scope="session")
+def arcface_dir(tmp_path_factory) -> Path:
+    """The tiny InsightFace-style ArcFace pack (:mod:`likeness.testing.tiny_arcface`: a detector that finds the
+    bright faces of ``face_photos``, a 16-d recogniser), exported once; read only."""
+    from likeness.testing.tiny_arcface import export_tiny_arcface
+
+    return export_tiny_arcface(tmp_path_factory.mktemp("arcface"))
+
+
+@pytest.fixture(scope="session")
+def face_photos(tmp_path_factory) -> dict:
+    """Two 'people' the tiny ArcFace detector finds (``ann``, ``bob``: a bright block on different textures) and a
+    photo without a face (``wall``): ``{name: path}``; read only."""
+    from PIL import Image
+
+    from likeness.testing.tiny_arcface import face_image
+
+    folder = tmp_path_factory.mktemp("faces")
+    paths = {}
+    for name, seed in (("ann", 0), ("bob", 1)):
+        paths[name] = folder / f"{name}.png"
+        Image.fromarray(face_image(seed)).save(paths[name])
+    paths["wall"] = folder / "wall.png"
+    Image.new("RGB", (320, 320), (40, 40, 40)).save(paths["wall"])
+    return paths
+
+
 # --- generation core (issue 3): tiny base models and short-trained artifacts --------------------------
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 import importlib
 import json
 
-import pytest
-
 from bench_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from likeness.bench.leaderboard import PAGE, leaderboard_rows
 from likeness.cli import main
@@ -24,18 +22,17 @@ FLUX_METHODS = {
 }
 
 
-def _options(name, spec, folder) -> dict:
+def _options(name, spec, folder, arcface_dir) -> dict:
     from likeness.methods import METHODS
     from likeness.methods.discovery import needs_face_model
-    from likeness.testing.tiny_arcface import export_tiny_arcface
 
     options = importlib.import_module(spec).write_published_files(folder / name, FLUX) if isinstance(spec, str) else spec
     if needs_face_model(METHODS.get(name)):
-        options = {**options, "face_model_dir": str(export_tiny_arcface(folder / "arcface"))}
+        options = {**options, "face_model_dir": str(arcface_dir)}
     return options
 
 
-def test_flux_and_sdxl_methods_fill_one_leaderboard(tiny_models, tmp_path, capsys):
+def test_flux_and_sdxl_methods_fill_one_leaderboard(tiny_models, arcface_dir, tmp_path, capsys):
     from PIL import Image
     from skimage.data import astronaut
 
@@ -47,7 +44,7 @@ def test_flux_and_sdxl_methods_fill_one_leaderboard(tiny_models, tmp_path, capsy
     Image.fromarray(photo).save(people / "0.png")
     method = ",".join([f"{name}@{FLUX}" for name in FLUX_METHODS] + [f"textual-inversion@{SDXL}"])
     options = [f"{name}:{key}={json.dumps(value)}" for name, spec in FLUX_METHODS.items()
-               for key, value in _options(name, spec, tmp_path / "weights").items()]
+               for key, value in _options(name, spec, tmp_path / "weights", arcface_dir).items()]
     command = ["bench", "--out", str(run), "--method", method, "--identities", str(people.parent), "--limit", "1",
                "--train-steps", "2", "--steps", "2", "--resolution", "32", "--metrics", "ips", "--quiet", "--no-report"]
     for option in options:
@@ -62,7 +59,7 @@ def test_flux_and_sdxl_methods_fill_one_leaderboard(tiny_models, tmp_path, capsy
         assert sidecar["base_model"] == (SDXL if name == "textual-inversion" else FLUX)
         manifest = json.loads(next((run / name / "artifacts").glob("*/likeness.json")).read_text())
         assert manifest["base_model"]["family"] == ("sdxl" if name == "textual-inversion" else "flux1")
-    # How long each person's personalization took (training, or for the editor only framing the photo): recorded.
+    # How long each person's personalization took (training, or for the tuning-free ones encoding the photo): recorded.
     assert all(r["seconds_per_person"] is not None and r["seconds_per_person"] > 0 for r in rows)
     page = (run / PAGE).read_text()
     assert ">base model<" in page and ">s / person<" in page and f"<code>{FLUX}</code>" in page

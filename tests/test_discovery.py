@@ -12,7 +12,7 @@ import pytest
 from likeness.methods.discovery import FACE_MODEL_NEED, discover
 from likeness.testing.peer_layouts import clip_vision_encoder, eva_clip_state, ip_adapter_state, pulid_state, save_flat, save_published
 from likeness.testing.tiny_arcface import export_tiny_arcface
-from likeness.testing.weights_folder import write_weights_folder
+from likeness.testing.weights_folder import hub_snapshot, write_weights_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,14 +27,10 @@ def weights(tiny_models, tmp_path_factory):
 
 
 def _cache_file(cache: Path, repo: str, filename: str, source: Path) -> Path:
-    """A file as `hf download` leaves it in the hub cache: blobs, a snapshot of the main ref, refs/main."""
-    folder = cache / f"models--{repo.replace('/', '--')}"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    target = folder / "snapshots" / commit / filename
+    """A file as `hf download` leaves it in the hub cache: in a snapshot of the main ref."""
+    target = hub_snapshot(cache, repo) / filename
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(source, target)
-    (folder / "refs").mkdir(exist_ok=True)
-    (folder / "refs" / "main").write_text(commit)
     return target
 
 

@@ -215,36 +215,30 @@ def test_stellarnet_generates_in_half_precision(tiny_models, astronaut_path, tmp
     _within(_images(art, "unet", num_inference_steps=2))
 
 
-def test_pulid_generates_in_half_precision(tiny_models, tmp_path):
+def test_pulid_generates_in_half_precision(tiny_models, face_and_arcface, tmp_path):
     """PuLID v1.1 on tiny-sdxl with tiny published-layout weights, a tiny EVA02-CLIP and the tiny ArcFace: ID
     tokens computed at personalization, the ID attention processors then run in bf16 / fp16."""
-    from PIL import Image
-
-    from likeness.testing.tiny_arcface import export_tiny_arcface, face_image
     from likeness.testing.peer_layouts import eva_clip_state, pulid_state, save_flat
     from likeness.methods.peers.common import empty_unet
 
-    Image.fromarray(face_image(0)).save(tmp_path / "ann.png")
+    face, arcface = face_and_arcface
     weights = save_flat(pulid_state(empty_unet("likeness/tiny-sdxl"), version="v1.1", seed=1),
                         tmp_path / "pulid_v1.1.safetensors")
     eva = save_flat(eva_clip_state(), tmp_path / "EVA02_CLIP_L_336_psz14_s6B.pt")
-    art = personalize("pulid", {"ann": [tmp_path / "ann.png"]}, tmp_path / "art", "likeness/tiny-sdxl", version="v1.1",
-                      weights=str(weights), eva_clip=str(eva), face_model_dir=str(export_tiny_arcface(tmp_path / "arc")))
+    art = personalize("pulid", {"ann": [face]}, tmp_path / "art", "likeness/tiny-sdxl", version="v1.1",
+                      weights=str(weights), eva_clip=str(eva), face_model_dir=str(arcface))
     _within(_images(art, "unet", num_inference_steps=2))
 
 
-def test_pulid_flux_generates_in_half_precision(tiny_models, tmp_path):
+def test_pulid_flux_generates_in_half_precision(tiny_models, face_and_arcface, tmp_path):
     """PuLID-FLUX on tiny-flux with tiny published-layout weights: ID tokens computed at personalization, the
     pulid_ca blocks hooked into the transformer then run in bf16 / fp16 (their own weights too)."""
-    from PIL import Image
-
     from likeness.testing.pulid_flux_layout import write_published_files
-    from likeness.testing.tiny_arcface import export_tiny_arcface, face_image
 
-    Image.fromarray(face_image(0)).save(tmp_path / "ann.png")
+    face, arcface = face_and_arcface
     options = write_published_files(tmp_path / "w", "likeness/tiny-flux")
-    art = personalize("pulid-flux", {"ann": [tmp_path / "ann.png"]}, tmp_path / "art", "likeness/tiny-flux",
-                      face_model_dir=str(export_tiny_arcface(tmp_path / "arc")), **options)
+    art = personalize("pulid-flux", {"ann": [face]}, tmp_path / "art", "likeness/tiny-flux",
+                      face_model_dir=str(arcface), **options)
     for dtype in HALF:
         ours = load_artifact(art, plan=resolve_plan("cpu", dtype, "no"))
         assert {p.dtype for p in ours.pipe.transformer.pulid_ca.parameters()} == {getattr(torch, dtype)}
@@ -312,15 +306,9 @@ def test_judge_default_dtype_on_a_gpu_is_in_its_protocol_name(tmp_path, monkeypa
 
 
 @pytest.fixture(scope="module")
-def face_and_arcface(tmp_path_factory):
-    """A face the tiny ArcFace detector finds, and that ArcFace's folder (the library's test helpers, as test_peers)."""
-    from PIL import Image
-
-    from likeness.testing.tiny_arcface import export_tiny_arcface, face_image
-
-    root = tmp_path_factory.mktemp("face")
-    Image.fromarray(face_image(0)).save(root / "ann.png")
-    return root / "ann.png", export_tiny_arcface(root / "arc")
+def face_and_arcface(face_photos, arcface_dir):
+    """A face the tiny ArcFace detector finds, and that ArcFace's folder (the shared fixtures of conftest.py)."""
+    return face_photos["ann"], arcface_dir
 
 
 def test_ip_adapter_faceid_generates_in_half_precision(tiny_models, face_and_arcface, tmp_path):

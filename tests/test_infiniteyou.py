@@ -19,7 +19,8 @@ from likeness.methods.peers.common import CheckpointError, MissingFaceModelError
 from likeness.methods.preparation import NoFaceError
 from likeness.models.runtime import resolve_plan
 from likeness.testing.infiniteyou_layout import write_published_files
-from likeness.testing.tiny_arcface import export_tiny_arcface, face_image
+from likeness.testing.tiny_arcface import face_image
+from likeness.testing.weights_folder import hub_snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BASE = "likeness/tiny-flux"
@@ -29,11 +30,6 @@ GOLDEN = Path(__file__).parent / "golden" / "infiniteyou"
 
 def _pixels(image) -> np.ndarray:
     return np.asarray(image, dtype=int)
-
-
-@pytest.fixture(scope="module")
-def arcface_dir(tmp_path_factory):
-    return export_tiny_arcface(tmp_path_factory.mktemp("arcface"))
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +120,9 @@ def _refused(tmp_path, match, photo, error=CheckpointError, base=BASE, **options
 def test_bad_input_is_named(tiny_models, weights, arcface_dir, photos, tmp_path):
     ann, face_dir = photos["ann"], str(arcface_dir)
     variant_dir = Path(weights["weights"]) / "infu_flux_v1.0" / "sim_stage1"
-    for base, family in (("likeness/tiny-flux2-klein", "flux2"), ("likeness/tiny-sdxl", "sdxl")):
-        _refused(tmp_path, f"published for FLUX.1 \\[dev\\] only .* is {family}: pass a FLUX.1 base model", ann, ValueError,
-                 base=base, face_model_dir=face_dir, **weights)
+    for base, family in (("likeness/tiny-flux2-klein", "FLUX.2"), ("likeness/tiny-sdxl", "SDXL")):
+        _refused(tmp_path, f"infiniteyou: InfiniteYou .* made for FLUX.1 \\[dev\\]; '{base}' is {family}. Use a FLUX.1 base", ann,
+                 ValueError, base=base, face_model_dir=face_dir, **weights)
     _refused(tmp_path, "needs an ArcFace model folder", ann, MissingFaceModelError, **weights)
     _refused(tmp_path, "nowhere: ArcFace model folder does not exist", ann, MissingFaceModelError,
              face_model_dir=str(tmp_path / "nowhere"), **weights)
@@ -257,15 +253,12 @@ def test_the_default_hub_id_resolves_from_the_local_hub_cache(tiny_models, arcfa
 
     from likeness.models.pretrained import ModelUnavailableError
 
-    repo = tmp_path / "hub" / "models--ByteDance--InfiniteYou"
-    commit = "0" * 40
-    write_published_files(repo / "snapshots" / commit, BASE, variant="aes_stage2")
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
+    root = hub_snapshot(tmp_path / "hub", "ByteDance/InfiniteYou")
+    write_published_files(root, BASE, variant="aes_stage2")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     art = personalize("infiniteyou", {"ann": [photos["ann"]]}, tmp_path / "a", BASE, face_model_dir=str(arcface_dir))
     paths = [Path(r["path"]) for r in json.loads((art / "likeness.json").read_text())["config"]["weights"]]
-    snapshot = (repo / "snapshots" / commit / "infu_flux_v1.0" / "aes_stage2").resolve()
+    snapshot = (root / "infu_flux_v1.0" / "aes_stage2").resolve()
     assert [p.relative_to(snapshot).as_posix() for p in paths] == [
         "image_proj_model.bin", "InfuseNetModel/config.json",
         "InfuseNetModel/diffusion_pytorch_model-00001-of-00002.safetensors",
@@ -276,7 +269,7 @@ def test_the_default_hub_id_resolves_from_the_local_hub_cache(tiny_models, arcfa
 
     declared = [f for f in METHODS.get("infiniteyou").published_files if dict(f.when)["variant"] == "aes_stage2"]
     assert all(f.hub == "ByteDance/InfiniteYou" and f.option == "weights" for f in declared)
-    assert sorted((repo / "snapshots" / commit / f.subfolder / f.filename).resolve() for f in declared) == sorted(
+    assert sorted((root / f.subfolder / f.filename).resolve() for f in declared) == sorted(
         [*paths, snapshot / "InfuseNetModel" / "diffusion_pytorch_model.safetensors.index.json"])
     # A repository with InfuseNet in one file (not the published shards) works too.
     infusenet = snapshot / "InfuseNetModel"

@@ -15,7 +15,6 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
-from likeness.testing.tiny_arcface import export_tiny_arcface as _export_tiny_arcface
 from likeness.testing.tiny_arcface import face_image as _face_image
 from likeness.methods import ArtifactError, load_artifact, personalize
 from likeness.testing.peer_layouts import clip_vision_encoder, ip_adapter_state, save_published
@@ -63,24 +62,6 @@ def weights(tiny_models, tmp_path_factory):
                                         root / "faceid" / "ip-adapter-faceid-plusv2_sd15.bin"),
     }
     return {"root": root, "encoder": root / "models" / "image_encoder", **files}
-
-
-@pytest.fixture(scope="module")
-def arcface_dir(tmp_path_factory):
-    return _export_tiny_arcface(tmp_path_factory.mktemp("arcface"))
-
-
-@pytest.fixture(scope="module")
-def face_photos(tmp_path_factory):
-    """Two 'people' the tiny ArcFace detector finds (a bright block on different textures) and a photo without a face."""
-    folder = tmp_path_factory.mktemp("faces")
-    paths = {}
-    for name, seed in (("ann", 0), ("bob", 1)):
-        paths[name] = folder / f"{name}.png"
-        Image.fromarray(_face_image(seed)).save(paths[name])
-    paths["wall"] = folder / "wall.png"
-    Image.new("RGB", (320, 320), (40, 40, 40)).save(paths["wall"])
-    return paths
 
 
 # -- IP-Adapter ---------------------------------------------------------------------------------------

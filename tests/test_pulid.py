@@ -15,7 +15,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
-from likeness.testing.tiny_arcface import export_tiny_arcface, face_image
+from likeness.testing.tiny_arcface import face_image
 from likeness.methods import load_artifact, personalize
 from likeness.testing.peer_layouts import eva_clip_state, pulid_state, save_flat
 from likeness.methods.peers.common import CheckpointError, MissingFaceModelError, empty_unet
@@ -103,23 +103,6 @@ def test_eva_tower_forward_matches_a_hand_computation():
 
 
 # -- fixtures -----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def arcface_dir(tmp_path_factory):
-    return export_tiny_arcface(tmp_path_factory.mktemp("arcface"))
-
-
-@pytest.fixture(scope="module")
-def face_photos(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("faces")
-    paths = {}
-    for name, seed in (("ann", 0), ("bob", 1)):
-        paths[name] = folder / f"{name}.png"
-        Image.fromarray(face_image(seed)).save(paths[name])
-    paths["wall"] = folder / "wall.png"
-    Image.new("RGB", (320, 320), (40, 40, 40)).save(paths["wall"])
-    return paths
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ own outputs (tests/golden/pulid_flux, made by tests/golden/make_pulid_flux_golde
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DiffusionPipeline
-from PIL import Image
 from safetensors.torch import load_file
 
 from likeness.methods import load_artifact, personalize
@@ -21,7 +21,6 @@ from likeness.methods.peers.common import CheckpointError, MissingFaceModelError
 from likeness.methods.peers.pulid_flux import IDInsertion, ca_positions, install, load_pulid_flux
 from likeness.methods.preparation import NoFaceError
 from likeness.testing.pulid_flux_layout import write_published_files
-from likeness.testing.tiny_arcface import export_tiny_arcface, face_image
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FLUX = "likeness/tiny-flux"
@@ -159,18 +158,14 @@ def test_one_denoising_step_and_the_start_step_match_the_reference(golden):
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_models, tmp_path_factory):
-    root = tmp_path_factory.mktemp("pulid-flux")
-    for name, seed in (("ann", 0), ("bob", 1)):
-        Image.fromarray(face_image(seed)).save(root / f"{name}.png")
-    Image.new("RGB", (320, 320), (40, 40, 40)).save(root / "wall.png")
-    options = write_published_files(root / "weights", FLUX)
-    return {"root": root, "options": {**options, "face_model_dir": str(export_tiny_arcface(root / "arcface"))}}
+def setup(tiny_models, tmp_path_factory, arcface_dir, face_photos):
+    options = write_published_files(tmp_path_factory.mktemp("pulid-flux") / "weights", FLUX)
+    return {"photos": face_photos, "options": {**options, "face_model_dir": str(arcface_dir)}}
 
 
 def test_identity_changes_the_image_and_reproduces(tiny_models, setup, tmp_path):
-    root = setup["root"]
-    art = personalize("pulid-flux", {"ann": [root / "ann.png"], "bob": [root / "bob.png"]}, tmp_path / "a", FLUX,
+    photos = setup["photos"]
+    art = personalize("pulid-flux", {"ann": [photos["ann"]], "bob": [photos["bob"]]}, tmp_path / "a", FLUX,
                       **setup["options"])
     manifest = json.loads((art / "likeness.json").read_text())
     assert {r["role"] for r in manifest["config"]["weights"]} == {"pulid-flux weights", "EVA02-CLIP checkpoint"}
@@ -202,24 +197,24 @@ def test_identity_changes_the_image_and_reproduces(tiny_models, setup, tmp_path)
     assert np.abs(late - without).max() > 0 and np.abs(late - ann).max() > 0
 
 
-def _refused(tmp_path, setup, match, error=CheckpointError, base=FLUX, photo="ann.png", **changes):
+def _refused(tmp_path, setup, match, error=CheckpointError, base=FLUX, photo="ann", **changes):
     with pytest.raises(error, match=match):
-        personalize("pulid-flux", {"ann": [setup["root"] / photo]}, tmp_path / "x", base, **{**setup["options"], **changes})
+        personalize("pulid-flux", {"ann": [setup["photos"][photo]]}, tmp_path / "x", base, **{**setup["options"], **changes})
     assert not (tmp_path / "x" / "likeness.json").exists()
 
 
 def test_bad_bases_files_and_photos_are_named(tiny_models, setup, tmp_path):
     weights = setup["options"]["weights"]
-    for base, family in (("likeness/tiny-flux2-klein", "flux2"), ("likeness/tiny-sdxl", "sdxl")):
+    for base, family in (("likeness/tiny-flux2-klein", "FLUX.2"), ("likeness/tiny-sdxl", "SDXL")):
         _refused(tmp_path, setup, rf"pulid_flux_v0\.9\.1\.safetensors: PuLID-FLUX weights are made for FLUX\.1 \[dev\]; "
-                 rf"'{base}' is a {family} base\. Use a FLUX\.1 base", error=ValueError, base=base)
+                 rf"'{base}' is {re.escape(family)}\. Use a FLUX\.1 base .*or method pulid", error=ValueError, base=base)
     _refused(tmp_path, setup, r"is the PuLID-FLUX v0\.9\.1 file, but version 'v0\.9\.0' was asked; pass version=v0\.9\.1",
              version="v0.9.0")
     _refused(tmp_path, setup, r"folder has no PuLID-FLUX weights file \(looked for pulid_flux_v0\.9\.0\.safetensors\)",
              error=FileNotFoundError, version="v0.9.0", weights=str(Path(weights).parent))
     _refused(tmp_path, setup, "EVA02-CLIP checkpoint .*nope.pt.*no such file", error=FileNotFoundError,
              eva_clip=str(tmp_path / "nope.pt"))
-    _refused(tmp_path, setup, r"wall\.png: no face found", error=NoFaceError, photo="wall.png")
+    _refused(tmp_path, setup, r"wall\.png: no face found", error=NoFaceError, photo="wall")
     _refused(tmp_path, setup, "needs an ArcFace model folder.*face_model_dir", error=MissingFaceModelError, face_model_dir=None)
     _refused(tmp_path, setup, "missing.*ArcFace model folder does not exist", error=MissingFaceModelError,
              face_model_dir=str(tmp_path / "missing"))
@@ -252,7 +247,7 @@ def test_artifact_needs_the_pulid_file_but_not_eva(tiny_models, setup, tmp_path)
     folder = tmp_path / "w"
     shutil.copytree(Path(setup["options"]["weights"]).parent, folder)
     options = {**setup["options"], "weights": str(folder), "eva_clip": str(folder)}  # found by their published names
-    art = personalize("pulid-flux", {"ann": [setup["root"] / "ann.png"]}, tmp_path / "a", FLUX, **options)
+    art = personalize("pulid-flux", {"ann": [setup["photos"]["ann"]]}, tmp_path / "a", FLUX, **options)
     before = _pixels(load_artifact(art).generate([PROMPT], [1], num_inference_steps=1)[0])
     (folder / "EVA02_CLIP_L_336_psz14_s6B.pt").unlink()  # only made the stored embeddings
     np.testing.assert_array_equal(before, _pixels(load_artifact(art).generate([PROMPT], [1], num_inference_steps=1)[0]))

@@ -48,7 +48,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--queue-size", type=int, default=16, help="runs waiting at most (default: %(default)s)")
     parser.add_argument("--weights", action="append", default=[], metavar="DIR",
                         help="folder of published method weights (repeatable; searched by file name, any layout), e.g. "
-                             "a download of h94/IP-Adapter, InstantX/InstantID, guozinan/PuLID, an antelopev2 pack")
+                             "a download of h94/IP-Adapter, InstantX/InstantID, guozinan/PuLID, ByteDance/InfiniteYou, "
+                             "an antelopev2 pack")
     parser.add_argument("--base", action="append", default=[], metavar="FAMILY=MODEL", type=_base,
                         help="base model of a family (repeatable; hub id or local folder), e.g. "
                              "sdxl=stabilityai/stable-diffusion-xl-base-1.0 (default: the tiny base of each family)")

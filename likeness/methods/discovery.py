@@ -18,10 +18,12 @@ version or variant: ``(("version", "v1.1"),)`` is needed only with ``version=v1.
 the base family (``sd1``, ``sdxl``, ``flux1`` ...) a file is published for. The method's default version / variant
 is preferred; when only another one is present, that one is chosen and its option set (``version=v1.1``).
 
-A method that needs an ArcFace model (its default ``face_backend`` is ``arcface``) also needs an InsightFace-style
-ONNX pack (a folder holding a detector and a recogniser, e.g. an unpacked ``antelopev2`` or ``buffalo_l``) in a
-weights folder: it fills ``face_model_dir``. Methods without published files (the trained ones, the editors) are
-always available; PhotoVerse and StellarNet declare the encoder folder ``likeness train-encoder`` writes (no hub id). Nothing is loaded here but the ONNX packs' signatures.
+A method that needs an ArcFace model (its default ``face_backend`` is ``arcface``, or its version's files set
+``face_backend=arcface`` in their ``when``, as PhotoMaker v2's) also needs an InsightFace-style ONNX pack (a folder
+holding a detector and a recogniser, e.g. an unpacked ``antelopev2`` or ``buffalo_l``) in a weights folder: it fills
+``face_model_dir``. Methods without published files (the trained ones, the editors) are always available;
+PhotoVerse and StellarNet declare the encoder folder ``likeness train-encoder`` writes (no hub id). Nothing is
+loaded here but the ONNX packs' signatures.
 """
 
 from __future__ import annotations

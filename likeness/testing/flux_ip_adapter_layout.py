@@ -15,9 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from likeness.testing.peer_layouts import clip_vision_encoder
+from likeness.testing.peer_layouts import clip_vision_encoder, save_flat
 
 ENCODERS = {
     "tiny": dict(hidden=32, projection=16, layers=2, heads=4, image_size=32, patch=8),
@@ -52,7 +51,7 @@ def write_published_files(folder: Path, base_model, *, seed: int = 0, size: str 
                           weight_name: str = "ip_adapter.safetensors") -> dict[str, str]:
     """``folder/<weight_name>`` + ``folder/image_encoder/`` for ``base_model`` (a FLUX.1 pipeline id or folder);
     returns the method options that point at them (written once: existing files are kept)."""
-    from likeness.methods.peers.flux_ip_adapter import transformer_config
+    from likeness.methods.peers.common import flux_transformer_config
 
     if size not in ENCODERS:
         raise ValueError(f"size must be one of {', '.join(ENCODERS)}, not {size!r}")
@@ -63,7 +62,7 @@ def write_published_files(folder: Path, base_model, *, seed: int = 0, size: str 
         clip_vision_encoder(encoder, seed=seed, **ENCODERS[size])
     path = folder / weight_name
     if not path.exists():
-        state = flux_ip_adapter_state(dict(transformer_config(str(base_model))), embed=ENCODERS[size]["projection"],
+        state = flux_ip_adapter_state(dict(flux_transformer_config(str(base_model))), embed=ENCODERS[size]["projection"],
                                       seed=seed, std=STD[size])
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+        save_flat(state, path)
     return {"weights": str(path), "image_encoder": str(encoder)}

@@ -31,16 +31,14 @@ def write_published_files(folder: str | Path, base_model, *, seed: int = 0, size
                           variant: str = "sim_stage1", face_dim: int | None = None) -> dict[str, str]:
     """Write one variant's InfuseNet folder and ID projection under ``folder`` (the hub snapshot layout);
     returns the ``infiniteyou`` options that point at them (``weights``, ``variant``)."""
-    from diffusers import FluxTransformer2DModel
-
+    from likeness.methods.peers.common import flux_transformer_config
     from likeness.methods.peers.infiniteyou import INFUSENET_FOLDER, PROJECTION_FILE, RELEASE, VARIANTS
-    from likeness.models.loading import resolve_model_path
 
     if size not in ("tiny", "published"):
         raise ValueError(f"size must be 'tiny' or 'published', not {size!r}")
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, not {variant!r}")
-    base = FluxTransformer2DModel.load_config(resolve_model_path(base_model), subfolder="transformer")
+    base = flux_transformer_config(base_model)
     depth = TINY_DEPTH if size == "tiny" else (min(PUBLISHED_DEPTH[0], base["num_layers"]),
                                                  min(PUBLISHED_DEPTH[1], base["num_single_layers"]))
     root = Path(folder) / RELEASE / variant

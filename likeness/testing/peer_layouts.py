@@ -195,6 +195,14 @@ def photomaker_state(base_model: str, *, hidden: int = 64, layers: int = 2, patc
     return state
 
 
+# EVA02-CLIP vision towers: "tiny" (the defaults of eva_clip_state: 21 blocks, so PuLID's five taps exist) and the
+# published EVA02-CLIP-L-14-336.
+EVA_SIZES = {
+    "tiny": dict(width=32, layers=21, mlp_hidden=48, patch=8, image_size=32, embed_dim=16),
+    "published": dict(width=1024, layers=24, mlp_hidden=2730, patch=14, image_size=336, embed_dim=768),
+}
+
+
 def eva_clip_state(*, width: int = 32, layers: int = 21, mlp_hidden: int = 48, patch: int = 8, image_size: int = 32,
                    embed_dim: int = 16, seed: int = 0, rope_tables_inside: bool = True) -> dict[str, torch.Tensor]:
     """A published-layout EVA02-CLIP checkpoint (``EVA02_CLIP_L_336_psz14_s6B.pt``): the vision tower's tensors
@@ -224,6 +232,21 @@ def eva_clip_state(*, width: int = 32, layers: int = 21, mlp_hidden: int = 48, p
     return state
 
 
+def random_idformer(*, dim: int, queries: int, output: int, depth: int, heads: int, id_in: int, eva_width: int,
+                    hidden: int, tokens: int = 5):
+    """PuLID v1.1's / PuLID-FLUX's ``IDFormer`` (fed [face ; EVA embedding] ``id_in`` wide and EVA features ``eva_width``
+    wide; ``hidden`` = its MLPs' inner width) initialised from torch's global generator (seed it first), its queries
+    and output projection drawn at the spread of the published class's own init."""
+    from likeness.methods.peers.pulid import IDFormer
+
+    encoder = IDFormer(dim, queries, output, depth, heads, 4 * dim, (id_in, hidden, hidden, dim * tokens),
+                       (eva_width, hidden, hidden, dim))
+    with torch.no_grad():
+        encoder.latents.copy_(torch.randn(encoder.latents.shape) * dim ** -0.5)
+        encoder.proj_out.copy_(torch.randn(encoder.proj_out.shape) * dim ** -0.5)
+    return encoder
+
+
 def pulid_state(unet, *, version: str = "v1", face_dim: int = 16, eva_width: int = 32, eva_embed: int = 16,
                 hidden: int = 32, tokens: int = 5, dim: int = 32, queries: int = 8, depth: int = 10, heads: int = 1,
                 seed: int = 0, std: float = 0.2) -> dict[str, torch.Tensor]:
@@ -232,7 +255,7 @@ def pulid_state(unet, *, version: str = "v1", face_dim: int = 16, eva_width: int
     width, 1024 published) + ``id_adapter_attn_layers.<n>.id_to_{k,v}.weight`` on every cross-attention layer.
     Published sizes: v1 ``IDEncoder`` 1280 -> 1024 -> 1024 -> 5 x 2048 with mappings 1024 -> 2048; v1.1 ``IDFormer``
     dim 1024, 10 layers, 16 heads, 32 queries."""
-    from likeness.methods.peers.pulid import IDEncoder, IDFormer, attn_layer_shapes
+    from likeness.methods.peers.pulid import IDEncoder, attn_layer_shapes
 
     cross = unet.config.cross_attention_dim
     width = face_dim + eva_embed
@@ -240,11 +263,8 @@ def pulid_state(unet, *, version: str = "v1", face_dim: int = 16, eva_width: int
     if version == "v1":
         encoder = IDEncoder((width, hidden, hidden, tokens * cross), (eva_width, hidden, hidden, cross), cross)
     elif version == "v1.1":
-        encoder = IDFormer(dim, queries, cross, depth, heads, 4 * dim, (width, hidden, hidden, dim * tokens),
-                           (eva_width, hidden, hidden, dim))
-        with torch.no_grad():
-            encoder.latents.copy_(torch.randn(encoder.latents.shape) * dim ** -0.5)
-            encoder.proj_out.copy_(torch.randn(encoder.proj_out.shape) * dim ** -0.5)
+        encoder = random_idformer(dim=dim, queries=queries, output=cross, depth=depth, heads=heads, id_in=width,
+                                  eva_width=eva_width, hidden=hidden, tokens=tokens)
     else:
         raise ValueError(f"version must be v1 or v1.1, not {version!r}")
     state = {f"id_adapter.{k}": v.contiguous() for k, v in encoder.state_dict().items()}

@@ -14,16 +14,16 @@ from pathlib import Path
 import torch
 
 from likeness.methods.peers.pulid_flux import CA_HEAD_WIDTH, WEIGHT_NAMES, ca_positions
-from likeness.testing.peer_layouts import eva_clip_state, save_flat
+from likeness.testing.peer_layouts import EVA_SIZES, eva_clip_state, random_idformer, save_flat
 
 # Widths per size: IDFormer (dim, queries, depth, heads, MLP width, ID-token width), CA heads, face embedding,
 # EVA02-CLIP tower. "published": PuLID-FLUX's IDFormer (1024, 32 queries, 10 layers, 16 heads of 64, MLPs 1024 wide,
 # 2048-wide ID tokens), 16 CA heads of 128, antelopev2's 512-d ArcFace, EVA02-CLIP-L-14-336.
 SIZES = {
     "tiny": dict(dim=32, queries=8, depth=5, heads=1, hidden=32, id_width=32, ca_heads=1, face_dim=16,
-                 eva=dict(width=32, layers=21, mlp_hidden=48, patch=8, image_size=32, embed_dim=16)),
+                 eva=EVA_SIZES["tiny"]),
     "published": dict(dim=1024, queries=32, depth=10, heads=16, hidden=1024, id_width=2048, ca_heads=16, face_dim=512,
-                      eva=dict(width=1024, layers=24, mlp_hidden=2730, patch=14, image_size=336, embed_dim=768)),
+                      eva=EVA_SIZES["published"]),
 }
 
 
@@ -32,19 +32,13 @@ def pulid_flux_state(transformer_config: dict, *, seed: int = 0, size: str = "ti
     """A published-layout PuLID-FLUX state dict for a FLUX transformer config (``num_layers``, ``num_single_layers``,
     ``num_attention_heads`` x ``attention_head_dim`` = hidden size). ``widths`` override :data:`SIZES` entries.
     ``std``: the CA projections' spread, large enough that the ID visibly changes a tiny model's images."""
-    from likeness.methods.peers.pulid import IDFormer
-
     if size not in SIZES:
         raise ValueError(f"size must be one of {', '.join(SIZES)}, not {size!r}")
     w = {**SIZES[size], **widths}
     dim = w["dim"]
     torch.manual_seed(seed)
-    encoder = IDFormer(dim, w["queries"], w["id_width"], w["depth"], w["heads"], 4 * dim,
-                       (w["face_dim"] + w["eva"]["embed_dim"], w["hidden"], w["hidden"], dim * 5),
-                       (w["eva"]["width"], w["hidden"], w["hidden"], dim))
-    with torch.no_grad():
-        encoder.latents.copy_(torch.randn(encoder.latents.shape) * dim ** -0.5)
-        encoder.proj_out.copy_(torch.randn(encoder.proj_out.shape) * dim ** -0.5)
+    encoder = random_idformer(dim=dim, queries=w["queries"], output=w["id_width"], depth=w["depth"], heads=w["heads"],
+                              id_in=w["face_dim"] + w["eva"]["embed_dim"], eva_width=w["eva"]["width"], hidden=w["hidden"])
     state = {f"pulid_encoder.{k}": v.contiguous() for k, v in encoder.state_dict().items()}
     hidden = transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"]
     inner = w["ca_heads"] * CA_HEAD_WIDTH
@@ -67,12 +61,12 @@ def write_published_files(folder: Path, base_model, *, seed: int = 0, size: str 
     ``weights``, ``eva_clip``). The caller adds ``face_model_dir``: an ArcFace folder whose embedding is
     ``SIZES[size]["face_dim"]`` wide (16 for the tiny ArcFace of :mod:`likeness.testing.tiny_arcface`; 512 published)."""
     from likeness.methods.peers.pulid import EVA_FILE
-    from likeness.methods.peers.pulid_flux import transformer_config
+    from likeness.methods.peers.common import flux_transformer_config
 
     if version not in WEIGHT_NAMES:
         raise ValueError(f"version must be one of {', '.join(WEIGHT_NAMES)}, not {version!r}")
     folder = Path(folder)
-    config = transformer_config(base_model) if isinstance(base_model, str) else dict(base_model)
+    config = flux_transformer_config(base_model) if isinstance(base_model, str) else dict(base_model)
     weights = save_flat(pulid_flux_state(config, seed=seed, size=size), folder / WEIGHT_NAMES[version])
     eva = save_flat(eva_clip_state(seed=seed, **SIZES[size]["eva"]), folder / EVA_FILE)
     return {"version": version, "weights": str(weights), "eva_clip": str(eva)}

@@ -1,8 +1,9 @@
 """What the tuning-free peer methods share: published weights by hub id / folder / file, their checks,
 and an artifact that stores the photo's embeddings instead of trained weights.
 
-IP-Adapter(-FaceID), InstantID and PhotoMaker do not train per person: ``personalize`` only encodes
-the photo (CLIP image features, an ArcFace embedding, 5 face keypoints) and writes
+The peers (IP-Adapter(-FaceID), InstantID, PhotoMaker, PuLID; on FLUX.1 PuLID-FLUX, InfiniteYou, FLUX
+IP-Adapter) do not train per person: ``personalize`` only encodes the photo (CLIP image features, an ArcFace
+embedding, 5 face keypoints, ID tokens) and writes
 
 - ``embeddings.safetensors``: per person ``<name>.<tensor>`` (what generation feeds the adapter);
 - ``<name>-crop.png``: the exact crop that was encoded (to reproduce the embedding with plain diffusers);
@@ -146,6 +147,31 @@ def empty_unet(base_model: str):
     config = UNet2DConditionModel.load_config(resolve_model_path(base_model), subfolder="unet")
     with init_empty_weights():
         return UNet2DConditionModel.from_config(config)
+
+
+def require_flux1(info, base_model: str, what: str, instead: str) -> None:
+    """The FLUX.1 peers' base check, one wording for all: ``what`` is made for FLUX.1 [dev], the base is not;
+    ``instead`` names the method to use on other bases."""
+    from likeness.models.families import FAMILY_NAMES
+
+    if info.family != "flux1":
+        raise ValueError(f"{what} made for FLUX.1 [dev]; {base_model!r} is {FAMILY_NAMES.get(info.family, info.family)}. "
+                         f"Use a FLUX.1 base (black-forest-labs/FLUX.1-dev), or {instead}")
+
+
+def config_value(value):
+    """A model-config entry in a comparable form: tuples and lists alike (a saved config.json has lists, a built one
+    may have tuples)."""
+    if isinstance(value, (list, tuple)):
+        return [config_value(v) for v in value]
+    return value
+
+
+def flux_transformer_config(base_model: str) -> dict:
+    """The base's FLUX ``transformer/config.json`` (depth and widths; no weights read)."""
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel.load_config(resolve_model_path(base_model), subfolder="transformer")
 
 
 def attention_layout(unet) -> list[tuple[str, int, int | None]]:

@@ -41,14 +41,15 @@ from likeness.methods.peers.common import (
     check_layout,
     diffusers_loading,
     face_backend,
+    flux_transformer_config,
     read_shapes,
+    require_flux1,
     resolve_file,
     save_crop,
     weights_record,
     without_folder,
 )
 from likeness.methods.peers.ip_adapter import clip_features, clip_processor, encoder_record, resolve_encoder
-from likeness.models.families import FAMILY_NAMES
 
 HUB = "XLabs-AI/flux-ip-adapter"
 WEIGHT_NAME = "ip_adapter.safetensors"  # diffusers' FLUX docs
@@ -58,15 +59,6 @@ PROJ = "ip_adapter_proj_model."
 LAYERS = "double_blocks."
 KEY_PROJ, VALUE_PROJ = "ip_adapter_double_stream_k_proj", "ip_adapter_double_stream_v_proj"
 FRAMINGS = ("face", "upper_body", "full")
-
-
-def transformer_config(base_model: str):
-    """The base's ``FluxTransformer2DModel`` config (depth and widths; no weights read)."""
-    from diffusers import FluxTransformer2DModel
-
-    from likeness.models.loading import resolve_model_path
-
-    return FluxTransformer2DModel.load_config(resolve_model_path(base_model), subfolder="transformer")
 
 
 def image_tokens(proj_rows: int) -> int:
@@ -152,12 +144,10 @@ class FluxIPAdapter(TuningFreeMethod):
     def prepare(self, base_model, info, options):
         if options["framing"] not in FRAMINGS:
             raise ValueError(f"{self.name}: framing must be one of {', '.join(FRAMINGS)}, not {options['framing']!r}")
-        if info.family != "flux1":
-            raise ValueError(f"{self.name}: the XLabs FLUX IP-Adapter ({options['weights'] or HUB}) is made for FLUX.1 "
-                             f"[dev]'s transformer; {base_model!r} is {FAMILY_NAMES.get(info.family, info.family)}. Use a "
-                             f"FLUX.1 base (black-forest-labs/FLUX.1-dev), or method ip-adapter on an SD 1.x / SDXL base")
+        require_flux1(info, base_model, f"{self.name}: the XLabs FLUX IP-Adapter ({options['weights'] or HUB}) is",
+                      "method ip-adapter on an SD 1.x / SDXL base")
         path = self.weights_path(options)
-        shapes = check_file(path, base_model, transformer_config(base_model))
+        shapes = check_file(path, base_model, flux_transformer_config(base_model))
         # The encoder: given, else image_encoder/ beside the file, else the published one (its own hub repository).
         encoder, spec, subfolder = resolve_encoder(options["image_encoder"], options["image_encoder_subfolder"], path,
                                                    (HUB_ENCODER, None))

@@ -1,7 +1,8 @@
 """InfiniteYou (Jiang et al., ICCV 2025; ByteDance): identity on FLUX.1 [dev] through InfuseNet.
 
 InfuseNet is a diffusers ``FluxControlNetModel`` (4 double-stream and 10 single-stream blocks in the
-published files, as DiffSynth-Studio's loader for them records; their config.json was not at hand offline): its residuals are added to FLUX's blocks as any FLUX ControlNet's are, but its text context is
+published files, as DiffSynth-Studio's loader for them records; their config.json was not at hand offline): its
+residuals are added to FLUX's blocks as any FLUX ControlNet's are, but its text context is
 **the identity tokens, not the prompt**. The face's ArcFace embedding (512-d, L2-normalised) goes through
 a Perceiver resampler (``image_proj_model.bin``: ``{"image_proj": {...}}``, 8 queries of width 1280,
 4 blocks of 20 heads, out to 4096 = FLUX's T5 width) giving 8 ID tokens; InfuseNet attends to them with
@@ -45,18 +46,20 @@ from likeness.methods.peers.common import (
     arcface_for,
     check_face_dim,
     check_layout,
+    config_value,
     diffusers_loading,
+    flux_transformer_config,
     pick_face,
     read_shapes,
     read_state_dict,
+    require_flux1,
     resolve_file,
     save_crop,
     weights_record,
 )
-from likeness.methods.peers.instantid import _norm, draw_keypoints, frame_points
+from likeness.methods.peers.instantid import draw_keypoints, frame_points
 from likeness.methods.peers.ip_adapter import RESAMPLER_DEPTH, resampler_layout
 from likeness.methods.peers.photomaker import PerceiverAttention
-from likeness.models.loading import resolve_model_path
 from likeness.models.pretrained import ModelUnavailableError
 
 HUB = "ByteDance/InfiniteYou"
@@ -184,12 +187,12 @@ def check_infusenet(folder: Path, base_model: str) -> list[Path]:
     """InfuseNet's config must fit the base FLUX transformer, and its weights its config (names, shapes, read
     from the safetensors headers). Returns the weights files."""
     from accelerate import init_empty_weights
-    from diffusers import FluxControlNetModel, FluxTransformer2DModel
+    from diffusers import FluxControlNetModel
 
     config = FluxControlNetModel.load_config(str(folder))
-    transformer = FluxTransformer2DModel.load_config(resolve_model_path(base_model), subfolder="transformer")
+    transformer = flux_transformer_config(base_model)
     differ = [f"{k}: InfuseNet {config.get(k)!r}, transformer {transformer.get(k)!r}" for k in MATCHING_CONFIG
-              if k in transformer and _norm(config.get(k, transformer[k])) != _norm(transformer[k])]
+              if k in transformer and config_value(config.get(k, transformer[k])) != config_value(transformer[k])]
     if differ:
         raise CheckpointError(f"{folder}: InfuseNet made for another base model; " + "; ".join(differ[:4]))
     files = infusenet_files(folder)
@@ -228,16 +231,15 @@ class InfiniteYou(TuningFreeMethod):
     default_sampling = {"flux1": {"num_inference_steps": 30, "guidance_scale": 3.5}}
 
     def prepare(self, base_model, info, options):
-        if info.family != "flux1":
-            raise ValueError(f"infiniteyou is published for FLUX.1 [dev] only (InfuseNet is a FLUX.1 ControlNet); "
-                             f"{base_model!r} is {info.family}: pass a FLUX.1 base model")
+        require_flux1(info, base_model, f"{self.name}: InfiniteYou (InfuseNet, a FLUX.1 ControlNet) is",
+                      "method instantid, pulid or photomaker on an SDXL base")
         if options["variant"] not in VARIANTS:
-            raise ValueError(f"infiniteyou variant must be one of {', '.join(VARIANTS)}, not {options['variant']!r}")
+            raise ValueError(f"{self.name}: variant must be one of {', '.join(VARIANTS)}, not {options['variant']!r}")
         for key in ("conditioning_scale", "guidance_start", "guidance_end", "infusenet_guidance"):
             options[key] = float(options[key])
         if not 0.0 <= options["guidance_start"] < options["guidance_end"] <= 1.0:
-            raise ValueError(f"infiniteyou needs 0 <= guidance_start < guidance_end <= 1 (got {options['guidance_start']}, "
-                             f"{options['guidance_end']})")
+            raise ValueError(f"{self.name}: guidance_start and guidance_end need 0 <= start < end <= 1 (got "
+                             f"{options['guidance_start']}, {options['guidance_end']})")
         backend = arcface_for(self.name, options)
         projection, infusenet = self.locate(options)
         files = check_infusenet(infusenet, base_model)

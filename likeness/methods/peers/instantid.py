@@ -32,6 +32,7 @@ from likeness.methods.peers.common import (
     cfg_pair,
     check_face_dim,
     check_layout,
+    config_value,
     empty_unet,
     largest_face,
     raw_embedding,
@@ -128,7 +129,7 @@ def check_identitynet(folder: Path, base_model: str) -> None:
     config = ControlNetModel.load_config(str(folder))
     unet = UNet2DConditionModel.load_config(resolve_model_path(base_model), subfolder="unet")
     differ = [f"{k}: IdentityNet {config.get(k)!r}, UNet {unet.get(k)!r}" for k in MATCHING_CONFIG
-              if k in unet and _norm(config.get(k)) != _norm(unet.get(k))]
+              if k in unet and config_value(config.get(k)) != config_value(unet.get(k))]
     if differ:
         raise CheckpointError(f"{folder}: IdentityNet made for another base model; " + "; ".join(differ[:4]))
     files = [folder / n for n in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin") if (folder / n).is_file()]
@@ -138,12 +139,6 @@ def check_identitynet(folder: Path, base_model: str) -> None:
         model = ControlNetModel.from_config(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     check_layout(files[0], read_shapes(files[0]), expected, "IdentityNet (ControlNet)")
-
-
-def _norm(value):
-    if isinstance(value, (list, tuple)):
-        return [_norm(v) for v in value]
-    return value
 
 
 @METHODS.register("instantid")

@@ -471,13 +471,15 @@ def install_processors(unet, attn_state: dict[str, torch.Tensor], state: IDState
 # -- the method ----------------------------------------------------------------------------------------------
 
 
+EVA_PUBLISHED = PublishedFile("eva_clip", EVA_FILE, EVA_HUB, "", "EVA02-CLIP-L-336")  # PuLID's and PuLID-FLUX's
+
+
 @METHODS.register("pulid")
 class PuLID(TuningFreeMethod):
     name = "pulid"
     families = ("sdxl",)
     published_files = tuple(PublishedFile("weights", file, HUB, "", f"PuLID {version}", (("version", version),))
-                            for version, file in WEIGHT_NAMES.items()) + (
-        PublishedFile("eva_clip", EVA_FILE, EVA_HUB, "", "EVA02-CLIP-L-336"),)
+                            for version, file in WEIGHT_NAMES.items()) + (EVA_PUBLISHED,)
     defaults = {
         "version": "v1",  # v1 (IDEncoder, pulid_v1.bin) or v1.1 (IDFormer, pulid_v1.1.safetensors)
         "weights": None,  # the PuLID file: file, folder or hub id (default guozinan/PuLID)

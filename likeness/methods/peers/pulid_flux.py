@@ -36,13 +36,14 @@ from likeness.methods.peers.common import (
     CheckpointError,
     arcface_for,
     check_layout,
+    flux_transformer_config,
     read_state_dict,
+    require_flux1,
     resolve_file,
     split_prefixes,
     weights_record,
 )
-from likeness.methods.peers.pulid import EVA_FILE, EVA_HUB, HUB, IDFormer, PuLID, id_encoder_from
-from likeness.models.loading import resolve_model_path
+from likeness.methods.peers.pulid import EVA_PUBLISHED, HUB, IDFormer, PuLID, id_encoder_from
 
 WEIGHT_NAMES = {"v0.9.0": "pulid_flux_v0.9.0.safetensors", "v0.9.1": "pulid_flux_v0.9.1.safetensors"}
 DOUBLE_INTERVAL = 2  # an ID block after double-stream blocks 0, 2, 4, ...
@@ -81,13 +82,6 @@ class IDCrossAttention(nn.Module):
         scale = self.head_width ** -0.25
         weights = ((q * scale) @ (k * scale).transpose(-1, -2)).float().softmax(dim=-1).to(q.dtype)
         return self.to_out((weights @ v).transpose(1, 2).reshape(batch, n, -1))
-
-
-def transformer_config(base_model: str) -> dict:
-    """The base's ``transformer/config.json`` (no weights read)."""
-    from diffusers import FluxTransformer2DModel
-
-    return FluxTransformer2DModel.load_config(resolve_model_path(base_model), subfolder="transformer")
 
 
 def expected_ca_shapes(config: dict, id_width: int, heads: int) -> dict[str, tuple]:
@@ -192,11 +186,8 @@ def install(transformer, ca_state: dict[str, torch.Tensor], id_width: int, state
 class PuLIDFlux(PuLID):
     name = "pulid-flux"
     families = ("flux1",)
-    published_files = (
-        PublishedFile("weights", WEIGHT_NAMES["v0.9.1"], HUB, role="pulid-flux weights", when=(("version", "v0.9.1"),)),
-        PublishedFile("weights", WEIGHT_NAMES["v0.9.0"], HUB, role="pulid-flux weights", when=(("version", "v0.9.0"),)),
-        PublishedFile("eva_clip", EVA_FILE, EVA_HUB, role="EVA02-CLIP checkpoint"),
-    )
+    published_files = tuple(PublishedFile("weights", WEIGHT_NAMES[version], HUB, "", f"PuLID-FLUX {version}",
+                                          (("version", version),)) for version in ("v0.9.1", "v0.9.0")) + (EVA_PUBLISHED,)
     defaults = {
         "version": "v0.9.1",  # v0.9.1 (the published app's default) or v0.9.0
         "weights": None,  # pulid_flux_<version>.safetensors: file, folder or hub id (default guozinan/PuLID)
@@ -214,16 +205,14 @@ class PuLIDFlux(PuLID):
     def prepare(self, base_model, info, options):
         version = options["version"]
         if version not in WEIGHT_NAMES:
-            raise ValueError(f"pulid-flux: version must be one of {', '.join(WEIGHT_NAMES)}, not {version!r}")
+            raise ValueError(f"{self.name}: version must be one of {', '.join(WEIGHT_NAMES)}, not {version!r}")
         if int(options["start_step"]) < 0:
-            raise ValueError(f"pulid-flux: start_step must be 0 or more, not {options['start_step']!r}")
+            raise ValueError(f"{self.name}: start_step must be 0 or more, not {options['start_step']!r}")
         backend = arcface_for(self.name, options)
         spec = options["weights"] or HUB
         path = resolve_file(spec, WEIGHT_NAMES[version], what="PuLID-FLUX weights")
-        if info.family != "flux1":
-            raise ValueError(f"{path}: PuLID-FLUX weights are made for FLUX.1 [dev]; {base_model!r} is a {info.family} base. "
-                             f"Use a FLUX.1 base (black-forest-labs/FLUX.1-dev), or method pulid for SDXL")
-        encoder, _, _ = load_pulid_flux(path, transformer_config(base_model), version)
+        require_flux1(info, base_model, f"{path}: PuLID-FLUX weights are", "method pulid on an SDXL base")
+        encoder, _, _ = load_pulid_flux(path, flux_transformer_config(base_model), version)
         context, eva_record = self.encoding_context(path, encoder, backend, options)
         return context, [weights_record(path, "pulid-flux weights", spec), eva_record]
 
