@@ -326,7 +326,7 @@ def test_photomaker_matches_the_reference(monkeypatch, tmp_path, version):
     index = {p: i for i, p in enumerate(photos)}
     # Face framing and ArcFace are the reference's fixed inputs: the 224 px crops and the embeddings.
     monkeypatch.setattr(preparation, "prepare_photo",
-                        lambda photo, **kw: SimpleNamespace(image=images[index[Path(photo)]]))
+                        lambda photo, **kw: SimpleNamespace(image=images[index[Path(photo)]], notes=[]))
     monkeypatch.setattr(photomaker, "largest_face", lambda photo, backend, notes=None: (None, index[Path(photo)]))
     monkeypatch.setattr(photomaker, "raw_embedding", lambda face, photo: faces[face].numpy())
     context = {"encoder": encoder, "backend": None, **({"faces": None} if version == "v2" else {})}

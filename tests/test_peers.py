@@ -207,21 +207,23 @@ def test_no_face_missing_face_model_and_missing_weights(weights, face_photos, ar
 
 
 def test_photo_with_several_faces_encodes_the_largest_and_says_so(weights, face_photos, arcface_dir, tmp_path, capsys):
-    """Several faces in a photo: the largest is encoded (as the published pipelines do), the artifact's manifest
-    and stderr say which photo and how to choose another; the manifest keeps file names and hashes, never paths."""
+    """Several faces in a photo: the largest is encoded (as the published pipelines do); more photos than the
+    published pipeline takes: the first is encoded. The artifact's manifest and stderr say so, naming the photos and
+    the fix; the manifest keeps file names and hashes, never local paths."""
     group = tmp_path / "photos" / "two people.png"
     group.parent.mkdir()
     pixels = _face_image(0)
     pixels[96:112, 64:80] = 255  # a second face: another stride-32 cell of the tiny detector's canvas
     Image.fromarray(pixels).save(group)
-    art = personalize("ip-adapter-faceid", {"ann": [group]}, tmp_path / "a", "likeness/tiny-sd", variant="faceid",
-                      weights=str(weights["faceid"]), face_model_dir=str(arcface_dir))
+    art = personalize("ip-adapter-faceid", {"ann": [group, face_photos["bob"]]}, tmp_path / "a", "likeness/tiny-sd",
+                      variant="faceid", weights=str(weights["faceid"]), face_model_dir=str(arcface_dir))
     manifest = json.loads((art / "likeness.json").read_text())
-    (note,) = manifest["config"]["notes"]
-    assert note.startswith("two people.png: 2 faces found; encoded the largest") and "crop the photo" in note
+    photos, faces = manifest["config"]["notes"]
+    assert photos == "ann: 2 photos given; ip-adapter-faceid encodes 1 as published (two people.png), the others are not used"
+    assert faces.startswith("two people.png: 2 faces found; encoded the largest") and "crop the photo" in faces
     assert "two people.png: 2 faces found" in capsys.readouterr().err
-    assert manifest["identities"]["ann"]["photos"] == ["two people.png"]
-    assert len(manifest["identities"]["ann"]["photo_sha256"]) == 1
+    assert manifest["identities"]["ann"]["photos"] == ["two people.png", "bob.png"]
+    assert len(manifest["identities"]["ann"]["photo_sha256"]) == 2
     assert str(group.parent) not in (art / "likeness.json").read_text()
 
 

@@ -325,6 +325,8 @@ class TuningFreeMethod(Method):
     """
 
     subject_text: ClassVar[str] = "a person"
+    # How many of a person's photos the published pipeline encodes (the first ones); None: all of them.
+    photos_encoded: ClassVar[int | None] = None
     default_sampling = {
         "sd1": {"num_inference_steps": 50, "guidance_scale": 7.5},
         "sd2": {"num_inference_steps": 50, "guidance_scale": 7.5},
@@ -370,6 +372,10 @@ class TuningFreeMethod(Method):
         tensors: dict[str, torch.Tensor] = {}
         entries = {}
         for name, photos in people:
+            if self.photos_encoded is not None and len(photos) > self.photos_encoded:
+                used = ", ".join(Path(p).name for p in photos[:self.photos_encoded])
+                notes.append(f"{name}: {len(photos)} photos given; {self.name} encodes {self.photos_encoded} as published "
+                             f"({used}), the others are not used")
             for key, value in self.encode(name, photos, context, options, out_dir).items():
                 tensors[f"{name}.{key}"] = value.detach().float().cpu().contiguous()
             # file names and content hashes only: the artifact folder can be shared as it is

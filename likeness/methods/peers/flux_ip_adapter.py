@@ -118,6 +118,7 @@ def black_image_embeds(encoder) -> torch.Tensor:
 class FluxIPAdapter(TuningFreeMethod):
     """XLabs' FLUX IP-Adapter through diffusers' loader: the person's CLIP image embedding as 4 extra tokens in
     every double-stream block of FLUX.1 [dev]."""
+    photos_encoded = 1  # the published pipeline takes one photo
 
     name = "flux-ip-adapter"
     families = ("flux1",)
@@ -188,7 +189,7 @@ class FluxIPAdapter(TuningFreeMethod):
         else:
             photo = prepare_photo(photos[0], backend=context["backend"], size=int(options["crop_size"]),
                                   framing=options["framing"])
-            context["notes"].extend(without_folder(note, photos[0]) for note in photo.notes)
+            context.setdefault("notes", []).extend(without_folder(note, photos[0]) for note in photo.notes)
             image = photo.image
         save_crop(image, out_dir, name)
         positive, _ = clip_features(context["encoder"], image, hidden_states=False)

@@ -211,6 +211,7 @@ def check_infusenet(folder: Path, base_model: str) -> list[Path]:
 
 @METHODS.register("infiniteyou")
 class InfiniteYou(TuningFreeMethod):
+    photos_encoded = 1  # the published pipeline takes one photo
     name = "infiniteyou"
     families = ("flux1",)
     published_files = _published("aes_stage2") + _published("sim_stage1")

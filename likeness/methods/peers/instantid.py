@@ -143,6 +143,7 @@ def check_identitynet(folder: Path, base_model: str) -> None:
 
 @METHODS.register("instantid")
 class InstantID(TuningFreeMethod):
+    photos_encoded = 1  # the published pipeline takes one photo
     name = "instantid"
     families = ("sdxl",)
     published_files = (

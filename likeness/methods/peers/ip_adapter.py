@@ -279,6 +279,7 @@ def clip_features(encoder, image, hidden_states: bool) -> tuple[torch.Tensor, to
 
 
 class _IPAdapterBase(TuningFreeMethod):
+    photos_encoded = 1  # the published pipeline takes one photo
     variants: tuple[str, ...] = ()
     hub: str = HUB_IP_ADAPTER
 
@@ -371,7 +372,7 @@ class IPAdapter(_IPAdapterBase):
 
         framing = "face" if options["variant"] == "plus-face" else "upper_body"
         photo = prepare_photo(photos[0], backend=context["backend"], size=int(options["crop_size"]), framing=framing)
-        context["notes"].extend(without_folder(note, photos[0]) for note in photo.notes)
+        context.setdefault("notes", []).extend(without_folder(note, photos[0]) for note in photo.notes)
         save_crop(photo.image, out_dir, name)
         positive, negative = clip_features(context["encoder"], photo.image, hidden_states=context["kind"] != "plain")
         return {"image_embeds": positive[None], "negative_image_embeds": negative[None]}

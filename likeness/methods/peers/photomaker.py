@@ -46,6 +46,7 @@ from likeness.methods.peers.common import (
     save_crop,
     split_prefixes,
     weights_record,
+    without_folder,
 )
 
 HUB = "TencentARC/PhotoMaker"
@@ -374,10 +375,12 @@ class PhotoMaker(TuningFreeMethod):
         crops, faces = [], []
         for k, photo in enumerate(photos):
             prepared = prepare_photo(photo, backend=context["backend"], size=int(options["crop_size"]), framing="upper_body")
+            context.setdefault("notes", []).extend(without_folder(note, photo) for note in prepared.notes)
             save_crop(prepared.image, out_dir, name, f"crop{k}")
             crops.append(prepared.image)
             if "faces" in context:
-                faces.append(raw_embedding(largest_face(Path(photo), context["faces"], context.get("notes"))[1], photo))  # un-normalised, as published
+                # un-normalised, as published; several faces were noted by prepare_photo (the same face stack)
+                faces.append(raw_embedding(largest_face(Path(photo), context["faces"])[1], photo))
         pixels = processor(crops, return_tensors="pt").pixel_values
         if faces:  # v2: two ID tokens per photo from the ArcFace embedding and the tower's last hidden states
             return {"id_embeds": encoder.id_embeddings(pixels, torch.from_numpy(np.stack(faces)).float())}
