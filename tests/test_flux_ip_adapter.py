@@ -77,7 +77,8 @@ def test_identity_drives_the_image_as_in_diffusers_and_reproduces(files, photos,
     other = _pixels(ours.generate([PROMPT], [3], identity="other", **SAMPLING)[0])
     assert np.abs(astro - other).max() > 10  # another person, another image
     two = ours.generate([PROMPT, PROMPT], [3, 3], identity="astro", batch_size=2, **SAMPLING)
-    np.testing.assert_array_equal(_pixels(two[0]), _pixels(two[1]))  # each image of a batch gets the person
+    # each image of a batch gets the person; two rows of one batched product may round differently on some CPUs
+    assert np.abs(_pixels(two[0]) - _pixels(two[1])).max() <= 1
     assert np.abs(_pixels(two[0]) - astro).max() <= 2  # batch of 2 vs 1: float reduction order only
     again = load_artifact(art).generate([PROMPT], [3], identity="astro", **SAMPLING)[0]
     np.testing.assert_array_equal(astro, _pixels(again))  # save/load reproduces the pixels exactly
