@@ -195,6 +195,15 @@ def weights_record(path: Path, role: str, spec) -> dict:
     return {"role": role, "given": str(spec), "path": str(Path(path).resolve()), "sha256": sha256_file(path)}
 
 
+def recorded_file(manifest: Manifest, role: str) -> Path:
+    """The path of the published file the artifact recorded for ``role`` (checked at load by :func:`verify_weights`)."""
+    for record in manifest.config.get("weights", []):
+        if record.get("role") == role:
+            return Path(record["path"])
+    raise ArtifactError(f"the artifact records no {role} file (its likeness.json lists "
+                        f"{', '.join(r.get('role', '?') for r in manifest.config.get('weights', [])) or 'none'})")
+
+
 def verify_weights(artifact: Path, record: dict) -> Path:
     """The recorded file, unchanged since the artifact was made (else a clear error)."""
     path = Path(record["path"])

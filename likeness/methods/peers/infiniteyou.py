@@ -52,6 +52,7 @@ from likeness.methods.peers.common import (
     pick_face,
     read_shapes,
     read_state_dict,
+    recorded_file,
     require_flux1,
     resolve_file,
     save_crop,
@@ -59,7 +60,7 @@ from likeness.methods.peers.common import (
 )
 from likeness.methods.peers.instantid import draw_keypoints, frame_points
 from likeness.methods.peers.ip_adapter import RESAMPLER_DEPTH, resampler_layout
-from likeness.methods.peers.photomaker import PerceiverAttention
+from likeness.methods.peers.photomaker import perceive, perceiver_layers
 from likeness.models.pretrained import ModelUnavailableError
 
 HUB = "ByteDance/InfiniteYou"
@@ -100,18 +101,10 @@ class IDProjection(nn.Module):
         self.proj_in = nn.Linear(embed, dim)
         self.proj_out = nn.Linear(dim, output)
         self.norm_out = nn.LayerNorm(output)
-        self.layers = nn.ModuleList(
-            nn.ModuleList([PerceiverAttention(dim, dim, heads, HEAD_WIDTH),
-                           nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim, bias=False), nn.GELU(),
-                                         nn.Linear(4 * dim, dim, bias=False))])
-            for _ in range(depth))
+        self.layers = perceiver_layers(dim, heads, HEAD_WIDTH, depth)
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        latents = self.latents.repeat(embedding.shape[0], 1, 1)
-        tokens = self.proj_in(embedding)
-        for attention, feed_forward in self.layers:
-            latents = attention(tokens, latents) + latents
-            latents = feed_forward(latents) + latents
+        latents = perceive(self.layers, self.proj_in(embedding), self.latents.repeat(embedding.shape[0], 1, 1))
         return self.norm_out(self.proj_out(latents))
 
 
@@ -337,9 +330,8 @@ class InfiniteYou(TuningFreeMethod):
         from likeness.models.loading import place_pipeline
 
         options = manifest.config["options"]
-        records = manifest.config["weights"]
-        projection_path = next(Path(r["path"]) for r in records if r["role"] == "infiniteyou ID projection")
-        folder = next(Path(r["path"]).parent for r in records if r["role"] == "infiniteyou InfuseNet config")
+        projection_path = recorded_file(manifest, "infiniteyou ID projection")
+        folder = recorded_file(manifest, "infiniteyou InfuseNet config").parent
         dtype = pipe.transformer.dtype
         plan = getattr(pipe, "likeness_plan", None)
         offload = plan.offload if plan is not None else "none"

@@ -37,6 +37,7 @@ from likeness.methods.peers.common import (
     largest_face,
     raw_embedding,
     read_shapes,
+    recorded_file,
     resolve_file,
     weights_record,
 )
@@ -206,10 +207,9 @@ class InstantID(TuningFreeMethod):
         from diffusers import StableDiffusionXLControlNetPipeline
 
         options = manifest.config["options"]
-        records = {r["role"]: Path(r["path"]) for r in manifest.config["weights"]}
-        adapter = records["instantid ip-adapter weights"]
+        adapter = recorded_file(manifest, "instantid ip-adapter weights")
         state, _ = load_checked(adapter, pipe.unet, "plus")
-        controlnet = _identitynet_class().from_pretrained(str(records["instantid IdentityNet weights"].parent),
+        controlnet = _identitynet_class().from_pretrained(str(recorded_file(manifest, "instantid IdentityNet weights").parent),
                                                           dtype=pipe.unet.dtype).to(pipe.device)
         components = {k: v for k, v in pipe.components.items() if k not in ("image_encoder", "feature_extractor")}
         identity_pipe = StableDiffusionXLControlNetPipeline(**components, controlnet=controlnet)

@@ -118,29 +118,57 @@ class IDEncoder(nn.Module):
 
 
 class PerceiverAttention(nn.Module):
-    """Latent queries attend to [image tokens, latents] (the resampler block of IP-Adapter / PhotoMaker v2)."""
+    """Latent queries attend to [image tokens, latents] (the resampler block of IP-Adapter / PhotoMaker v2).
 
-    def __init__(self, dim: int, embed: int, heads: int, head_width: int):
+    ``kv_width``: the width keys and values are made from (default ``dim``: the concatenation above);
+    :meth:`attend` is the attention itself, shared with PuLID-FLUX's cross-attention blocks."""
+
+    def __init__(self, dim: int, embed: int, heads: int, head_width: int, kv_width: int | None = None):
         super().__init__()
         self.heads, self.head_width = heads, head_width
         inner = heads * head_width
         self.norm1, self.norm2 = nn.LayerNorm(embed), nn.LayerNorm(dim)
         self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
+        self.to_kv = nn.Linear(kv_width or dim, 2 * inner, bias=False)
         self.to_out = nn.Linear(inner, dim, bias=False)
 
-    def forward(self, tokens, latents):
-        tokens, latents = self.norm1(tokens), self.norm2(latents)
-        batch, n = latents.shape[:2]
+    def attend(self, queries: torch.Tensor, keys_values: torch.Tensor, float_softmax: bool = False) -> torch.Tensor:
+        """``queries`` (B, n, dim) attend to ``keys_values`` (B, m, kv width); the scale is split between q and k as
+        published (more stable in fp16); ``float_softmax``: the softmax in float32 (PuLID-FLUX)."""
+        batch, n = queries.shape[:2]
 
         def heads(t):
             return t.view(batch, -1, self.heads, self.head_width).transpose(1, 2)
 
-        q = heads(self.to_q(latents))
-        k, v = (heads(t) for t in self.to_kv(torch.cat([tokens, latents], dim=1)).chunk(2, dim=-1))
-        scale = self.head_width ** -0.25  # split between q and k, as published (more stable in fp16)
-        weights = torch.softmax((q * scale) @ (k * scale).transpose(-1, -2), dim=-1)
+        q = heads(self.to_q(queries))
+        k, v = (heads(t) for t in self.to_kv(keys_values).chunk(2, dim=-1))
+        scale = self.head_width ** -0.25
+        logits = (q * scale) @ (k * scale).transpose(-1, -2)
+        weights = logits.float().softmax(dim=-1).to(q.dtype) if float_softmax else torch.softmax(logits, dim=-1)
         return self.to_out((weights @ v).transpose(1, 2).reshape(batch, n, -1))
+
+    def forward(self, tokens, latents):
+        tokens, latents = self.norm1(tokens), self.norm2(latents)
+        return self.attend(latents, torch.cat([tokens, latents], dim=1))
+
+
+def perceiver_layers(dim: int, heads: int, head_width: int, depth: int, ff_hidden: int | None = None) -> nn.ModuleList:
+    """``depth`` resampler blocks, each ``[PerceiverAttention, feed-forward]`` (the published ``layers.<i>.0`` /
+    ``layers.<i>.1`` keys of IP-Adapter's Resampler, PhotoMaker v2, PuLID v1.1 and InfiniteYou)."""
+    ff_hidden = ff_hidden or 4 * dim
+    return nn.ModuleList(
+        nn.ModuleList([PerceiverAttention(dim, dim, heads, head_width),
+                       nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, ff_hidden, bias=False), nn.GELU(),
+                                     nn.Linear(ff_hidden, dim, bias=False))])
+        for _ in range(depth))
+
+
+def perceive(layers, tokens: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """``latents`` refined by each block of ``layers`` over ``tokens`` (residual attention, then residual feed-forward)."""
+    for attention, feed_forward in layers:
+        latents = attention(tokens, latents) + latents
+        latents = feed_forward(latents) + latents
+    return latents
 
 
 class FacePerceiver(nn.Module):
@@ -156,21 +184,13 @@ class FacePerceiver(nn.Module):
         resampler.proj_in = nn.Linear(clip_width, dim)
         resampler.proj_out = nn.Linear(dim, dim)
         resampler.norm_out = nn.LayerNorm(dim)
-        resampler.layers = nn.ModuleList(
-            nn.ModuleList([PerceiverAttention(dim, dim, heads, V2_HEAD_WIDTH),
-                           nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim, bias=False), nn.GELU(),
-                                         nn.Linear(4 * dim, dim, bias=False))])
-            for _ in range(depth))
+        resampler.layers = perceiver_layers(dim, heads, V2_HEAD_WIDTH, depth)
         self.perceiver_resampler = resampler
 
     def forward(self, face: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         tokens = self.token_norm(self.token_proj(face).reshape(-1, self.tokens, self.dim))
         r = self.perceiver_resampler
-        image, latents = r.proj_in(hidden), tokens
-        for attention, feed_forward in r.layers:
-            latents = attention(image, latents) + latents
-            latents = feed_forward(latents) + latents
-        return tokens + r.norm_out(r.proj_out(latents))
+        return tokens + r.norm_out(r.proj_out(perceive(r.layers, r.proj_in(hidden), tokens)))
 
 
 class IDEncoderV2(IDEncoder):

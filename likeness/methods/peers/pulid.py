@@ -55,12 +55,13 @@ from likeness.methods.peers.common import (
     largest_face,
     raw_embedding,
     read_state_dict,
+    recorded_file,
     resolve_file,
     save_crop,
     split_prefixes,
     weights_record,
 )
-from likeness.methods.peers.photomaker import PerceiverAttention
+from likeness.methods.peers.photomaker import perceive, perceiver_layers
 from likeness.models.eva_clip import IMAGE_MEAN, IMAGE_STD, EVAVisionConfig, EVAVisionTower, rope_tables
 
 HUB = "guozinan/PuLID"
@@ -165,11 +166,7 @@ class IDFormer(nn.Module):
         self.id_tokens = id_mapping[3] // dim
         self.latents = nn.Parameter(torch.zeros(1, queries, dim))
         self.proj_out = nn.Parameter(torch.zeros(dim, output))
-        self.layers = nn.ModuleList(
-            nn.ModuleList([PerceiverAttention(dim, dim, heads, HEAD_WIDTH),
-                           nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, ff_hidden, bias=False), nn.GELU(),
-                                         nn.Linear(ff_hidden, dim, bias=False))])
-            for _ in range(depth))
+        self.layers = perceiver_layers(dim, heads, HEAD_WIDTH, depth, ff_hidden)
         for i in range(LEVELS):
             setattr(self, f"mapping_{i}", _mlp(mapping))
         self.id_embedding_mapping = _mlp(id_mapping)
@@ -203,9 +200,7 @@ class IDFormer(nn.Module):
         latents = torch.cat([self.latents.expand(ids.shape[0], -1, -1), ids], dim=1)
         for i in range(LEVELS):
             context = torch.cat([ids, getattr(self, f"mapping_{i}")(hidden[i])], dim=1)
-            for attention, feed_forward in self.layers[i * self.per_level:(i + 1) * self.per_level]:
-                latents = attention(context, latents) + latents
-                latents = feed_forward(latents) + latents
+            latents = perceive(self.layers[i * self.per_level:(i + 1) * self.per_level], context, latents)
         return latents[:, :self.queries] @ self.proj_out
 
 
@@ -561,8 +556,7 @@ class PuLID(TuningFreeMethod):
 
     def apply(self, pipe, artifact, manifest):
         options = manifest.config["options"]
-        record = next(r for r in manifest.config["weights"] if r["role"] == "pulid weights")
-        _, attn = load_pulid(Path(record["path"]), pipe.unet, options["version"])
+        _, attn = load_pulid(recorded_file(manifest, "pulid weights"), pipe.unet, options["version"])
         state = IDState(float(options["id_scale"]), num_zero(options), options["ortho"])
         install_processors(pipe.unet, attn, state)
         pipe.pulid_state = state

@@ -38,11 +38,13 @@ from likeness.methods.peers.common import (
     check_layout,
     flux_transformer_config,
     read_state_dict,
+    recorded_file,
     require_flux1,
     resolve_file,
     split_prefixes,
     weights_record,
 )
+from likeness.methods.peers.photomaker import PerceiverAttention
 from likeness.methods.peers.pulid import EVA_PUBLISHED, HUB, IDFormer, PuLID, id_encoder_from
 
 WEIGHT_NAMES = {"v0.9.0": "pulid_flux_v0.9.0.safetensors", "v0.9.1": "pulid_flux_v0.9.1.safetensors"}
@@ -57,31 +59,15 @@ def ca_positions(double: int, single: int) -> list[tuple[str, int]]:
             + [("single", i) for i in range(0, single, SINGLE_INTERVAL)])
 
 
-class IDCrossAttention(nn.Module):
-    """One ``pulid_ca`` block: image tokens (queries, ``norm2``) attend to the ID tokens (keys and values, ``norm1``);
-    the scale is split between q and k as published, the softmax runs in float32."""
+class IDCrossAttention(PerceiverAttention):
+    """One ``pulid_ca`` block: image tokens (queries, ``norm2``) attend to the ID tokens only (keys and values,
+    ``norm1``); the scale is split between q and k as published, the softmax runs in float32."""
 
     def __init__(self, dim: int, id_width: int, heads: int, head_width: int = CA_HEAD_WIDTH):
-        super().__init__()
-        self.heads, self.head_width = heads, head_width
-        inner = heads * head_width
-        self.norm1, self.norm2 = nn.LayerNorm(id_width), nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(id_width, 2 * inner, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
+        super().__init__(dim, id_width, heads, head_width, kv_width=id_width)
 
     def forward(self, tokens: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        tokens, image = self.norm1(tokens), self.norm2(image)
-        batch, n = image.shape[:2]
-
-        def heads(t):
-            return t.view(batch, -1, self.heads, self.head_width).transpose(1, 2)
-
-        q = heads(self.to_q(image))
-        k, v = (heads(t) for t in self.to_kv(tokens).chunk(2, dim=-1))
-        scale = self.head_width ** -0.25
-        weights = ((q * scale) @ (k * scale).transpose(-1, -2)).float().softmax(dim=-1).to(q.dtype)
-        return self.to_out((weights @ v).transpose(1, 2).reshape(batch, n, -1))
+        return self.attend(self.norm2(image), self.norm1(tokens), float_softmax=True)
 
 
 def expected_ca_shapes(config: dict, id_width: int, heads: int) -> dict[str, tuple]:
@@ -218,9 +204,9 @@ class PuLIDFlux(PuLID):
 
     def apply(self, pipe, artifact, manifest):
         options = manifest.config["options"]
-        record = next(r for r in manifest.config["weights"] if r["role"] == "pulid-flux weights")
         transformer = pipe.transformer
-        _, id_width, ca = load_pulid_flux(Path(record["path"]), dict(transformer.config), options["version"], encoder=False)
+        _, id_width, ca = load_pulid_flux(recorded_file(manifest, "pulid-flux weights"), dict(transformer.config),
+                                          options["version"], encoder=False)
         state = IDInsertion(float(options["id_weight"]), int(options["start_step"]))
         install(transformer, ca, id_width, state)
         pipe.pulid_flux_state = state
