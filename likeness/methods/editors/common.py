@@ -78,10 +78,9 @@ class EditorPersonalized(Personalized):
 
 
 class EditorMethod(Method):
-    """A reference-image editor used as a tuning-free method. Subclasses set the registry name, the family, the
-    pipeline class, the subject phrase, the default base model and how one call passes the images."""
+    """A reference-image editor used as a tuning-free method. Subclasses set the registry name, the family (one, in
+    ``families``), the pipeline class, the subject phrase, the default base model and how one call passes the images."""
 
-    family: ClassVar[str] = ""
     pipeline: ClassVar[str] = ""  # diffusers class the artifact is sampled with
     accepted_classes: ClassVar[tuple[str, ...]] = ()  # model_index "_class_name" of bases it runs on
     subject_phrase: ClassVar[str] = "the person in the reference image"
@@ -100,8 +99,9 @@ class EditorMethod(Method):
         """The base's pipeline class, after checking it is one this editor runs on (else a clear error)."""
         from likeness.models.tiny import is_tiny
 
-        if info.family != self.family:
-            raise ValueError(f"{self.name} runs on {FAMILY_NAMES[self.family]} ({self.family}) editing checkpoints, but "
+        family = self.families[0]
+        if info.family != family:
+            raise ValueError(f"{self.name} runs on {FAMILY_NAMES[family]} ({family}) editing checkpoints, but "
                              f"{base_model!r} is {FAMILY_NAMES.get(info.family, info.family)}; pass --base-model "
                              f"{self.default_base} (or a local folder of it)")
         index = json.loads((resolve_model_path(base_model) / "model_index.json").read_text())

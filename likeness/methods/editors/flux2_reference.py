@@ -19,7 +19,6 @@ from likeness.models.loading import resolve_model_path
 @METHODS.register("flux2-reference")
 class Flux2Reference(EditorMethod):
     name = "flux2-reference"
-    family = "flux2"
     families = ("flux2",)
     pipeline = "Flux2KleinPipeline"
     accepted_classes = ("Flux2Pipeline", "Flux2KleinPipeline")

@@ -16,7 +16,6 @@ from likeness.methods.editors.common import EditorMethod
 @METHODS.register("flux-kontext")
 class FluxKontext(EditorMethod):
     name = "flux-kontext"
-    family = "flux1"
     families = ("flux1",)
     pipeline = "FluxKontextPipeline"
     accepted_classes = ("FluxKontextPipeline",)

@@ -16,7 +16,6 @@ from likeness.methods.editors.common import EditorMethod
 @METHODS.register("qwen-image-edit")
 class QwenImageEdit(EditorMethod):
     name = "qwen-image-edit"
-    family = "qwen-image"
     families = ("qwen-image",)
     pipeline = "QwenImageEditPlusPipeline"
     accepted_classes = ("QwenImageEditPlusPipeline",)
