@@ -15,6 +15,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
+from likeness.data.names import name_key
 from likeness.testing.tiny_arcface import face_image as _face_image
 from likeness.methods import ArtifactError, load_artifact, personalize
 from likeness.testing.peer_layouts import clip_vision_encoder, ip_adapter_state, save_published
@@ -215,16 +216,22 @@ def test_photo_with_several_faces_encodes_the_largest_and_says_so(weights, face_
     pixels = _face_image(0)
     pixels[96:112, 64:80] = 255  # a second face: another stride-32 cell of the tiny detector's canvas
     Image.fromarray(pixels).save(group)
-    art = personalize("ip-adapter-faceid", {"ann": [group, face_photos["bob"]]}, tmp_path / "a", "likeness/tiny-sd",
+    art = personalize("ip-adapter-faceid", {"Ann O'Neil": [group, face_photos["bob"]]}, tmp_path / "a", "likeness/tiny-sd",
                       variant="faceid", weights=str(weights["faceid"]), face_model_dir=str(arcface_dir))
     manifest = json.loads((art / "likeness.json").read_text())
+    key = name_key("Ann O'Neil")
     photos, faces = manifest["config"]["notes"]
-    assert photos == "ann: 2 photos given; ip-adapter-faceid encodes 1 as published (two people.png), the others are not used"
+    assert photos == f"{key}: 2 photos given; ip-adapter-faceid encodes 1 as published (two people.png), the others are not used"
     assert faces.startswith("two people.png: 2 faces found; encoded the largest") and "crop the photo" in faces
     assert "two people.png: 2 faces found" in capsys.readouterr().err
-    assert manifest["identities"]["ann"]["photos"] == ["two people.png", "bob.png"]
-    assert len(manifest["identities"]["ann"]["photo_sha256"]) == 2
+    assert manifest["identities"][key]["photos"] == ["two people.png", "bob.png"]
+    assert manifest["identities"][key]["display"] == "Ann O'Neil"
+    assert len(manifest["identities"][key]["photo_sha256"]) == 2
     assert str(group.parent) not in (art / "likeness.json").read_text()
+    # The person is found by the name as given, as by its key (bench passes either).
+    ours = load_artifact(art)
+    by_name = _pixels(ours.generate([PROMPT], [3], identity="Ann O'Neil", num_inference_steps=STEPS)[0])
+    np.testing.assert_array_equal(by_name, _pixels(ours.generate([PROMPT], [3], identity=key, num_inference_steps=STEPS)[0]))
 
 
 def test_changed_weights_file_is_refused_at_load(weights, astronaut_path, tmp_path):

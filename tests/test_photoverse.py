@@ -266,6 +266,18 @@ def test_personalize_only_encodes_and_the_files_are_standard(pv_artifact, encode
         assert (pv_artifact / name).read_bytes() == (encoder_dir[0] / name).read_bytes()
 
 
+def test_a_person_is_found_by_the_name_as_given(encoder_dir, astronaut_path, tmp_path, one_thread):
+    """A display name that differs from its key (accents, apostrophe): generation finds the person by either."""
+    from likeness.data.names import name_key
+
+    art = get_method("photoverse").personalize({"José O'Neil": [astronaut_path]}, tmp_path / "a", "likeness/tiny-sd",
+                                               weights=str(encoder_dir[0]))
+    loaded = load_artifact(art)
+    by_name = loaded.generate(["{} reading a book"], [3], identity="José O'Neil", num_inference_steps=2)[0]
+    by_key = loaded.generate(["{} reading a book"], [3], identity=name_key("José O'Neil"), num_inference_steps=2)[0]
+    assert np.asarray(by_name).tolist() == np.asarray(by_key).tolist()
+
+
 def test_save_load_reproduces_images_and_the_image_scale_acts(pv_artifact, one_thread):
     prompts, seeds = ["{} reading a book", "a portrait of {}"], [3, 4]
     first = load_artifact(pv_artifact).generate(prompts, seeds, num_inference_steps=2)

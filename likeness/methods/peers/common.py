@@ -34,7 +34,7 @@ from likeness.methods.base import (
     Manifest,
     Method,
     Personalized,
-    as_identities,
+    named_identities,
     sha256_file,
     start_artifact,
 )
@@ -312,13 +312,9 @@ class PeerPersonalized(Personalized):
         self.method = method
         self.tensors = tensors
 
-    def identity_name(self, identity: str | None) -> str:
-        self.subject(identity)  # validates, with the shared messages
-        return identity if identity is not None else self.identities[0]
-
     def person(self, identity: str | None) -> dict[str, torch.Tensor]:
-        name = self.identity_name(identity)
-        prefix = name + "."
+        """The stored tensors of ``identity`` (a display name such as ``José O'Neil``, or its key)."""
+        prefix = self.key(identity) + "."
         return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
 
     def call_pipe(self, prompts, *, identity=None, **kwargs):
@@ -373,14 +369,14 @@ class TuningFreeMethod(Method):
         if unknown:
             raise ValueError(f"unknown option(s) {', '.join(unknown)} for {self.name}; allowed: {', '.join(sorted(options))}")
         options.update({k: v for k, v in config.items() if v is not None})
-        people = as_identities(identities)
+        people = named_identities(identities)
         info = base_model_info(base_model)
         context, records = self.prepare(base_model, info, options)
         context["notes"] = notes = []  # encode() adds what the user should know (several faces in a photo)
         out_dir = start_artifact(out_dir, options["overwrite"])
         tensors: dict[str, torch.Tensor] = {}
         entries = {}
-        for name, photos in people:
+        for name, display, photos in people:
             if self.photos_encoded is not None and len(photos) > self.photos_encoded:
                 used = ", ".join(Path(p).name for p in photos[:self.photos_encoded])
                 notes.append(f"{name}: {len(photos)} photos given; {self.name} encodes {self.photos_encoded} as published "
@@ -389,7 +385,7 @@ class TuningFreeMethod(Method):
                 tensors[f"{name}.{key}"] = value.detach().float().cpu().contiguous()
             # file names and content hashes only: the artifact folder can be shared as it is
             entries[name] = IdentityEntry(subject=self.subject_for(name, options), tokens=[],
-                                          photos=[Path(p).name for p in photos],
+                                          photos=[Path(p).name for p in photos], display=display,
                                           photo_sha256=[sha256_file(p) for p in photos])
         for note in notes:
             print(f"{self.name}: {note}", file=sys.stderr, flush=True)

@@ -389,11 +389,7 @@ class PhotoVersePersonalized(Personalized):
         set_scales(self.pipe.unet, text=text, image=image)
 
     def pipeline_kwargs(self, identity, batch, guidance_scale):
-        name = identity
-        if name is None:
-            name = self.identities[0] if len(self.identities) == 1 else None
-            self.subject(name)  # raises the usual error when the artifact holds several people
-        embeds = self.image_embeds[name].to(self.pipe.device, self.pipe.unet.dtype)[None, None].expand(batch, 1, -1, -1)
+        embeds = self.image_embeds[self.key(identity)].to(self.pipe.device, self.pipe.unet.dtype)[None, None].expand(batch, 1, -1, -1)
         if guidance_scale > 1 and getattr(self.pipe.unet.config, "time_cond_proj_dim", None) is None:
             self.state.image_weight = torch.tensor([0.0] * batch + [1.0] * batch)
             embeds = torch.cat([torch.zeros_like(embeds), embeds])
