@@ -139,7 +139,8 @@ def test_bad_input_is_named(tiny_models, weights, arcface_dir, photos, tmp_path)
     _refused(tmp_path, "holds the sim_stage1 variant, but variant='aes_stage2'", ann, ValueError, face_model_dir=face_dir,
              weights=str(lonely), variant="aes_stage2")
     # The snapshot layout with only the other variant.
-    _refused(tmp_path, "expected infu_flux_v1.0/aes_stage2/", ann, FileNotFoundError, face_model_dir=face_dir,
+    _refused(tmp_path, "expected infu_flux_v1.0/aes_stage2/.*it holds sim_stage1 only: pass variant=sim_stage1", ann,
+             FileNotFoundError, face_model_dir=face_dir,
              weights=weights["weights"], variant="aes_stage2")
 
     # A missing shard, an InfuseNet for another base, a projection of another width: named before any loading.

@@ -307,8 +307,10 @@ class InfiniteYou(TuningFreeMethod):
                              f"or the {variant} folder")
         if (folder / INFUSENET_FOLDER).is_dir() or (folder / PROJECTION_FILE).is_file():
             return folder
+        others = [v for v in VARIANTS if (folder / RELEASE / v).is_dir() or (folder / v).is_dir()]
+        hint = f"; it holds {', '.join(others)} only: pass variant={others[0]}" if others else ""
         raise FileNotFoundError(f"{folder}: not an InfiniteYou folder: expected {RELEASE}/{variant}/ (the hub layout), "
-                                f"{variant}/, or a variant folder holding {INFUSENET_FOLDER}/ and {PROJECTION_FILE}")
+                                f"{variant}/, or a variant folder holding {INFUSENET_FOLDER}/ and {PROJECTION_FILE}{hint}")
 
     def encode(self, name, photos, context, options, out_dir):
         from likeness.data.images import image_to_array, load_image
